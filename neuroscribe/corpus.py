@@ -1,0 +1,90 @@
+"""Text corpora streamed into fixed-length token windows.
+
+Default corpus `builtin:python-docs`: the English prose of the Python Language Reference that
+every CPython ships as `pydoc_data.topics` (~460 KB, PSF License 2.0), split into paragraphs.
+It needs no download and no extra package, so collect works on any offline machine.
+
+Windowing rule: documents are tokenised without special tokens, joined with the tokenizer's EOS
+id between them, and the stream is cut into windows of exactly `window` tokens (the tail shorter
+than a window is dropped). Each window gets the tokens the tokenizer itself prepends to a text
+(BOS for Llama; nothing for GPT-2 / SmolLM2) as a context prefix that is never part of the exemplar.
+Window ids count from 0 in stream order, so the same corpus and tokenizer give the same ids.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+BUILTIN = "builtin:python-docs"
+_FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+@dataclass(frozen=True)
+class Window:
+    window_id: int
+    token_ids: tuple[int, ...]
+
+
+def builtin_documents() -> Iterator[str]:
+    import pydoc_data.topics as topics
+
+    for name in sorted(topics.topics):
+        for para in re.split(r"\n\s*\n", topics.topics[name]):
+            text = " ".join(para.split())
+            if len(text) >= 80:
+                yield text
+
+
+def iter_documents(dataset: str = BUILTIN, text_field: str = "text", split: str = "train") -> Iterator[str]:
+    """Stream documents from the builtin corpus, a local text/jsonl/parquet/csv file or folder, or a hub id."""
+    if dataset == BUILTIN:
+        yield from builtin_documents()
+        return
+    import datasets
+
+    path = Path(dataset).expanduser()
+    if path.exists():
+        files = sorted(p for p in path.rglob("*") if p.suffix in _FORMATS) if path.is_dir() else [path]
+        if not files:
+            raise FileNotFoundError(f"dataset: {path} holds no .txt/.jsonl/.json/.parquet/.csv file")
+        kinds = {_FORMATS.get(p.suffix) for p in files}
+        if None in kinds or len(kinds) != 1:
+            raise ValueError(f"dataset: {path}: files must share one of the formats {sorted(_FORMATS)}")
+        stream = datasets.load_dataset(kinds.pop(), data_files=[str(p) for p in files], split=split, streaming=True)
+    elif dataset.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"dataset: {dataset} does not exist")
+    else:
+        stream = datasets.load_dataset(dataset, split=split, streaming=True)
+    for i, row in enumerate(stream):
+        if text_field not in row:
+            raise KeyError(f"dataset {dataset}: row {i} has no field {text_field!r} (fields: {sorted(row)})")
+        text = row[text_field]
+        if text and text.strip():
+            yield text
+
+
+def iter_windows(tokenizer, documents: Iterator[str], window: int, max_windows: int | None = None) -> Iterator[Window]:
+    """Cut a document stream into `window`-token windows (see module docstring)."""
+    if window < 2:
+        raise ValueError(f"window length must be >= 2, got {window}")
+    sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    buffer: list[int] = []
+    n = 0
+    for doc in documents:
+        buffer.extend(tokenizer(doc, add_special_tokens=False)["input_ids"] + sep)
+        while len(buffer) >= window:
+            yield Window(n, tuple(buffer[:window]))
+            buffer = buffer[window:]
+            n += 1
+            if max_windows is not None and n >= max_windows:
+                return
+
+
+def context_prefix(tokenizer) -> list[int]:
+    """Tokens the tokenizer prepends to any text (e.g. Llama's BOS), fed before every window."""
+    ids = tokenizer("x", add_special_tokens=True)["input_ids"]
+    bare = tokenizer("x", add_special_tokens=False)["input_ids"]
+    return ids[: len(ids) - len(bare)] if ids[len(ids) - len(bare):] == bare else []

