@@ -1,0 +1,177 @@
+"""Streaming exemplar mining with memory bounded by features x slots, whatever the corpus size.
+
+Per feature the miner keeps, as fixed-size tensors:
+- the top-k windows by max activation (ties broken by lower window id),
+- a pool of activating windows (max > 0) sampled uniformly, later cut into activation quantiles,
+- a uniform sample of all windows (the random exemplars),
+- running moments of every token's activation.
+Both samples are bottom-k by a priority that depends only on (seed, window id, feature), so the
+result does not depend on batch size, shard order or the number of ranks: merging two miners'
+states gives exactly the state one miner would reach over the union of their windows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from neuroscribe.records import FeatureId
+
+
+@dataclass(frozen=True)
+class MiningConfig:
+    top_k: int = 30
+    pool: int = 64  # activating windows kept for quantile draws
+    quantiles: int = 5
+    per_quantile: int = 3
+    random_k: int = 15
+    hard_negatives: int = 6
+    negative_ratio: float = 0.1  # a hard negative peaks at <= this fraction of the feature's max
+    splits: tuple[str, ...] = ("explain", "score", "test")
+    seed: int = 0
+
+
+def _mix64(x: int) -> int:
+    """splitmix64 finaliser: a well-spread 64-bit hash of an integer."""
+    x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (x ^ (x >> 31)) & 0x7FFFFFFFFFFFFFFF
+
+
+def window_priorities(seed: int, window_ids: list[int], n_features: int, streams: int = 2) -> torch.Tensor:
+    """[streams, F, B] uniform priorities, a pure function of (seed, stream, window id, feature column)."""
+    out = torch.empty(streams, n_features, len(window_ids), dtype=torch.float64)
+    for b, w in enumerate(window_ids):
+        g = torch.Generator().manual_seed(_mix64(_mix64(seed) ^ w))
+        out[:, :, b] = torch.rand(streams, n_features, dtype=torch.float64, generator=g)
+    return out
+
+
+def _select(keys: torch.Tensor, ids: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
+    """Indices of the k best keys per row, ties broken by lower id; rows are independent."""
+    by_id = torch.argsort(ids, dim=1, stable=True)
+    order = torch.argsort(keys.gather(1, by_id), dim=1, descending=largest, stable=True)
+    return by_id.gather(1, order)[:, :k]
+
+
+class Slots:
+    """k best (key, window id, token activations) per feature; `largest` picks the ordering."""
+
+    def __init__(self, n_features: int, k: int, window: int, largest: bool, extra: bool = False):
+        fill = float("-inf") if largest else float("inf")
+        self.largest, self.k = largest, k
+        self.keys = torch.full((n_features, k), fill, dtype=torch.float64)
+        self.ids = torch.full((n_features, k), -1, dtype=torch.int64)
+        self.acts = torch.zeros(n_features, k, window, dtype=torch.float32)
+        self.maxes = torch.zeros(n_features, k, dtype=torch.float32) if extra else None
+
+    def offer(self, keys: torch.Tensor, ids: torch.Tensor, acts_of_rows, maxes: torch.Tensor | None = None) -> None:
+        """Offer B candidates per feature: keys [F, B], ids [F, B]; acts_of_rows(rows) -> [r, B, T]."""
+        worst = self.keys[:, -1:]
+        better = (keys >= worst) if self.largest else (keys <= worst)
+        rows = better.any(dim=1).nonzero().flatten()
+        if rows.numel() == 0:
+            return
+        all_keys = torch.cat([self.keys[rows], keys[rows].to(torch.float64)], dim=1)
+        all_ids = torch.cat([self.ids[rows], ids[rows]], dim=1)
+        pick = _select(all_keys, all_ids, self.k, self.largest)
+        all_acts = torch.cat([self.acts[rows], acts_of_rows(rows)], dim=1)
+        self.keys[rows] = all_keys.gather(1, pick)
+        self.ids[rows] = all_ids.gather(1, pick)
+        self.acts[rows] = all_acts.gather(1, pick.unsqueeze(-1).expand(-1, -1, all_acts.shape[-1]))
+        if self.maxes is not None:
+            self.maxes[rows] = torch.cat([self.maxes[rows], maxes[rows]], dim=1).gather(1, pick)
+
+    def absorb(self, other: "Slots") -> None:
+        """Merge another miner's slots (same features) into these."""
+        self.offer(other.keys, other.ids, lambda rows: other.acts[rows], other.maxes)
+
+    def state(self) -> dict:
+        return {"keys": self.keys, "ids": self.ids, "acts": self.acts, "maxes": self.maxes}
+
+    def load(self, state: dict) -> None:
+        self.keys, self.ids, self.acts, self.maxes = state["keys"], state["ids"], state["acts"], state["maxes"]
+
+
+class Miner:
+    """Mining state for F features over windows of T tokens."""
+
+    def __init__(self, features: list[FeatureId], window: int, config: MiningConfig):
+        self.features, self.window, self.config = features, window, config
+        F = len(features)
+        self.top = Slots(F, config.top_k, window, largest=True)
+        self.pool = Slots(F, config.pool, window, largest=False, extra=True)
+        self.random = Slots(F, config.random_k, window, largest=False, extra=True)
+        self.moments = torch.zeros(F, 5, dtype=torch.float64)  # n, sum a, a^2, a^3, a^4
+        self.n_active = torch.zeros(F, dtype=torch.int64)
+        self.window_tokens: dict[int, tuple[int, ...]] = {}
+        self.shards_done: list[int] = []
+
+    def update(self, acts: torch.Tensor, window_ids: list[int], token_ids: list[tuple[int, ...]]) -> None:
+        """Fold one batch in: acts [B, T, F] float32 for windows `window_ids`."""
+        if not torch.isfinite(acts).all():
+            bad = (~torch.isfinite(acts)).nonzero()[0].tolist()
+            raise FloatingPointError(
+                f"non-finite activation (NaN/inf) for feature {self.features[bad[2]].key} in window "
+                f"{window_ids[bad[0]]}, token {bad[1]}; try --dtype float32"
+            )
+        B = len(window_ids)
+        ids = torch.tensor(window_ids, dtype=torch.int64).expand(len(self.features), B)
+        maxes = acts.amax(dim=1).T.contiguous()  # [F, B]
+        per_row = lambda rows: acts[:, :, rows].permute(2, 0, 1)  # noqa: E731  [r, B, T]
+        prio = window_priorities(self.config.seed, window_ids, len(self.features))
+        self.top.offer(maxes.to(torch.float64), ids, per_row)
+        pool_prio = torch.where(maxes > 0, prio[0], torch.full_like(prio[0], float("inf")))
+        self.pool.offer(pool_prio, ids, per_row, maxes)
+        self.random.offer(prio[1], ids, per_row, maxes)
+        a = acts.to(torch.float64).reshape(-1, acts.shape[-1])
+        self.moments[:, 0] += a.shape[0]
+        a2 = a * a
+        self.moments[:, 1] += a.sum(0)
+        self.moments[:, 2] += a2.sum(0)
+        self.moments[:, 3] += (a2 * a).sum(0)
+        self.moments[:, 4] += (a2 * a2).sum(0)
+        self.n_active += (a > 0).sum(0)
+        self.window_tokens.update(zip(window_ids, token_ids))
+
+    def prune_tokens(self) -> None:
+        """Forget token ids of windows no slot refers to (keeps memory bounded)."""
+        keep = set(torch.cat([self.top.ids, self.pool.ids, self.random.ids], 1).flatten().tolist())
+        self.window_tokens = {w: t for w, t in self.window_tokens.items() if w in keep}
+
+    def absorb(self, other: "Miner") -> None:
+        for mine, theirs in ((self.top, other.top), (self.pool, other.pool), (self.random, other.random)):
+            mine.absorb(theirs)
+        self.moments += other.moments
+        self.n_active += other.n_active
+        self.window_tokens.update(other.window_tokens)
+        self.shards_done = sorted(set(self.shards_done) | set(other.shards_done))
+
+    def state(self) -> dict:
+        return {
+            "top": self.top.state(), "pool": self.pool.state(), "random": self.random.state(),
+            "moments": self.moments, "n_active": self.n_active, "window_tokens": self.window_tokens,
+            "shards_done": self.shards_done,
+        }
+
+    def load(self, state: dict) -> None:
+        self.top.load(state["top"])
+        self.pool.load(state["pool"])
+        self.random.load(state["random"])
+        self.moments, self.n_active = state["moments"], state["n_active"]
+        self.window_tokens, self.shards_done = state["window_tokens"], list(state["shards_done"])
+
+
+def moment_stats(moments: torch.Tensor) -> dict[str, torch.Tensor]:
+    """mean, variance, skewness, kurtosis (non-excess) from raw power sums; 0 where undefined."""
+    n = moments[:, 0].clamp(min=1)
+    m1, m2, m3, m4 = (moments[:, i] / n for i in range(1, 5))
+    var = (m2 - m1**2).clamp(min=0)
+    c3 = m3 - 3 * m1 * m2 + 2 * m1**3
+    c4 = m4 - 4 * m1 * m3 + 6 * m1**2 * m2 - 3 * m1**4
+    safe = var > 1e-20
+    skew = torch.where(safe, c3 / var.clamp(min=1e-20) ** 1.5, torch.zeros_like(var))
+    kurt = torch.where(safe, c4 / var.clamp(min=1e-20) ** 2, torch.zeros_like(var))
+    return {"mean": m1, "variance": var, "skewness": skew, "kurtosis": kurt}
