@@ -31,6 +31,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
@@ -38,8 +40,7 @@ from neuroscribe import __version__
 from neuroscribe.corpus import BUILTIN, Window, context_prefix, iter_documents, iter_windows
 from neuroscribe.features import ActivationReader, parse_feature_spec
 from neuroscribe.models import DEFAULT_MODEL, load_model
-from neuroscribe.records import Exemplar, FeatureExemplars, FeatureStats
-from neuroscribe.store import write_store
+from neuroscribe.store import FEATURE_SCHEMA, exemplar_table, list_column, write_tables
 
 from .mining import Miner, MiningConfig, moment_stats, window_priorities
 
@@ -142,10 +143,10 @@ def collect(cfg: CollectConfig) -> Path:
             t0 = time.perf_counter()
             negatives = _hard_negatives(cfg, tok, prefix, reader, miner)
             timings["hard_negatives_s"] = time.perf_counter() - t0
-            records = finalize(miner, tok, negatives)
+            features_table, exemplars_table = finalize(miner, tok, negatives)
             timings["finalize_s"] = time.perf_counter() - t0 - timings["hard_negatives_s"]
             meta = _meta(cfg, tok, groups, prefix, n_windows, dist.world)
-            write_store(out, records, {**meta, "timings": timings}, overwrite=True)
+            write_tables(out, features_table, exemplars_table, {**meta, "timings": timings}, overwrite=True)
             shutil.rmtree(state_dir, ignore_errors=True)
     dist.barrier()
     return out
@@ -192,61 +193,80 @@ def _mine(cfg, dist: _Dist, tok, prefix, reader, miner: Miner, ckpt: Path) -> in
     return n_windows
 
 
-def top_token_ids(miner: Miner, col: int, n: int = 3) -> list[int]:
-    """The most frequent tokens at the peaks of a feature's top windows."""
-    peaks = Counter()
-    for slot in range(miner.top.k):
-        wid = int(miner.top.ids[col, slot])
-        if wid < 0 or miner.top.keys[col, slot] <= 0:
-            continue
-        pos = int(miner.top.acts[col, slot].argmax())
-        peaks[miner.window_tokens[wid][pos]] += 1
-    return [t for t, _ in peaks.most_common(n)]
+def top_token_ids(miner: Miner, n: int = 3) -> list[list[int]]:
+    """Per feature, the most frequent tokens at the peaks of its top windows (ties: stronger window first).
 
-
-def _hard_negatives(cfg, tok, prefix, reader, miner: Miner) -> dict[int, list[tuple[int, tuple, torch.Tensor]]]:
-    """Second pass: per feature column, [(window_id, token_ids, acts[T])] hard negatives, best first."""
-    need = cfg.mining.hard_negatives
-    if need <= 0:
-        return {}
-    by_token: dict[int, list[int]] = {}
+    Slots are read best-first so the answer does not depend on slot layout (which differs after a merge)."""
+    order, keys = miner.top.ordered()
+    ids = miner.top.ids.gather(1, order).tolist()
+    peaks = miner.top.acts.argmax(-1).gather(1, order).tolist()
+    keys = keys.tolist()
+    out = []
     for col in range(len(miner.features)):
-        for t in top_token_ids(miner, col):
+        counts = Counter(
+            miner.window_tokens[w][p] for w, k, p in zip(ids[col], keys[col], peaks[col]) if w >= 0 and k > 0
+        )
+        out.append([t for t, _ in counts.most_common(n)])  # most_common keeps first-seen order on ties
+    return out
+
+
+@dataclass
+class HardNegatives:
+    """Per feature column, accepted hard negatives best first: window ids and their activations."""
+
+    windows: dict[int, list[int]] = field(default_factory=dict)
+    acts: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    tokens: dict[int, tuple[int, ...]] = field(default_factory=dict)
+
+
+def _hard_negatives(cfg, tok, prefix, reader, miner: Miner) -> HardNegatives:
+    need = cfg.mining.hard_negatives
+    result = HardNegatives()
+    if need <= 0:
+        return result
+    by_token: dict[int, list[int]] = {}
+    for col, toks in enumerate(top_token_ids(miner)):
+        for t in toks:
             by_token.setdefault(t, []).append(col)
-    tops = [set(miner.top.ids[c].tolist()) for c in range(len(miner.features))]
+    tops = [set(row) for row in miner.top.ids.tolist()]
+    # candidates: per feature, the 2*need windows of lowest priority among those holding a top token
     heaps: dict[int, list[tuple[float, int]]] = {}
-    tokens: dict[int, tuple[int, ...]] = {}
     for w in _windows(cfg, tok):
-        cols = sorted({c for t in set(w.token_ids) for c in by_token.get(t, ())})
+        cols = {c for t in set(w.token_ids) for c in by_token.get(t, ())}
         if not cols:
             continue
-        prio = window_priorities(cfg.mining.seed, [w.window_id], len(miner.features), streams=3)[2, :, 0]
+        prio = window_priorities(cfg.mining.seed, [w.window_id], len(miner.features), streams=3)[2, :, 0].tolist()
         for c in cols:
             if w.window_id in tops[c]:
                 continue
             heap = heaps.setdefault(c, [])
-            item = (-float(prio[c]), -w.window_id)  # max-heap of the 4*need smallest priorities
-            if len(heap) < 4 * need:
+            item = (-prio[c], -w.window_id)  # a max-heap on priority keeps the smallest ones
+            if len(heap) < 2 * need:
                 heapq.heappush(heap, item)
             elif item > heap[0]:
                 heapq.heapreplace(heap, item)
-            tokens[w.window_id] = w.token_ids
-    by_window: dict[int, list[tuple[int, float]]] = {}
+            result.tokens[w.window_id] = w.token_ids
+    by_window: dict[int, list[tuple[float, int]]] = {}
     for c, heap in heaps.items():
         for neg_prio, neg_wid in heap:
-            by_window.setdefault(-neg_wid, []).append((c, -neg_prio))
+            by_window.setdefault(-neg_wid, []).append((-neg_prio, c))
     wanted = sorted(by_window)
+    limit = (cfg.mining.negative_ratio * miner.top.keys.max(1).values).float()
     found: dict[int, list[tuple[float, int, torch.Tensor]]] = {}
-    fmax = miner.top.keys[:, 0]
     for i in tqdm(range(0, len(wanted), cfg.batch_size), desc="hard negatives", disable=not cfg.progress):
         batch = wanted[i : i + cfg.batch_size]
-        ids = torch.tensor([prefix + list(tokens[w]) for w in batch], device=cfg.device)
+        ids = torch.tensor([prefix + list(result.tokens[w]) for w in batch], device=cfg.device)
         acts = reader.read(ids)[:, len(prefix):, :].cpu()
+        low = acts.amax(1) <= limit  # [B, F]
         for b, wid in enumerate(batch):
-            for c, p in by_window[wid]:
-                if float(acts[b, :, c].max()) <= cfg.mining.negative_ratio * float(fmax[c]):
+            for p, c in by_window[wid]:
+                if low[b, c]:
                     found.setdefault(c, []).append((p, wid, acts[b, :, c].clone()))
-    return {c: [(wid, tokens[wid], a) for _, wid, a in sorted(v)[:need]] for c, v in found.items()}
+    for c, items in found.items():
+        items.sort(key=lambda x: (x[0], x[1]))
+        result.windows[c] = [wid for _, wid, _ in items[:need]]
+        result.acts[c] = [a for _, _, a in items[:need]]
+    return result
 
 
 class TokenText:
@@ -262,8 +282,7 @@ class TokenText:
     def piece(self, i: int) -> str:
         if i not in self.memo:
             if i in self.special:
-                text = self.tok.convert_ids_to_tokens(i)
-                self.memo[i] = text.translate(str.maketrans("<>[]", "‹›⟦⟧"))
+                self.memo[i] = self.tok.convert_ids_to_tokens(i).translate(str.maketrans("<>[]", "‹›⟦⟧"))
             else:
                 self.memo[i] = self.tok.decode([i])
         return self.memo[i]
@@ -272,58 +291,109 @@ class TokenText:
         return tuple(self.piece(i) for i in ids)
 
 
-def finalize(miner: Miner, tok, negatives: dict) -> list[FeatureExemplars]:
-    """Turn mining state into FeatureExemplars: dedup windows across sources, assign splits by stride."""
-    cfg = miner.config
-    stats = moment_stats(miner.moments)
-    text = TokenText(tok)
-    records = []
-    for col, fid in enumerate(miner.features):
-        fmax = float(miner.top.keys[col, 0])
-        n_tok = int(miner.moments[col, 0])
-        if not fmax > 0:
-            records.append(FeatureExemplars(fid, (), FeatureStats(max(fmax, 0.0), n_tokens=n_tok), dead=True))
-            continue
-        used: set[int] = set()
-        picked: list[tuple[str, int, int, torch.Tensor]] = []  # (source, quantile, window id, acts)
+def _feature_selection(miner: Miner, negatives: HardNegatives):
+    """Which windows each feature keeps, in order: yields (col, [(source, quantile, window id, act ref)]).
 
-        def take(source, entries, quantile=-1):
-            for wid, acts in entries:
+    An act ref is ("top"|"pool"|"random", slot) into the miner's tensors, or ("neg", i). Windows are
+    deduplicated across sources (top > quantile > random > hard negative)."""
+    cfg = miner.config
+    top_order, top_keys = miner.top.ordered()
+    pool_order, pool_keys = miner.pool.ordered()
+    rand_order, rand_keys = miner.random.ordered()
+    top_ids, pool_ids, rand_ids = (s.ids.gather(1, o).tolist() for s, o in
+                                   ((miner.top, top_order), (miner.pool, pool_order), (miner.random, rand_order)))
+    pool_max = miner.pool.maxes.gather(1, pool_order).tolist()
+    top_order, pool_order, rand_order = top_order.tolist(), pool_order.tolist(), rand_order.tolist()
+    top_keys, pool_keys, rand_keys = top_keys.tolist(), pool_keys.tolist(), rand_keys.tolist()
+    for col in range(len(miner.features)):
+        used: set[int] = set()
+        picked = []
+
+        def take(source, quantile, entries):
+            for wid, ref in entries:
                 if wid >= 0 and wid not in used:
                     used.add(wid)
-                    picked.append((source, quantile, wid, acts))
+                    picked.append((source, quantile, wid, ref))
 
-        take("top", [(int(miner.top.ids[col, s]), miner.top.acts[col, s])
-                     for s in range(miner.top.k) if miner.top.keys[col, s] > 0])
-        pool = [(float(miner.pool.maxes[col, s]), float(miner.pool.keys[col, s]), int(miner.pool.ids[col, s]), s)
-                for s in range(miner.pool.k) if torch.isfinite(miner.pool.keys[col, s])]
-        pool = [p for p in pool if p[2] not in used]
-        pool.sort()
-        bins = [pool[len(pool) * q // cfg.quantiles : len(pool) * (q + 1) // cfg.quantiles] for q in range(cfg.quantiles)]
+        take("top", -1, [(w, ("top", s)) for w, k, s in zip(top_ids[col], top_keys[col], top_order[col]) if k > 0])
+        # activating pool, lowest priority first; cut by activation rank into quantile bins
+        pool = [(m, i) for i, (w, k, m) in enumerate(zip(pool_ids[col], pool_keys[col], pool_max[col]))
+                if k != float("inf") and w not in used]
+        by_act = sorted(pool)
+        bins = [by_act[len(by_act) * q // cfg.quantiles : len(by_act) * (q + 1) // cfg.quantiles] for q in range(cfg.quantiles)]
         boundaries = tuple(b[0][0] for b in bins if b)
-        for q, b in enumerate(bins):
-            b = sorted(b, key=lambda p: p[1])[: cfg.per_quantile]
-            take("quantile", [(wid, miner.pool.acts[col, s]) for _, _, wid, s in b], q)
-        take("random", [(int(miner.random.ids[col, s]), miner.random.acts[col, s]) for s in range(miner.random.k)])
-        take("hard_negative", [(wid, acts) for wid, _, acts in negatives.get(col, [])])
-        neg_tokens = {wid: toks for wid, toks, _ in negatives.get(col, [])}
-        exemplars, rank_in = [], Counter()
-        for source, quantile, wid, acts in picked:
+        for q, members in enumerate(bins):
+            first = sorted(i for _, i in members)[: cfg.per_quantile]  # i is the priority order
+            take("quantile", q, [(pool_ids[col][i], ("pool", pool_order[col][i])) for i in first])
+        take("random", -1, [(w, ("random", s)) for w, k, s in zip(rand_ids[col], rand_keys[col], rand_order[col])
+                            if k != float("inf")])
+        take("hard_negative", -1, [(w, ("neg", i)) for i, w in enumerate(negatives.windows.get(col, []))])
+        yield col, picked, boundaries
+
+
+def finalize(miner: Miner, tok, negatives: HardNegatives) -> tuple[pa.Table, pa.Table]:
+    """Turn mining state into the store's (features, exemplars) tables, splits assigned by stride
+    within each source so every split gets strong and weak exemplars alike."""
+    cfg = miner.config
+    stats = {k: v.tolist() for k, v in moment_stats(miner.moments).items()}
+    fmax = miner.top.keys.max(1).values.tolist()
+    n_tok = miner.moments[:, 0].long().tolist()
+    n_active = miner.n_active.tolist()
+    text = TokenText(tok)
+    tops = top_token_ids(miner, 5)
+    scalars: dict[str, list] = {k: [] for k in ("feature", "layer", "kind", "split", "source", "rank", "quantile", "window_id")}
+    refs: list[tuple[str, int, int]] = []
+    feature_rows = []
+    for col, picked, boundaries in _feature_selection(miner, negatives):
+        fid = miner.features[col]
+        dead = not fmax[col] > 0
+        if dead:
+            picked, boundaries = [], ()
+        rank_in: Counter = Counter()
+        for source, quantile, wid, (kind, slot) in picked:
             i = rank_in[source]
             rank_in[source] += 1
-            ids = miner.window_tokens.get(wid) or neg_tokens[wid]
-            exemplars.append(Exemplar(
-                tokens=text(ids), activations=tuple(acts.tolist()), window_id=wid, source=source,
-                split=cfg.splits[i % len(cfg.splits)], rank=i, quantile=quantile, token_ids=tuple(ids),
-            ))
-        top_tokens = text(top_token_ids(miner, col, 5))
-        st = FeatureStats(
-            max_activation=fmax, mean=float(stats["mean"][col]), variance=float(stats["variance"][col]),
-            skewness=float(stats["skewness"][col]), kurtosis=float(stats["kurtosis"][col]), n_tokens=n_tok,
-            frac_active=float(miner.n_active[col]) / max(n_tok, 1), quantile_boundaries=boundaries,
-        )
-        records.append(FeatureExemplars(fid, tuple(exemplars), st, False, top_tokens))
-    return records
+            for name, value in (("feature", fid.key), ("layer", fid.layer), ("kind", fid.kind),
+                                ("split", cfg.splits[i % len(cfg.splits)]), ("source", source), ("rank", i),
+                                ("quantile", quantile), ("window_id", wid)):
+                scalars[name].append(value)
+            refs.append((kind, col, slot))
+        feature_rows.append({
+            "feature": fid.key, "kind": fid.kind, "layer": fid.layer, "index": fid.index, "polarity": fid.polarity,
+            "dead": dead, "max_activation": max(fmax[col], 0.0), "mean": stats["mean"][col],
+            "variance": stats["variance"][col], "skewness": stats["skewness"][col], "kurtosis": stats["kurtosis"][col],
+            "n_tokens": n_tok[col], "frac_active": n_active[col] / max(n_tok[col], 1),
+            "quantile_boundaries": list(boundaries), "top_tokens": [] if dead else list(text(tops[col])),
+        })
+    acts = _gather_acts(miner, negatives, refs)
+    wids = np.array(scalars["window_id"], dtype=np.int64)
+    windows = {**negatives.tokens, **miner.window_tokens}
+    unique = np.unique(wids)
+    token_matrix = np.array([windows[int(w)] for w in unique], dtype=np.int32).reshape(len(unique), miner.window)
+    token_ids = token_matrix[np.searchsorted(unique, wids)]
+    vocab = np.unique(token_ids)
+    strings = pa.array([text.piece(int(i)) for i in vocab], pa.string()).take(
+        pa.array(np.searchsorted(vocab, token_ids.reshape(-1))))
+    offsets = pa.array(np.arange(0, token_ids.size + 1, miner.window, dtype=np.int32))
+    exemplars = exemplar_table(
+        scalars, pa.ListArray.from_arrays(offsets, strings),
+        list_column(token_ids, pa.int32()), list_column(acts, pa.float32()),
+    )
+    return pa.Table.from_pylist(feature_rows, FEATURE_SCHEMA), exemplars
+
+
+def _gather_acts(miner: Miner, negatives: HardNegatives, refs: list[tuple[str, int, int]]) -> np.ndarray:
+    out = torch.zeros(len(refs), miner.window, dtype=torch.float32)
+    for kind, slots in (("top", miner.top), ("pool", miner.pool), ("random", miner.random)):
+        idx = [i for i, r in enumerate(refs) if r[0] == kind]
+        if idx:
+            cols = torch.tensor([refs[i][1] for i in idx])
+            which = torch.tensor([refs[i][2] for i in idx])
+            out[torch.tensor(idx)] = slots.acts[cols, which]
+    for i, (kind, col, j) in enumerate(refs):
+        if kind == "neg":
+            out[i] = negatives.acts[col][j]
+    return out.numpy()
 
 
 def _meta(cfg: CollectConfig, tok, groups, prefix, n_windows: int, world: int) -> dict:

@@ -57,19 +57,24 @@ def _select(keys: torch.Tensor, ids: torch.Tensor, k: int, largest: bool) -> tor
 
 
 class Slots:
-    """k best (key, window id, token activations) per feature; `largest` picks the ordering."""
+    """k best (key, window id, token activations) per feature; `largest` picks the ordering.
+
+    Slots are kept unordered: a batch only writes the slots it evicts, so the cost of an update
+    is proportional to how many candidates get in, not to the size of the state.
+    """
 
     def __init__(self, n_features: int, k: int, window: int, largest: bool, extra: bool = False):
-        fill = float("-inf") if largest else float("inf")
+        self.fill = float("-inf") if largest else float("inf")
         self.largest, self.k = largest, k
-        self.keys = torch.full((n_features, k), fill, dtype=torch.float64)
+        self.keys = torch.full((n_features, k), self.fill, dtype=torch.float64)
         self.ids = torch.full((n_features, k), -1, dtype=torch.int64)
         self.acts = torch.zeros(n_features, k, window, dtype=torch.float32)
         self.maxes = torch.zeros(n_features, k, dtype=torch.float32) if extra else None
 
-    def offer(self, keys: torch.Tensor, ids: torch.Tensor, acts_of_rows, maxes: torch.Tensor | None = None) -> None:
-        """Offer B candidates per feature: keys [F, B], ids [F, B]; acts_of_rows(rows) -> [r, B, T]."""
-        worst = self.keys[:, -1:]
+    def offer(self, keys: torch.Tensor, ids: torch.Tensor, acts_of, maxes: torch.Tensor | None = None) -> None:
+        """Offer B candidates per feature: keys/ids [F, B]; acts_of(rows, cols) -> [n, T] for candidate
+        (feature row, candidate column) pairs."""
+        worst = self.keys.min(1, keepdim=True).values if self.largest else self.keys.max(1, keepdim=True).values
         better = (keys >= worst) if self.largest else (keys <= worst)
         rows = better.any(dim=1).nonzero().flatten()
         if rows.numel() == 0:
@@ -77,16 +82,27 @@ class Slots:
         all_keys = torch.cat([self.keys[rows], keys[rows].to(torch.float64)], dim=1)
         all_ids = torch.cat([self.ids[rows], ids[rows]], dim=1)
         pick = _select(all_keys, all_ids, self.k, self.largest)
-        all_acts = torch.cat([self.acts[rows], acts_of_rows(rows)], dim=1)
-        self.keys[rows] = all_keys.gather(1, pick)
-        self.ids[rows] = all_ids.gather(1, pick)
-        self.acts[rows] = all_acts.gather(1, pick.unsqueeze(-1).expand(-1, -1, all_acts.shape[-1]))
+        chosen = torch.zeros_like(all_keys, dtype=torch.bool).scatter_(1, pick, True)
+        # pair the j-th evicted old slot of a row with the j-th entering candidate of that row
+        r_out, slot = (~chosen[:, : self.k]).nonzero(as_tuple=True)
+        r_in, cand = chosen[:, self.k :].nonzero(as_tuple=True)
+        if r_in.numel() == 0:
+            return
+        feat = rows[r_in]
+        self.keys[feat, slot] = keys[feat, cand].to(torch.float64)
+        self.ids[feat, slot] = ids[feat, cand]
+        self.acts[feat, slot] = acts_of(feat, cand)
         if self.maxes is not None:
-            self.maxes[rows] = torch.cat([self.maxes[rows], maxes[rows]], dim=1).gather(1, pick)
+            self.maxes[feat, slot] = maxes[feat, cand]
 
     def absorb(self, other: "Slots") -> None:
         """Merge another miner's slots (same features) into these."""
-        self.offer(other.keys, other.ids, lambda rows: other.acts[rows], other.maxes)
+        self.offer(other.keys, other.ids, lambda f, c: other.acts[f, c], other.maxes)
+
+    def ordered(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(slot order best first [F, k], keys in that order), ties by lower window id."""
+        order = _select(self.keys, self.ids, self.k, self.largest)
+        return order, self.keys.gather(1, order)
 
     def state(self) -> dict:
         return {"keys": self.keys, "ids": self.ids, "acts": self.acts, "maxes": self.maxes}
@@ -111,30 +127,33 @@ class Miner:
 
     def update(self, acts: torch.Tensor, window_ids: list[int], token_ids: list[tuple[int, ...]]) -> None:
         """Fold one batch in: acts [B, T, F] float32 for windows `window_ids`."""
-        if not torch.isfinite(acts).all():
-            bad = (~torch.isfinite(acts)).nonzero()[0].tolist()
-            raise FloatingPointError(
-                f"non-finite activation (NaN/inf) for feature {self.features[bad[2]].key} in window "
-                f"{window_ids[bad[0]]}, token {bad[1]}; try --dtype float32"
-            )
+        a = acts.reshape(-1, acts.shape[-1])
+        a2 = a * a
+        # per-batch power sums in float32 (BLAS), accumulated in float64; NaN/inf propagate into them
+        sums = torch.stack([a.sum(0), a2.sum(0), (a2 * a).sum(0), (a2 * a2).sum(0)], 1)
+        if not torch.isfinite(sums).all():
+            self._raise_non_finite(acts, window_ids)
+        self.moments[:, 0] += a.shape[0]
+        self.moments[:, 1:] += sums.double()
+        self.n_active += (a > 0).sum(0)
         B = len(window_ids)
         ids = torch.tensor(window_ids, dtype=torch.int64).expand(len(self.features), B)
-        maxes = acts.amax(dim=1).T.contiguous()  # [F, B]
-        per_row = lambda rows: acts[:, :, rows].permute(2, 0, 1)  # noqa: E731  [r, B, T]
+        by_feature = acts.permute(2, 0, 1).contiguous()  # [F, B, T]: candidate rows are contiguous
+        maxes = by_feature.amax(dim=2)  # [F, B]
+        per_pair = lambda f, c: by_feature[f, c]  # noqa: E731  [n, T]
         prio = window_priorities(self.config.seed, window_ids, len(self.features))
-        self.top.offer(maxes.to(torch.float64), ids, per_row)
+        self.top.offer(maxes.to(torch.float64), ids, per_pair)
         pool_prio = torch.where(maxes > 0, prio[0], torch.full_like(prio[0], float("inf")))
-        self.pool.offer(pool_prio, ids, per_row, maxes)
-        self.random.offer(prio[1], ids, per_row, maxes)
-        a = acts.to(torch.float64).reshape(-1, acts.shape[-1])
-        self.moments[:, 0] += a.shape[0]
-        a2 = a * a
-        self.moments[:, 1] += a.sum(0)
-        self.moments[:, 2] += a2.sum(0)
-        self.moments[:, 3] += (a2 * a).sum(0)
-        self.moments[:, 4] += (a2 * a2).sum(0)
-        self.n_active += (a > 0).sum(0)
+        self.pool.offer(pool_prio, ids, per_pair, maxes)
+        self.random.offer(prio[1], ids, per_pair, maxes)
         self.window_tokens.update(zip(window_ids, token_ids))
+
+    def _raise_non_finite(self, acts: torch.Tensor, window_ids: list[int]) -> None:
+        b, t, f = (~torch.isfinite(acts)).nonzero()[0].tolist()
+        raise FloatingPointError(
+            f"non-finite activation (NaN/inf) for feature {self.features[f].key} in window "
+            f"{window_ids[b]}, token {t}; try --dtype float32"
+        )
 
     def prune_tokens(self) -> None:
         """Forget token ids of windows no slot refers to (keeps memory bounded)."""

@@ -160,9 +160,12 @@ class ActivationReader:
             if self.stop_early and len(self._captured) == len(self.groups):
                 raise _StopForward
 
+        from neuroscribe.saes import hooked_tensor
+
         if side == "pre":
-            return module.register_forward_pre_hook(lambda mod, args: capture(args[0]))
-        return module.register_forward_hook(lambda mod, args, out: capture(out[0] if isinstance(out, tuple) else out))
+            return module.register_forward_pre_hook(
+                lambda mod, args, kwargs: capture(hooked_tensor("pre", args, kwargs)), with_kwargs=True)
+        return module.register_forward_hook(lambda mod, args, out: capture(hooked_tensor("post", args, None, out)))
 
     @torch.no_grad()
     def read(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:

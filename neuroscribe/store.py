@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -45,38 +46,62 @@ class StoreError(ValueError):
     pass
 
 
-def write_store(path: str | Path, records: Iterable[FeatureExemplars], meta: dict, overwrite: bool = False) -> Path:
-    """Write a store atomically: into a sibling temp folder, then renamed over `path`.
+def list_column(matrix: np.ndarray, value_type: pa.DataType) -> pa.Array:
+    """A list<value_type> column from a 2-D array [rows, T] without a per-row Python loop."""
+    rows, width = matrix.shape
+    offsets = pa.array(np.arange(0, rows * width + 1, width, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1), type=value_type))
 
-    An existing store is never replaced unless `overwrite` is set.
-    """
+
+def exemplar_table(scalars: dict[str, list], tokens: pa.Array, token_ids: pa.Array, activations: pa.Array) -> pa.Table:
+    cols = {name: pa.array(scalars[name], type=EXEMPLAR_SCHEMA.field(name).type)
+            for name in ("feature", "layer", "kind", "split", "source", "rank", "quantile", "window_id")}
+    cols.update(tokens=tokens, token_ids=token_ids, activations=activations)
+    return pa.table(cols, schema=EXEMPLAR_SCHEMA)
+
+
+def feature_row(rec: FeatureExemplars) -> dict:
+    f, st = rec.feature, rec.stats
+    return {
+        "feature": f.key, "kind": f.kind, "layer": f.layer, "index": f.index, "polarity": f.polarity,
+        "dead": rec.dead, "max_activation": st.max_activation, "mean": st.mean, "variance": st.variance,
+        "skewness": st.skewness, "kurtosis": st.kurtosis, "n_tokens": st.n_tokens, "frac_active": st.frac_active,
+        "quantile_boundaries": list(st.quantile_boundaries), "top_tokens": list(rec.top_tokens),
+    }
+
+
+def write_store(path: str | Path, records: Iterable[FeatureExemplars], meta: dict, overwrite: bool = False) -> Path:
+    """Write FeatureExemplars records as a store (see `write_tables`)."""
+    records = list(records)
+    rows = [(r.feature, e) for r in records for e in r.exemplars]
+    scalars = {
+        "feature": [f.key for f, _ in rows], "layer": [f.layer for f, _ in rows], "kind": [f.kind for f, _ in rows],
+        "split": [e.split for _, e in rows], "source": [e.source for _, e in rows], "rank": [e.rank for _, e in rows],
+        "quantile": [e.quantile for _, e in rows], "window_id": [e.window_id for _, e in rows],
+    }
+    table = exemplar_table(
+        scalars,
+        pa.array([list(e.tokens) for _, e in rows], pa.list_(pa.string())),
+        pa.array([list(e.token_ids) for _, e in rows], pa.list_(pa.int32())),
+        pa.array([list(e.activations) for _, e in rows], pa.list_(pa.float32())),
+    )
+    return write_tables(path, pa.Table.from_pylist([feature_row(r) for r in records], FEATURE_SCHEMA), table, meta, overwrite)
+
+
+def write_tables(path: str | Path, features: pa.Table, exemplars: pa.Table, meta: dict, overwrite: bool = False) -> Path:
+    """Write a store atomically: into a sibling temp folder, then moved into `path` (meta.json last,
+    as it marks a complete store). An existing store is never replaced unless `overwrite` is set."""
     path = Path(path)
     if (path / "meta.json").exists() and not overwrite:
         raise FileExistsError(f"{path} already holds an exemplar store; pass --overwrite to replace it")
-    features, exemplars = [], []
-    for rec in records:
-        f = rec.feature
-        features.append({
-            "feature": f.key, "kind": f.kind, "layer": f.layer, "index": f.index, "polarity": f.polarity,
-            "dead": rec.dead, "max_activation": rec.stats.max_activation, "mean": rec.stats.mean,
-            "variance": rec.stats.variance, "skewness": rec.stats.skewness, "kurtosis": rec.stats.kurtosis,
-            "n_tokens": rec.stats.n_tokens, "frac_active": rec.stats.frac_active,
-            "quantile_boundaries": list(rec.stats.quantile_boundaries), "top_tokens": list(rec.top_tokens),
-        })
-        for e in rec.exemplars:
-            exemplars.append({
-                "feature": f.key, "layer": f.layer, "kind": f.kind, "split": e.split, "source": e.source,
-                "rank": e.rank, "quantile": e.quantile, "window_id": e.window_id, "tokens": list(e.tokens),
-                "token_ids": list(e.token_ids), "activations": list(e.activations),
-            })
     tmp = path.with_name(path.name + ".writing")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist(features, FEATURE_SCHEMA), tmp / "features.parquet")
-    pq.write_table(pa.Table.from_pylist(exemplars, EXEMPLAR_SCHEMA), tmp / "exemplars.parquet")
+    pq.write_table(features, tmp / "features.parquet")
+    pq.write_table(exemplars, tmp / "exemplars.parquet")
     (tmp / "meta.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION, **meta}, indent=2))
     path.mkdir(parents=True, exist_ok=True)
-    for name in ("features.parquet", "exemplars.parquet", "meta.json"):  # meta last: it marks a complete store
+    for name in ("features.parquet", "exemplars.parquet", "meta.json"):
         (tmp / name).replace(path / name)
     tmp.rmdir()
     return path
@@ -94,7 +119,8 @@ class ExemplarStore:
         if self.meta.get("schema_version") != SCHEMA_VERSION:
             raise StoreError(f"{meta_path}: schema_version {self.meta.get('schema_version')} != {SCHEMA_VERSION}")
         self._features = {r["feature"]: r for r in pq.read_table(self.path / "features.parquet").to_pylist()}
-        self._exemplars: dict[str, list[dict]] | None = None
+        self._table: pa.Table | None = None
+        self._rows_of: dict[str, np.ndarray] = {}
 
     def keys(self, include_dead: bool = False) -> list[str]:
         return [k for k, r in self._features.items() if include_dead or not r["dead"]]
@@ -102,13 +128,16 @@ class ExemplarStore:
     def __len__(self) -> int:
         return len(self._features)
 
-    def _rows(self) -> dict[str, list[dict]]:
-        if self._exemplars is None:
-            grouped: dict[str, list[dict]] = {}
-            for row in pq.read_table(self.path / "exemplars.parquet").to_pylist():
-                grouped.setdefault(row["feature"], []).append(row)
-            self._exemplars = grouped
-        return self._exemplars
+    def _exemplars(self) -> pa.Table:
+        """The exemplar table, read once, with the row indices of every feature."""
+        if self._table is None:
+            self._table = pq.read_table(self.path / "exemplars.parquet")
+            keys = self._table.column("feature").to_numpy(zero_copy_only=False).astype(str)
+            names, inverse = np.unique(keys, return_inverse=True)
+            order = np.argsort(inverse, kind="stable")
+            bounds = np.searchsorted(inverse[order], np.arange(len(names) + 1))
+            self._rows_of = {n: order[bounds[i] : bounds[i + 1]] for i, n in enumerate(names)}
+        return self._table
 
     def get(self, key: str) -> FeatureExemplars:
         if key not in self._features:
@@ -120,7 +149,7 @@ class ExemplarStore:
                 source=r["source"], split=r["split"], rank=r["rank"], quantile=r["quantile"],
                 token_ids=tuple(r["token_ids"]),
             )
-            for r in self._rows().get(key, [])
+            for r in self._exemplars().take(self._rows_of.get(key, np.array([], dtype=np.int64))).to_pylist()
         )
         stats = FeatureStats(
             max_activation=f["max_activation"], mean=f["mean"], variance=f["variance"], skewness=f["skewness"],
@@ -136,18 +165,15 @@ class ExemplarStore:
 
     def summary(self) -> dict:
         """Counts a person checks first: features, dead features, exemplars per split and source."""
-        rows = [r for group in self._rows().values() for r in group]
-        by_split: dict[str, int] = {}
-        by_source: dict[str, int] = {}
-        for r in rows:
-            by_split[r["split"]] = by_split.get(r["split"], 0) + 1
-            by_source[r["source"]] = by_source.get(r["source"], 0) + 1
+        table = self._exemplars()
+        by_split = {r["values"]: r["counts"] for r in table.column("split").value_counts().to_pylist()}
+        by_source = {r["values"]: r["counts"] for r in table.column("source").value_counts().to_pylist()}
         dead = [k for k, r in self._features.items() if r["dead"]]
         layers: dict[int, int] = {}
         for r in self._features.values():
             layers[r["layer"]] = layers.get(r["layer"], 0) + 1
         return {
             "path": str(self.path), "model": self.meta.get("model"), "features": len(self._features),
-            "dead": len(dead), "dead_features": dead, "exemplars": len(rows), "by_split": by_split,
+            "dead": len(dead), "dead_features": dead, "exemplars": table.num_rows, "by_split": by_split,
             "by_source": by_source, "features_by_layer": layers, "windows_seen": self.meta.get("windows_seen"),
         }

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from neuroscribe.corpus import context_prefix, iter_documents, iter_windows
-from neuroscribe.distill.collect import CollectConfig, EmptyDatasetError, collect, top_token_ids
+from neuroscribe.distill.collect import CollectConfig, EmptyDatasetError, collect
 from neuroscribe.distill.mining import Miner, MiningConfig
 from neuroscribe.features import ActivationReader, FeatureSpecError, parse_feature_spec
 from neuroscribe.models import load_model
@@ -280,3 +280,28 @@ def test_cli_inspect_summarises(store):
     assert store.keys()[0] in res.stdout
     bad = _run_cli(["inspect", str(store.path.parent / "nope")], check=False)
     assert bad.returncode == 2 and "not an exemplar store" in bad.stderr
+
+
+def test_sae_and_sparsify_features_collect(tiny_llama, tmp_path):
+    """SAE latents (sae-lens layout) and a sparsify top-k transcoder mined end to end, one polarity each."""
+    from test_saes import _weights, sparsify_tensors, write_sae_lens, write_sparsify
+
+    sae = write_sae_lens(tmp_path / "sae", {}, _weights(1))
+    tc = write_sparsify(tmp_path / "layers.0.mlp", {"transcode": True}, sparsify_tensors(_weights(2)))
+    st = ExemplarStore(collect(_cfg(tiny_llama, tmp_path / "s", features=(f"sae:{sae}:0-5", f"transcoder:{tc}:0-5"),
+                                    max_windows=32)))
+    kinds = {k.split("/")[0] for k in st.keys(include_dead=True)}
+    assert kinds == {"sae", "transcoder"} and len(st) == 12
+    assert all(k.endswith("+") for k in st.keys(include_dead=True))
+    model, tok = load_model(str(tiny_llama))
+    enc = __import__("neuroscribe.saes", fromlist=["x"]).load_sparse_encoder(sae)
+    rec = next(r for r in st.features() if r.feature.kind == "sae")
+    e = rec.select(sources=["top"])[0]
+    seen = {}  # block 1's output before the final norm (hidden_states[-1] has the norm applied)
+    handle = model.model.layers[1].register_forward_hook(lambda m, a, out: seen.setdefault("h", out))
+    with torch.no_grad():
+        model(torch.tensor([list(e.token_ids)]))
+    handle.remove()
+    hidden = seen["h"][0] if isinstance(seen["h"], tuple) else seen["h"]
+    expected = enc.encode(hidden)[0, :, rec.feature.index]
+    assert torch.allclose(torch.tensor(e.activations), expected, atol=1e-5)
