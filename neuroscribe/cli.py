@@ -109,6 +109,17 @@ def inspect(
         typer.echo(f"dead       {shown}{' ...' if len(s['dead_features']) > 10 else ''}")
 
 
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="Run folder; a rerun reuses what is there."),
+    model: str = typer.Option("smollm2-135m-instruct", help="Subject, teacher, simulator and student base."),
+):
+    """Run the whole loop on CPU with the bundled model and print where the report is."""
+    from neuroscribe.eval.demo import run_demo
+
+    run_demo(out, model)
+
+
 def main() -> None:
     app()
 
