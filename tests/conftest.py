@@ -47,3 +47,6 @@ def smollm2():
     from neuroscribe.models import load_model
 
     return load_model("smollm2-135m-instruct")
+
+
+from servers import llama_server  # noqa: E402,F401  (a real llama.cpp OpenAI-compatible server, session-scoped)

@@ -1,0 +1,319 @@
+"""Machinery shared by the HTTP backends (OpenAI-compatible, Anthropic).
+
+- a concurrency limit (one semaphore per `generate` call),
+- retries with exponential backoff and full jitter on 429 / 5xx / timeouts / connection errors
+  (honouring a server's Retry-After), never on other 4xx,
+- a per-run `Budget` (max USD and/or max calls) checked BEFORE each call is sent, with a pessimistic
+  cost estimate reserved until the real usage comes back,
+- several base URLs: each call goes to the least busy healthy URL (ties in round-robin order); a URL
+  that failed is benched for a while, so the retry lands on another one.
+API keys are read from the environment when a call is made, and scrubbed from any error text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Sequence
+
+from neuroscribe.backends.base import Backend, BackendError, ChatRequest, Completion, PositionLogprobs
+
+
+class BudgetExceeded(BackendError):
+    """The next call would break the run's budget; it was not sent."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 6
+    base_delay: float = 0.5  # seconds; attempt n waits up to base_delay * 2**n (full jitter)
+    max_delay: float = 30.0
+    timeout: float = 120.0  # per request, seconds
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        cap = min(self.max_delay, self.base_delay * 2**attempt)
+        wait = random.uniform(0, cap)
+        return min(self.max_delay, max(wait, retry_after or 0.0))
+
+
+class Budget:
+    """A run's spending limit, shared by every backend given the same object (thread-safe).
+
+    Before a call is sent, `reserve` adds a pessimistic estimate (all of max_tokens generated) and
+    refuses with BudgetExceeded if spent + reserved + estimate would pass the limit; `settle`
+    replaces the estimate with the real cost.
+    """
+
+    def __init__(self, max_usd: float | None = None, max_calls: int | None = None):
+        self.max_usd = max_usd
+        self.max_calls = max_calls
+        self.spent_usd = 0.0
+        self.calls = 0
+        self._reserved_usd = 0.0
+        self._reserved_calls = 0
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Budget(max_usd={self.max_usd}, max_calls={self.max_calls}, spent_usd={self.spent_usd:.4f}, calls={self.calls})"
+
+    def reserve(self, estimate_usd: float) -> None:
+        with self._lock:
+            if self.max_calls is not None and self.calls + self._reserved_calls + 1 > self.max_calls:
+                raise BudgetExceeded(
+                    f"budget: max_calls={self.max_calls} reached ({self.calls} made, {self._reserved_calls} in flight)"
+                )
+            if self.max_usd is not None and self.spent_usd + self._reserved_usd + estimate_usd > self.max_usd:
+                raise BudgetExceeded(
+                    f"budget: max_usd={self.max_usd} would be exceeded (spent {self.spent_usd:.4f}, "
+                    f"in flight {self._reserved_usd:.4f}, next call up to {estimate_usd:.4f})"
+                )
+            self._reserved_calls += 1
+            self._reserved_usd += estimate_usd
+
+    def settle(self, estimate_usd: float, actual_usd: float | None) -> None:
+        with self._lock:
+            self._reserved_calls -= 1
+            self._reserved_usd -= estimate_usd
+            self.calls += 1
+            self.spent_usd += actual_usd if actual_usd is not None else estimate_usd
+
+    def release(self, estimate_usd: float) -> None:
+        """The call failed before costing anything (or we cannot know): free its reservation."""
+        with self._lock:
+            self._reserved_calls -= 1
+            self._reserved_usd -= estimate_usd
+
+
+class EndpointPool:
+    """Base URLs with in-flight counts; picks the least busy healthy one, round-robin on ties."""
+
+    def __init__(self, urls: Sequence[str], bench_seconds: float = 5.0):
+        if not urls:
+            raise ValueError("EndpointPool needs at least one base URL")
+        self.urls = list(urls)
+        self.in_flight = {u: 0 for u in self.urls}
+        self.sent = {u: 0 for u in self.urls}
+        self.failures = {u: 0 for u in self.urls}
+        self._benched_until = {u: 0.0 for u in self.urls}
+        self._bench_seconds = bench_seconds
+        self._turn = 0
+
+    def acquire(self, avoid: str | None = None) -> str:
+        now = time.monotonic()
+        healthy = [u for u in self.urls if self._benched_until[u] <= now and u != avoid]
+        if not healthy:  # everything benched: take the one that recovers first
+            healthy = sorted(self.urls, key=lambda u: (u == avoid, self._benched_until[u]))[:1]
+        order = self.urls[self._turn:] + self.urls[: self._turn]
+        url = min(healthy, key=lambda u: (self.in_flight[u], order.index(u)))
+        self._turn = (self.urls.index(url) + 1) % len(self.urls)
+        self.in_flight[url] += 1
+        self.sent[url] += 1
+        return url
+
+    def release(self, url: str, failed: bool = False) -> None:
+        self.in_flight[url] -= 1
+        if failed:
+            self.failures[url] += 1
+            self._benched_until[url] = time.monotonic() + self._bench_seconds
+        else:
+            self._benched_until[url] = 0.0
+
+
+def read_api_key(env_var: str) -> str | None:
+    value = os.environ.get(env_var)
+    return value.strip() if value and value.strip() else None
+
+
+def redact(text: str, secrets: Sequence[str | None]) -> str:
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
+def run_sync(coro_factory: Callable[[], Awaitable[Any]]) -> Any:
+    """Run a coroutine from sync code, also when the caller already runs an event loop (notebooks)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro_factory())
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro_factory())
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+class RemoteBackend(Backend):
+    """A Backend that talks HTTP: subclasses provide clients, the request body and error taxonomy."""
+
+    env_key: str = ""
+    default_concurrency = 8
+
+    def __init__(
+        self,
+        model: str,
+        cache=None,
+        stage: str = "default",
+        prices=None,
+        base_urls: Sequence[str] | None = None,
+        max_concurrency: int | None = None,
+        retry: RetryPolicy | None = None,
+        budget: Budget | None = None,
+    ):
+        super().__init__(model, cache, stage, prices)
+        self.base_urls = [u.rstrip("/") for u in base_urls] if base_urls else [None]
+        self.max_concurrency = max_concurrency or self.default_concurrency
+        self.retry = retry or RetryPolicy()
+        self.budget = budget
+        self.pool = EndpointPool([u or "default" for u in self.base_urls])
+        if budget is not None and budget.max_usd is not None and self.prices.price(self.kind, model) is None:
+            raise ValueError(
+                f"{self.spec}: a USD budget needs a price for this model; add it to the price table "
+                "(prices={'" + self.kind + "': {'" + model + "': {'input': ..., 'output': ...}}})"
+            )
+
+    # -- hooks for subclasses -------------------------------------------------------------------
+    def make_client(self, base_url: str | None, api_key: str | None) -> Any:
+        raise NotImplementedError
+
+    async def send_chat(self, client: Any, request: ChatRequest) -> Completion:
+        raise NotImplementedError
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        status = getattr(exc, "status_code", None)
+        if isinstance(status, int):
+            return status in (408, 409, 429) or status >= 500
+        return isinstance(exc, (asyncio.TimeoutError, ConnectionError))
+
+    def retry_after(self, exc: BaseException) -> float | None:
+        response = getattr(exc, "response", None)
+        try:
+            return float(response.headers.get("retry-after"))  # type: ignore[union-attr]
+        except (AttributeError, TypeError, ValueError):
+            return None
+
+    # -- shared machinery -----------------------------------------------------------------------
+    def estimate_usd(self, request: ChatRequest) -> float:
+        """Pessimistic: ~3 characters per prompt token, every allowed token generated."""
+        chars = sum(len(m["content"]) for m in request.messages)
+        return self.cost(chars // 3 + 16, request.params.max_tokens) or 0.0
+
+    def _clients(self) -> dict[str, Any]:
+        key = read_api_key(self.env_key)
+        return {name: self.make_client(url, key) for name, url in zip(self.pool.urls, self.base_urls)}
+
+    async def call(self, clients: dict[str, Any], send: Callable[[Any], Awaitable[Any]], estimate_usd: float) -> Any:
+        """One logical call: budget check, then attempts with backoff, moving off failed URLs."""
+        if self.budget is not None:
+            self.budget.reserve(estimate_usd)
+        last: BaseException | None = None
+        avoid = None
+        for attempt in range(self.retry.max_attempts):
+            url = self.pool.acquire(avoid)
+            try:
+                result = await asyncio.wait_for(send(clients[url]), self.retry.timeout)
+            except Exception as exc:  # noqa: BLE001 - classified just below
+                retryable = self.is_retryable(exc)
+                self.pool.release(url, failed=retryable)  # a 4xx says nothing about the URL's health
+                if not retryable:
+                    self._release_budget(estimate_usd)
+                    raise BackendError(self._describe(exc, url)) from None  # no chain: SDK errors carry requests
+                last, avoid = exc, url if len(self.pool.urls) > 1 else None
+                await asyncio.sleep(self.retry.delay(attempt, self.retry_after(exc)))
+                continue
+            self.pool.release(url)
+            if self.budget is not None:
+                self.budget.settle(estimate_usd, self.cost(*_token_counts(result)))
+            return result
+        self._release_budget(estimate_usd)
+        raise BackendError(f"gave up after {self.retry.max_attempts} attempts; last error: {self._describe(last, url)}")
+
+    def _release_budget(self, estimate_usd: float) -> None:
+        if self.budget is not None:
+            self.budget.release(estimate_usd)
+
+    def _describe(self, exc: BaseException | None, url: str | None) -> str:
+        text = f"{self.spec} via {url}: {type(exc).__name__}: {exc}"
+        return redact(text, [read_api_key(self.env_key)])
+
+    def _generate(self, requests: Sequence[ChatRequest], on_done: Callable[[int, Completion], None]) -> None:
+        async def main() -> None:
+            clients = self._clients()
+            gate = asyncio.Semaphore(self.max_concurrency)
+
+            async def one(i: int, request: ChatRequest) -> None:
+                async with gate:
+                    completion = await self.call(clients, lambda c: self.send_chat(c, request), self.estimate_usd(request))
+                on_done(i, completion)
+
+            try:
+                outcomes = await asyncio.gather(*(one(i, r) for i, r in enumerate(requests)), return_exceptions=True)
+            finally:
+                await _close_all(clients)
+            _raise_first(outcomes)
+
+        run_sync(main)
+
+    def _prompt_logprobs_many(self, prompts: Sequence[str], top_k: int, on_done) -> None:
+        async def main() -> None:
+            clients = self._clients()
+            gate = asyncio.Semaphore(self.max_concurrency)
+
+            async def one(j: int, prompt: str) -> None:
+                estimate = self.cost(len(prompt) // 3 + 16, 1) or 0.0
+                async with gate:
+                    positions, tokens_in = await self.call(
+                        clients, lambda c: self.send_prompt_logprobs(c, prompt, top_k), estimate
+                    )
+                on_done(j, positions, tokens_in)
+
+            try:
+                outcomes = await asyncio.gather(*(one(j, p) for j, p in enumerate(prompts)), return_exceptions=True)
+            finally:
+                await _close_all(clients)
+            _raise_first(outcomes)
+
+        run_sync(main)
+
+    async def send_prompt_logprobs(self, client: Any, prompt: str, top_k: int) -> tuple[list[PositionLogprobs], int]:
+        raise NotImplementedError(f"{self.spec}: this backend cannot return prompt logprobs")
+
+
+def _raise_first(outcomes: Sequence[Any]) -> None:
+    """Everything that finished is already cached; report a budget stop first, else the first failure."""
+    errors = [o for o in outcomes if isinstance(o, BaseException)]
+    if errors:
+        budget = [e for e in errors if isinstance(e, BudgetExceeded)]
+        raise (budget or errors)[0]
+
+
+def _token_counts(result: Any) -> tuple[int, int]:
+    if isinstance(result, Completion):
+        return result.tokens_in, result.tokens_out
+    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], int):
+        return result[1], 0
+    return 0, 0
+
+
+async def _close_all(clients: dict[str, Any]) -> None:
+    for client in clients.values():
+        close = getattr(client, "close", None)
+        if close is not None:
+            try:
+                await close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass

@@ -1,0 +1,361 @@
+"""All-at-once expected-value simulator on a local transformers model, and the glue that scores an
+explanation on held-out exemplars.
+
+One prompt per exemplar (`prompts.simulator_prompt`): at every `unknown` slot the next-token
+distribution restricted to the ten digit tokens is renormalised and its expected value is the
+prediction for that token. Only the ten digit logits are ever needed (softmax over a subset is
+the renormalised restriction), so the fast path multiplies the last hidden state by those ten
+rows of the output embedding instead of computing the full-vocabulary head.
+
+Fast path ("shared_prefix"): the prefix (instructions + few-shot + explanation) is run ONCE and
+its KV cache reused for every exemplar of that explanation; the bodies run in right-padded
+batches on top of a copy of that cache (positions continue after the prefix; with right padding
+and causal attention no real token ever attends to a pad). Slow path ("full"): every exemplar is
+its own forward over the whole prompt with the model's full logits; the tests prove both agree.
+
+A simulator only ever sees held-out exemplars: `simulate` refuses exemplars of the explain split.
+Detection and fuzzing (delphi's scores) ask the same local model Yes/No questions, one excerpt
+per prompt, and report balanced accuracy via `scoring.probability_accuracy`.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import random
+from typing import Protocol, Sequence
+
+import torch
+
+from neuroscribe import scoring
+from neuroscribe.corpus import context_prefix
+from neuroscribe.prompts import (
+    POSITIVE_SOURCES,
+    SimulatorPrompt,
+    detection_messages,
+    fuzzing_messages,
+    normalise,
+    simulator_prompt,
+)
+from neuroscribe.records import Exemplar, Explanation, FeatureExemplars, ScoredExplanation, SimulatedExemplar
+
+MODES = ("shared_prefix", "full")
+NEGATIVE_SOURCES = ("random", "hard_negative")
+
+
+class Simulator(Protocol):
+    """What `simulate_and_score` needs; the local and HTTP simulators both provide it."""
+
+    spec: str
+
+    def simulate(self, explanation: str, exemplars: Sequence[Exemplar]) -> list[SimulatedExemplar]: ...
+
+
+def _tokenizer_name(tokenizer) -> str:
+    return getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+
+
+def single_token_ids(tokenizer, texts: Sequence[str], after: str = "\t") -> list[int]:
+    """Id of each text as the one token it becomes right after `after`; fails loudly otherwise.
+
+    Encoding in context matters: SentencePiece tokenizers give a bare "3" a space-prefixed piece.
+    """
+    base = tokenizer(after, add_special_tokens=False)["input_ids"]
+    ids = []
+    for text in texts:
+        full = tokenizer(after + text, add_special_tokens=False)["input_ids"]
+        tail = full[len(base):]
+        if full[: len(base)] != base or len(tail) != 1:
+            raise ValueError(
+                f"simulator: {text!r} is not a single token after {after!r} in tokenizer "
+                f"{_tokenizer_name(tokenizer)} (got {tokenizer.convert_ids_to_tokens(tail)}); each answer "
+                "must be readable from one next-token distribution"
+            )
+        ids.append(tail[0])
+    return ids
+
+
+def digit_token_ids(tokenizer) -> list[int]:
+    return single_token_ids(tokenizer, [str(d) for d in range(10)])
+
+
+def _cache_kwarg(decoder) -> str:
+    """transformers renamed `past_key_values` to `cache` during 5.x; accept either."""
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+
+
+class LocalSimulator:
+    """All-at-once simulator on a local transformers model (any causal LM, PEFT-wrapped included).
+
+    `simulate` gives expected values on the 0..9 display scale; `yes_probabilities` serves the
+    detection and fuzzing judges. mode="full" is the slow reference path (see the module doc).
+    """
+
+    def __init__(self, model, tokenizer, batch_size: int = 8, spec: str = "", mode: str = "shared_prefix"):
+        if mode not in MODES:
+            raise ValueError(f"simulator mode {mode!r}: choose one of {list(MODES)}")
+        self.model, self.tokenizer = model, tokenizer
+        self.batch_size, self.mode = max(1, batch_size), mode
+        self.spec = spec or f"local:{_tokenizer_name(tokenizer)}"
+        self.digit_ids = digit_token_ids(tokenizer)
+        self.context_ids = context_prefix(tokenizer)
+        self.pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
+        self._yes_no: tuple[list[int], list[int]] | None = None
+
+    # ------------------------------------------------------------------ all-at-once simulation
+
+    def simulate(self, explanation: str, exemplars: Sequence[Exemplar]) -> list[SimulatedExemplar]:
+        """Expected activation (0..9 scale) at every token of every exemplar, in input order."""
+        leaked = [e.window_id for e in exemplars if e.split == "explain"]
+        if leaked:
+            raise ValueError(f"simulator given explain-split exemplars (window ids {leaked[:5]}); "
+                             "a simulator only ever sees held-out exemplars")
+        if not exemplars:
+            return []
+        prompts = [simulator_prompt(explanation, e.tokens) for e in exemplars]
+        prefix_ids = self.context_ids + self._encode(prompts[0].prefix)
+        bodies = [self._encode_body(p) for p in prompts]
+        self._check_length(len(prefix_ids) + max(len(ids) for ids, _ in bodies))
+        if self.mode == "full":
+            logits = [self._full_digit_logits(prefix_ids, ids, slots) for ids, slots in bodies]
+        else:
+            logits = self._shared_prefix_digit_logits(prefix_ids, bodies)
+        return [
+            SimulatedExemplar(
+                window_id=e.window_id,
+                source=e.source,
+                true_activations=tuple(e.activations),
+                predicted=tuple(scoring.expected_value(row, log=True) for row in lg.float().tolist()),
+            )
+            for e, lg in zip(exemplars, logits)
+        ]
+
+    def _check_length(self, n_tokens: int) -> None:
+        """Learned absolute positions (GPT-2's n_positions) cannot extrapolate: fail with the numbers."""
+        limit = getattr(self.model.config.get_text_config(), "n_positions", None)
+        if limit and n_tokens > limit:
+            raise ValueError(f"simulator prompt of {n_tokens} tokens exceeds the model's {limit} positions "
+                             f"({self.spec}); use shorter exemplars or a model with a longer context")
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _encode_body(self, prompt: SimulatorPrompt) -> tuple[list[int], list[int]]:
+        """Body ids and, per slot, the body position whose next-token distribution predicts it."""
+        enc = self.tokenizer(prompt.body, add_special_tokens=False, return_offsets_mapping=True)
+        first_token_at: dict[int, int] = {}
+        for i, (start, end) in enumerate(enc["offset_mapping"]):
+            if end > start:
+                first_token_at.setdefault(start, i)
+        readers = []
+        for offset in prompt.slot_offsets:
+            j = first_token_at.get(offset - len(prompt.prefix))
+            if not j:  # None, or 0: nothing before the slot to read from
+                raise ValueError(
+                    f"simulator: tokenizer {_tokenizer_name(self.tokenizer)} merges an 'unknown' slot with the "
+                    f"text before it (slot at character {offset}); the slot must start a token"
+                )
+            readers.append(j - 1)
+        return list(enc["input_ids"]), readers
+
+    def _digit_head(self, hidden: torch.Tensor, token_ids: Sequence[int]) -> torch.Tensor:
+        """Logits of `token_ids` only, from final hidden states (incl. the model's logit transforms)."""
+        head = self.model.get_output_embeddings()
+        logits = hidden.float() @ head.weight[list(token_ids)].float().T
+        if getattr(head, "bias", None) is not None:
+            logits = logits + head.bias[list(token_ids)].float()
+        config = self.model.config.get_text_config()
+        if getattr(config, "logit_scale", None):  # Cohere
+            logits = logits * config.logit_scale
+        if getattr(config, "logits_scaling", None):  # Granite
+            logits = logits / config.logits_scaling
+        cap = getattr(config, "final_logit_softcapping", None)  # Gemma 2/3
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    @torch.inference_mode()
+    def _full_digit_logits(self, prefix_ids: list[int], body_ids: list[int], readers: list[int]) -> torch.Tensor:
+        ids = torch.tensor([prefix_ids + body_ids], device=self.model.device)
+        logprobs = torch.log_softmax(self.model(input_ids=ids).logits[0].float(), dim=-1)
+        rows = torch.tensor(readers, device=ids.device) + len(prefix_ids)
+        return logprobs[rows][:, self.digit_ids]
+
+    @torch.inference_mode()
+    def _shared_prefix_digit_logits(self, prefix_ids: list[int], bodies) -> list[torch.Tensor]:
+        decoder, device = self.model.get_decoder(), self.model.device
+        n_prefix = len(prefix_ids)
+        cache_kwarg = _cache_kwarg(decoder)
+        prefix_out = decoder(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True)
+        prefix_cache = prefix_out.get("cache", None)
+        prefix_cache = prefix_out.get("past_key_values") if prefix_cache is None else prefix_cache
+        out: list[torch.Tensor | None] = [None] * len(bodies)
+        order = sorted(range(len(bodies)), key=lambda i: len(bodies[i][0]))  # similar lengths share a batch
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            width = max(len(bodies[i][0]) for i in batch)
+            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long, device=device)
+            mask = torch.zeros((len(batch), n_prefix + width), dtype=torch.long, device=device)
+            mask[:, :n_prefix] = 1
+            for row, i in enumerate(batch):
+                ids[row, : len(bodies[i][0])] = torch.tensor(bodies[i][0], device=device)
+                mask[row, n_prefix : n_prefix + len(bodies[i][0])] = 1
+            cache = copy.deepcopy(prefix_cache)  # the forward appends to it in place
+            cache.batch_repeat_interleave(len(batch))
+            positions = torch.arange(n_prefix, n_prefix + width, device=device).expand(len(batch), width)
+            hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                             **{cache_kwarg: cache}).last_hidden_state
+            for row, i in enumerate(batch):
+                out[i] = self._digit_head(hidden[row, bodies[i][1]], self.digit_ids)
+        return out  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ yes/no judgements
+
+    def _yes_no_ids(self) -> tuple[list[int], list[int]]:
+        """First tokens of Yes/yes/ Yes/ yes and of the No forms; a first token both share (a bare
+        space, say) says nothing and is dropped."""
+        if self._yes_no is None:
+            yes = {self._encode(w)[0] for w in ("Yes", "yes", " Yes", " yes")}
+            no = {self._encode(w)[0] for w in ("No", "no", " No", " no")}
+            yes, no = sorted(yes - no), sorted(no - yes)
+            if not yes or not no:
+                raise ValueError(f"tokenizer {_tokenizer_name(self.tokenizer)}: Yes and No share every first token")
+            self._yes_no = (yes, no)
+        return self._yes_no
+
+    def _chat_ids(self, messages: list[dict]) -> list[int]:
+        if getattr(self.tokenizer, "chat_template", None):
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return self._encode(text)
+        text = "\n\n".join(m["content"] for m in messages) + "\nAnswer:"
+        return self.context_ids + self._encode(text)
+
+    @torch.inference_mode()
+    def yes_probabilities(self, conversations: Sequence[list[dict]]) -> list[float]:
+        """P(Yes) / (P(Yes) + P(No)) for the first answer token of each conversation."""
+        yes, no = self._yes_no_ids()
+        decoder, device = self.model.get_decoder(), self.model.device
+        encoded = [self._chat_ids(m) for m in conversations]
+        probs: list[float] = []
+        for start in range(0, len(encoded), self.batch_size):
+            batch = encoded[start : start + self.batch_size]
+            width = max(len(x) for x in batch)
+            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long, device=device)
+            mask = torch.zeros_like(ids)
+            for row, x in enumerate(batch):
+                ids[row, : len(x)] = torch.tensor(x, device=device)
+                mask[row, : len(x)] = 1
+            hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+            ends = torch.tensor([len(x) - 1 for x in batch], device=device)
+            last = hidden[torch.arange(len(batch), device=device), ends]
+            logp = torch.log_softmax(self._digit_head(last, yes + no), dim=-1)
+            probs.extend(logp[:, : len(yes)].exp().sum(-1).tolist())
+        return probs
+
+
+# ---------------------------------------------------------------------------------- scoring glue
+
+
+def _held_out(record: FeatureExemplars, split: str) -> list[Exemplar]:
+    if split == "explain":
+        raise ValueError(f"feature {record.feature.key}: scoring on the explain split; use a held-out split")
+    return record.select(split=split)
+
+
+def _top_side(exemplars: Sequence[Exemplar]) -> list[Exemplar]:
+    """Top then quantile exemplars, strongest first (the order `top_and_random_score` spaces over)."""
+    order = {s: i for i, s in enumerate(POSITIVE_SOURCES)}
+    return sorted((e for e in exemplars if e.source in POSITIVE_SOURCES),
+                  key=lambda e: (order[e.source], -e.quantile, e.rank))
+
+
+def _readable(sims: Sequence[SimulatedExemplar]) -> tuple[list[list[float]], list[list[float]], int]:
+    """(true, predicted) per exemplar without the tokens whose prediction is NaN (unreadable), and
+    how many tokens were dropped; an exemplar with no readable token is left out altogether."""
+    true, pred, failed = [], [], 0
+    for s in sims:
+        keep = [i for i, v in enumerate(s.predicted) if not math.isnan(v)]
+        failed += len(s.predicted) - len(keep)
+        if keep:
+            true.append([s.true_activations[i] for i in keep])
+            pred.append([s.predicted[i] for i in keep])
+    return true, pred, failed
+
+
+def simulate_and_score(
+    simulator: Simulator, explanation: Explanation, record: FeatureExemplars, split: str = "score"
+) -> ScoredExplanation:
+    """Score one explanation on the held-out `split` of its feature.
+
+    Top side = top + quantile exemplars, random side = random exemplars (hard negatives are for
+    detection only); `score` mixes the two 1:1 as documented in `neuroscribe.scoring`. Tokens a
+    simulator could not read (NaN predictions, e.g. from an HTTP backend) are dropped from the
+    scores, never zeroed, and counted in `n_parse_failures` (tokens); `simulations` keeps them as
+    NaN. An explanation that failed to parse (ok=False) gets a NaN score without any simulation.
+    """
+    if explanation.feature != record.feature.key:
+        raise ValueError(f"explanation is for {explanation.feature!r} but the exemplars are for {record.feature.key!r}")
+    held = _held_out(record, split)
+    top, rnd = _top_side(held), [e for e in held if e.source == "random"]
+    if not explanation.ok:
+        return ScoredExplanation(explanation, float("nan"), simulator=simulator.spec, split=split)
+    if not top and not rnd:
+        raise ValueError(f"feature {record.feature.key}: no top/quantile/random exemplars in split {split!r}")
+    sims = simulator.simulate(explanation.text, top + rnd)
+    if len(sims) != len(top) + len(rnd):
+        raise ValueError(f"simulator {simulator.spec} returned {len(sims)} simulations "
+                         f"for {len(top) + len(rnd)} exemplars")
+    top_true, top_pred, top_failed = _readable(sims[: len(top)])
+    rnd_true, rnd_pred, rnd_failed = _readable(sims[len(top):])
+    return ScoredExplanation(
+        explanation=explanation,
+        score=scoring.top_and_random_score(top_true, top_pred, rnd_true, rnd_pred),
+        random_only_score=scoring.random_only_score(rnd_true, rnd_pred),
+        simulator=simulator.spec,
+        split=split,
+        n_exemplars=len(sims),
+        n_parse_failures=top_failed + rnd_failed,
+        simulations=tuple(sims),
+    )
+
+
+def detection_score(simulator: LocalSimulator, explanation: Explanation, record: FeatureExemplars,
+                    split: str = "score") -> float:
+    """Balanced accuracy of 'does the unit activate on this excerpt?'.
+
+    Truth comes from the exemplar's source: top/quantile are activating, random/hard_negative not.
+    """
+    held = [e for e in _held_out(record, split) if e.source in POSITIVE_SOURCES + NEGATIVE_SOURCES]
+    if not explanation.ok:
+        return math.nan
+    probs = simulator.yes_probabilities([detection_messages(explanation.text, e.tokens) for e in held])
+    return scoring.probability_accuracy(probs, [e.source in POSITIVE_SOURCES for e in held])
+
+
+def fuzzing_pairs(record: FeatureExemplars, split: str = "score", seed: int = 0):
+    """(exemplar, marked, truth): the truly active tokens marked (True), and as many random inactive
+    tokens of the same exemplar marked (False). Active = display digit >= 1 on the split's scale."""
+    positives = _top_side(_held_out(record, split))
+    max_value = max((a for e in positives for a in e.activations), default=0.0)
+    pairs = []
+    for e in positives:
+        active = [d > 0 for d in normalise(e.activations, max_value)]
+        idle = [i for i, a in enumerate(active) if not a]
+        n = sum(active)
+        if n == 0 or len(idle) < n:
+            continue
+        decoy = set(random.Random(seed * 1_000_003 + e.window_id).sample(idle, n))
+        pairs.append((e, tuple(active), True))
+        pairs.append((e, tuple(i in decoy for i in range(len(active))), False))
+    return pairs
+
+
+def fuzzing_score(simulator: LocalSimulator, explanation: Explanation, record: FeatureExemplars,
+                  split: str = "score", seed: int = 0) -> float:
+    """Balanced accuracy of 'are the marked tokens the ones the unit activates on?' (NaN: no pairs)."""
+    pairs = fuzzing_pairs(record, split, seed)
+    if not pairs or not explanation.ok:
+        return math.nan
+    probs = simulator.yes_probabilities([fuzzing_messages(explanation.text, e.tokens, m) for e, m, _ in pairs])
+    return scoring.probability_accuracy(probs, [t for _, _, t in pairs])

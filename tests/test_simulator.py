@@ -1,0 +1,200 @@
+"""The local all-at-once simulator on real models (a tiny random Llama and the bundled SmolLM2)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+
+import pytest
+
+from neuroscribe import scoring
+from neuroscribe.prompts import detection_messages
+from neuroscribe.records import Exemplar, Explanation, FeatureExemplars, FeatureId
+from neuroscribe.simulator import (
+    LocalSimulator,
+    detection_score,
+    digit_token_ids,
+    fuzzing_pairs,
+    fuzzing_score,
+    simulate_and_score,
+    single_token_ids,
+)
+
+FEATURE = FeatureId("mlp", 2, 11)
+AWKWARD = ["the", " cat", "\n", " sat", "\t", " on", "<|im_start|>", " mat", "  ", "a b", "\u2028", "("]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama):
+    from neuroscribe.models import load_model
+
+    return load_model(str(tiny_llama))
+
+
+def random_exemplars(n, split="score", source="top", seed=0, lengths=(3, 12), start_id=0):
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        toks = tuple(rng.choice(AWKWARD) for _ in range(rng.randint(*lengths)))
+        acts = tuple(rng.choice([0.0, 0.0, rng.uniform(-1, 3)]) for _ in toks)
+        out.append(Exemplar(toks, acts, start_id + i, source=source, split=split, rank=i))
+    return out
+
+
+def make_record() -> FeatureExemplars:
+    exs = []
+    for k, split in enumerate(("explain", "score", "test")):
+        for j, source in enumerate(("top", "quantile", "random", "hard_negative")):
+            exs += random_exemplars(2, split, source, seed=10 * k + j, start_id=1000 * k + 100 * j)
+    return FeatureExemplars(FEATURE, tuple(exs))
+
+
+def explanation(text="cats sitting on mats", ok=True) -> Explanation:
+    return Explanation(FEATURE.key, text if ok else "", "test", ok=ok, raw=text)
+
+
+def max_diff(a, b) -> float:
+    assert [x.window_id for x in a] == [y.window_id for y in b]
+    return max(abs(p - q) for x, y in zip(a, b) for p, q in zip(x.predicted, y.predicted, strict=True))
+
+
+def test_shared_prefix_path_matches_full_prompts_on_tiny_llama(tiny):
+    model, tok = tiny
+    exemplars = random_exemplars(5)  # different lengths: padded batches of 2
+    fast = LocalSimulator(model, tok, batch_size=2).simulate("cats", exemplars)
+    full = LocalSimulator(model, tok, mode="full").simulate("cats", exemplars)
+    assert max_diff(fast, full) < 1e-4
+    for sim, e in zip(fast, exemplars):
+        assert len(sim.predicted) == len(e.tokens) and sim.true_activations == e.activations
+        assert all(0.0 <= v <= 9.0 for v in sim.predicted)
+    # The explanation matters: another one gives other predictions.
+    other = LocalSimulator(model, tok, batch_size=2).simulate("dogs and the weather today", exemplars)
+    assert max_diff(fast, other) > 1e-6
+
+
+def test_shared_prefix_path_matches_full_prompts_on_smollm2(smollm2):
+    model, tok = smollm2
+    exemplars = random_exemplars(3, lengths=(8, 16))
+    fast = LocalSimulator(model, tok, batch_size=2).simulate("the word 'cat'", exemplars)
+    full = LocalSimulator(model, tok, mode="full").simulate("the word 'cat'", exemplars)
+    assert max_diff(fast, full) < 1e-4
+    # Yes/No judgements go through SmolLM2's own chat template.
+    probs = LocalSimulator(model, tok).yes_probabilities(
+        [detection_messages("the word 'cat'", ["The", " cat", " sat"]), detection_messages("x", ["1"])])
+    assert all(0.0 < p < 1.0 for p in probs) and probs[0] != probs[1]
+
+
+def test_every_slot_is_read_just_before_its_unknown(tiny):
+    model, tok = tiny
+    sim = LocalSimulator(model, tok)
+    from neuroscribe.prompts import simulator_prompt
+
+    prompt = simulator_prompt("x", AWKWARD)
+    ids, readers = sim._encode_body(prompt)
+    assert len(readers) == len(AWKWARD)
+    for r in readers:
+        assert tok.decode(ids[r]) == "\t"  # the tab that ends the token's display
+        assert "unknown".startswith(tok.decode(ids[r + 1]))
+
+
+def test_digit_ids_are_single_distinct_tokens(tiny, smollm2):
+    for _, tok in (tiny, smollm2):
+        ids = digit_token_ids(tok)
+        assert len(set(ids)) == 10 and [tok.decode([i]) for i in ids] == [str(d) for d in range(10)]
+    with pytest.raises(ValueError, match="not a single token"):
+        single_token_ids(tiny[1], ["unknown"])  # the tiny BPE splits it
+
+
+def test_simulator_refuses_explain_split_exemplars(tiny):
+    with pytest.raises(ValueError, match="held-out"):
+        LocalSimulator(*tiny).simulate("cats", random_exemplars(1, split="explain"))
+    with pytest.raises(ValueError, match="simulator mode"):
+        LocalSimulator(*tiny, mode="fastest")
+
+
+class RecordingSimulator(LocalSimulator):
+    """The real local simulator, remembering which exemplars it was shown."""
+
+    seen: list[Exemplar]
+
+    def simulate(self, explanation, exemplars):
+        self.seen = list(getattr(self, "seen", [])) + list(exemplars)
+        return super().simulate(explanation, exemplars)
+
+
+def test_simulate_and_score_uses_only_held_out_exemplars(tiny):
+    record = make_record()
+    sim = RecordingSimulator(*tiny, spec="hf:tiny")
+    scored = simulate_and_score(sim, explanation(), record, split="score")
+    seen = {e.window_id for e in sim.seen}
+    score_ids = {e.window_id for e in record.select(split="score", sources=["top", "quantile", "random"])}
+    assert seen == score_ids
+    assert not seen & {e.window_id for e in record.exemplars if e.split != "score"}
+    assert scored.n_exemplars == len(scored.simulations) == 6 and scored.simulator == "hf:tiny"
+    assert [s.source for s in scored.simulations] == ["top", "top", "quantile", "quantile", "random", "random"]
+    # The headline numbers are exactly the pure scoring functions over the simulations.
+    top, rnd = scored.simulations[:4], scored.simulations[4:]
+    expect = scoring.top_and_random_score([s.true_activations for s in top], [s.predicted for s in top],
+                                          [s.true_activations for s in rnd], [s.predicted for s in rnd])
+    assert scored.score == expect or (math.isnan(expect) and math.isnan(scored.score))
+    assert -1.0 <= scored.score <= 1.0
+    assert scored.random_only_score == pytest.approx(
+        scoring.random_only_score([s.true_activations for s in rnd], [s.predicted for s in rnd]), nan_ok=True)
+
+
+def test_simulate_and_score_guards(tiny):
+    record = make_record()
+    sim = LocalSimulator(*tiny)
+    with pytest.raises(ValueError, match="held-out split"):
+        simulate_and_score(sim, explanation(), record, split="explain")
+    with pytest.raises(ValueError, match="exemplars are for"):
+        simulate_and_score(sim, Explanation("mlp/L0/1+", "x", "test"), record)
+    failed = simulate_and_score(sim, explanation(ok=False), record)
+    assert math.isnan(failed.score) and failed.simulations == ()
+
+
+def test_fuzzing_pairs_mark_active_tokens_and_same_count_of_decoys():
+    record = make_record()
+    pairs = fuzzing_pairs(record, "score", seed=3)
+    assert pairs and pairs == fuzzing_pairs(record, "score", seed=3)
+    assert {e.split for e, _, _ in pairs} == {"score"} and {e.source for e, _, _ in pairs} <= {"top", "quantile"}
+    for (e, real, t1), (e2, decoy, t2) in zip(pairs[::2], pairs[1::2]):
+        assert e is e2 and t1 and not t2
+        assert sum(real) == sum(decoy) > 0 and not any(a and b for a, b in zip(real, decoy))
+        assert all(e.activations[i] > 0 for i, m in enumerate(real) if m)
+
+
+def test_detection_and_fuzzing_return_balanced_accuracies(tiny):
+    record = make_record()
+    sim = LocalSimulator(*tiny, batch_size=4)
+    probs = sim.yes_probabilities([[{"role": "user", "content": "Is this a test?"}]] * 2)
+    assert len(probs) == 2 and all(0.0 < p < 1.0 for p in probs) and probs[0] == pytest.approx(probs[1])
+    for score in (detection_score(sim, explanation(), record), fuzzing_score(sim, explanation(), record)):
+        assert 0.0 <= score <= 1.0
+    with pytest.raises(ValueError, match="held-out split"):
+        detection_score(sim, explanation(), record, split="explain")
+
+
+class LossySimulator(LocalSimulator):
+    """The real local simulator with every third token made unreadable (NaN), the way an HTTP
+    backend reports slots whose top-k logprobs held no digit (no such server runs in this test)."""
+
+    def simulate(self, explanation, exemplars):
+        sims = super().simulate(explanation, exemplars)
+        def lossy(values):
+            return tuple(math.nan if i % 3 == 0 else v for i, v in enumerate(values))
+
+        return [dataclasses.replace(s, predicted=lossy(s.predicted)) for s in sims]
+
+
+def test_unreadable_predictions_are_dropped_and_counted_not_zeroed(tiny):
+    record = make_record()
+    scored = simulate_and_score(LossySimulator(*tiny), explanation(), record)
+    n_nan = sum(math.isnan(v) for s in scored.simulations for v in s.predicted)
+    assert n_nan > 0 and scored.n_parse_failures == n_nan
+    keep = [[(t, p) for t, p in zip(s.true_activations, s.predicted) if not math.isnan(p)] for s in scored.simulations]
+    top, rnd = [k for k in keep[:4] if k], [k for k in keep[4:] if k]
+    expect = scoring.top_and_random_score([[t for t, _ in k] for k in top], [[p for _, p in k] for k in top],
+                                          [[t for t, _ in k] for k in rnd], [[p for _, p in k] for k in rnd])
+    assert scored.score == pytest.approx(expect, nan_ok=True)
