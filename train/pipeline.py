@@ -1,0 +1,184 @@
+"""The steps every training entry point runs, so `sft.py` and `dpo.py` stay short and linear."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from neuroscribe.train.args import RecipeSource, redacted_recipe_text
+
+logger = logging.getLogger("neuroscribe.train")
+RUN_INFO = "neuroscribe_run.json"
+LLAMA3_PAD = "<|finetune_right_pad_id|>"  # Llama-3.1 reserves this; padding with eos works too
+
+
+def setup_logging(training_args) -> None:
+    """Main process at the recipe's log level, replicas at warning; every line says its rank."""
+    import datasets
+    import transformers
+
+    rank = training_args.process_index
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != training_args.world_size:  # e.g. DDP on CPU without use_cpu: N solo runs, one output_dir
+        raise RuntimeError(f"launched as {launched} processes but the Trainer sees world size "
+                           f"{training_args.world_size}; on CPU set `use_cpu: true` in the recipe")
+    logging.basicConfig(format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s",
+                        level=logging.INFO, force=True)
+    level = training_args.get_process_log_level()
+    logger.setLevel(level)
+    datasets.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(level)
+    # one line per rank, whatever the log level: the proof that every rank started
+    print(f"[neuroscribe] rank {rank} of {training_args.world_size} on {training_args.device}", flush=True)
+
+
+def setup_wandb(script_args, training_args) -> None:
+    """Point wandb at the project named in the recipe; transformers' callback logs from rank 0 only."""
+    if "wandb" not in (training_args.report_to or []):
+        return
+    for env, value in (("WANDB_PROJECT", script_args.wandb_project), ("WANDB_ENTITY", script_args.wandb_entity),
+                       ("WANDB_RUN_GROUP", script_args.wandb_group)):
+        if value:
+            os.environ[env] = value
+
+
+def resolve_model_dir(spec: str, training_args) -> str:
+    """A model spec (bundled name, local dir, hub id) -> what `from_pretrained` takes.
+
+    A bundled GGUF is de-quantised once into the neuroscribe cache (main process first, so ranks
+    don't race), then every rank loads that folder.
+    """
+    from neuroscribe.models import load_model, resolve
+
+    src = resolve(spec)
+    if src.gguf_file is None:
+        return src.path
+    with training_args.main_process_first(desc="convert bundled model"):
+        src = resolve(spec)
+        if src.gguf_file is not None:
+            load_model(spec)
+            src = resolve(spec)
+    if src.gguf_file is not None:
+        raise RuntimeError(f"model {spec}: could not write the converted copy to the neuroscribe cache; "
+                           "set NEUROSCRIBE_CACHE to a writable folder")
+    return src.path
+
+
+def load_tokenizer(model_dir: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    if tok.pad_token is None:
+        tok.pad_token = LLAMA3_PAD if LLAMA3_PAD in tok.get_vocab() else tok.eos_token
+    if not tok.chat_template:
+        raise ValueError(f"{model_dir}: the tokenizer has no chat template; the explainer data is conversational")
+    return tok
+
+
+def load_training_dataset(script_args):
+    """Load the dataset named in the recipe as a DatasetDict.
+
+    A local folder is read by its Parquet files: `load_dataset(DIR, config)` caches by the folder's
+    *name* and config, so a rebuilt folder (or another folder called the same) could be served stale.
+    """
+    import datasets
+
+    name, config = script_args.dataset_name, script_args.dataset_config
+    if not name:
+        raise ValueError("dataset_name is not set (a `neuroscribe distill build` folder or a Hub dataset id)")
+    local = Path(name)
+    if local.exists():
+        folder = local / config if config else local
+        files = {p.stem: str(p) for p in sorted(folder.glob("*.parquet"))}
+        if not files:
+            raise FileNotFoundError(f"dataset {name}: no Parquet files in {folder}")
+        ds = datasets.load_dataset("parquet", data_files=files)
+    else:
+        ds = datasets.load_dataset(name, config)
+    if script_args.dataset_train_split not in ds:
+        raise ValueError(f"dataset {name} ({config}): no split {script_args.dataset_train_split!r}, has {list(ds)}")
+    if script_args.max_train_samples:
+        train = ds[script_args.dataset_train_split]
+        ds[script_args.dataset_train_split] = train.select(range(min(len(train), script_args.max_train_samples)))
+    if script_args.check_heldout:
+        check_heldout(name, ds)
+    return ds
+
+
+def check_heldout(name: str, ds) -> None:
+    """Training must never see a feature reserved for eval."""
+    path = Path(name) / "heldout.txt"
+    if not path.exists():
+        return
+    heldout = {ln.strip() for ln in path.read_text().splitlines() if ln.strip()}
+    for split, part in ds.items():
+        if "feature" in part.column_names:
+            leaked = heldout & set(part["feature"])
+            if leaked:
+                raise ValueError(f"dataset {name} split {split}: {len(leaked)} held-out feature(s) "
+                                 f"listed in {path}, e.g. {sorted(leaked)[:3]}")
+
+
+def eval_split(script_args, training_args, ds):
+    if training_args.eval_strategy == "no":
+        return None
+    if script_args.dataset_test_split not in ds:
+        raise ValueError(f"eval_strategy is {training_args.eval_strategy} but the dataset has no split "
+                         f"{script_args.dataset_test_split!r} (has {list(ds)})")
+    return ds[script_args.dataset_test_split]
+
+
+def last_checkpoint(training_args) -> str | None:
+    """What to resume from: the recipe's resume_from_checkpoint, else the newest checkpoint in output_dir."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if training_args.resume_from_checkpoint:
+        return training_args.resume_from_checkpoint
+    out = training_args.output_dir
+    last = get_last_checkpoint(out) if os.path.isdir(out) else None
+    if last:
+        logger.info("resuming from %s", last)
+        print(f"[neuroscribe] resuming from {last}", flush=True)
+    return last
+
+
+def dataset_provenance(name: str) -> dict:
+    """Teacher, simulator, prompt version ... from a `distill build` folder's build.json, when local."""
+    path = Path(name) / "build.json"
+    if not path.exists():
+        return {}
+    build = json.loads(path.read_text())
+    meta = build.get("meta", {})
+    return {"source_model": build.get("source_model"), "teacher": meta.get("teacher"),
+            "simulator": meta.get("simulator"), "prompt_style": meta.get("prompt_style"),
+            "prompt_version": meta.get("prompt_version"), "heldout_features": len(build.get("splits", {}).get("heldout", []))}
+
+
+def write_run_info(kind: str, trainer, script_args, model_args, source: RecipeSource | None, base_model_dir: str,
+                   metrics: dict) -> dict:
+    """Save recipe copy, run facts and a model card into output_dir (main process only)."""
+    from neuroscribe.train.cards import model_card
+
+    out = Path(trainer.args.output_dir)
+    source = source or RecipeSource(None, ())
+    info = {
+        "kind": kind,
+        "base_model": model_args.model_name_or_path,
+        "base_model_dir": base_model_dir,
+        "peft": bool(model_args.use_peft),
+        "dtype": model_args.dtype,
+        "dataset": script_args.dataset_name,
+        "dataset_config": script_args.dataset_config,
+        "recipe": source.path,
+        "overrides": list(source.overrides),
+        "global_step": trainer.state.global_step,
+        "metrics": metrics,
+        **{f"data_{k}": v for k, v in dataset_provenance(script_args.dataset_name).items()},
+    }
+    if source.path:
+        (out / "recipe.yaml").write_text(redacted_recipe_text(source.path))
+    (out / RUN_INFO).write_text(json.dumps(info, indent=2, default=str))
+    model_card(info).save(out / "README.md")
+    return info

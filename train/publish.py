@@ -1,0 +1,168 @@
+"""`neuroscribe publish`: a training run folder -> a Hub model repository (or that folder only).
+
+The repository folder holds the LoRA adapter (or, with `merge`, the base with the adapter merged
+in; or the full weights of a full fine-tune), the tokenizer, a hand-written model card, the recipe
+YAML and the run facts. Files are copied from an allow-list, so optimizer states and
+`training_args.bin` (a pickle that can hold a hub token) never leave the machine; a last scan
+refuses to publish any text that looks like a token.
+
+Upload: `HfApi.create_repo` + `create_branch` + `upload_folder` to one branch. A branch that already
+holds files (beyond .gitattributes) is not overwritten unless `overwrite` is set; then the upload
+replaces its contents.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from neuroscribe.train.args import redacted_recipe_text
+from neuroscribe.train.cards import eval_table, model_card
+from neuroscribe.train.pipeline import RUN_INFO
+
+PUBLISHED = (
+    "config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json", "adapter_config.json",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "vocab.json",
+    "merges.txt", "tokenizer.model", "added_tokens.json", "all_results.json",
+)
+TOKEN_PATTERN = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b|\bsk-[A-Za-z0-9_-]{20,}\b")
+TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "WANDB_API_KEY")
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    folder: Path
+    files: tuple[str, ...]
+    repo_id: str | None = None
+    branch: str | None = None
+    url: str | None = None
+
+
+def read_run_info(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / RUN_INFO
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no {RUN_INFO}; not a finished neuroscribe training run")
+    return json.loads(path.read_text())
+
+
+def build_repo_folder(run_dir: str | Path, out_dir: str | Path, *, merge: bool = False,
+                      eval_results: str | Path | None = None, recipe: str | Path | None = None,
+                      repo_id: str | None = None, overwrite: bool = False) -> Path:
+    """Write the repository folder for `run_dir` into `out_dir` (refuses a non-empty one unless overwrite)."""
+    run, out = Path(run_dir), Path(out_dir)
+    info = read_run_info(run)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} already exists and is not empty; pass --overwrite to replace it")
+    is_adapter = (run / "adapter_config.json").exists()
+    if merge and not is_adapter:
+        raise ValueError(f"{run}: --merge applies to LoRA runs; this run holds full weights already")
+    tmp = out.with_name(out.name + ".building")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if merge:
+        _write_merged(run, info, tmp)
+    else:
+        for f in sorted(run.iterdir()):
+            if f.is_file() and any(fnmatch.fnmatch(f.name, pat) for pat in PUBLISHED):
+                shutil.copy2(f, tmp / f.name)
+        if is_adapter:  # the adapter names its base as trained: a cache path for bundled models
+            cfg = json.loads((tmp / "adapter_config.json").read_text())
+            cfg["base_model_name_or_path"] = info["base_model"]
+            (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
+    recipe_path = Path(recipe) if recipe else run / "recipe.yaml"
+    if recipe_path.exists():
+        (tmp / "recipe.yaml").write_text(redacted_recipe_text(recipe_path))
+    published_info = {**info, "merged": merge}
+    (tmp / RUN_INFO).write_text(json.dumps(published_info, indent=2, default=str))
+    model_card(published_info, eval_table(eval_results), repo_id).save(tmp / "README.md")
+    check_no_secrets(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.replace(out)
+    return out
+
+
+def _write_merged(run: Path, info: dict, folder: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from neuroscribe.models import DTYPES, load_model
+
+    dtype = info.get("dtype") if info.get("dtype") in DTYPES else "float32"  # "auto"/None: load as fp32
+    base, _ = load_model(info.get("base_model_dir") or info["base_model"], dtype=dtype)
+    merged = PeftModel.from_pretrained(base, str(run)).merge_and_unload()
+    merged.save_pretrained(str(folder))
+    AutoTokenizer.from_pretrained(str(run)).save_pretrained(str(folder))
+
+
+def check_no_secrets(folder: Path) -> None:
+    """Refuse to publish text that holds a known secret's value or looks like a Hub / API token."""
+    values = [os.environ[k] for k in TOKEN_ENV if len(os.environ.get(k, "")) >= 8]
+    for f in folder.rglob("*"):
+        if not f.is_file() or f.suffix in (".safetensors", ".bin", ".model"):
+            continue
+        text = f.read_text(errors="ignore")
+        if TOKEN_PATTERN.search(text) or any(v in text for v in values):
+            raise ValueError(f"{f}: looks like it contains a token; refusing to publish")
+
+
+def upload(folder: Path, repo_id: str, branch: str = "main", *, overwrite: bool = False, private: bool = True,
+           token: str | None = None, api=None, commit_message: str = "neuroscribe publish") -> str:
+    """Create the repo and branch if needed, then upload `folder` to the branch; returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = api or HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    branches = {b.name for b in api.list_repo_refs(repo_id).branches}
+    if branch in branches:
+        existing = [f for f in api.list_repo_files(repo_id, revision=branch) if f != ".gitattributes"]
+        if existing and not overwrite:
+            raise FileExistsError(f"{repo_id}@{branch} already holds {len(existing)} file(s) "
+                                  f"(e.g. {existing[0]}); pass --overwrite or choose another --branch")
+    else:
+        api.create_branch(repo_id, branch=branch, exist_ok=True)
+    commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=branch,
+                               commit_message=commit_message, delete_patterns="*" if overwrite else None)
+    return str(getattr(commit, "commit_url", commit))
+
+
+def publish(run_dir: str | Path, repo_id: str | None = None, *, dry_run: str | Path | None = None,
+            merge: bool = False, branch: str = "main", overwrite: bool = False,
+            eval_results: str | Path | None = None, recipe: str | Path | None = None, private: bool = True,
+            token: str | None = None, api=None) -> PublishResult:
+    """Build the repository folder; with `dry_run` write it there and stop, else upload it to `repo_id@branch`."""
+    import tempfile
+
+    if dry_run is None and not repo_id:
+        raise ValueError("publish needs a repo id (--repo) or --dry-run DIR")
+    if dry_run is None and api is None and os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ConnectionError(f"cannot publish to {repo_id}: HF_HUB_OFFLINE=1 (no Hub reachable); use --dry-run DIR")
+    kwargs = dict(merge=merge, eval_results=eval_results, recipe=recipe, repo_id=repo_id)
+    if dry_run is not None:
+        folder = build_repo_folder(run_dir, dry_run, overwrite=overwrite, **kwargs)
+        return PublishResult(folder, _files(folder), repo_id)
+    with tempfile.TemporaryDirectory(prefix="neuroscribe-publish-") as tmp:
+        folder = build_repo_folder(run_dir, Path(tmp) / "repo", **kwargs)
+        url = upload(folder, repo_id, branch, overwrite=overwrite, private=private, token=token, api=api)
+        return PublishResult(Path(run_dir), _files(folder), repo_id, branch, url)
+
+
+def _files(folder: Path) -> tuple[str, ...]:
+    return tuple(sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()))
+
+
+def publish_command(run_dir: str | Path, repo: str | None = None, dry_run: str | Path | None = None,
+                    merge: bool = False, branch: str = "main", overwrite: bool = False,
+                    eval_results: str | Path | None = None, recipe: str | Path | None = None,
+                    private: bool = True, echo=print) -> PublishResult:
+    """`neuroscribe publish`: prints what was written or uploaded (never the token, read from HF_TOKEN)."""
+    result = publish(run_dir, repo, dry_run=dry_run, merge=merge, branch=branch, overwrite=overwrite,
+                     eval_results=eval_results, recipe=recipe, private=private)
+    where = f"{result.folder}" if dry_run is not None else f"{result.repo_id}@{result.branch} ({result.url})"
+    echo(f"published {len(result.files)} files to {where}: {', '.join(result.files)}")
+    return result
