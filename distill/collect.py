@@ -23,7 +23,6 @@ import heapq
 import json
 import os
 import shutil
-import signal
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -40,6 +39,7 @@ from neuroscribe import __version__
 from neuroscribe.corpus import BUILTIN, Window, context_prefix, iter_documents, iter_windows
 from neuroscribe.features import ActivationReader, parse_feature_spec
 from neuroscribe.models import DEFAULT_MODEL, load_model
+from neuroscribe.testing import kill_point
 from neuroscribe.store import FEATURE_SCHEMA, exemplar_table, list_column, write_tables
 
 from .mining import Miner, MiningConfig, moment_stats, window_priorities
@@ -169,7 +169,6 @@ def _resume(miner: Miner, ckpt: Path, cfg: CollectConfig) -> None:
 def _mine(cfg, dist: _Dist, tok, prefix, reader, miner: Miner, ckpt: Path) -> int:
     """Forward the shards of this rank; returns the number of windows in the whole corpus."""
     ckpt.parent.mkdir(parents=True, exist_ok=True)
-    kill_after = int(os.environ.get("NEUROSCRIBE_TEST_KILL_AFTER_SHARDS", "0"))  # tests: a real SIGKILL
     done_now, n_windows = 0, 0
     bar = tqdm(total=cfg.max_windows, desc=f"collect[rank {dist.rank}]", unit="win",
                disable=not cfg.progress or dist.rank != 0)
@@ -187,8 +186,7 @@ def _mine(cfg, dist: _Dist, tok, prefix, reader, miner: Miner, ckpt: Path) -> in
         miner.prune_tokens()
         _save_atomic({"fingerprint": cfg.fingerprint(), "miner": miner.state()}, ckpt)
         done_now += 1
-        if kill_after and done_now >= kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
+        kill_point("NEUROSCRIBE_TEST_KILL_AFTER_SHARDS", done_now)
     bar.close()
     return n_windows
 

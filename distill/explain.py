@@ -32,6 +32,7 @@ from neuroscribe.prompts import PROMPT_VERSION, explainer_messages, parse_explan
 from neuroscribe.records import Explanation, ScoredExplanation, from_json, to_json
 from neuroscribe.simulators import cached_score, load_simulator
 from neuroscribe.store import ExemplarStore
+from neuroscribe.testing import kill_point
 
 from .collect import _dist
 
@@ -113,6 +114,7 @@ def explain(cfg: ExplainConfig) -> Path:
     simulator = load_simulator(cfg.simulator, cache, dtype=cfg.simulator_dtype) if mine else None
     params = SamplingParams(temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=cfg.seed)
     bar = tqdm(total=len(mine), desc=f"explain[rank {dist.rank}]", unit="feat", disable=not cfg.progress)
+    finished = 0
     with open(parts / f"rank{dist.rank}.jsonl", "a") as sink:
         for chunk in _chunks(mine, cfg.batch_features):
             records = {k: store.get(k) for k in chunk}
@@ -126,6 +128,8 @@ def explain(cfg: ExplainConfig) -> Path:
                 sink.flush()
                 os.fsync(sink.fileno())
                 bar.update(1)
+                finished += 1
+                kill_point("NEUROSCRIBE_TEST_KILL_AFTER_FEATURES", finished)
     bar.close()
     dist.barrier()
     if dist.rank == 0:

@@ -90,3 +90,13 @@ def _config(family: str, vocab: int, hidden: int, layers: int, intermediate: int
     if family == "gemma":
         return Gemma2Config(head_dim=16, **kwargs)
     raise ValueError(f"unknown tiny model family {family!r}")
+
+
+def kill_point(env_var: str, done: int) -> None:
+    """Tests of resumability set `env_var` to N: the process SIGKILLs itself after its N-th unit of work."""
+    import os
+    import signal
+
+    limit = int(os.environ.get(env_var, "0"))
+    if limit and done >= limit:
+        os.kill(os.getpid(), signal.SIGKILL)
