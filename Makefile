@@ -12,6 +12,7 @@ demo: setup
 	.venv/bin/neuroscribe demo
 
 test: setup
+	@bash scripts/system_deps.sh
 	.venv/bin/python -m pytest -q $(PYTEST_ARGS)
 
 test-fast: setup

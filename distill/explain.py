@@ -54,7 +54,8 @@ class ExplainConfig:
     max_features: int | None = None
     batch_features: int = 8  # features whose k requests go to the teacher together
     cache: str | None = None  # default OUT/cache.sqlite
-    simulator_dtype: str = "float32"
+    dtype: str = "float32"  # of local (hf:) teacher and simulator weights; bfloat16 is 3-4x faster on AMX CPUs
+    teacher_batch_size: int = 16
     detection: bool = False
     progress: bool = True
 
@@ -110,8 +111,8 @@ def explain(cfg: ExplainConfig) -> Path:
     cache = Cache(cfg.cache or out / "cache.sqlite")
     done = _read_parts(parts)
     mine = [k for i, k in enumerate(keys) if i % dist.world == dist.rank and k not in done]
-    teacher = _teacher(cfg.teacher, cache)
-    simulator = load_simulator(cfg.simulator, cache, dtype=cfg.simulator_dtype) if mine else None
+    teacher = _teacher(cfg.teacher, cache, cfg.dtype, cfg.teacher_batch_size)
+    simulator = load_simulator(cfg.simulator, cache, dtype=cfg.dtype) if mine else None
     params = SamplingParams(temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=cfg.seed)
     bar = tqdm(total=len(mine), desc=f"explain[rank {dist.rank}]", unit="feat", disable=not cfg.progress)
     finished = 0
@@ -138,11 +139,11 @@ def explain(cfg: ExplainConfig) -> Path:
     return out
 
 
-def _teacher(spec: str, cache: Cache):
+def _teacher(spec: str, cache: Cache, dtype: str = "float32", batch_size: int = 16):
     if spec.startswith("hf:"):
         from neuroscribe.models import load_shared
 
-        return load_backend(spec, cache, stage="explain", loaded=load_shared(spec[3:]))
+        return load_backend(spec, cache, stage="explain", loaded=load_shared(spec[3:], dtype), batch_size=batch_size)
     return load_backend(spec, cache, stage="explain")
 
 

@@ -21,6 +21,17 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+_ERRORS = (FileExistsError, FileNotFoundError, ValueError, KeyError, ConnectionError, FloatingPointError)
+
+
+def _guard(fn, *args, **kwargs):
+    """Run a stage; its expected errors become one red line and exit code 2."""
+    try:
+        return fn(*args, **kwargs)
+    except _ERRORS as err:
+        _fail(str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err))
+
+
 @app.command()
 def collect(
     out: Path = typer.Option(..., "--out", help="Store folder to write."),
@@ -61,10 +72,7 @@ def collect(
         device=device, polarity=polarity, mining=mining, overwrite=overwrite, progress=progress,
     )
     start = time.perf_counter()
-    try:
-        path = run(cfg)
-    except (FileExistsError, FileNotFoundError, ValueError, KeyError, FloatingPointError) as err:
-        _fail(str(err))
+    path = _guard(run, cfg)
     from neuroscribe.store import ExemplarStore
 
     if int(os.environ.get("RANK", "0")) == 0:
@@ -126,6 +134,8 @@ def explain(
     max_features: int = typer.Option(0, help="At most this many features (0 = all live features)."),
     cache: Optional[Path] = typer.Option(None, help="sqlite cache of LLM calls and simulations (default OUT/cache.sqlite)."),
     detection: bool = typer.Option(False, help="Also compute detection and fuzzing balanced accuracy."),
+    dtype: str = typer.Option("float32", help="dtype of local (hf:) teacher and simulator; bfloat16 is faster on AMX CPUs and GPUs."),
+    max_exemplars: int = typer.Option(20, help="Exemplars shown to the teacher per feature."),
     progress: bool = typer.Option(True),
 ):
     """Best-of-k: a teacher explains each feature k times; every candidate is scored on held-out exemplars."""
@@ -134,11 +144,9 @@ def explain(
     cfg = ExplainConfig(store=str(store), out=str(out), teacher=teacher, simulator=simulator, k=k,
                         prompt_style=prompt, temperature=temperature, max_tokens=max_tokens, seed=seed, split=split,
                         features=tuple(feature), max_features=max_features or None,
-                        cache=str(cache) if cache else None, detection=detection, progress=progress)
-    try:
-        path = run(cfg)
-    except (FileExistsError, FileNotFoundError, ValueError, KeyError) as err:
-        _fail(str(err.args[0]) if isinstance(err, KeyError) else str(err))
+                        cache=str(cache) if cache else None, detection=detection, dtype=dtype,
+                        max_exemplars=max_exemplars, progress=progress)
+    path = _guard(run, cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         meta = json.loads((path / "meta.json").read_text())
         usage = json.loads((path / "usage.json").read_text())
@@ -162,10 +170,7 @@ def score(
     """Score any explanations on a store's held-out exemplars with a simulator."""
     from neuroscribe.distill.score import score_file
 
-    try:
-        scored = score_file(explanations, store, simulator, out, split, str(cache) if cache else None, progress)
-    except (FileExistsError, FileNotFoundError, ValueError, KeyError) as err:
-        _fail(str(err.args[0]) if isinstance(err, KeyError) else str(err))
+    scored = _guard(score_file, explanations, store, simulator, out, split, str(cache) if cache else None, progress)
     summary = json.loads((out / "summary.json").read_text())
     typer.echo(f"wrote {out}/scored.jsonl: {len(scored)} explanations, mean score {summary['mean_score']:.3f} "
                f"({summary['n_nan']} NaN)")
@@ -173,17 +178,6 @@ def score(
 
 distill_app = typer.Typer(no_args_is_help=True, help="Build training datasets from scored candidates.")
 app.add_typer(distill_app, name="distill")
-
-_ERRORS = (FileExistsError, FileNotFoundError, ValueError, KeyError, ConnectionError)
-
-
-def _guard(fn, *args, **kwargs):
-    """Run a stage; its expected errors become one red line and exit code 2."""
-    try:
-        return fn(*args, **kwargs)
-    except _ERRORS as err:
-        _fail(str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err))
-
 
 @distill_app.command("build")
 def distill_build(
@@ -254,11 +248,14 @@ def publish(
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Run folder; a rerun reuses what is there."),
     model: str = typer.Option("smollm2-135m-instruct", help="Subject, teacher, simulator and student base."),
+    features: str = typer.Option("mlp:4:0-9;mlp:18:0-9", help="Features to collect (20 neurons x 2 signs)."),
+    k: int = typer.Option(4, help="Candidates per feature."),
+    train_steps: int = typer.Option(4, help="SFT and DPO steps."),
 ):
     """Run the whole loop on CPU with the bundled model and print where the report is."""
-    from neuroscribe.eval.demo import run_demo
+    from neuroscribe.eval.demo import DemoConfig, run_demo
 
-    run_demo(out, model)
+    _guard(run_demo, DemoConfig(out=out, model=model, features=features, k=k, train_steps=train_steps))
 
 
 def main() -> None:

@@ -21,11 +21,13 @@ from neuroscribe.records import Explanation, FeatureExemplars, ScoredExplanation
 def load_simulator(spec: str, cache: Cache | None = None, dtype: str = "float32", batch_size: int = 8):
     kind, _, rest = spec.partition(":")
     if kind == "hf" and rest:
-        from neuroscribe.models import load_shared
+        from neuroscribe.models import load_shared, parse_dtype
         from neuroscribe.simulator import LocalSimulator
 
         model, tok = load_shared(rest, dtype)
-        return LocalSimulator(model, tok, batch_size=batch_size, spec=spec)
+        weights = str(parse_dtype(dtype)).removeprefix("torch.")
+        # results depend on precision, and the spec keys the score cache
+        return LocalSimulator(model, tok, batch_size=batch_size, spec=spec if weights == "float32" else f"{spec}@{weights}")
     if kind == "finetuned" and rest:
         from neuroscribe.finetuned_simulator import load_finetuned_simulator
 

@@ -56,6 +56,9 @@ class TransformersBackend(Backend):
 
             loaded = load_model(model, dtype=dtype, device=device)
         self.lm, self.tokenizer = loaded
+        weights = next(self.lm.parameters()).dtype
+        if weights != torch.float32:  # results depend on precision: keep dtypes apart in the cache
+            self.model = f"{model}@{str(weights).removeprefix('torch.')}"
         self.batch_size = batch_size
         self.device = next(self.lm.parameters()).device
         if self.tokenizer.pad_token_id is None:
