@@ -17,7 +17,7 @@ from typing import Sequence
 import yaml
 from trl import DPOConfig, ModelConfig, ScriptArguments, SFTConfig, TrlParser
 
-KINDS = ("sft", "dpo")
+KINDS = ("sft", "dpo", "simulator")
 _SECRET_KEY = re.compile(r"(token|secret|api_key|password)", re.I)
 REDACTED = "<redacted>"
 
@@ -46,7 +46,9 @@ class ExplainerArguments(ScriptArguments):
 def config_class(kind: str):
     if kind not in KINDS:
         raise ValueError(f"unknown training kind {kind!r}; choose one of {list(KINDS)}")
-    return SFTConfig if kind == "sft" else DPOConfig
+    # The simulator trains with transformers' Trainer; SFTConfig is its TrainingArguments (it carries
+    # max_length), and train/simulator.py refuses the SFT-only options it would ignore.
+    return DPOConfig if kind == "dpo" else SFTConfig
 
 
 def make_parser(kind: str) -> TrlParser:
@@ -54,8 +56,11 @@ def make_parser(kind: str) -> TrlParser:
 
 
 def recipe_kind(path: str | Path) -> str:
-    """'dpo' for recipes under a `dpo/` folder or named `*dpo*`, else 'sft'."""
+    """'simulator' for recipes under a `simulator/` or `*-simulator/` folder or named `*simulator*`,
+    'dpo' for recipes under a `dpo/` folder or named `*dpo*`, else 'sft'."""
     p = Path(path)
+    if any(part == "simulator" or part.endswith("-simulator") for part in p.parts[:-1]) or "simulator" in p.stem:
+        return "simulator"
     return "dpo" if "dpo" in p.parts or "dpo" in p.stem else "sft"
 
 

@@ -66,13 +66,13 @@ def resolve_model_dir(spec: str, training_args) -> str:
     return src.path
 
 
-def load_tokenizer(model_dir: str):
+def load_tokenizer(model_dir: str, require_chat_template: bool = True):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     if tok.pad_token is None:
         tok.pad_token = LLAMA3_PAD if LLAMA3_PAD in tok.get_vocab() else tok.eos_token
-    if not tok.chat_template:
+    if require_chat_template and not tok.chat_template:
         raise ValueError(f"{model_dir}: the tokenizer has no chat template; the explainer data is conversational")
     return tok
 
@@ -157,8 +157,10 @@ def dataset_provenance(name: str) -> dict:
 
 
 def write_run_info(kind: str, trainer, script_args, model_args, source: RecipeSource | None, base_model_dir: str,
-                   metrics: dict) -> dict:
-    """Save recipe copy, run facts and a model card into output_dir (main process only)."""
+                   metrics: dict, card=None, extra: dict | None = None) -> dict:
+    """Save recipe copy, run facts and a model card into output_dir (main process only).
+
+    card: info -> ModelCard (default: the explainer card); extra: more run facts for the info."""
     from neuroscribe.train.cards import model_card
 
     out = Path(trainer.args.output_dir)
@@ -176,9 +178,10 @@ def write_run_info(kind: str, trainer, script_args, model_args, source: RecipeSo
         "global_step": trainer.state.global_step,
         "metrics": metrics,
         **{f"data_{k}": v for k, v in dataset_provenance(script_args.dataset_name).items()},
+        **(extra or {}),
     }
     if source.path:
         (out / "recipe.yaml").write_text(redacted_recipe_text(source.path))
     (out / RUN_INFO).write_text(json.dumps(info, indent=2, default=str))
-    model_card(info).save(out / "README.md")
+    (card or model_card)(info).save(out / "README.md")
     return info

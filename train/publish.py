@@ -28,7 +28,7 @@ from neuroscribe.train.pipeline import RUN_INFO
 PUBLISHED = (
     "config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json", "adapter_config.json",
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "vocab.json",
-    "merges.txt", "tokenizer.model", "added_tokens.json", "all_results.json",
+    "merges.txt", "tokenizer.model", "added_tokens.json", "all_results.json", "simulator.json",
 )
 TOKEN_PATTERN = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b|\bsk-[A-Za-z0-9_-]{20,}\b")
 TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "WANDB_API_KEY")
@@ -66,6 +66,8 @@ def build_repo_folder(run_dir: str | Path, out_dir: str | Path, *, merge: bool =
     tmp.mkdir(parents=True)
     if merge:
         _write_merged(run, info, tmp)
+        if (run / "simulator.json").exists():  # a trained simulator's class ids travel with its weights
+            shutil.copy2(run / "simulator.json", tmp / "simulator.json")
     else:
         for f in sorted(run.iterdir()):
             if f.is_file() and any(fnmatch.fnmatch(f.name, pat) for pat in PUBLISHED):
@@ -79,7 +81,10 @@ def build_repo_folder(run_dir: str | Path, out_dir: str | Path, *, merge: bool =
         (tmp / "recipe.yaml").write_text(redacted_recipe_text(recipe_path))
     published_info = {**info, "merged": merge}
     (tmp / RUN_INFO).write_text(json.dumps(published_info, indent=2, default=str))
-    model_card(published_info, eval_table(eval_results), repo_id).save(tmp / "README.md")
+    card = model_card
+    if info.get("kind") == "simulator":
+        from neuroscribe.train.simulator import simulator_card as card
+    card(published_info, eval_table(eval_results), repo_id).save(tmp / "README.md")
     check_no_secrets(tmp)
     if out.exists():
         shutil.rmtree(out)
