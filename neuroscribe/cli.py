@@ -204,6 +204,25 @@ def distill_build(
            echo=typer.echo)
 
 
+@distill_app.command("simulator-data")
+def distill_simulator_data(
+    scored: Path = typer.Option(..., help="Folder written by `explain` (candidates.jsonl + meta.json)."),
+    out: Path = typer.Option(..., help="Output folder: stage1/ (random candidates), stage2/ (best), heldout.txt."),
+    random_per_exemplar: int = typer.Option(1, help="Stage-one candidates paired with each exemplar."),
+    heldout_fraction: float = typer.Option(0.1, help="Features never trained on."),
+    validation_fraction: float = typer.Option(0.1),
+    heldout_file: Optional[Path] = typer.Option(None, help="A heldout.txt or a `distill build` folder to respect."),
+    seed: int = typer.Option(0),
+    overwrite: bool = typer.Option(False),
+):
+    """Training rows for a fine-tuned simulator: (explanation, exemplar, per-token class)."""
+    from neuroscribe.distill.simulator_data import simulator_data_command
+
+    _guard(simulator_data_command, scored, out, random_per_exemplar=random_per_exemplar,
+           heldout_fraction=heldout_fraction, validation_fraction=validation_fraction, heldout_file=heldout_file,
+           seed=seed, overwrite=overwrite, echo=typer.echo)
+
+
 @app.command()
 def plan(
     config: Path = typer.Option(..., help="Training recipe YAML."),

@@ -156,16 +156,13 @@ def subject_spans(tokens: Sequence[str]) -> list[Span]:
 
 def contiguous_spans(offsets: Sequence[Span], text_length: int) -> list[Span]:
     """Tokenizer offsets with gaps closed: a gap goes to the token after it, a trailing gap to the last."""
-    out, prev_end = [], 0
-    for start, end in offsets:
+    out, prev_end, last = [], 0, None
+    for i, (start, end) in enumerate(offsets):
         if end > start:
-            start = min(start, prev_end)
-            prev_end = end
+            start, prev_end, last = min(start, prev_end), end, i
         out.append((start, end))
-    if out and prev_end < text_length:
-        last = max(i for i, (s, e) in enumerate(out) if e > s) if any(e > s for s, e in out) else None
-        if last is not None:
-            out[last] = (out[last][0], text_length)
+    if last is not None and prev_end < text_length:
+        out[last] = (out[last][0], text_length)
     return out
 
 

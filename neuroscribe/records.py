@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
-FeatureKind = Literal["mlp", "sae", "transcoder"]
+FeatureKind = Literal["mlp", "sae", "transcoder", "planted"]  # planted: rule-defined test features
 Split = Literal["explain", "score", "test"]
 # Where an exemplar came from when it was mined.
 Source = Literal["top", "quantile", "random", "hard_negative"]
@@ -19,7 +19,7 @@ Source = Literal["top", "quantile", "random", "hard_negative"]
 SPLITS: tuple[str, ...] = ("explain", "score", "test")
 SOURCES: tuple[str, ...] = ("top", "quantile", "random", "hard_negative")
 
-_KEY = re.compile(r"^(mlp|sae|transcoder)/L(\d+)/(\d+)([+-])$")
+_KEY = re.compile(r"^(mlp|sae|transcoder|planted)/L(\d+)/(\d+)([+-])$")
 
 
 @dataclass(frozen=True, order=True)

@@ -1,0 +1,88 @@
+"""Planted rules give the activations they claim, as FeatureExemplars shaped like collect's."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from neuroscribe.corpus import builtin_documents
+from neuroscribe.planted import KIND, RULES, explanations_of, planted_features, word_rule
+from neuroscribe.records import SPLITS
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
+
+
+@pytest.fixture(scope="module")
+def features(tok):
+    rules = [RULES["digits"], RULES["comma"], RULES["after_the"], RULES["parentheses"], word_rule("object")]
+    return rules, planted_features(tok, rules, window=24, n_top=9, n_random=9, max_windows=1500)
+
+
+def active_runs(e):
+    """(start, end) token index ranges of consecutive active tokens."""
+    runs, start = [], None
+    for i, a in enumerate(list(e.activations) + [0.0]):
+        if a > 0 and start is None:
+            start = i
+        elif a == 0 and start is not None:
+            runs.append((start, i))
+            start = None
+    return runs
+
+
+def test_there_are_at_least_eight_rules_with_distinct_explanations():
+    assert len(RULES) >= 8
+    assert len({r.explanation for r in RULES.values()}) == len(RULES)
+
+
+def test_local_rules_mark_exactly_the_tokens_holding_their_characters(features):
+    rules, feats = features
+    for rule, feature, char in ((rules[0], feats[0], r"\d"), (rules[1], feats[1], ",")):
+        assert feature.max_activation == 1.0 and not feature.dead
+        for e in feature.exemplars:
+            assert [a > 0 for a in e.activations] == [bool(re.search(char, t)) for t in e.tokens], rule.name
+
+
+def test_context_rules_mark_what_they_claim(features):
+    _, feats = features
+    after_the, parens, word = feats[2], feats[3], feats[4]
+    for e in after_the.select(sources=["top"]):
+        for start, _ in active_runs(e):  # the text before each marked word ends with "the" (unless cut off)
+            if start == 0:
+                continue
+            assert re.search(r"\b[Tt]he\s*$", "".join(e.tokens[:start])), e.tokens
+    for e in word.exemplars:
+        text = "".join(e.tokens)
+        hits = [t for t, a in zip(e.tokens, e.activations) if a > 0]
+        assert all("object" in t.lower() or t.strip().lower() in "object" for t in hits)
+        assert bool(hits) == bool(re.search(r"\bobject\b", text, re.I)) or e.source == "top"
+    top = parens.select(sources=["top"])
+    assert all(any(a > 0 for a in e.activations) for e in top)
+    inside = sum(a > 0 for e in top for a in e.activations)
+    assert inside > len(top) * 5  # whole spans inside brackets, not just a bracket token
+
+
+def test_exemplars_are_shaped_like_collects(features, tok):
+    rules, feats = features
+    docs = list(builtin_documents())
+    for i, feature in enumerate(feats):
+        assert feature.feature.kind == KIND and feature.feature.index == i
+        for source, n in (("top", 9), ("random", 9)):
+            chosen = feature.select(sources=[source])
+            assert len(chosen) == n
+            assert {e.split for e in chosen} == set(SPLITS)  # stride: every split gets some
+            assert [e.rank for e in chosen] == list(range(n))
+        ids = [e.window_id for e in feature.exemplars]
+        assert len(ids) == len(set(ids))
+        top = feature.select(sources=["top"])
+        assert [sum(e.activations) for e in top] == sorted((sum(e.activations) for e in top), reverse=True)
+    e = feats[0].exemplars[0]
+    assert any("".join(e.tokens) in d for d in docs)  # tokens join back to the corpus text exactly
+    assert tok.convert_tokens_to_ids(tok.tokenize("".join(e.tokens))) == list(e.token_ids)
+    assert explanations_of(rules)[feats[4].feature.key] == 'the word "object"'
