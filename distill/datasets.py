@@ -16,6 +16,8 @@ Splits are drawn by feature, never by row. Empty splits are left out (`load_data
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import json
 import math
@@ -321,6 +323,8 @@ def build_datasets(
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} already exists and is not empty; pass --overwrite to replace it")
     scored = load_scored(scored_dir)
+    # the student must see exactly what the teacher saw: same exemplar count as the explain run
+    config = dataclasses.replace(config, max_exemplars=int(scored.meta.get("max_exemplars", config.max_exemplars)))
     lookup = records if records is not None else store_lookup(scored)
     split = split_features(list(scored.by_feature), config.heldout_fraction, config.validation_fraction,
                            config.seed, heldout_features)

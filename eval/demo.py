@@ -56,7 +56,9 @@ class DemoConfig:
     windows: int = 384
     k: int = 4
     dtype: str = "bfloat16"  # teacher and simulator; 3-4x faster than fp32 on AMX CPUs
-    train_steps: int = 4
+    prompt_style: str = "highlighted"  # the shortest prompt: it bounds explain, training and eval time
+    max_exemplars: int = 8
+    train_steps: int = 3
 
 
 def _run(cmd: list[str], log: Path) -> None:
@@ -96,7 +98,8 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> Path:
         if not (scored / "candidates.jsonl").exists():
             spec = f"hf:{cfg.model}"
             explain(ExplainConfig(store=str(store), out=str(scored), teacher=spec, simulator=spec, k=cfg.k,
-                                  max_exemplars=12, dtype=cfg.dtype, cache=str(cache)))
+                                  prompt_style=cfg.prompt_style, max_exemplars=cfg.max_exemplars, max_tokens=40,
+                                  dtype=cfg.dtype, cache=str(cache)))
         import json
 
         meta = json.loads((scored / "meta.json").read_text())
@@ -114,7 +117,8 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> Path:
         if not (sft / "adapter_config.json").exists():
             _run([sys.executable, "-m", "neuroscribe.train.sft", "--config", str(RECIPES / "tiny/sft.yaml"),
                   "--model_name_or_path", cfg.model, "--dataset_name", str(distill), "--output_dir", str(sft),
-                  "--max_steps", str(cfg.train_steps), "--save_steps", str(cfg.train_steps)], logs / "sft.log")
+                  "--max_steps", str(cfg.train_steps), "--save_steps", str(cfg.train_steps),
+                  "--per_device_train_batch_size", "1"], logs / "sft.log")
         if not (merged / "config.json").exists():
             _run([sys.executable, "-m", "neuroscribe.cli", "publish", str(sft), "--merge", "--dry-run", str(merged)],
                  logs / "merge.log")
@@ -124,16 +128,21 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> Path:
         if not (dpo / "adapter_config.json").exists():
             _run([sys.executable, "-m", "neuroscribe.train.dpo", "--config", str(RECIPES / "tiny/dpo.yaml"),
                   "--model_name_or_path", str(merged), "--dataset_name", str(distill), "--output_dir", str(dpo),
-                  "--max_steps", str(cfg.train_steps), "--save_steps", str(cfg.train_steps)], logs / "dpo.log")
+                  "--max_steps", str(cfg.train_steps), "--save_steps", str(cfg.train_steps),
+                  "--per_device_train_batch_size", "1"], logs / "dpo.log")
         return f"LoRA DPO {cfg.train_steps} steps -> {dpo}"
 
     def do_eval() -> str:
-        from neuroscribe.eval.benchmark import evaluate
+        from neuroscribe.eval.benchmark import EvalConfig, evaluate
 
-        result = evaluate(store=store, features=distill / "heldout.txt", student=str(dpo), k=cfg.k,
-                          teacher_results=scored, simulator=f"hf:{cfg.model}", out=eval_dir, cache=cache,
-                          dtype=cfg.dtype)
-        return f"report: {eval_dir / 'report.md'}; browser: {eval_dir / 'browser.html'}; {result}"
+        result = evaluate(EvalConfig(store=str(store), features=str(distill / "heldout.txt"), student=str(dpo),
+                                     out=str(eval_dir), teacher_results=str(scored), simulator=f"hf:{cfg.model}",
+                                     k=cfg.k, dtype=cfg.dtype, cache=str(cache)))
+        from neuroscribe.eval.results import fmt
+
+        s = result.results["summary"]
+        means = ", ".join(f"{name} {fmt(row['mean']['estimate'])}" for name, row in s.items())
+        return f"mean held-out test score: {means}"
 
     timer.run("collect", do_collect)
     timer.run("explain + score", do_explain)

@@ -263,6 +263,34 @@ def publish(
            eval_results=eval_results, recipe=recipe, private=private, echo=typer.echo)
 
 
+@app.command("eval")
+def eval_(
+    store: Path = typer.Option(..., help="Store folder written by `collect`."),
+    features: Path = typer.Option(..., help="heldout.txt or the `distill build` folder holding it."),
+    student: str = typer.Option(..., help="HF id, model dir, LoRA adapter dir, or a backend spec."),
+    out: Path = typer.Option(..., help="Output folder: results.json, report.md, plots/, browser.html."),
+    teacher: Optional[str] = typer.Option(None, help="Teacher backend spec, to explain afresh."),
+    teacher_results: Optional[Path] = typer.Option(None, help="An `explain` output folder (its candidates)."),
+    simulator: str = typer.Option("hf:smollm2-135m-instruct"),
+    datasets: Optional[Path] = typer.Option(None, help="Datasets folder for the leakage check (default: beside heldout.txt)."),
+    k: int = typer.Option(4, help="Student samples for best-of-k (selected on `score`, reported on `test`)."),
+    detection: bool = typer.Option(False, help="Also detection and fuzzing balanced accuracy."),
+    dtype: str = typer.Option("float32", help="dtype of local student and simulator."),
+    seed: int = typer.Option(0),
+    cache: Optional[Path] = typer.Option(None),
+    progress: bool = typer.Option(True),
+):
+    """Student vs teacher vs baselines on held-out features: results.json, report.md, plots, HTML browser."""
+    from neuroscribe.eval.benchmark import eval_command
+
+    if not teacher and not teacher_results:
+        _fail("give --teacher SPEC or --teacher-results DIR")
+    _guard(eval_command, echo=typer.echo, store=str(store), features=str(features), student=student, out=str(out),
+           teacher=teacher, teacher_results=str(teacher_results) if teacher_results else None, simulator=simulator,
+           datasets=str(datasets) if datasets else None, k=k, detection=detection, dtype=dtype, seed=seed,
+           cache=str(cache) if cache else None, progress=progress)
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Run folder; a rerun reuses what is there."),

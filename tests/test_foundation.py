@@ -26,6 +26,9 @@ def test_every_subcommand_has_help():
     assert "collect" in commands and "inspect" in commands
     for cmd in commands:
         assert "Usage:" in _help(cmd)
+    assert {"explain", "score", "eval", "plan", "publish", "demo", "distill"} <= set(commands)
+    for sub in ("build", "simulator-data"):
+        assert "Usage:" in _help("distill", sub)
 
 
 def test_subpackages_map_into_one_import_package():

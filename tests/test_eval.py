@@ -1,0 +1,398 @@
+"""neuroscribe eval: held-out checks, best-of-k selection, baselines, statistics wiring, outputs, reruns.
+
+The pipeline tests run the real stages on a tiny random Llama (collect -> explain -> distill build
+-> a real PEFT LoRA adapter as student -> eval). The baseline-ordering test uses planted features
+and a rule-following simulator (see `QuotedWordSimulator` for why that one is a test double).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import statistics
+
+import numpy as np
+import pytest
+from test_datasets import candidate, write_scored_dir
+
+from neuroscribe.distill.collect import CollectConfig, collect
+from neuroscribe.distill.datasets import DistillConfig, build_datasets, read_heldout
+from neuroscribe.distill.explain import ExplainConfig, explain
+from neuroscribe.distill.mining import MiningConfig
+from neuroscribe.eval.benchmark import EvalConfig, best_or_first, evaluate, top_tokens_explanation
+from neuroscribe.eval.heldout import LeakageError
+from neuroscribe.eval.results import read_results
+from neuroscribe.records import Exemplar, FeatureExemplars, FeatureId, FeatureStats, SimulatedExemplar
+from neuroscribe.store import ExemplarStore, write_store
+
+MINING = MiningConfig(top_k=6, pool=16, quantiles=3, per_quantile=1, random_k=3, hard_negatives=1)
+EXPLAINERS = ["teacher", "student_best_of_k", "student_best_of_1", "baseline_top_tokens", "baseline_random_feature"]
+
+
+# --------------------------------------------------------------------------- a real tiny pipeline
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_llama, tmp_path_factory):
+    """collect -> explain (teacher = tiny Llama, k=3) -> distill build (3 features held out) -> LoRA student."""
+    root = tmp_path_factory.mktemp("evalpipe")
+    store = collect(CollectConfig(out=str(root / "store"), model=str(tiny_llama), features=("mlp:1:0-3",), window=12,
+                                  max_windows=64, batch_size=16, mining=MINING, progress=False))
+    spec = f"hf:{tiny_llama}"
+    explain(ExplainConfig(store=str(store), out=str(root / "explain"), teacher=spec, simulator=spec, k=3,
+                          max_tokens=12, progress=False))
+    keys = ExemplarStore(store).keys()
+    heldout = keys[:3]
+    build_datasets(root / "explain", root / "data", DistillConfig(threshold=-1.0, min_margin=0.0),
+                   heldout_features=heldout)
+    student = root / "student"
+    _lora_adapter(tiny_llama, student, dataset=root / "data")
+    return {"root": root, "store": store, "keys": keys, "heldout": heldout, "student": student, "spec": spec}
+
+
+def _lora_adapter(base, out, dataset) -> None:
+    """A real (untrained) PEFT LoRA adapter folder, with the run facts a neuroscribe training run writes."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base)),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model.save_pretrained(str(out))
+    AutoTokenizer.from_pretrained(str(base)).save_pretrained(str(out))
+    (out / "neuroscribe_run.json").write_text(json.dumps({"kind": "sft", "dataset": str(dataset)}))
+
+
+def _cfg(p, out, **kw) -> EvalConfig:
+    base = dict(store=str(p["store"]), features=str(p["root"] / "data" / "heldout.txt"), student=str(p["student"]),
+                out=str(out), teacher_results=str(p["root"] / "explain"), simulator=p["spec"], k=3, max_tokens=12,
+                detection=True, n_resamples=300, progress=False)
+    base.update(kw)
+    return EvalConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def evaluated(pipeline, tmp_path_factory):
+    out = tmp_path_factory.mktemp("evalout") / "eval"
+    return evaluate(_cfg(pipeline, out))
+
+
+def test_eval_covers_exactly_the_held_out_features_on_the_test_split(evaluated, pipeline):
+    res = evaluated.results
+    assert [f["feature"] for f in res["features"]] == read_heldout(pipeline["root"] / "data") == pipeline["heldout"]
+    assert [e["name"] for e in res["explainers"]] == EXPLAINERS
+    store = ExemplarStore(pipeline["store"])
+    for f in res["features"]:
+        record = store.get(f["feature"])
+        test_windows = {e.window_id for e in record.select("test") if e.source != "hard_negative"}
+        assert {e["window_id"] for e in f["exemplars"]} == test_windows
+        assert set(f["results"]) == set(EXPLAINERS)
+        for name, r in f["results"].items():
+            if r["explanation"]["ok"]:  # every explainer is simulated on the same test exemplars
+                assert r["score"] is None or -1 <= r["score"] <= 1
+                assert [p is not None and len(p) for p in r["predicted"]] == [len(e["tokens"]) for e in f["exemplars"]]
+            else:
+                assert r["score"] is None and r["predicted"] == [None] * len(f["exemplars"])
+
+
+def test_best_of_k_selects_on_score_and_best_of_1_is_the_first_sample(evaluated):
+    for f in evaluated.results["features"]:
+        best, first = f["results"]["student_best_of_k"], f["results"]["student_best_of_1"]
+        cands = best["candidates"]
+        assert [c["sample_index"] for c in cands] == [0, 1, 2]
+        finite = [c["selection_score"] for c in cands if c["ok"] and c["selection_score"] is not None]
+        if finite:
+            assert best["selection_score"] == max(finite)
+        assert first["explanation"]["sample_index"] == 0 and first["explanation"]["text"] == cands[0]["text"]
+        # the teacher's winner is the best of its run's candidates on `score`
+        teacher = f["results"]["teacher"]
+        scores = [c["selection_score"] for c in teacher["candidates"] if c["ok"] and c["selection_score"] is not None]
+        assert teacher["selection_score"] == max(scores)
+
+
+def test_baselines_come_from_the_explain_split_and_from_another_feature(evaluated, pipeline):
+    store = ExemplarStore(pipeline["store"])
+    teacher_text = {f["feature"]: f["results"]["teacher"]["explanation"]["text"] for f in evaluated.results["features"]}
+    for f in evaluated.results["features"]:
+        record = store.get(f["feature"])
+        top = f["results"]["baseline_top_tokens"]["explanation"]
+        peaks = {e.tokens[int(np.argmax(e.activations))] for e in record.select("explain", ["top", "quantile"])}
+        quoted = [json.loads(q) for q in re.findall(r'"(?:[^"\\]|\\.)*"', top["text"])]
+        assert quoted and set(quoted) <= peaks, (top["text"], peaks)
+        other = f["results"]["baseline_random_feature"]["explanation"]
+        other_key = re.search(r"\((.+)\)$", other["explainer"]).group(1)
+        assert other_key != f["feature"]
+        if other_key in teacher_text:
+            assert other["text"] == teacher_text[other_key]
+
+
+def test_summary_statistics_match_the_per_feature_scores(evaluated):
+    res = evaluated.results
+    for name in EXPLAINERS:
+        scores = [f["results"][name]["score"] for f in res["features"]]
+        finite = [s for s in scores if s is not None]
+        s = res["summary"][name]
+        assert (s["n"], s["n_missing"]) == (len(finite), len(scores) - len(finite))
+        if finite:
+            assert s["mean"]["estimate"] == pytest.approx(statistics.fmean(finite))
+            assert s["median"]["estimate"] == pytest.approx(statistics.median(finite))
+            assert s["mean"]["low"] <= s["mean"]["estimate"] <= s["mean"]["high"]
+        if name != "teacher":
+            pairs = [(f["results"][name]["score"], f["results"]["teacher"]["score"]) for f in res["features"]]
+            pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+            vs = s["vs_teacher"]
+            assert vs["wins"] + vs["ties"] + vs["losses"] == len(pairs)
+            if pairs:
+                assert vs["difference"]["estimate"] == pytest.approx(statistics.fmean(a - b for a, b in pairs))
+    assert res["summary"]["teacher"]["vs_teacher"] is None
+    assert set(res["summary"]["teacher"]["by_layer"]) == {str(f["layer"]) for f in res["features"]}
+    assert any(res["summary"][n]["detection"] for n in EXPLAINERS)  # asked for, so computed
+
+
+def test_outputs_are_strict_json_a_report_plots_and_the_model_card_table(evaluated):
+    from matplotlib.image import imread
+
+    from neuroscribe.train.cards import eval_table
+
+    out = evaluated.out
+    text = (out / "results.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert read_results(out)["features"] == json.loads(text)["features"]
+    report = (out / "report.md").read_text()
+    for needle in ("student best-of-3", "baseline: random other feature", "minus teacher", "plots/student_vs_teacher.png",
+                   "browser.html", "`score`", "`test`"):
+        assert needle in report, needle
+    for name in ("score_distributions", "student_vs_teacher", "score_by_layer"):
+        image = imread(out / "plots" / f"{name}.png")
+        assert image.shape[0] > 300 and image.shape[1] > 300 and image[..., :3].std() > 0.05, name
+    md, js = eval_table(out / "eval_table.md"), eval_table(out / "eval_table.json")
+    for table in (md, js):
+        assert "student best-of-3" in table and "mean score [95% CI]" in table and table.startswith("|")
+    cost = evaluated.results["cost"]
+    assert cost["student_best_of_k"]["fresh_calls"] == 3 * 3 and cost["student_best_of_1"]["fresh_calls"] == 3
+    assert cost["student_best_of_k"]["tokens_in_per_explanation"] == pytest.approx(
+        3 * cost["student_best_of_1"]["tokens_in_per_explanation"], rel=0.01)
+    assert cost["student_best_of_1"]["latency_s_per_explanation"] > 0
+    assert cost["student_best_of_k"]["usd_per_explanation"] == 0.0  # a local model
+
+
+def test_rerun_generates_and_simulates_nothing(evaluated, pipeline, tmp_path):
+    again = evaluate(_cfg(pipeline, tmp_path / "again", cache=str(evaluated.out / "cache.sqlite")))
+    usage = again.results["usage"]
+    assert usage and all(u["calls"] == 0 for u in usage.values()), usage
+    assert again.results["cost"]["student_best_of_k"]["latency_s_per_explanation"] is None
+    for a, b in zip(again.results["features"], evaluated.results["features"]):
+        for name in EXPLAINERS:
+            assert a["results"][name]["explanation"] == b["results"][name]["explanation"]
+            assert a["results"][name]["score"] == b["results"][name]["score"]
+
+
+def test_a_fresh_teacher_spec_explains_best_of_k_itself_even_for_one_feature(pipeline, tmp_path):
+    from neuroscribe.eval.benchmark import eval_command
+
+    one = tmp_path / "one.txt"
+    one.write_text(pipeline["heldout"][0] + "\n")
+    lines: list[str] = []
+    kw = {k: v for k, v in vars(_cfg(pipeline, tmp_path / "fresh")).items()}
+    kw.update(features=str(one), datasets=str(pipeline["root"] / "data"), teacher=pipeline["spec"],
+              teacher_results=None, k=2, detection=False)
+    res = eval_command(echo=lines.append, **kw).results
+    assert res["provenance"]["teacher"] == pipeline["spec"]
+    assert res["cost"]["teacher"]["fresh_calls"] == 2 and res["cost"]["teacher"]["latency_s_per_explanation"] > 0
+    assert [e["name"] for e in res["explainers"]][:2] == ["teacher", "student_best_of_k"]
+    (f,) = res["features"]
+    assert len(f["results"]["teacher"]["candidates"]) == 2
+    # one feature: no other feature to borrow an explanation from, so that baseline is absent, not faked
+    assert "baseline_random_feature" not in f["results"] and res["summary"]["baseline_random_feature"]["n"] == 0
+    assert any(line.startswith("student best-of-2") and "minus teacher" in line for line in lines), lines
+    assert (tmp_path / "fresh" / "report.md").exists() and (tmp_path / "fresh" / "browser.html").exists()
+
+
+def test_report_only_rebuild_from_results_json(evaluated, tmp_path):
+    import shutil
+
+    from neuroscribe.eval.benchmark import rebuild_report
+
+    shutil.copy(evaluated.out / "results.json", tmp_path / "results.json")
+    files = rebuild_report(tmp_path / "results.json")
+    assert (tmp_path / "report.md").read_text() == (evaluated.out / "report.md").read_text()
+    assert files["browser"].read_text() == (evaluated.out / "browser.html").read_text()
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def test_features_seen_in_training_are_refused_by_name(pipeline, tmp_path):
+    data = pipeline["root"] / "data"
+    build = json.loads((data / "build.json").read_text())
+    leaked = build["splits"]["train"][0]
+    features = tmp_path / "features.txt"
+    features.write_text(f"{pipeline['heldout'][0]}\n{leaked}\n")
+    with pytest.raises(LeakageError, match=re.escape(leaked)) as err:
+        evaluate(_cfg(pipeline, tmp_path / "o", features=str(features), datasets=str(data)))
+    assert str(features) in str(err.value) and "build.json" in str(err.value)
+    # the same list next to no datasets folder cannot be checked: refused, not trusted
+    with pytest.raises(FileNotFoundError, match="not a distill datasets folder"):
+        evaluate(_cfg(pipeline, tmp_path / "o", features=str(features)))
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("prefix", ["", "hf:"])
+def test_a_student_trained_on_another_dataset_is_checked_against_it(pipeline, tmp_path, prefix):
+    other = tmp_path / "other_data"
+    other.mkdir()
+    target = pipeline["heldout"][1]
+    (other / "build.json").write_text(json.dumps({"splits": {"train": [target], "validation": [], "heldout": []}}))
+    student = tmp_path / "student"
+    student.mkdir()
+    (student / "neuroscribe_run.json").write_text(json.dumps({"kind": "sft", "dataset": str(other)}))
+    with pytest.raises(LeakageError, match=re.escape(target)) as err:
+        evaluate(_cfg(pipeline, tmp_path / "o", student=prefix + str(student)))
+    assert str(other / "build.json") in str(err.value)
+
+
+def test_bad_teacher_results_and_configs_are_refused(pipeline, tmp_path):
+    with pytest.raises(ValueError, match="exactly one"):
+        evaluate(_cfg(pipeline, tmp_path / "o", teacher=pipeline["spec"]))
+    bad = tmp_path / "teacher_on_test"
+    write_scored_dir(bad, {k: [candidate(k, "x", 0.5)] for k in pipeline["heldout"]}, split="test")
+    with pytest.raises(ValueError, match="field split is 'test'"):
+        evaluate(_cfg(pipeline, tmp_path / "o", teacher_results=str(bad)))
+    partial = tmp_path / "partial"
+    write_scored_dir(partial, {pipeline["heldout"][0]: [candidate(pipeline["heldout"][0], "x", 0.5)]})
+    with pytest.raises(KeyError, match=re.escape(pipeline["heldout"][1])):
+        evaluate(_cfg(pipeline, tmp_path / "o", teacher_results=str(partial)))
+
+
+# --------------------------------------------------------------------------- planted ordering
+
+PLANTED = ("volcano", "harbour", "quantum", "meadow", "lantern", "glacier")
+FILLER = ("the", "a", "of", "and", "we", "saw", "near", "old", "small", "it", "was", "quiet", "today", "again")
+
+
+class QuotedWordSimulator:
+    """TEST DOUBLE: predicts 9 on every token whose word the explanation names in double quotes, else 0.
+
+    Why a double: no simulator that runs on this machine can read an explanation. The prompted
+    SmolLM2-135M simulator is nearly flat (FIELD-NOTES); measured on word features here, the true
+    explanation 'the token " class"' scored 0.21 against 0.17-0.21 for other features'
+    explanations, and for '(' the true one lost. An ordering test on it would test noise. This
+    simulator follows the rule an ideal one would on these planted word features, so the ordering
+    of explainers is known in advance and the test checks that eval builds the baselines from the
+    right data and wires explanations, scores and paired statistics to the right explainer.
+    """
+
+    spec = "test:quoted-word"
+
+    def simulate(self, explanation, exemplars):
+        words = {q.strip().lower() for q in re.findall(r'"([^"]*)"', explanation)}
+        return [SimulatedExemplar(e.window_id, e.source, tuple(e.activations),
+                                  tuple(9.0 if t.strip().lower() in words else 0.0 for t in e.tokens))
+                for e in exemplars]
+
+
+def planted_records(words=PLANTED, seed=0) -> list[FeatureExemplars]:
+    """Feature i fires (4.0) on the word words[i] only. Every window holds every OTHER planted word,
+    so an explanation of another feature predicts something (a finite, wrong score)."""
+    rng = random.Random(seed)
+    records = []
+    for i, word in enumerate(words):
+        exemplars = []
+        for split, n_top, n_random in (("explain", 4, 2), ("score", 3, 3), ("test", 3, 3)):
+            for r in range(n_top + n_random):
+                tokens = [" " + rng.choice(FILLER) for _ in range(10)]
+                planted = [w for w in words if w != word] + ([word] * rng.randint(1, 2) if r < n_top else [])
+                for w in planted:
+                    tokens.insert(rng.randrange(len(tokens) + 1), " " + w)
+                acts = tuple(4.0 if t == " " + word else 0.0 for t in tokens)
+                source = "top" if r < n_top else "random"
+                exemplars.append(Exemplar(tuple(tokens), acts, window_id=len(words) * 100 * i + len(exemplars),
+                                          source=source, split=split, rank=r if r < n_top else r - n_top))
+        records.append(FeatureExemplars(FeatureId("mlp", i % 2, i), tuple(exemplars), FeatureStats(max_activation=4.0)))
+    return records
+
+
+def planted_setup(root, words=PLANTED):
+    """A store of planted features, the teacher's candidates (the true explanation and a wrong one),
+    and a datasets folder holding them all out."""
+    records = planted_records(words)
+    store = write_store(root / "store", records, {"model": "planted-words"})
+    keys = [r.feature.key for r in records]
+    cands = {k: [candidate(k, f'the word "{w}"', 0.9, 0), candidate(k, "words about the weather", 0.1, 1)]
+             for k, w in zip(keys, words)}
+    write_scored_dir(root / "teacher", cands, store=str(store))
+    data = root / "data"
+    data.mkdir()
+    (data / "build.json").write_text(json.dumps({"splits": {"train": ["mlp/L9/0+"], "validation": [], "heldout": keys}}))
+    (data / "heldout.txt").write_text("".join(k + "\n" for k in keys))
+    return store, keys
+
+
+def planted_eval(root, tiny_llama, **kw):
+    store, keys = planted_setup(root)
+    cfg = EvalConfig(store=str(store), features=str(root / "data" / "heldout.txt"), student=str(tiny_llama),
+                     out=str(root / "eval"), teacher_results=str(root / "teacher"), simulator="unused", k=2,
+                     max_tokens=8, n_resamples=500, progress=False, **kw)
+    return evaluate(cfg, simulator=QuotedWordSimulator())
+
+
+def test_planted_features_order_true_explanation_above_the_random_feature_baseline(tiny_llama, tmp_path):
+    res = planted_eval(tmp_path, tiny_llama, report=False).results
+    for f, word in zip(res["features"], PLANTED):
+        r = f["results"]
+        assert r["teacher"]["explanation"]["text"] == f'the word "{word}"'
+        assert r["teacher"]["score"] == pytest.approx(1.0)
+        assert r["baseline_top_tokens"]["explanation"]["text"] == f'the token " {word}"'
+        assert r["baseline_top_tokens"]["score"] == pytest.approx(1.0)
+        other = r["baseline_random_feature"]
+        assert other["explanation"]["text"] != r["teacher"]["explanation"]["text"]
+        assert other["score"] is not None and other["score"] < 0.2
+    s = res["summary"]
+    rnd = s["baseline_random_feature"]["vs_teacher"]
+    assert rnd["difference"]["high"] < 0 and rnd["losses"] == len(PLANTED) and rnd["win_rate"]["estimate"] == 0
+    assert s["baseline_top_tokens"]["vs_teacher"]["ties"] == len(PLANTED)
+    assert s["teacher"]["mean"]["low"] > s["baseline_random_feature"]["mean"]["high"]
+
+
+def test_top_tokens_baseline_reads_only_the_explain_split():
+    record = planted_records()[0]
+    assert top_tokens_explanation(record).text == f'the token " {PLANTED[0]}"'
+    # move the strongest peak into `test` with another word: the baseline must not see it
+    leaked = [e if e.split != "test" or e.source != "top" else
+              Exemplar((" zebra",) + e.tokens, (99.0,) + e.activations, e.window_id, e.source, e.split, e.rank)
+              for e in record.exemplars]
+    assert "zebra" not in top_tokens_explanation(FeatureExemplars(record.feature, tuple(leaked))).text
+
+
+def test_best_or_first_prefers_the_highest_finite_score_then_the_first_sample():
+    k = "mlp/L0/1+"
+    cands = (candidate(k, "a", float("nan"), 0), candidate(k, "b", 0.4, 1), candidate(k, "c", 0.4, 2),
+             candidate(k, "d", 0.9, 3, ok=False))
+    assert best_or_first(cands).explanation.text == "b"
+    none_finite = (candidate(k, "a", float("nan"), 0), candidate(k, "b", float("nan"), 1))
+    assert best_or_first(none_finite).explanation.sample_index == 0
+
+
+# --------------------------------------------------------------------------- SmolLM2 end to end
+
+
+@pytest.mark.slow
+def test_smollm2_student_and_simulator_end_to_end(tmp_path):
+    """The real bundled model as student and simulator, on 2 planted features with k=2."""
+    words = PLANTED[:2]
+    store, keys = planted_setup(tmp_path, words)
+    cfg = EvalConfig(store=str(store), features=str(tmp_path / "data" / "heldout.txt"),
+                     student="smollm2-135m-instruct", out=str(tmp_path / "eval"),
+                     teacher_results=str(tmp_path / "teacher"), simulator="hf:smollm2-135m-instruct", k=2,
+                     max_tokens=24, n_resamples=200, progress=False)
+    res = evaluate(cfg).results
+    assert res["provenance"]["student"] == "hf:smollm2-135m-instruct"
+    oks = [f["results"][n] for f in res["features"] for n in ("student_best_of_1", "student_best_of_k")
+           if f["results"][n]["explanation"]["ok"]]
+    assert oks, "SmolLM2 wrote no parseable explanation"
+    for r in oks:
+        assert r["explanation"]["text"] and r["explanation"]["explainer"] == "hf:smollm2-135m-instruct"
+        assert r["score"] is None or math.isfinite(r["score"])
+        assert all(p is not None and all(0 <= v <= 9 for v in p) for p in r["predicted"])
+    assert (tmp_path / "eval" / "browser.html").exists() and (tmp_path / "eval" / "report.md").exists()
