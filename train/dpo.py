@@ -53,21 +53,9 @@ def main(script_args, training_args, model_args, source=None, callbacks=None) ->
         trainer.model._ddp_params_and_buffers_to_ignore = [
             name for name, buf in trainer.model.named_buffers() if buf.dtype == torch.bool
         ]
-    # train, resuming from the last checkpoint when there is one
-    result = trainer.train(resume_from_checkpoint=pipeline.last_checkpoint(training_args))
-    metrics = {**result.metrics, "train_samples": len(dataset[script_args.dataset_train_split])}
-    trainer.log_metrics("train", metrics)
-    trainer.save_metrics("train", metrics)
-    trainer.save_state()
-    # save -> card
-    trainer.save_model(training_args.output_dir)
-    info = {}
-    if trainer.accelerator.is_main_process:
-        tokenizer.save_pretrained(training_args.output_dir)
-        info = pipeline.write_run_info("dpo", trainer, script_args, model_args, source, model_dir, metrics)
-    trainer.accelerator.wait_for_everyone()
-    trainer.end()  # finish trackers, destroy the process group
-    return info
+    # train (resuming from the last checkpoint) -> save -> card
+    return pipeline.train_and_save("dpo", trainer, tokenizer, dataset, script_args, training_args, model_args,
+                                   source, model_dir)
 
 
 def cli(argv=None) -> None:

@@ -185,3 +185,26 @@ def write_run_info(kind: str, trainer, script_args, model_args, source: RecipeSo
     (out / RUN_INFO).write_text(json.dumps(info, indent=2, default=str))
     (card or model_card)(info).save(out / "README.md")
     return info
+
+
+def train_and_save(kind: str, trainer, tokenizer, dataset, script_args, training_args, model_args, source, model_dir,
+                   save_extra=None, **run_info) -> dict:
+    """train (resuming from the last checkpoint) -> metrics -> save -> run card, the tail every entry point
+    shares; returns the run info on the main rank ({} elsewhere). `save_extra(output_dir)` runs on the
+    main rank beside the tokenizer (e.g. a simulator's format file)."""
+    result = trainer.train(resume_from_checkpoint=last_checkpoint(training_args))
+    metrics = {**result.metrics, "train_samples": len(dataset[script_args.dataset_train_split])}
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    trainer.save_model(training_args.output_dir)
+    info = {}
+    if trainer.accelerator.is_main_process:
+        tokenizer.save_pretrained(training_args.output_dir)
+        if save_extra is not None:
+            save_extra(training_args.output_dir)
+        info = write_run_info(kind, trainer, script_args, model_args, source, model_dir, metrics, **run_info)
+    trainer.accelerator.wait_for_everyone()
+    trainer.end()  # finish trackers, destroy the process group
+    return info
+

@@ -126,25 +126,12 @@ def main(script_args, training_args, model_args, source=None, callbacks=None) ->
         compute_loss_func=ClassCrossEntropy(fmt.class_token_ids),
         callbacks=[_save_format_callback(fmt), *(callbacks or [])],
     )
-    # train, resuming from the last checkpoint when there is one
-    result = trainer.train(resume_from_checkpoint=pipeline.last_checkpoint(training_args))
-    metrics = {**result.metrics, "train_samples": len(dataset[script_args.dataset_train_split])}
-    trainer.log_metrics("train", metrics)
-    trainer.save_metrics("train", metrics)
-    trainer.save_state()
-    # save -> card
-    trainer.save_model(training_args.output_dir)
-    info = {}
-    if trainer.accelerator.is_main_process:
-        tokenizer.save_pretrained(training_args.output_dir)
-        fmt.save(training_args.output_dir)
-        info = pipeline.write_run_info(
-            "simulator", trainer, script_args, model_args, source, model_dir, metrics, card=simulator_card,
-            extra={"class_token_ids": list(fmt.class_token_ids), "class_tokens": list(fmt.class_tokens),
-                   "run_id": fmt.run_id, "simulator_base_model": fmt.base_model})
-    trainer.accelerator.wait_for_everyone()
-    trainer.end()  # finish trackers, destroy the process group
-    return info
+    # train (resuming from the last checkpoint) -> save -> card
+    return pipeline.train_and_save(
+        "simulator", trainer, tokenizer, dataset, script_args, training_args, model_args, source, model_dir,
+        save_extra=fmt.save, card=simulator_card,
+        extra={"class_token_ids": list(fmt.class_token_ids), "class_tokens": list(fmt.class_tokens),
+               "run_id": fmt.run_id, "simulator_base_model": fmt.base_model})
 
 
 def simulator_card(info: dict, eval_markdown: str | None = None, repo_id: str | None = None):
