@@ -171,6 +171,8 @@ def score(
     from neuroscribe.distill.score import score_file
 
     scored = _guard(score_file, explanations, store, simulator, out, split, str(cache) if cache else None, progress)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     summary = json.loads((out / "summary.json").read_text())
     typer.echo(f"wrote {out}/scored.jsonl: {len(scored)} explanations, mean score {summary['mean_score']:.3f} "
                f"({summary['n_nan']} NaN)")

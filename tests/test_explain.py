@@ -162,3 +162,24 @@ def test_bad_explain_input(tiny_llama, tiny_store, tmp_path):
         explain(_cfg(tiny_llama, tiny_store, tmp_path / "b", features=("mlp/L7/1+",)))
     res = _cli("explain", "--store", str(tmp_path / "nostore"), "--out", str(tmp_path / "c"), check=False)
     assert res.returncode == 2 and "not an exemplar store" in res.stderr
+
+
+@pytest.mark.slow
+def test_score_on_two_ranks_matches_one_process(tiny_llama, tiny_store, tmp_path):
+    keys = ExemplarStore(tiny_store).keys()
+    human = tmp_path / "human.jsonl"
+    human.write_text("".join(json.dumps({"feature": k, "explanation": f"digits and the word {i}"}) + "\n"
+                             for i, k in enumerate(keys * 2)))
+    single = score_file(human, tiny_store, f"hf:{tiny_llama}", tmp_path / "one", progress=False)
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(root / "recipes/accelerate_configs/ddp.yaml"), "--num_processes", "2", "--main_process_port", "29547",
+           "-m", "neuroscribe.cli", "score", "--explanations", str(human), "--store", str(tiny_store),
+           "--simulator", f"hf:{tiny_llama}", "--out", str(tmp_path / "two"), "--no-progress"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "two" / "parts").iterdir()) == ["rank0.json", "rank1.json"]
+    two = [json.loads(line) for line in (tmp_path / "two" / "scored.jsonl").read_text().splitlines()]
+    assert [(r["explanation"]["feature"], r["explanation"]["text"]) for r in two] == \
+        [(s.explanation.feature, s.explanation.text) for s in single]
+    assert [r["score"] for r in two] == pytest.approx([s.score for s in single], nan_ok=True, abs=1e-6)
