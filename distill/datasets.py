@@ -365,9 +365,14 @@ def _source_model(scored: ScoredCandidates) -> str:
         return "unknown"
 
 
-def read_heldout(dataset_dir: str | Path) -> list[str]:
-    """The held-out feature keys of a built dataset (what eval must use, and training must not)."""
-    return [ln.strip() for ln in (Path(dataset_dir) / "heldout.txt").read_text().splitlines() if ln.strip()]
+def read_heldout(path: str | Path) -> list[str]:
+    """Held-out feature keys (what eval must use, and training must not), from a heldout.txt file or
+    the `distill build` folder holding one."""
+    path = Path(path)
+    file = path / "heldout.txt" if path.is_dir() else path
+    if not file.exists():
+        raise FileNotFoundError(f"held-out feature list {file} does not exist")
+    return [ln.strip() for ln in file.read_text().splitlines() if ln.strip()]
 
 
 def build_command(
@@ -387,9 +392,7 @@ def build_command(
     echo: Callable[[str], None] = print,
 ) -> DistillResult:
     """`neuroscribe distill build`: build, print a summary, optionally push the folder to the Hub."""
-    heldout = None
-    if heldout_file is not None:
-        heldout = [ln.strip() for ln in Path(heldout_file).read_text().splitlines() if ln.strip()]
+    heldout = read_heldout(heldout_file) if heldout_file is not None else None
     cfg = DistillConfig(threshold=threshold, min_margin=min_margin, max_pairs_per_feature=max_pairs,
                         augment=augment, heldout_fraction=heldout_fraction,
                         validation_fraction=validation_fraction, seed=seed)

@@ -222,13 +222,7 @@ def simulator_data_command(
     echo: Callable[[str], None] = print,
 ) -> SimulatorDataResult:
     """`neuroscribe distill simulator-data`. heldout_file: a heldout.txt, or a `distill build` folder."""
-    heldout = None
-    if heldout_file is not None:
-        path = Path(heldout_file)
-        if not path.exists():
-            raise FileNotFoundError(f"--heldout-file {path} does not exist")
-        heldout = read_heldout(path) if path.is_dir() else [
-            ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    heldout = read_heldout(heldout_file) if heldout_file is not None else None
     cfg = SimulatorDataConfig(random_per_exemplar, heldout_fraction, validation_fraction, seed)
     result = build_simulator_data(scored, out, cfg, heldout_features=heldout, overwrite=overwrite)
     echo(result.summary())

@@ -73,7 +73,7 @@ def _run(cmd: list[str], log: Path) -> None:
 
 def run_demo(cfg: DemoConfig = DemoConfig()) -> Path:
     from neuroscribe.distill.collect import CollectConfig, collect
-    from neuroscribe.distill.datasets import build_command
+    from neuroscribe.distill.datasets import build_command, read_heldout
     from neuroscribe.distill.explain import ExplainConfig, explain
     from neuroscribe.distill.mining import MiningConfig
     from neuroscribe.store import ExemplarStore
@@ -110,7 +110,7 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> Path:
         if not (distill / "heldout.txt").exists():
             build_command(scored, distill, threshold=-1.0, min_margin=0.02, heldout_fraction=0.25,
                           validation_fraction=0.1, echo=lambda *a: None)
-        held = [k for k in (distill / "heldout.txt").read_text().split() if k]
+        held = read_heldout(distill)
         return f"datasets in {distill}, {len(held)} held-out features"
 
     def do_sft() -> str:
