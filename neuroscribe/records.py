@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 FeatureKind = Literal["mlp", "sae", "transcoder", "planted"]  # planted: rule-defined test features

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from neuroscribe.distill.collect import CollectConfig, collect
-from neuroscribe.distill.explain import ExplainConfig, explain, read_candidates
+from neuroscribe.distill.explain import ExplainConfig, explain
 from neuroscribe.distill.mining import MiningConfig
 from neuroscribe.distill.score import score_file
 from neuroscribe.store import ExemplarStore

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from neuroscribe.corpus import BUILTIN, builtin_documents, iter_windows
+from neuroscribe.corpus import BUILTIN, builtin_documents
 from neuroscribe.models import bundled_gguf, load_model, load_tokenizer, resolve
 
 CLI = [sys.executable, "-m", "neuroscribe.cli"]
