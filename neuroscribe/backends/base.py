@@ -120,22 +120,28 @@ class Backend(ABC):
     def cost(self, tokens_in: int, tokens_out: int) -> float | None:
         return self.prices.cost(self.kind, self.model, tokens_in, tokens_out)
 
-    # -- generation ---------------------------------------------------------------------------
-    def generate(self, requests: Sequence[ChatRequest], stage: str | None = None) -> list[Completion]:
-        stage = stage or self.stage
-        keys = [cache_key(self.kind, self.model, request_payload(r)) for r in requests]
-        results: list[Completion | None] = [None] * len(requests)
-        pending: dict[str, list[int]] = {}  # key -> positions; identical requests are sent once
+    def _lookup(self, keys: Sequence[str], stage: str, decode: Callable[[Any], Any]) -> tuple[list, dict[str, list[int]]]:
+        """Cache hits decoded in place (None where missing), and key -> positions still to compute;
+        identical requests in one batch are computed once."""
+        results: list = [None] * len(keys)
+        pending: dict[str, list[int]] = {}
         for i, key in enumerate(keys):
             if key in pending:
                 pending[key].append(i)
                 continue
             hit = self.cache.get(key) if self.cache is not None else None
             if hit is not None:
-                results[i] = Completion(**{**hit, "cached": True})
+                results[i] = decode(hit)
                 self.cache.record_hit(key, kind=self.kind, model=self.model, stage=stage)
             else:
                 pending[key] = [i]
+        return results, pending
+
+    # -- generation ---------------------------------------------------------------------------
+    def generate(self, requests: Sequence[ChatRequest], stage: str | None = None) -> list[Completion]:
+        stage = stage or self.stage
+        keys = [cache_key(self.kind, self.model, request_payload(r)) for r in requests]
+        results, pending = self._lookup(keys, stage, lambda hit: Completion(**{**hit, "cached": True}))
         todo = list(pending)
 
         def on_done(j: int, completion: Completion) -> None:
@@ -178,18 +184,7 @@ class Backend(ABC):
         stage = stage or self.stage
         keys = [cache_key(self.kind, self.model, {"prompt_logprobs": p, "top_k": top_k, **self.logprobs_key_extra()})
                 for p in prompts]
-        results: list[list[PositionLogprobs] | None] = [None] * len(prompts)
-        pending: dict[str, list[int]] = {}
-        for i, key in enumerate(keys):
-            if key in pending:
-                pending[key].append(i)
-                continue
-            hit = self.cache.get(key) if self.cache is not None else None
-            if hit is not None:
-                results[i] = [PositionLogprobs(**p) for p in hit]
-                self.cache.record_hit(key, kind=self.kind, model=self.model, stage=stage)
-            else:
-                pending[key] = [i]
+        results, pending = self._lookup(keys, stage, lambda hit: [PositionLogprobs(**p) for p in hit])
         todo = list(pending)
 
         def on_done(j: int, positions: list[PositionLogprobs], tokens_in: int) -> None:
