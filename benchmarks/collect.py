@@ -15,13 +15,14 @@ import json
 import os
 import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch
+from neuroscribe.distill.collect import CollectConfig, collect
 
 from neuroscribe.corpus import context_prefix, iter_documents, iter_windows
-from neuroscribe.distill.collect import CollectConfig, collect
 from neuroscribe.models import load_model
 
 
@@ -50,13 +51,20 @@ def main() -> None:
     plain = plain_forward_seconds(model, tok, args.windows, args.window, args.batch_size)
     del model
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = CollectConfig(out=f"{tmp}/store", features=(args.features,), window=args.window,
-                            max_windows=args.windows, batch_size=args.batch_size, shard_windows=args.windows,
-                            dtype=args.dtype, progress=False)
+        cfg = CollectConfig(
+            out=f"{tmp}/store",
+            features=(args.features,),
+            window=args.window,
+            max_windows=args.windows,
+            batch_size=args.batch_size,
+            shard_windows=args.windows,
+            dtype=args.dtype,
+            progress=False,
+        )
         start = time.perf_counter()
         collect(cfg)
         total = time.perf_counter() - start
-        meta = json.loads(open(f"{tmp}/store/meta.json").read())
+        meta = json.loads(Path(f"{tmp}/store/meta.json").read_text())
     t = meta["timings"]
     n_features = sum(g["n_units"] * len(g["polarities"]) for g in meta["groups"])
     tokens = args.windows * args.window

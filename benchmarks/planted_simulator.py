@@ -2,7 +2,7 @@
 
 Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/planted_simulator.py [--max-steps 150] [--dtype bf16]
 
-1. Planted features (`neuroscribe.planted`) on the builtin corpus, SmolLM2's tokenizer: structural
+1. Planted features (`neuroscribe.distill.planted`) on the builtin corpus, SmolLM2's tokenizer: structural
    rules (digits, parentheses, ...) and "the word X" rules. Rules are split: TRAIN rules give the
    training rows (every exemplar of the feature with its true explanation); HELD-OUT rules (other
    structural rules, other words) are only ever evaluated.
@@ -27,21 +27,62 @@ import time
 from pathlib import Path
 
 import torch
+from neuroscribe.distill.planted import RULES, planted_features, word_rule
 
-from neuroscribe.finetuned_simulator import FinetunedSimulator, SimulatorFormat
 from neuroscribe.models import DEFAULT_MODEL, load_model
-from neuroscribe.planted import RULES, planted_features, word_rule
 from neuroscribe.records import Explanation
-from neuroscribe.simulator import LocalSimulator, simulate_and_score
+from neuroscribe.scorers import simulate_and_score
 from neuroscribe.simulators import load_simulator
+from neuroscribe.simulators.allatonce import LocalSimulator
+from neuroscribe.simulators.finetuned import FinetunedSimulator, SimulatorFormat
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN_STRUCTURAL = ("digits", "parentheses", "capitalised", "comma", "ing_words", "colon", "long_words", "after_the",
-                    "asterisks")
+TRAIN_STRUCTURAL = (
+    "digits",
+    "parentheses",
+    "capitalised",
+    "comma",
+    "ing_words",
+    "colon",
+    "long_words",
+    "after_the",
+    "asterisks",
+)
 HELDOUT_STRUCTURAL = ("double_quotes", "sentence_end", "snake_case", "acronyms", "after_a")
-TRAIN_WORDS = ("is", "of", "in", "to", "and", "for", "if", "be", "are", "that", "or", "class", "as", "it", "with",
-               "not", "by", "this", "value", "function", "method", "can", "exception", "when", "name", "type",
-               "list", "statement", "return", "module", "string", "from")
+TRAIN_WORDS = (
+    "is",
+    "of",
+    "in",
+    "to",
+    "and",
+    "for",
+    "if",
+    "be",
+    "are",
+    "that",
+    "or",
+    "class",
+    "as",
+    "it",
+    "with",
+    "not",
+    "by",
+    "this",
+    "value",
+    "function",
+    "method",
+    "can",
+    "exception",
+    "when",
+    "name",
+    "type",
+    "list",
+    "statement",
+    "return",
+    "module",
+    "string",
+    "from",
+)
 HELDOUT_WORDS = ("object", "instance", "expression", "attribute", "sequence", "code", "argument", "dictionary")
 
 
@@ -58,24 +99,53 @@ def train_simulator(tok, train_rules, args, work: Path) -> Path:
 
     feats = planted_features(tok, train_rules, window=args.window, max_windows=args.max_windows)
     rows = [r for rule, f in zip(train_rules, feats) for r in feature_rows(f, rule.explanation, "stage1")]
-    data = write_simulator_dataset(work / "data", {"stage1": {"train": rows, "validation": []}}, [],
-                                   {"scored_dir": "planted rules"}, overwrite=True)
+    data = write_simulator_dataset(
+        work / "data",
+        {"stage1": {"train": rows, "validation": []}},
+        [],
+        {"scored_dir": "planted rules"},
+        overwrite=True,
+    )
     run = work / "run"
-    argv = ["--config", str(ROOT / "recipes/tiny/simulator.yaml"), "--dataset_name", str(data), "--output_dir",
-            str(run), "--max_steps", str(args.max_steps), "--dtype", args.dtype, "--learning_rate", str(args.lr),
-            "--lr_scheduler_type", "cosine", "--warmup_steps", "0.05", "--save_strategy", "no",
-            "--logging_steps", "10", "--disable_tqdm", "true"]
+    argv = [
+        "--config",
+        str(ROOT / "recipes/tiny/simulator.yaml"),
+        "--dataset_name",
+        str(data),
+        "--output_dir",
+        str(run),
+        "--max_steps",
+        str(args.max_steps),
+        "--dtype",
+        args.dtype,
+        "--learning_rate",
+        str(args.lr),
+        "--lr_scheduler_type",
+        "cosine",
+        "--warmup_steps",
+        "0.05",
+        "--save_strategy",
+        "no",
+        "--logging_steps",
+        "10",
+        "--disable_tqdm",
+        "true",
+    ]
     start = time.perf_counter()
     simulator.main(*parse_args("simulator", argv))
-    print(f"trained {args.max_steps} steps on {len(rows)} rows ({len(train_rules)} rules) "
-          f"in {time.perf_counter() - start:.0f} s")
+    print(
+        f"trained {args.max_steps} steps on {len(rows)} rows ({len(train_rules)} rules) "
+        f"in {time.perf_counter() - start:.0f} s"
+    )
     return run
 
 
 def score_matrix(sim, feats, held) -> list[list[float]]:
     """scores[i][j]: explanation of rule j scored on feature i (test split)."""
-    return [[simulate_and_score(sim, Explanation(f.feature.key, r.explanation, "planted"), f, "test").score
-             for r in held] for f in feats]
+    return [
+        [simulate_and_score(sim, Explanation(f.feature.key, r.explanation, "planted"), f, "test").score for r in held]
+        for f in feats
+    ]
 
 
 def summarise(scores, idx) -> tuple[float, float, float]:
@@ -120,12 +190,17 @@ def main(argv=None) -> None:
         "fine-tuned": load_simulator(f"finetuned:{run}", dtype=args.dtype),
         "fine-tuned format, untrained": FinetunedSimulator(model, tok, SimulatorFormat.for_tokenizer(tok)),
     }
-    groups = {"held-out structural": range(len(HELDOUT_STRUCTURAL)),
-              "held-out words": range(len(HELDOUT_STRUCTURAL), len(held)), "all held-out": range(len(held))}
-    print(f"\nmodel {args.model}, dtype {args.dtype}; {len(held)} held-out rules, each scored with all "
-          f"{len(held)} held-out explanations on its test split ({len(feats[0].select(split='test'))} windows "
-          f"of {args.window} tokens)")
-    print(f"| simulator | rules | n | win rate (true > wrong) | mean true score | mean wrong score | time |")
+    groups = {
+        "held-out structural": range(len(HELDOUT_STRUCTURAL)),
+        "held-out words": range(len(HELDOUT_STRUCTURAL), len(held)),
+        "all held-out": range(len(held)),
+    }
+    print(
+        f"\nmodel {args.model}, dtype {args.dtype}; {len(held)} held-out rules, each scored with all "
+        f"{len(held)} held-out explanations on its test split ({len(feats[0].select(split='test'))} windows "
+        f"of {args.window} tokens)"
+    )
+    print("| simulator | rules | n | win rate (true > wrong) | mean true score | mean wrong score | time |")
     print("|---|---|---|---|---|---|---|")
     for name, sim in simulators.items():
         t0 = time.perf_counter()

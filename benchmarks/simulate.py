@@ -25,7 +25,7 @@ from neuroscribe.corpus import builtin_documents, iter_windows
 from neuroscribe.models import DEFAULT_MODEL, load_model
 from neuroscribe.prompts import simulator_prompt
 from neuroscribe.records import Exemplar
-from neuroscribe.simulator import LocalSimulator
+from neuroscribe.simulators.allatonce import LocalSimulator
 
 EXPLANATION = "closing brackets of function calls, and the keyword 'return' in Python code"
 
@@ -80,12 +80,19 @@ def main(argv: list[str] | None = None) -> None:
     fast.simulate(EXPLANATION, exemplars[:2])  # warm-up: allocator, kernels
     plain_forward()
     # Interleaved runs, best of each: this machine is shared, and the minimum is the least disturbed.
-    t_fast, t_full, t_plain = (min(ts) for ts in zip(*(
-        (timed(lambda: fast.simulate(EXPLANATION, exemplars)),
-         timed(lambda: full.simulate(EXPLANATION, exemplars)),
-         timed(plain_forward))
-        for _ in range(args.repeats)
-    )))
+    t_fast, t_full, t_plain = (
+        min(ts)
+        for ts in zip(
+            *(
+                (
+                    timed(lambda: fast.simulate(EXPLANATION, exemplars)),
+                    timed(lambda: full.simulate(EXPLANATION, exemplars)),
+                    timed(plain_forward),
+                )
+                for _ in range(args.repeats)
+            )
+        )
+    )
     a = fast.simulate(EXPLANATION, exemplars[:4])
     b = full.simulate(EXPLANATION, exemplars[:4])
     max_diff = max(abs(x - y) for s, r in zip(a, b) for x, y in zip(s.predicted, r.predicted))
@@ -93,15 +100,19 @@ def main(argv: list[str] | None = None) -> None:
     sim_tps = shared_tokens / t_fast
 
     print(f"model {args.model}  dtype {args.dtype}  threads {torch.get_num_threads()}")
-    print(f"workload: {len(exemplars)} exemplars x {args.tokens} tokens; prompt prefix {n_prefix} tokens, "
-          f"body {min(body_lens)}-{max(body_lens)} tokens")
+    print(
+        f"workload: {len(exemplars)} exemplars x {args.tokens} tokens; prompt prefix {n_prefix} tokens, "
+        f"body {min(body_lens)}-{max(body_lens)} tokens"
+    )
     print(f"shared-prefix batched (batch {args.batch_size}): {t_fast:.2f} s for {shared_tokens} prompt tokens")
     print(f"naive full prompt per exemplar:       {t_full:.2f} s for {naive_tokens} prompt tokens")
     print(f"plain batched forward [{args.batch_size} x {width}]: {plain_tps:.0f} tokens/s")
     print(f"max |fast - full| expected value on 4 exemplars: {max_diff:.4f} (0..9 scale, {args.dtype})")
     print(f"(a) speed-up shared-prefix vs naive: {t_full / t_fast:.2f}x  (target >= 3)")
-    print(f"(b) simulator {sim_tps:.0f} prompt tokens/s = {sim_tps / plain_tps:.2f} of a plain batched forward "
-          f"(target >= 0.6)")
+    print(
+        f"(b) simulator {sim_tps:.0f} prompt tokens/s = {sim_tps / plain_tps:.2f} of a plain batched forward "
+        f"(target >= 0.6)"
+    )
 
 
 if __name__ == "__main__":

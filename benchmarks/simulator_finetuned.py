@@ -16,13 +16,14 @@ import os
 import time
 
 import torch
+from neuroscribe.distill.planted import RULES, planted_features
 
-from neuroscribe.finetuned_simulator import FinetunedSimulator, SimulatorFormat
 from neuroscribe.models import DEFAULT_MODEL, load_model
-from neuroscribe.planted import RULES, planted_features
 from neuroscribe.records import Explanation
-from neuroscribe.simulator import LocalSimulator, simulate_and_score
+from neuroscribe.scorers import simulate_and_score
 from neuroscribe.simulators import load_simulator
+from neuroscribe.simulators.allatonce import LocalSimulator
+from neuroscribe.simulators.finetuned import FinetunedSimulator, SimulatorFormat
 
 EXPLANATIONS = ("digits and numbers", "years in dates", "the word 'object'", "closing brackets of function calls")
 
@@ -59,11 +60,14 @@ def main(argv: list[str] | None = None) -> None:
 
     simulate_and_score(prompted, explanations[0], record, "score")  # warm-up
     simulate_and_score(finetuned, explanations[0], record, "score")
-    t_prompted, t_finetuned = (min(ts) for ts in zip(*((score_all(prompted), score_all(finetuned))
-                                                        for _ in range(args.repeats))))
+    t_prompted, t_finetuned = (
+        min(ts) for ts in zip(*((score_all(prompted), score_all(finetuned)) for _ in range(args.repeats)))
+    )
     scored = n * len(explanations)
-    print(f"model {args.model}  dtype {args.dtype}  threads {torch.get_num_threads()}  batch {args.batch_size}"
-          + (f"  fine-tuned run {args.run}" if args.run else "  (fine-tuned format on the base weights)"))
+    print(
+        f"model {args.model}  dtype {args.dtype}  threads {torch.get_num_threads()}  batch {args.batch_size}"
+        + (f"  fine-tuned run {args.run}" if args.run else "  (fine-tuned format on the base weights)")
+    )
     print(f"workload: {len(explanations)} explanations x {n} held-out windows of {args.tokens} tokens")
     print(f"prompted all-at-once: {t_prompted:.2f} s = {scored / t_prompted:.1f} scored exemplars/s")
     print(f"fine-tuned:           {t_finetuned:.2f} s = {scored / t_finetuned:.1f} scored exemplars/s")

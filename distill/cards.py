@@ -15,8 +15,16 @@ _SFT_META = {"variant": Value("int32"), "score": Value("float64"), "explainer": 
 FEATURES = {
     "sft": Features({**_COMMON, **_SFT_META, "prompt": _MESSAGES, "completion": _MESSAGES}),
     "chat": Features({**_COMMON, **_SFT_META, "messages": _MESSAGES}),
-    "preference": Features({**_COMMON, "prompt": _MESSAGES, "chosen": _MESSAGES, "rejected": _MESSAGES,
-                            "score_chosen": Value("float64"), "score_rejected": Value("float64")}),
+    "preference": Features(
+        {
+            **_COMMON,
+            "prompt": _MESSAGES,
+            "chosen": _MESSAGES,
+            "rejected": _MESSAGES,
+            "score_chosen": Value("float64"),
+            "score_rejected": Value("float64"),
+        }
+    ),
 }
 
 
@@ -58,38 +66,41 @@ def dataset_card(info: dict, files: dict[str, dict[str, str]]) -> DatasetCard:
         for c, splits in files.items()
     ]
     data = DatasetCardData(
-        configs=configs, license="apache-2.0", language=["en"], pretty_name="neuroscribe explainer distillation",
+        configs=configs,
+        license="apache-2.0",
+        language=["en"],
+        pretty_name="neuroscribe explainer distillation",
         tags=["interpretability", "neuron-explanations", "neuroscribe", "sft", "dpo"],
         task_categories=["text-generation"],
     )
     rows = info["rows"]
-    row_table = "\n".join(
-        f"| {c} | {rows[c]['train']} | {rows[c]['validation']} |" for c in rows
-    )
+    row_table = "\n".join(f"| {c} | {rows[c]['train']} | {rows[c]['validation']} |" for c in rows)
     score_rows = "\n".join(
         f"| {name} | {s['n']} | {_num(s['mean'])} | {_num(s['median'])} | {_num(s['min'])} | {_num(s['max'])} |"
-        for name, s in (("all parseable candidates", stats["candidate_score"]),
-                        ("best per feature", stats["best_score"]),
-                        ("SFT winners", stats["winner_score"]))
+        for name, s in (
+            ("all parseable candidates", stats["candidate_score"]),
+            ("best per feature", stats["best_score"]),
+            ("SFT winners", stats["winner_score"]),
+        )
     )
     body = f"""
 # Explainer distillation data (neuroscribe)
 
-Explanations of features of **{info['source_model']}**, written by a teacher model (best of
-{meta['k']} candidates per feature) and scored by a simulator on held-out exemplars
-(split `{meta['split']}`). Built by `neuroscribe distill build`.
+Explanations of features of **{info["source_model"]}**, written by a teacher model (best of
+{meta["k"]} candidates per feature) and scored by a simulator on held-out exemplars
+(split `{meta["split"]}`). Built by `neuroscribe distill build`.
 
 | | |
 |---|---|
-| source (subject) model | `{info['source_model']}` |
-| teacher | `{meta['teacher']}` |
-| simulator | `{meta['simulator']}` |
-| prompt | style `{meta['prompt_style']}`, version `{meta['prompt_version']}` |
-| features | {stats['features']} scored; train {len(info['splits']['train'])}, validation {len(info['splits']['validation'])}, held out {len(info['splits']['heldout'])} |
-| SFT threshold | score >= {cfg['threshold']} ({stats['features_with_winner']} features have a winner) |
-| preference pairs | margin >= {cfg['min_margin']}, at most {cfg['max_pairs_per_feature']} per feature |
-| augmentation | {cfg['augment']} extra prompt variants per training feature ({cfg['augment_sizes'][0]}-{cfg['augment_sizes'][1]} of the top {cfg['augment_pool']} exemplars, shuffled) |
-| candidates | {stats['candidates']} ({stats['unparseable']} unparseable, {stats['nan_scores']} NaN scores; neither is ever a winner) |
+| source (subject) model | `{info["source_model"]}` |
+| teacher | `{meta["teacher"]}` |
+| simulator | `{meta["simulator"]}` |
+| prompt | style `{meta["prompt_style"]}`, version `{meta["prompt_version"]}` |
+| features | {stats["features"]} scored; train {len(info["splits"]["train"])}, validation {len(info["splits"]["validation"])}, held out {len(info["splits"]["heldout"])} |
+| SFT threshold | score >= {cfg["threshold"]} ({stats["features_with_winner"]} features have a winner) |
+| preference pairs | margin >= {cfg["min_margin"]}, at most {cfg["max_pairs_per_feature"]} per feature |
+| augmentation | {cfg["augment"]} extra prompt variants per training feature ({cfg["augment_sizes"][0]}-{cfg["augment_sizes"][1]} of the top {cfg["augment_pool"]} exemplars, shuffled) |
+| candidates | {stats["candidates"]} ({stats["unparseable"]} unparseable, {stats["nan_scores"]} NaN scores; neither is ever a winner) |
 
 ## Configurations
 
@@ -113,14 +124,21 @@ this dataset contains them. `build.json` holds every parameter and the exact fea
 ## Limitations
 
 Labels are only as good as the teacher and the simulator: a weak simulator ranks candidates
-noisily, and scores are measured on the `{meta['split']}` split that also selected the winners,
+noisily, and scores are measured on the `{meta["split"]}` split that also selected the winners,
 so they are optimistic. Report quality on the held-out features' test split.
 """
     return DatasetCard("---\n" + data.to_yaml() + "\n---\n" + body)
 
 
-def push_dataset(folder: str | Path, repo_id: str, *, private: bool = True, token: str | None = None,
-                 revision: str | None = None, api=None) -> str:
+def push_dataset(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    private: bool = True,
+    token: str | None = None,
+    revision: str | None = None,
+    api=None,
+) -> str:
     """Upload a built dataset folder to a Hub dataset repo; returns the repo URL.
 
     `api` defaults to `huggingface_hub.HfApi`; offline (`HF_HUB_OFFLINE=1`) this fails before any upload.
@@ -133,6 +151,11 @@ def push_dataset(folder: str | Path, repo_id: str, *, private: bool = True, toke
     url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     if revision:
         api.create_branch(repo_id, branch=revision, repo_type="dataset", exist_ok=True)
-    api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="dataset", revision=revision,
-                      commit_message="neuroscribe distill build")
+    api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        repo_type="dataset",
+        revision=revision,
+        commit_message="neuroscribe distill build",
+    )
     return str(url)

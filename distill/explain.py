@@ -1,63 +1,40 @@
 """explain: Best-of-k. A teacher writes k candidate explanations per feature from its explain split;
 each distinct candidate is scored by a simulator on the held-out `score` split; every candidate is
-kept with its score (the preference dataset wants the losers too).
-
-Output folder:
-  meta.json         store, teacher, simulator, prompt style/version, k, split, sampling, counts
-  candidates.jsonl  one `to_json(ScoredExplanation)` per line, in store feature order then sample index
-  usage.json        LLM calls, cache hits, tokens and cost per stage for this run
-  parts/            per-rank progress (append-only JSONL); a rerun skips features already there
+kept with its score (the preference dataset wants the losers too). Output: `runs.explain`.
 
 Every LLM call and every simulation goes through the sqlite cache (default OUT/cache.sqlite), so a
-rerun or a resumed run makes no call twice. Under `accelerate launch`/torchrun, rank r takes every
-W-th feature and rank 0 merges the parts into the same candidates.jsonl one process would write.
+rerun or a resumed run makes no call twice. Progress is kept per feature under OUT/parts/, keyed by
+the fingerprint of the configuration: a rerun of the same command resumes, another configuration is
+refused. A feature whose teacher or simulator calls fail for good (after retries) is recorded as
+failed and the run goes on; the run then ends "partial" and a rerun retries only those features.
+Under `accelerate launch`/torchrun, rank r takes every W-th feature and rank 0 merges the parts into
+the same candidates.jsonl one process would write.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
 
 from tqdm.auto import tqdm
 
-from neuroscribe.backends import load_backend
+from neuroscribe import dist as distributed
+from neuroscribe.backends import BackendError, BudgetExceeded, load_backend
 from neuroscribe.backends.base import ChatRequest, SamplingParams
 from neuroscribe.cache import Cache
+from neuroscribe.configs import ExplainConfig
+from neuroscribe.faults import EXPLAIN_FEATURES, kill_point
+from neuroscribe.options import to_dict
 from neuroscribe.prompts import PROMPT_VERSION, explainer_messages, parse_explanation
-from neuroscribe.records import Explanation, ScoredExplanation, from_json, to_json
-from neuroscribe.simulators import cached_score, load_simulator
-from neuroscribe.store import ExemplarStore
-from neuroscribe.testing import kill_point
-
-from .collect import _dist
-
-
-@dataclass(frozen=True)
-class ExplainConfig:
-    store: str
-    out: str
-    teacher: str = "hf:smollm2-135m-instruct"
-    simulator: str = "hf:smollm2-135m-instruct"
-    k: int = 4
-    prompt_style: str = "plain"
-    max_exemplars: int = 20
-    temperature: float = 1.0
-    max_tokens: int = 60
-    seed: int = 0
-    split: str = "score"
-    features: tuple[str, ...] = ()  # feature keys; empty = every live feature
-    max_features: int | None = None
-    batch_features: int = 8  # features whose k requests go to the teacher together
-    cache: str | None = None  # default OUT/cache.sqlite
-    dtype: str = "float32"  # of local (hf:) teacher and simulator weights; bfloat16 is 3-4x faster on AMX CPUs
-    teacher_batch_size: int = 16
-    detection: bool = False
-    progress: bool = True
+from neuroscribe.records import Explanation, ScoredExplanation, best_candidate, from_json, to_json
+from neuroscribe.runs import explain as run_files
+from neuroscribe.runs.files import OutputLock, fingerprint, guard_output, refuse_existing
+from neuroscribe.runs.store import ExemplarStore
+from neuroscribe.scorers import cached_score
+from neuroscribe.simulators import load_simulator
 
 
 def _normalised(text: str) -> str:
@@ -77,74 +54,101 @@ def feature_keys(store: ExemplarStore, wanted: tuple[str, ...] = (), limit: int 
     return live[:limit] if limit else live
 
 
-def _read_parts(parts: Path) -> dict[str, list[dict]]:
-    """Finished features from earlier runs: key -> candidate rows (a torn last line is ignored)."""
-    done: dict[str, list[dict]] = {}
-    for path in sorted(parts.glob("*.jsonl")):
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill; its feature is redone
-            done[row["feature"]] = row["candidates"]
-    return done
-
-
 def _chunks(items: list[str], n: int) -> Iterator[list[str]]:
     for i in range(0, len(items), n):
         yield items[i : i + n]
 
 
 def explain(cfg: ExplainConfig) -> Path:
+    """Run best-of-k (module doc); returns the output folder (meta.json says complete or partial)."""
     out = Path(cfg.out)
-    if (out / "candidates.jsonl").exists():
-        raise FileExistsError(f"{out} already holds candidates.jsonl; choose another --out or delete it")
-    if cfg.k < 1:
-        raise ValueError(f"--k must be >= 1, got {cfg.k}")
-    if cfg.split == "explain":
-        raise ValueError("--split must be a held-out split (score or test), never explain")
-    dist = _dist()
+    guard_output(out, {"--store": cfg.store, "--cache": cfg.cache})
+    if run_files.is_complete(out):
+        refuse_existing(out, run_files.CANDIDATES, cfg.overwrite, "a finished explain run")
+    dist = distributed.current()
     store = ExemplarStore(cfg.store)
     keys = feature_keys(store, cfg.features, cfg.max_features)
-    parts = out / "parts"
-    parts.mkdir(parents=True, exist_ok=True)
-    cache = Cache(cfg.cache or out / "cache.sqlite")
-    done = _read_parts(parts)
-    mine = [k for i, k in enumerate(keys) if i % dist.world == dist.rank and k not in done]
-    teacher = _teacher(cfg.teacher, cache, cfg.dtype, cfg.teacher_batch_size)
-    simulator = load_simulator(cfg.simulator, cache, dtype=cfg.dtype) if mine else None
-    params = SamplingParams(temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=cfg.seed)
-    bar = tqdm(total=len(mine), desc=f"explain[rank {dist.rank}]", unit="feat", disable=not cfg.progress)
-    finished = 0
-    with open(parts / f"rank{dist.rank}.jsonl", "a") as sink:
-        for chunk in _chunks(mine, cfg.batch_features):
-            records = {k: store.get(k) for k in chunk}
-            prompts = {k: explainer_messages(records[k], cfg.prompt_style, max_exemplars=cfg.max_exemplars) for k in chunk}
-            requests = [ChatRequest(tuple(prompts[k]), params, sample_index=i) for k in chunk for i in range(cfg.k)]
-            completions = teacher.generate(requests, stage="explain")
-            for j, key in enumerate(chunk):
-                candidates = _candidates(cfg, teacher.spec, key, completions[j * cfg.k : (j + 1) * cfg.k])
-                scored = [_score(cfg, simulator, c, records[key], cache) for c in candidates]
-                sink.write(json.dumps({"feature": key, "candidates": [to_json(s) for s in scored]}) + "\n")
-                sink.flush()
-                os.fsync(sink.fileno())
-                bar.update(1)
-                finished += 1
-                kill_point("NEUROSCRIBE_TEST_KILL_AFTER_FEATURES", finished)
-    bar.close()
-    dist.barrier()
-    if dist.rank == 0:
-        _merge(cfg, keys, _read_parts(parts), out, cache, teacher.spec)
-    dist.barrier()
+    with OutputLock(out, dist.rank):
+        cache = Cache(cfg.cache or out / "cache.sqlite")
+        budget = cfg.limits.budget()  # one budget for every HTTP call of the run
+        teacher = _teacher(cfg, cache, budget)
+        simulator = load_simulator(cfg.simulator, cache, dtype=cfg.dtype, limits=cfg.limits, budget=budget)
+        key = fingerprint(
+            {
+                **cfg.resumable_fields(),
+                "store": store.fingerprint,
+                "simulator": simulator.spec,
+                "teacher": teacher.spec,
+                "prompt_version": PROMPT_VERSION,
+            }
+        )
+        if dist.is_main:
+            run_files.start_parts(out, key, cfg.overwrite)
+        dist.barrier()
+        done, _ = run_files.read_parts(out)
+        mine = [k for k in dist.mine(keys) if k not in done]
+        _explain_features(cfg, store, mine, teacher, simulator, cache, out, dist.rank)
+        dist.barrier()
+        if dist.is_main:
+            _merge(cfg, keys, out, cache, teacher.spec, simulator.spec, store, key)
+        dist.barrier()
     return out
 
 
-def _teacher(spec: str, cache: Cache, dtype: str = "float32", batch_size: int = 16):
-    if spec.startswith("hf:"):
+def _teacher(cfg: ExplainConfig, cache: Cache, budget):
+    if cfg.teacher.startswith("hf:"):
         from neuroscribe.models import load_shared
 
-        return load_backend(spec, cache, stage="explain", loaded=load_shared(spec[3:], dtype), batch_size=batch_size)
-    return load_backend(spec, cache, stage="explain")
+        return load_backend(
+            cfg.teacher,
+            cache,
+            stage="explain",
+            loaded=load_shared(cfg.teacher[3:], cfg.dtype),
+            batch_size=cfg.teacher_batch_size,
+        )
+    return load_backend(cfg.teacher, cache, cfg.limits, budget, stage="explain")
+
+
+def _explain_features(
+    cfg: ExplainConfig, store, keys: list[str], teacher, simulator, cache, out: Path, rank: int
+) -> None:
+    """Explain and score `keys`, one line per feature in this rank's part file (finished or failed)."""
+    params = SamplingParams(temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=cfg.seed)
+    bar = tqdm(total=len(keys), desc=f"explain[rank {rank}]", unit="feat", disable=not cfg.progress)
+    finished = 0
+    with run_files.PartsLog(out, rank) as log:
+        for chunk in _chunks(keys, cfg.batch_features):
+            records = {k: store.get(k) for k in chunk}
+            requests = [
+                ChatRequest(
+                    tuple(explainer_messages(records[k], cfg.prompt_style, max_exemplars=cfg.max_exemplars)),
+                    params,
+                    sample_index=i,
+                )
+                for k in chunk
+                for i in range(cfg.k)
+            ]
+            try:
+                completions = teacher.generate(requests, stage="explain", keep_failures=True)
+            except BudgetExceeded as err:
+                for k in keys[keys.index(chunk[0]) :]:
+                    log.failed(k, f"not attempted: {err}")
+                break
+            for j, key in enumerate(chunk):
+                mine = completions[j * cfg.k : (j + 1) * cfg.k]
+                failed = next((c.error for c in mine if c.error), "")
+                if failed:
+                    log.failed(key, f"teacher: {failed}")
+                else:
+                    try:
+                        candidates = _candidates(cfg, teacher.spec, key, mine)
+                        log.finished(key, [to_json(_score(cfg, simulator, c, records[key], cache)) for c in candidates])
+                    except BackendError as err:  # an HTTP simulator gave up on this feature
+                        log.failed(key, f"simulator: {err}")
+                bar.update(1)
+                finished += 1
+                kill_point(EXPLAIN_FEATURES, finished)
+    bar.close()
 
 
 def _candidates(cfg: ExplainConfig, teacher: str, key: str, completions) -> list[Explanation]:
@@ -157,38 +161,77 @@ def _candidates(cfg: ExplainConfig, teacher: str, key: str, completions) -> list
         if parsed.ok and norm in seen:
             continue
         seen.add(norm)
-        out.append(Explanation(feature=key, text=parsed.text, explainer=teacher, prompt_style=cfg.prompt_style,
-                               prompt_version=PROMPT_VERSION, sample_index=i, raw=c.text, ok=parsed.ok,
-                               error=parsed.error))
+        out.append(
+            Explanation(
+                feature=key,
+                text=parsed.text,
+                explainer=teacher,
+                prompt_style=cfg.prompt_style,
+                prompt_version=PROMPT_VERSION,
+                sample_index=i,
+                raw=c.text,
+                ok=parsed.ok,
+                error=parsed.error,
+            )
+        )
     return out
 
 
 def _score(cfg: ExplainConfig, simulator, candidate: Explanation, record, cache) -> ScoredExplanation:
     scored = cached_score(simulator, candidate, record, cfg.split, cache)
     if cfg.detection and candidate.ok:
-        from neuroscribe.simulator import detection_score, fuzzing_score
+        from neuroscribe.scorers import detection_score, fuzzing_score
 
-        scored = replace(scored, detection=detection_score(simulator, candidate, record, cfg.split),
-                         fuzzing=fuzzing_score(simulator, candidate, record, cfg.split))
+        scored = replace(
+            scored,
+            detection=detection_score(simulator, candidate, record, cfg.split),
+            fuzzing=fuzzing_score(simulator, candidate, record, cfg.split),
+        )
     return scored
 
 
-def _merge(cfg: ExplainConfig, keys: list[str], done: dict[str, list[dict]], out: Path, cache: Cache, teacher: str):
-    rows = [c for k in keys for c in sorted(done[k], key=lambda c: c["explanation"]["sample_index"])]
-    tmp = out / "candidates.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    scores = [r["score"] for r in rows if r["score"] is not None and not math.isnan(r["score"])]
+def _merge(
+    cfg: ExplainConfig,
+    keys: list[str],
+    out: Path,
+    cache: Cache,
+    teacher: str,
+    simulator: str,
+    store: ExemplarStore,
+    key: str,
+) -> None:
+    done, failed = run_files.read_parts(out)
+    failed = {k: failed.get(k, "not attempted") for k in keys if k not in done}
+    rows = [c for k in keys if k in done for c in sorted(done[k], key=lambda c: c["explanation"]["sample_index"])]
+    scores = [r["score"] for r in rows if _finite(r["score"])]
+    best = []
+    for k in keys:
+        if k in done:
+            winner = best_candidate([from_json(ScoredExplanation, c) for c in done[k]])
+            best.append(winner.score if winner else math.nan)
     meta = {
-        **{k: v for k, v in asdict(cfg).items() if k not in ("out", "progress", "cache")},
-        "teacher": teacher, "prompt_version": PROMPT_VERSION, "n_features": len(keys), "n_candidates": len(rows),
+        **{k: v for k, v in to_dict(cfg).items() if k not in ("out", "progress", "cache", "overwrite")},
+        "config": to_dict(cfg),
+        "teacher": teacher,
+        "simulator": simulator,
+        "prompt_version": PROMPT_VERSION,
+        "store": cfg.store,
+        "store_fingerprint": store.fingerprint,
+        "subject_model": store.meta.get("model"),
+        "fingerprint": key,
+        "status": "partial" if failed else "complete",
+        "failed_features": failed,
+        "n_features": len(keys),
+        "n_failed": len(failed),
+        "n_candidates": len(rows),
         "n_unparsed": sum(not r["explanation"]["ok"] for r in rows),
-        "n_duplicates_dropped": len(keys) * cfg.k - len(rows),
-        "mean_best_score": _mean([max((c["score"] for c in done[k] if _finite(c["score"])), default=math.nan) for k in keys]),
+        "n_duplicates_dropped": (len(keys) - len(failed)) * cfg.k - len(rows),
+        "mean_best_score_in_sample": _mean(best),
         "mean_score": _mean(scores),
+        "note": f"scores are on the `{cfg.split}` split that selects winners: mean_best_score_in_sample is "
+        "optimistic; report quality on a split no selection saw (eval uses `test`)",
     }
-    (out / "meta.json").write_text(json.dumps(meta, indent=2))
-    (out / "usage.json").write_text(json.dumps({s: asdict(u) for s, u in cache.stages().items()}, indent=2))
-    os.replace(tmp, out / "candidates.jsonl")
+    run_files.write_run(out, rows, meta, {s: u.__dict__ for s, u in cache.stages().items()})
 
 
 def _finite(x) -> bool:
@@ -201,13 +244,5 @@ def _mean(xs) -> float:
 
 
 def read_candidates(folder: str | Path) -> list[ScoredExplanation]:
-    path = Path(folder) / "candidates.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; run `neuroscribe explain` first")
-    out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        try:
-            out.append(from_json(ScoredExplanation, json.loads(line)))
-        except (ValueError, TypeError, KeyError) as err:
-            raise ValueError(f"{path}:{n}: not a scored candidate ({err})") from None
-    return out
+    """Every candidate of an explain run, in file order."""
+    return run_files.read_explain_run(folder).candidates

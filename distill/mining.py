@@ -12,24 +12,10 @@ states gives exactly the state one miner would reach over the union of their win
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from neuroscribe.configs import MiningConfig
 from neuroscribe.records import FeatureId
-
-
-@dataclass(frozen=True)
-class MiningConfig:
-    top_k: int = 30
-    pool: int = 64  # activating windows kept for quantile draws
-    quantiles: int = 5
-    per_quantile: int = 3
-    random_k: int = 15
-    hard_negatives: int = 6
-    negative_ratio: float = 0.1  # a hard negative peaks at <= this fraction of the feature's max
-    splits: tuple[str, ...] = ("explain", "score", "test")
-    seed: int = 0
 
 
 def _mix64(x: int) -> int:
@@ -95,7 +81,7 @@ class Slots:
         if self.maxes is not None:
             self.maxes[feat, slot] = maxes[feat, cand]
 
-    def absorb(self, other: "Slots") -> None:
+    def absorb(self, other: Slots) -> None:
         """Merge another miner's slots (same features) into these."""
         self.offer(other.keys, other.ids, lambda f, c: other.acts[f, c], other.maxes)
 
@@ -160,7 +146,7 @@ class Miner:
         keep = set(torch.cat([self.top.ids, self.pool.ids, self.random.ids], 1).flatten().tolist())
         self.window_tokens = {w: t for w, t in self.window_tokens.items() if w in keep}
 
-    def absorb(self, other: "Miner") -> None:
+    def absorb(self, other: Miner) -> None:
         for mine, theirs in ((self.top, other.top), (self.pool, other.pool), (self.random, other.random)):
             mine.absorb(theirs)
         self.moments += other.moments
@@ -170,8 +156,12 @@ class Miner:
 
     def state(self) -> dict:
         return {
-            "top": self.top.state(), "pool": self.pool.state(), "random": self.random.state(),
-            "moments": self.moments, "n_active": self.n_active, "window_tokens": self.window_tokens,
+            "top": self.top.state(),
+            "pool": self.pool.state(),
+            "random": self.random.state(),
+            "moments": self.moments,
+            "n_active": self.n_active,
+            "window_tokens": self.window_tokens,
             "shards_done": self.shards_done,
         }
 

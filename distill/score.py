@@ -1,25 +1,28 @@
-"""score: score any explanations on a store's held-out exemplars with any simulator.
+"""score: score any explanations on a store's held-out exemplars with any simulator (`runs.score`).
 
 Accepted explanation files:
 - JSONL, one object per line: {"feature": "mlp/L3/12+", "explanation": "..."} (e.g. human-written),
   or neuroscribe candidates (`explain`'s candidates.jsonl; their old scores are replaced),
 - OpenAI neuron-explainer explanation files (NeuronSimulationResults JSON, or a folder of them).
-Writes OUT/scored.jsonl (one ScoredExplanation per line, input order) and OUT/summary.json.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from neuroscribe import dist as distributed
 from neuroscribe.cache import Cache
+from neuroscribe.configs import ScoreConfig
+from neuroscribe.options import to_dict
 from neuroscribe.records import Explanation, ScoredExplanation, from_json, to_json
-from neuroscribe.simulators import cached_score, load_simulator
-from neuroscribe.store import ExemplarStore
+from neuroscribe.runs import score as run_files
+from neuroscribe.runs.files import OutputLock, guard_output, read_jsonl, refuse_existing
+from neuroscribe.runs.store import ExemplarStore
+from neuroscribe.scorers import cached_score
+from neuroscribe.simulators import load_simulator
 
 
 def read_explanations(path: str | Path) -> list[Explanation]:
@@ -31,54 +34,57 @@ def read_explanations(path: str | Path) -> list[Explanation]:
 
         return import_explanations(path)
     out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{n}: not JSON ({err.msg})") from None
+    for n, row in read_jsonl(path):
         if "explanation" in row and isinstance(row["explanation"], dict):
             out.append(from_json(ScoredExplanation, row).explanation)
         elif isinstance(row.get("feature"), str) and isinstance(row.get("explanation"), str):
-            out.append(Explanation(row["feature"], row["explanation"].strip(), row.get("explainer", "file"),
-                                   prompt_style=row.get("prompt_style", "external")))
+            out.append(
+                Explanation(
+                    row["feature"],
+                    row["explanation"].strip(),
+                    row.get("explainer", "file"),
+                    prompt_style=row.get("prompt_style", "external"),
+                )
+            )
         else:
             raise ValueError(f"{path}:{n}: needs string fields 'feature' and 'explanation'")
     return out
 
 
-def score_file(explanations: str | Path, store: str | Path, simulator: str, out: str | Path, split: str = "score",
-               cache: str | None = None, progress: bool = True) -> list[ScoredExplanation]:
+def score(cfg: ScoreConfig) -> list[ScoredExplanation]:
     """Score every explanation; under `accelerate launch`/torchrun rank r takes every W-th one and rank 0
     merges the parts, in input order, into the same scored.jsonl one process writes."""
-    from .collect import _dist
-
-    out = Path(out)
-    if (out / "scored.jsonl").exists():
-        raise FileExistsError(f"{out}/scored.jsonl exists; choose another --out")
-    dist = _dist()
-    st = ExemplarStore(store)
-    items = read_explanations(explanations)
-    unknown = sorted({e.feature for e in items} - set(st.keys(include_dead=True)))
+    out = Path(cfg.out)
+    guard_output(out, {"--explanations": cfg.explanations, "--store": cfg.store, "--cache": cfg.cache})
+    refuse_existing(out, run_files.SCORED, cfg.overwrite, "scored explanations")
+    dist = distributed.current()
+    store = ExemplarStore(cfg.store)
+    items = read_explanations(cfg.explanations)
+    unknown = sorted({e.feature for e in items} - set(store.keys(include_dead=True)))
     if unknown:
-        raise KeyError(f"{explanations}: feature(s) {unknown[:5]} are not in the store {store}")
-    (out / "parts").mkdir(parents=True, exist_ok=True)
-    db = Cache(cache or out / "cache.sqlite")
-    sim = load_simulator(simulator, db)
-    mine = [(i, e) for i, e in enumerate(items) if i % dist.world == dist.rank]
-    rows = [{"index": i, "scored": to_json(cached_score(sim, e, st.get(e.feature), split, db))}
-            for i, e in tqdm(mine, desc=f"score[rank {dist.rank}]", unit="expl", disable=not progress)]
-    (out / "parts" / f"rank{dist.rank}.json").write_text(json.dumps(rows))
-    dist.barrier()
-    if dist.rank == 0:
-        parts = [r for p in sorted((out / "parts").glob("rank*.json")) for r in json.loads(p.read_text())]
-        ordered = [r["scored"] for r in sorted(parts, key=lambda r: r["index"])]
-        (out / "scored.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ordered))
-        finite = [r["score"] for r in ordered if r["score"] is not None and not math.isnan(r["score"])]
-        summary = {"n": len(ordered), "n_nan": len(ordered) - len(finite),
-                   "mean_score": sum(finite) / len(finite) if finite else math.nan, "simulator": sim.spec,
-                   "split": split, "usage": {k: asdict(v) for k, v in db.stages().items()}}
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    dist.barrier()
-    return [from_json(ScoredExplanation, json.loads(line)) for line in (out / "scored.jsonl").read_text().splitlines()]
+        raise KeyError(f"{cfg.explanations}: feature(s) {unknown[:5]} are not in the store {cfg.store}")
+    with OutputLock(out, dist.rank):
+        db = Cache(cfg.cache or out / "cache.sqlite")
+        sim = load_simulator(cfg.simulator, db, dtype=cfg.dtype, limits=cfg.limits)
+        mine = dist.mine(list(enumerate(items)))
+        rows = [
+            {"index": i, "scored": to_json(cached_score(sim, e, store.get(e.feature), cfg.split, db))}
+            for i, e in tqdm(mine, desc=f"score[rank {dist.rank}]", unit="expl", disable=not cfg.progress)
+        ]
+        run_files.write_part(out, dist.rank, rows)
+        dist.barrier()
+        if dist.is_main:
+            ordered = [r["scored"] for r in sorted(run_files.read_parts(out), key=lambda r: r["index"])]
+            finite = [r["score"] for r in ordered if r["score"] is not None and not math.isnan(r["score"])]
+            summary = {
+                "config": to_dict(cfg),
+                "n": len(ordered),
+                "n_nan": len(ordered) - len(finite),
+                "mean_score": sum(finite) / len(finite) if finite else math.nan,
+                "simulator": sim.spec,
+                "split": cfg.split,
+                "usage": {k: v.__dict__ for k, v in db.stages().items()},
+            }
+            run_files.write_run(out, ordered, summary)
+        dist.barrier()
+    return run_files.read_scored(out)

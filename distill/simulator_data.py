@@ -7,7 +7,7 @@ names. Two curricula, one row per (explanation, exemplar):
           explanations of every kind, good and bad),
   stage2  every exemplar paired with the feature's best-scoring candidate (finite score only).
 Exemplars: all splits and sources of the feature (features, not exemplars, are what evaluation
-holds out). Classes follow `neuroscribe.finetuned_simulator.activation_classes` with the
+holds out). Classes follow `neuroscribe.simulators.finetuned_format.activation_classes` with the
 feature's max (`feature_max`).
 
 Features are split train / validation / held-out with `distill.datasets.split_features` (seeded
@@ -15,39 +15,31 @@ hash, stable as features are added); an explicit held-out list (a `heldout.txt` 
 `distill build` folder holding one) is honoured as given, so the explainer's and the simulator's
 evaluation features can be the same set. Held-out features never reach a row.
 
-Output folder (a Hub dataset repository; `load_dataset(OUT, "stage1")` works):
-  stage1/{train,validation}.parquet, stage2/{train,validation}.parquet
-  heldout.txt   features reserved for evaluation
-  build.json    inputs, parameters, feature splits, row counts
-  README.md     dataset card
+Output: a dataset folder (`runs.datasets`; a Hub dataset repository, `load_dataset(OUT, "stage1")`
+works) with stage1/{train,validation}.parquet, stage2/{train,validation}.parquet, heldout.txt,
+build.json and README.md.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
-import shutil
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
 
-from neuroscribe.finetuned_simulator import activation_classes, feature_max
-from neuroscribe.records import Exemplar, FeatureExemplars, ScoredExplanation
+from neuroscribe.configs import SimulatorDataConfig
+from neuroscribe.options import to_dict
+from neuroscribe.records import Exemplar, FeatureExemplars, ScoredExplanation, best_candidate
+from neuroscribe.runs.datasets import read_heldout, write_dataset_folder
+from neuroscribe.runs.files import guard_output
+from neuroscribe.simulators.finetuned_format import activation_classes, feature_max
 
-from .datasets import FeatureSplit, load_scored, read_heldout, split_features, store_lookup
+from .datasets import FeatureSplit, load_scored, split_features, store_lookup, store_path
 
 STAGES = ("stage1", "stage2")
 SPLITS = ("train", "validation")
 Lookup = Mapping[str, FeatureExemplars] | Callable[[str], FeatureExemplars]
-
-
-@dataclass(frozen=True)
-class SimulatorDataConfig:
-    random_per_exemplar: int = 1  # stage 1: random candidates paired with each exemplar
-    heldout_fraction: float = 0.1
-    validation_fraction: float = 0.1
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -59,29 +51,47 @@ class SimulatorDataResult:
     def summary(self) -> str:
         rows = ", ".join(f"{s} " + "/".join(str(self.rows[s][p]) for p in SPLITS) for s in STAGES)
         f = self.features
-        return (f"wrote {self.out_dir}: features train/validation/heldout = {f['train']}/{f['validation']}/"
-                f"{f['heldout']}; rows (train/validation): {rows}")
+        return (
+            f"wrote {self.out_dir}: features train/validation/heldout = {f['train']}/{f['validation']}/"
+            f"{f['heldout']}; rows (train/validation): {rows}"
+        )
 
 
-def feature_rows(record: FeatureExemplars, explanation: str, stage: str, score: float = math.nan,
-                 exemplars: Sequence[Exemplar] | None = None) -> list[dict]:
+def feature_rows(
+    record: FeatureExemplars,
+    explanation: str,
+    stage: str,
+    score: float = math.nan,
+    exemplars: Sequence[Exemplar] | None = None,
+) -> list[dict]:
     """One row per exemplar of `record` (or of `exemplars`, some of them), labelled for `explanation`
     with classes relative to the feature's max."""
     max_a = feature_max(record)
-    return [{
-        "feature": record.feature.key, "stage": stage, "explanation": explanation, "explanation_score": float(score),
-        "window_id": e.window_id, "split": e.split, "source": e.source, "tokens": list(e.tokens),
-        "activations": [float(a) for a in e.activations], "classes": activation_classes(e.activations, max_a),
-        "max_activation": max_a,
-    } for e in (record.exemplars if exemplars is None else exemplars)]
+    return [
+        {
+            "feature": record.feature.key,
+            "stage": stage,
+            "explanation": explanation,
+            "explanation_score": float(score),
+            "window_id": e.window_id,
+            "split": e.split,
+            "source": e.source,
+            "tokens": list(e.tokens),
+            "activations": [float(a) for a in e.activations],
+            "classes": activation_classes(e.activations, max_a),
+            "max_activation": max_a,
+        }
+        for e in (record.exemplars if exemplars is None else exemplars)
+    ]
 
 
 def _usable(c: ScoredExplanation) -> bool:
     return c.explanation.ok and bool(c.explanation.text.strip())
 
 
-def stage_rows(record: FeatureExemplars, candidates: Sequence[ScoredExplanation], cfg: SimulatorDataConfig,
-               rng: random.Random) -> dict[str, list[dict]]:
+def stage_rows(
+    record: FeatureExemplars, candidates: Sequence[ScoredExplanation], cfg: SimulatorDataConfig, rng: random.Random
+) -> dict[str, list[dict]]:
     """stage1: each exemplar with random candidates; stage2: each exemplar with the best (module doc)."""
     usable = [c for c in candidates if _usable(c)]
     out: dict[str, list[dict]] = {s: [] for s in STAGES}
@@ -90,15 +100,15 @@ def stage_rows(record: FeatureExemplars, candidates: Sequence[ScoredExplanation]
     for e in record.exemplars:
         for c in rng.sample(usable, min(cfg.random_per_exemplar, len(usable))):
             out["stage1"] += feature_rows(record, c.explanation.text, "stage1", c.score, exemplars=[e])
-    scored = [c for c in usable if math.isfinite(c.score)]
-    if scored:
-        best = max(scored, key=lambda c: (c.score, -c.explanation.sample_index))
+    best = best_candidate(usable)
+    if best is not None:
         out["stage2"] = feature_rows(record, best.explanation.text, "stage2", best.score)
     return out
 
 
-def build_rows(by_feature: Mapping[str, Sequence[ScoredExplanation]], lookup: Lookup, split: FeatureSplit,
-               cfg: SimulatorDataConfig) -> dict[str, dict[str, list[dict]]]:
+def build_rows(
+    by_feature: Mapping[str, Sequence[ScoredExplanation]], lookup: Lookup, split: FeatureSplit, cfg: SimulatorDataConfig
+) -> dict[str, dict[str, list[dict]]]:
     """stage -> split -> rows; held-out features never reach a row."""
     get = lookup.__getitem__ if isinstance(lookup, Mapping) else lookup
     rng = random.Random(cfg.seed)
@@ -115,115 +125,114 @@ def build_rows(by_feature: Mapping[str, Sequence[ScoredExplanation]], lookup: Lo
     return out
 
 
-def write_simulator_dataset(folder: str | Path, rows: dict[str, dict[str, list[dict]]], heldout: Iterable[str],
-                            info: dict, overwrite: bool = False) -> Path:
-    """Parquet per stage and split, heldout.txt, build.json and a card; written aside, then moved in."""
+def write_simulator_dataset(
+    folder: str | Path,
+    rows: dict[str, dict[str, list[dict]]],
+    heldout: Iterable[str],
+    info: dict,
+    overwrite: bool = False,
+) -> Path:
+    """Parquet per stage and split, heldout.txt, build.json and a card (`runs.datasets` layout)."""
     from datasets import Dataset, Features, List, Value
     from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    out = Path(folder)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} already exists and is not empty; pass --overwrite to replace it")
-    schema = Features({
-        "feature": Value("string"), "stage": Value("string"), "explanation": Value("string"),
-        "explanation_score": Value("float64"), "window_id": Value("int64"), "split": Value("string"),
-        "source": Value("string"), "tokens": List(Value("string")), "activations": List(Value("float32")),
-        "classes": List(Value("int8")), "max_activation": Value("float64"),
-    })
-    tmp = out.with_name(out.name + ".building")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    configs = []
-    quiet = are_progress_bars_disabled()
-    disable_progress_bars()
-    try:
-        for stage, splits in rows.items():
-            files = []
-            for part, part_rows in splits.items():
-                if part_rows:  # load_dataset refuses an empty split
-                    (tmp / stage).mkdir(exist_ok=True)
-                    Dataset.from_list(part_rows, features=schema).to_parquet(str(tmp / stage / f"{part}.parquet"))
-                    files.append({"split": part, "path": f"{stage}/{part}.parquet"})
-            if files:
-                configs.append({"config_name": stage, "data_files": files})
-    finally:
-        if not quiet:
-            enable_progress_bars()
-    (tmp / "heldout.txt").write_text("".join(f"{k}\n" for k in heldout))
-    (tmp / "build.json").write_text(json.dumps(info, indent=2, allow_nan=True))
-    data = DatasetCardData(configs=configs, license="apache-2.0", language=["en"], tags=[
-        "interpretability", "neuroscribe", "activation-simulator"], pretty_name="neuroscribe simulator training data")
+    schema = Features(
+        {
+            "feature": Value("string"),
+            "stage": Value("string"),
+            "explanation": Value("string"),
+            "explanation_score": Value("float64"),
+            "window_id": Value("int64"),
+            "split": Value("string"),
+            "source": Value("string"),
+            "tokens": List(Value("string")),
+            "activations": List(Value("float32")),
+            "classes": List(Value("int8")),
+            "max_activation": Value("float64"),
+        }
+    )
+    configs: list[dict] = []
+
+    def fill(tmp: Path) -> None:
+        quiet = are_progress_bars_disabled()
+        disable_progress_bars()
+        try:
+            for stage, splits in rows.items():
+                files = []
+                for part, part_rows in splits.items():
+                    if part_rows:  # load_dataset refuses an empty split
+                        (tmp / stage).mkdir(exist_ok=True)
+                        Dataset.from_list(part_rows, features=schema).to_parquet(str(tmp / stage / f"{part}.parquet"))
+                        files.append({"split": part, "path": f"{stage}/{part}.parquet"})
+                if files:
+                    configs.append({"config_name": stage, "data_files": files})
+        finally:
+            if not quiet:
+                enable_progress_bars()
+
+    def card(tmp: Path) -> None:
+        data = DatasetCardData(
+            configs=configs,
+            license="apache-2.0",
+            language=["en"],
+            tags=["interpretability", "neuroscribe", "activation-simulator"],
+            pretty_name="neuroscribe simulator training data",
+        )
+        DatasetCard("---\n" + data.to_yaml() + "\n---\n" + _card_body(rows, info)).save(tmp / "README.md")
+
+    return write_dataset_folder(folder, fill, list(heldout), info, card, overwrite)
+
+
+def _card_body(rows: dict[str, dict[str, list[dict]]], info: dict) -> str:
     counts = "\n".join(f"| {s} | {len(rows[s]['train'])} | {len(rows[s]['validation'])} |" for s in rows)
-    body = f"""
+    return f"""
 # Simulator training data (neuroscribe)
 
 Rows of (explanation, exemplar tokens, per-token activation class 0..10) for training a per-token
-activation simulator (`python -m neuroscribe.train.simulator`). Class = min(10, floor(10 * relu(a) /
+activation simulator (`neuroscribe train simulator`). Class = min(10, floor(10 * relu(a) /
 max_a)), max_a the feature's max activation. `stage1` pairs every exemplar with random candidate
 explanations of its feature, `stage2` with its best-scoring one. Built by
-`neuroscribe distill simulator-data` from `{info.get('scored_dir')}`.
+`neuroscribe distill simulator-data` from `{info.get("scored_dir")}`.
 
 | stage | train rows | validation rows |
 |---|---|---|
 {counts}
 
-Splits are drawn by feature; `heldout.txt` lists features reserved for evaluation (in no split).
+Splits are drawn by unit; `heldout.txt` lists features reserved for evaluation (in no split).
 """
-    DatasetCard("---\n" + data.to_yaml() + "\n---\n" + body).save(tmp / "README.md")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.replace(out)
-    return out
 
 
-def build_simulator_data(
-    scored_dir: str | Path,
-    out_dir: str | Path,
-    config: SimulatorDataConfig = SimulatorDataConfig(),
-    *,
-    records: Lookup | None = None,
-    heldout_features: Sequence[str] | None = None,
-    overwrite: bool = False,
-) -> SimulatorDataResult:
-    """Build the stage1/stage2 datasets of the module doc from `scored_dir` into `out_dir`.
+def build_simulator_data(config: SimulatorDataConfig, *, records: Lookup | None = None) -> SimulatorDataResult:
+    """Build the stage1/stage2 datasets of the module doc from `config.scored` into `config.out`.
 
-    records: FeatureExemplars by key; default: the store named in the scored folder's meta.json.
-    heldout_features: reserve exactly these instead of a fraction.
+    records: FeatureExemplars by key; default: the store named in the explain run's meta.json.
     """
-    if config.random_per_exemplar < 1:
-        raise ValueError(f"random_per_exemplar must be >= 1, got {config.random_per_exemplar}")
-    scored = load_scored(scored_dir)
+    guard_output(config.out, {"--scored": config.scored, "--heldout-file": config.heldout_file})
+    scored = load_scored(config.scored)
+    guard_output(config.out, {"store": store_path(scored)})
+    heldout = read_heldout(config.heldout_file) if config.heldout_file else None
     lookup = records if records is not None else store_lookup(scored)
-    split = split_features(list(scored.by_feature), config.heldout_fraction, config.validation_fraction,
-                           config.seed, heldout_features)
+    split = split_features(
+        list(scored.by_feature), config.heldout_fraction, config.validation_fraction, config.seed, heldout
+    )
     rows = build_rows(scored.by_feature, lookup, split, config)
     if not rows["stage1"]["train"]:
         raise ValueError(f"{scored.path}: no training rows (no training feature has a parseable candidate)")
     info = {
-        "scored_dir": str(scored.path), "meta": scored.meta, "config": asdict(config),
-        "source_model": scored.meta.get("model"),
+        "scored_dir": str(scored.path),
+        "meta": scored.meta,
+        "config": to_dict(config),
+        "source_model": scored.meta.get("subject_model") or scored.meta.get("model"),
         "splits": {"train": list(split.train), "validation": list(split.validation), "heldout": list(split.heldout)},
         "rows": {s: {p: len(rows[s][p]) for p in SPLITS} for s in STAGES},
     }
-    out = write_simulator_dataset(out_dir, rows, split.heldout, info, overwrite)
+    out = write_simulator_dataset(config.out, rows, split.heldout, info, config.overwrite)
     return SimulatorDataResult(out, info["rows"], {k: len(v) for k, v in info["splits"].items()})
 
 
-def simulator_data_command(
-    scored: str | Path,
-    out: str | Path,
-    random_per_exemplar: int = 1,
-    heldout_fraction: float = 0.1,
-    validation_fraction: float = 0.1,
-    heldout_file: str | Path | None = None,
-    seed: int = 0,
-    overwrite: bool = False,
-    echo: Callable[[str], None] = print,
-) -> SimulatorDataResult:
-    """`neuroscribe distill simulator-data`. heldout_file: a heldout.txt, or a `distill build` folder."""
-    heldout = read_heldout(heldout_file) if heldout_file is not None else None
-    cfg = SimulatorDataConfig(random_per_exemplar, heldout_fraction, validation_fraction, seed)
-    result = build_simulator_data(scored, out, cfg, heldout_features=heldout, overwrite=overwrite)
+def simulator_data_command(config: SimulatorDataConfig, echo: Callable[[str], None] = print) -> SimulatorDataResult:
+    """`neuroscribe distill simulator-data`: build and print a summary."""
+    result = build_simulator_data(config)
     echo(result.summary())
     return result

@@ -14,55 +14,49 @@ generates and simulates nothing twice. Outputs: see `write_outputs`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 from tqdm.auto import tqdm
 
 from neuroscribe.backends import SamplingParams
 from neuroscribe.cache import Cache, cache_key
+from neuroscribe.configs import EvalConfig
 from neuroscribe.prompts import PROMPT_VERSION
 from neuroscribe.records import Explanation, FeatureExemplars, ScoredExplanation
-from neuroscribe.simulators import cached_score, load_simulator
-from neuroscribe.store import ExemplarStore
+from neuroscribe.runs.datasets import heldout_file, read_build
+from neuroscribe.runs.eval import RESULTS
+from neuroscribe.runs.files import guard_output, refuse_existing
+from neuroscribe.runs.store import ExemplarStore
+from neuroscribe.scorers import cached_score
+from neuroscribe.simulators import load_simulator
 
 from .explainers import (
-    Samples, TeacherPick, backend_spec, best_or_first, explainer_backend, random_other_explanation, sample_explanations,
-    teacher_from_results, top_tokens_explanation,
+    Samples,
+    TeacherPick,
+    backend_spec,
+    best_or_first,
+    explainer_backend,
+    random_other_explanation,
+    sample_explanations,
+    teacher_from_results,
+    top_tokens_explanation,
 )
-from .heldout import heldout_features, resolve_feature_file
+from .heldout import heldout_features
 from .results import (
-    REPORT_SPLIT, SCHEMA_VERSION, SELECTION_SPLIT, Cost, Explainer, Outcome, feature_entry, scored_exemplars,
+    REPORT_SPLIT,
+    SCHEMA_VERSION,
+    SELECTION_SPLIT,
+    Cost,
+    Explainer,
+    Outcome,
+    feature_entry,
+    scored_exemplars,
     summarise,
 )
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    store: str
-    features: str  # heldout.txt from `distill build`, or the datasets folder holding it
-    student: str  # hf id / local dir / LoRA adapter dir, or any backend spec (hf:, openai:, ...)
-    out: str
-    teacher: str | None = None  # a backend spec: explain afresh (best of k)
-    teacher_results: str | None = None  # or: an `explain` output folder (candidates.jsonl + meta.json)
-    simulator: str = "hf:smollm2-135m-instruct"
-    datasets: str | None = None  # default: the folder holding the features file
-    k: int = 4
-    prompt_style: str | None = None  # default: the prompt style the student was trained on (build.json), else plain
-    max_exemplars: int | None = None  # default: as in training (build.json), else 20
-    temperature: float = 1.0
-    max_tokens: int = 60
-    seed: int = 0
-    detection: bool = False
-    dtype: str = "float32"  # local (hf:) student, teacher and simulator; bfloat16 is ~2x faster on AMX CPUs
-    cache: str | None = None  # default OUT/cache.sqlite
-    n_resamples: int = 2000
-    report: bool = True  # report.md, plots, browser.html
-    progress: bool = True
 
 
 @dataclass(frozen=True)
@@ -89,36 +83,52 @@ class Scorer:
     def judge(self, name: str, fn: Callable, explanation: Explanation, record: FeatureExemplars) -> float:
         if not explanation.ok:
             return math.nan
-        key = cache_key("judge", self.simulator.spec, {"judge": name, "explanation": explanation.text,
-                                                        "feature": record.feature.key, "split": REPORT_SPLIT,
-                                                        "exemplars": [e.window_id for e in record.select(REPORT_SPLIT)]})
+        key = cache_key(
+            "judge",
+            self.simulator.spec,
+            {
+                "judge": name,
+                "explanation": explanation.text,
+                "feature": record.feature.key,
+                "split": REPORT_SPLIT,
+                "exemplars": [e.window_id for e in record.select(REPORT_SPLIT)],
+            },
+        )
         hit = self.cache.get(key)
         if hit is not None:
             return math.nan if hit["value"] is None else float(hit["value"])
         value = fn(self.simulator, explanation, record, REPORT_SPLIT)
-        self.cache.put(key, {"value": None if math.isnan(value) else value}, kind="judge",
-                       model=self.simulator.spec, stage="eval-judge")
+        self.cache.put(
+            key,
+            {"value": None if math.isnan(value) else value},
+            kind="judge",
+            model=self.simulator.spec,
+            stage="eval-judge",
+        )
         return value
 
-    def outcome(self, chosen: Explanation, record: FeatureExemplars, selection_score: float = math.nan,
-                candidates: tuple[ScoredExplanation, ...] = ()) -> Outcome:
+    def outcome(
+        self,
+        chosen: Explanation,
+        record: FeatureExemplars,
+        selection_score: float = math.nan,
+        candidates: tuple[ScoredExplanation, ...] = (),
+    ) -> Outcome:
         reported = self.score(chosen, record, REPORT_SPLIT)
         if not self.detection:
             return Outcome(reported, selection_score, candidates)
-        from neuroscribe.simulator import detection_score, fuzzing_score
+        from neuroscribe.scorers import detection_score, fuzzing_score
 
-        return Outcome(reported, selection_score, candidates, self.judge("detection", detection_score, chosen, record),
-                       self.judge("fuzzing", fuzzing_score, chosen, record))
+        return Outcome(
+            reported,
+            selection_score,
+            candidates,
+            self.judge("detection", detection_score, chosen, record),
+            self.judge("fuzzing", fuzzing_score, chosen, record),
+        )
 
 
 # ------------------------------------------------------------------------------ the run
-
-
-def _check(cfg: EvalConfig) -> None:
-    if (cfg.teacher is None) == (cfg.teacher_results is None):
-        raise ValueError("give exactly one of --teacher SPEC (explain afresh) or --teacher-results DIR")
-    if cfg.k < 1:
-        raise ValueError(f"--k must be >= 1, got {cfg.k}")
 
 
 def _records(store: ExemplarStore, keys: list[str], features_file: Path) -> dict[str, FeatureExemplars]:
@@ -129,16 +139,17 @@ def _records(store: ExemplarStore, keys: list[str], features_file: Path) -> dict
     for key, r in records.items():
         for split in (SELECTION_SPLIT, REPORT_SPLIT):
             if not scored_exemplars(r, split):
-                raise ValueError(f"{store.path}: feature {key} has no top/quantile/random exemplars in split "
-                                 f"{split!r}; eval needs both held-out splits (collect with --splits explain,score,test)")
+                raise ValueError(
+                    f"{store.path}: feature {key} has no top/quantile/random exemplars in split "
+                    f"{split!r}; eval needs both held-out splits (collect with --splits explain,score,test)"
+                )
     return records
 
 
 def _prompt_settings(cfg: EvalConfig, features_file: Path) -> tuple[str, int]:
     """(prompt style, exemplars per prompt): as given, else what the training datasets were built with,
     so the student is asked in the format it was trained on."""
-    build = Path(cfg.datasets or features_file.parent) / "build.json"
-    info = json.loads(build.read_text()) if build.is_file() else {}
+    info = read_build(cfg.datasets or features_file.parent) or {}
     style = cfg.prompt_style or info.get("meta", {}).get("prompt_style", "plain")
     return style, cfg.max_exemplars or int(info.get("config", {}).get("max_exemplars", 20))
 
@@ -163,23 +174,30 @@ class _Side:
     provenance: dict = dataclasses.field(default_factory=dict)
 
 
-def _sampled_side(spec: str, stage: str, records, cfg: EvalConfig, style: str, cache: Cache, scorer: Scorer,
-                  bar) -> _Side:
+def _sampled_side(
+    spec: str, stage: str, records, cfg: EvalConfig, style: str, cache: Cache, scorer: Scorer, bar
+) -> _Side:
     params = SamplingParams(temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=cfg.seed)
-    samples = sample_explanations(explainer_backend(spec, cache, stage, cfg.dtype), records, cfg.k, params, style,
-                                  cfg.max_exemplars, stage)
+    samples = sample_explanations(
+        explainer_backend(spec, cache, stage, cfg.dtype), records, cfg.k, params, style, cfg.max_exemplars, stage
+    )
     picks, select_s = _best_of(samples, records, scorer, bar)
-    cost = dataclasses.replace(samples.all, seconds=None if samples.all.seconds is None else samples.all.seconds + select_s)
+    cost = dataclasses.replace(
+        samples.all, seconds=None if samples.all.seconds is None else samples.all.seconds + select_s
+    )
     return _Side(picks, cost, samples.first)
 
 
-def _teacher_side(cfg: EvalConfig, pick: TeacherPick | None, keys: list[str], records, style: str, cache: Cache,
-                  scorer: Scorer, bar) -> tuple[_Side, dict]:
+def _teacher_side(
+    cfg: EvalConfig, pick: TeacherPick | None, keys: list[str], records, style: str, cache: Cache, scorer: Scorer, bar
+) -> tuple[_Side, dict]:
     """(the teacher's side, the pool of teacher explanations the random-feature baseline draws from)."""
     if pick is None:
         side = _sampled_side(cfg.teacher, "eval-teacher", records, cfg, style, cache, scorer, bar)
-        side = dataclasses.replace(side, provenance={"teacher": backend_spec(cfg.teacher),
-                                                     "teacher_selection_simulator": scorer.simulator.spec})
+        side = dataclasses.replace(
+            side,
+            provenance={"teacher": backend_spec(cfg.teacher), "teacher_selection_simulator": scorer.simulator.spec},
+        )
         return side, {key: winner.explanation for key, (winner, _) in side.picks.items()}
     bar.update(len(keys))
     picks = {key: (best_or_first(pick.candidates[key]), pick.candidates[key]) for key in keys}
@@ -188,20 +206,29 @@ def _teacher_side(cfg: EvalConfig, pick: TeacherPick | None, keys: list[str], re
 
 
 def explainer_list(k: int, teacher_samples: int) -> list[Explainer]:
-    out = [Explainer("teacher", f"teacher (best of {teacher_samples})", "teacher", teacher_samples,
-                     f"best on {SELECTION_SPLIT}")]
+    out = [
+        Explainer(
+            "teacher", f"teacher (best of {teacher_samples})", "teacher", teacher_samples, f"best on {SELECTION_SPLIT}"
+        )
+    ]
     if k > 1:
         out.append(Explainer("student_best_of_k", f"student best-of-{k}", "student", k, f"best on {SELECTION_SPLIT}"))
     return out + [
         Explainer("student_best_of_1", "student best-of-1", "student", 1, "first sample"),
         Explainer("baseline_top_tokens", "baseline: top tokens", "baseline", 0, "explain-split peak tokens"),
-        Explainer("baseline_random_feature", "baseline: random other feature", "baseline", 0,
-                  "teacher's explanation of another feature"),
+        Explainer(
+            "baseline_random_feature",
+            "baseline: random other feature",
+            "baseline",
+            0,
+            "teacher's explanation of another feature",
+        ),
     ]
 
 
-def _outcomes(record: FeatureExemplars, teacher: _Side, student: _Side, pool: dict, scorer: Scorer, k: int,
-              seed: int) -> dict[str, Outcome]:
+def _outcomes(
+    record: FeatureExemplars, teacher: _Side, student: _Side, pool: dict, scorer: Scorer, k: int, seed: int
+) -> dict[str, Outcome]:
     """Every explainer's reported explanation for one feature, scored on the report split."""
     key = record.feature.key
     winner, cands = teacher.picks[key]
@@ -220,9 +247,20 @@ def _outcomes(record: FeatureExemplars, teacher: _Side, student: _Side, pool: di
 def evaluate(cfg: EvalConfig, simulator=None) -> EvalOutputs:
     """Run the eval (module doc) and write its outputs; `simulator` overrides `cfg.simulator` (an object
     with `spec` and `simulate`, e.g. one the caller already loaded)."""
-    _check(cfg)
     t0 = time.perf_counter()
-    features_file = resolve_feature_file(cfg.features)
+    features_file = heldout_file(cfg.features)
+    guard_output(
+        cfg.out,
+        {
+            "--store": cfg.store,
+            "--features": features_file,
+            "--teacher-results": cfg.teacher_results,
+            "--student": cfg.student if Path(cfg.student).exists() else None,
+            "--datasets": cfg.datasets,
+            "--cache": cfg.cache,
+        },
+    )
+    refuse_existing(cfg.out, RESULTS, cfg.overwrite, "an eval")
     student_spec = backend_spec(cfg.student)
     local_student = student_spec[3:] if student_spec.startswith("hf:") else None
     keys = heldout_features(features_file, cfg.datasets, local_student)
@@ -245,22 +283,34 @@ def evaluate(cfg: EvalConfig, simulator=None) -> EvalOutputs:
             teacher, pool = _teacher_side(cfg, pick, keys, records, style, cache, scorer, bar)
         timings["generate_and_select"] = time.perf_counter() - t
         t = time.perf_counter()
-        features = [feature_entry(records[key], _outcomes(records[key], teacher, student, pool, scorer, cfg.k, cfg.seed))
-                    for key in tqdm(keys, desc=f"eval: score on {REPORT_SPLIT}", unit="feat", disable=not cfg.progress)]
+        features = [
+            feature_entry(records[key], _outcomes(records[key], teacher, student, pool, scorer, cfg.k, cfg.seed))
+            for key in tqdm(keys, desc=f"eval: score on {REPORT_SPLIT}", unit="feat", disable=not cfg.progress)
+        ]
         timings["score_report_split"] = time.perf_counter() - t
         explainers = explainer_list(cfg.k, teacher.cost.samples_per_feature)
         no_llm = Cost(0, len(keys), source="no LLM call").per_explanation()
-        cost = {"teacher": teacher.cost.per_explanation(), "student_best_of_k": student.cost.per_explanation(),
-                "student_best_of_1": student.first_cost.per_explanation(),
-                "baseline_top_tokens": no_llm, "baseline_random_feature": no_llm}
+        cost = {
+            "teacher": teacher.cost.per_explanation(),
+            "student_best_of_k": student.cost.per_explanation(),
+            "student_best_of_1": student.first_cost.per_explanation(),
+            "baseline_top_tokens": no_llm,
+            "baseline_random_feature": no_llm,
+        }
         timings["total"] = time.perf_counter() - t0
         results = {
             "schema_version": SCHEMA_VERSION,
             "config": {**asdict(cfg), "selection_split": SELECTION_SPLIT, "report_split": REPORT_SPLIT},
-            "provenance": {"store": str(store.path), "subject_model": store.meta.get("model"),
-                           "features_file": str(features_file), "datasets": str(cfg.datasets or features_file.parent),
-                           "student": backend_spec(cfg.student), "simulator": simulator.spec,
-                           "prompt_version": PROMPT_VERSION, **teacher.provenance},
+            "provenance": {
+                "store": str(store.path),
+                "subject_model": store.meta.get("model"),
+                "features_file": str(features_file),
+                "datasets": str(cfg.datasets or features_file.parent),
+                "student": backend_spec(cfg.student),
+                "simulator": simulator.spec,
+                "prompt_version": PROMPT_VERSION,
+                **teacher.provenance,
+            },
             "explainers": [asdict(e) for e in explainers],
             "features": features,
             "summary": summarise(features, explainers, cfg.n_resamples, cfg.seed),
@@ -276,12 +326,12 @@ def evaluate(cfg: EvalConfig, simulator=None) -> EvalOutputs:
 def write_outputs(out: Path, results: dict, report: bool = True) -> dict[str, Path]:
     """results.json, eval_table.md / eval_table.json (the model card's table), and with `report`:
     report.md, plots/*.png and browser.html."""
+    from neuroscribe.runs.eval import write_results
+
     from .report import write_report
-    from .results import write_results
 
     out.mkdir(parents=True, exist_ok=True)
-    files = {"results": out / "results.json"}
-    write_results(files["results"], results)
+    files = {"results": write_results(out, results)}
     files.update(write_report(out, results, full=report))
     return files
 
@@ -294,15 +344,17 @@ def eval_command(echo: Callable[[str], None] = print, **kwargs) -> EvalOutputs:
     s = result.results["summary"]
     for ex in result.results["explainers"]:
         vs = s[ex["name"]]["vs_teacher"]
-        echo(f"{ex['label']:34s} mean {fmt_interval(s[ex['name']]['mean'])}"
-             + (f"  minus teacher {fmt_interval(vs['difference'])}" if vs else ""))
+        echo(
+            f"{ex['label']:34s} mean {fmt_interval(s[ex['name']]['mean'])}"
+            + (f"  minus teacher {fmt_interval(vs['difference'])}" if vs else "")
+        )
     echo(f"wrote {', '.join(str(p) for p in result.files.values())}")
     return result
 
 
 def rebuild_report(results: str | Path) -> dict[str, Path]:
     """Rewrite report.md, the eval table, plots and browser from a results.json (no model runs)."""
-    from .results import read_results
+    from neuroscribe.runs.eval import read_results
 
     path = Path(results)
     folder = path if path.is_dir() else path.parent

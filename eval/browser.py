@@ -38,7 +38,8 @@ table.others{border-collapse:collapse;font-size:12px;margin:4px 0 10px}
 table.others td{padding:2px 8px;border-top:1px solid #eee}
 .ex{margin:6px 0 10px;font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12px}
 .ex .meta{color:#888;font-family:system-ui,sans-serif;font-size:11px}
-.row{display:flex;gap:8px;align-items:baseline;margin:1px 0} .lab{flex:0 0 96px;color:#666;font-size:11px;text-align:right}
+.row{display:flex;gap:8px;align-items:baseline;margin:1px 0}
+.lab{flex:0 0 96px;color:#666;font-size:11px;text-align:right}
 .toks{white-space:pre-wrap;word-break:break-word} .toks span{border-radius:2px}
 .legend span{padding:0 4px;margin-right:6px}
 """
@@ -103,8 +104,10 @@ def _card(css: str, label: str, r: dict | None) -> str:
     e = r["explanation"]
     text = html.escape(e["text"]) if e["ok"] else f"<i>unparseable: {html.escape(e['error'])}</i>"
     sel = f" · selection {fmt(r['selection_score'])}" if r.get("selection_score") is not None else ""
-    return (f'<div class="card {css}"><div class="who">{html.escape(label)}</div><div class="text">{text}</div>'
-            f'<div class="who">test score <span class="score">{fmt(r["score"])}</span>{sel}</div></div>')
+    return (
+        f'<div class="card {css}"><div class="who">{html.escape(label)}</div><div class="text">{text}</div>'
+        f'<div class="who">test score <span class="score">{fmt(r["score"])}</span>{sel}</div></div>'
+    )
 
 
 def _student_name(results: dict) -> str:
@@ -122,41 +125,50 @@ def feature_section(results: dict, f: dict) -> str:
     others = "".join(
         f"<tr><td>{html.escape(labels[n])}</td><td>{html.escape(r['explanation']['text']) or '—'}</td>"
         f"<td>{fmt(r['score'])}</td></tr>"
-        for n, r in res.items() if n not in ("teacher", student)
+        for n, r in res.items()
+        if n not in ("teacher", student)
     )
     rows = []
     max_value = max((a for ex in f["exemplars"] for a in ex["activations"]), default=0.0)
     sims = [("teacher", "sim · teacher"), (student, "sim · student")]
     for i, ex in enumerate(f["exemplars"]):
         toks = ex["tokens"]
-        lines = [f'<div class="row"><span class="lab">true</span><span class="toks">'
-                 f'{_tokens(toks, normalise(ex["activations"], max_value), "t", ex["activations"])}</span></div>']
+        lines = [
+            f'<div class="row"><span class="lab">true</span><span class="toks">'
+            f"{_tokens(toks, normalise(ex['activations'], max_value), 't', ex['activations'])}</span></div>"
+        ]
         for name, lab in sims:
             if name in res:
                 levels, values = _sim_levels(res[name]["predicted"][i], len(toks))
-                lines.append(f'<div class="row"><span class="lab">{lab}</span><span class="toks">'
-                             f'{_tokens(toks, levels, "s", values)}</span></div>')
-        rows.append(f'<div class="ex"><div class="meta">{html.escape(ex["source"])} · window {ex["window_id"]} · '
-                    f'max {max(ex["activations"], default=0):.3g}</div>{"".join(lines)}</div>')
+                lines.append(
+                    f'<div class="row"><span class="lab">{lab}</span><span class="toks">'
+                    f"{_tokens(toks, levels, 's', values)}</span></div>"
+                )
+        rows.append(
+            f'<div class="ex"><div class="meta">{html.escape(ex["source"])} · window {ex["window_id"]} · '
+            f"max {max(ex['activations'], default=0):.3g}</div>{''.join(lines)}</div>"
+        )
     return (
         f'<section class="feature" id="{html.escape(f["feature"])}" data-search="{html.escape(searchable.lower())}">'
-        f'<h2>{html.escape(f["feature"])} <small>layer {f["layer"]}</small></h2>'
+        f"<h2>{html.escape(f['feature'])} <small>layer {f['layer']}</small></h2>"
         f'<div class="pair">{_card("teacher", labels["teacher"], res.get("teacher"))}'
-        f'{_card("student", labels.get(student, "student"), res.get(student))}</div>'
+        f"{_card('student', labels.get(student, 'student'), res.get(student))}</div>"
         f'<table class="others">{others}</table>{"".join(rows)}</section>'
     )
 
 
 def browser_html(results: dict) -> str:
     prov = results["provenance"]
-    facts = (f"subject {prov.get('subject_model')} · student {prov['student']} · teacher {prov.get('teacher')} · "
-             f"simulator {prov['simulator']} · scores on the held-out '{results['config']['report_split']}' split")
+    facts = (
+        f"subject {prov.get('subject_model')} · student {prov['student']} · teacher {prov.get('teacher')} · "
+        f"simulator {prov['simulator']} · scores on the held-out '{results['config']['report_split']}' split"
+    )
     body = "".join(feature_section(results, f) for f in results["features"])
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         f"<title>neuroscribe feature browser</title><style>{STYLE}{_SHADES}</style></head><body>"
-        f'<header><h1>neuroscribe feature browser · {len(results["features"])} held-out features</h1>'
+        f"<header><h1>neuroscribe feature browser · {len(results['features'])} held-out features</h1>"
         f"<p>{html.escape(facts)}</p>"
         '<input id="search" type="search" placeholder="Search explanations…" autocomplete="off" aria-label="search">'
         '<span id="count"></span>'

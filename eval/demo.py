@@ -16,15 +16,23 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from rich.console import Console
 from rich.table import Table
 
+from neuroscribe.configs import DemoConfig
+
 console = Console()
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def recipes_dir() -> Path:
+    """The shipped recipes: `recipes/` of a checkout, or the copy inside an installed wheel."""
+    import neuroscribe.recipes as recipes  # a data-only package (pyproject maps it to recipes/)
+
+    return Path(list(recipes.__path__)[0])
 
 
 @dataclass
@@ -48,19 +56,6 @@ class StageTimer:
         console.print(table)
 
 
-@dataclass(frozen=True)
-class DemoConfig:
-    out: Path = Path("runs/demo")
-    model: str = "smollm2-135m-instruct"
-    features: str = "mlp:4:0-9;mlp:18:0-9"  # 20 neurons x 2 polarities = 40 features
-    windows: int = 384
-    k: int = 4
-    dtype: str = "bfloat16"  # teacher and simulator; 3-4x faster than fp32 on AMX CPUs
-    prompt_style: str = "highlighted"  # the shortest prompt: it bounds explain, training and eval time
-    max_exemplars: int = 8
-    train_steps: int = 3
-
-
 def _run(cmd: list[str], log: Path) -> None:
     """A training/publishing step as users run it; its output goes to a log file."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "WANDB_MODE": "offline"}
@@ -73,13 +68,16 @@ def _run(cmd: list[str], log: Path) -> None:
 
 def run_demo(cfg: DemoConfig = DemoConfig()) -> Path:
     from neuroscribe.distill.collect import CollectConfig, collect
-    from neuroscribe.distill.datasets import build_command, read_heldout
+    from neuroscribe.distill.datasets import DistillConfig, build_datasets
     from neuroscribe.distill.explain import ExplainConfig, explain
     from neuroscribe.distill.mining import MiningConfig
-    from neuroscribe.store import ExemplarStore
 
-    out = cfg.out
+    from neuroscribe.runs.datasets import read_heldout
+    from neuroscribe.runs.store import ExemplarStore
+
+    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    recipes = recipes_dir()
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
     store, scored, distill, cache = out / "store", out / "scored", out / "distill", out / "cache.sqlite"
@@ -88,56 +86,139 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> Path:
 
     def do_collect() -> str:
         if not (store / "meta.json").exists():
-            collect(CollectConfig(out=str(store), model=cfg.model, features=(cfg.features,), window=32,
-                                  max_windows=cfg.windows,
-                                  mining=MiningConfig(top_k=12, per_quantile=2, random_k=6, hard_negatives=3)))
+            collect(
+                CollectConfig(
+                    out=str(store),
+                    model=cfg.model,
+                    features=(cfg.features,),
+                    window=32,
+                    max_windows=cfg.windows,
+                    mining=MiningConfig(top_k=12, per_quantile=2, random_k=6, hard_negatives=3),
+                )
+            )
         s = ExemplarStore(store).summary()
         return f"{s['features']} features ({s['dead']} dead), {s['exemplars']} exemplars"
 
     def do_explain() -> str:
         if not (scored / "candidates.jsonl").exists():
             spec = f"hf:{cfg.model}"
-            explain(ExplainConfig(store=str(store), out=str(scored), teacher=spec, simulator=spec, k=cfg.k,
-                                  prompt_style=cfg.prompt_style, max_exemplars=cfg.max_exemplars, max_tokens=40,
-                                  dtype=cfg.dtype, cache=str(cache)))
+            explain(
+                ExplainConfig(
+                    store=str(store),
+                    out=str(scored),
+                    teacher=spec,
+                    simulator=spec,
+                    k=cfg.k,
+                    prompt_style=cfg.prompt_style,
+                    max_exemplars=cfg.max_exemplars,
+                    max_tokens=40,
+                    dtype=cfg.dtype,
+                    cache=str(cache),
+                )
+            )
         import json
 
         meta = json.loads((scored / "meta.json").read_text())
-        return (f"{meta['n_candidates']} candidates for {meta['n_features']} features, "
-                f"mean best held-out score {meta['mean_best_score']:.3f}")
+        return (
+            f"{meta['n_candidates']} candidates for {meta['n_features']} features, "
+            f"mean best score {meta['mean_best_score_in_sample']:.3f} (in-sample: on the selection split)"
+        )
 
     def do_distill() -> str:
         if not (distill / "heldout.txt").exists():
-            build_command(scored, distill, threshold=-1.0, min_margin=0.02, heldout_fraction=0.25,
-                          validation_fraction=0.1, echo=lambda *a: None)
+            build_datasets(
+                DistillConfig(
+                    str(scored),
+                    str(distill),
+                    threshold=-1.0,
+                    min_margin=0.02,
+                    heldout_fraction=0.25,
+                    validation_fraction=0.1,
+                )
+            )
         held = read_heldout(distill)
         return f"datasets in {distill}, {len(held)} held-out features"
 
     def do_sft() -> str:
         if not (sft / "adapter_config.json").exists():
-            _run([sys.executable, "-m", "neuroscribe.train.sft", "--config", str(RECIPES / "tiny/sft.yaml"),
-                  "--model_name_or_path", cfg.model, "--dataset_name", str(distill), "--output_dir", str(sft),
-                  "--max_steps", str(cfg.train_steps), "--save_steps", str(cfg.train_steps),
-                  "--per_device_train_batch_size", "1"], logs / "sft.log")
+            _run(
+                [
+                    sys.executable,
+                    "-m",
+                    "neuroscribe.train.sft",
+                    "--config",
+                    str(recipes / "tiny/sft.yaml"),
+                    "--model_name_or_path",
+                    cfg.model,
+                    "--dataset_name",
+                    str(distill),
+                    "--output_dir",
+                    str(sft),
+                    "--max_steps",
+                    str(cfg.train_steps),
+                    "--save_steps",
+                    str(cfg.train_steps),
+                    "--per_device_train_batch_size",
+                    "1",
+                ],
+                logs / "sft.log",
+            )
         if not (merged / "config.json").exists():
-            _run([sys.executable, "-m", "neuroscribe.cli", "publish", str(sft), "--merge", "--dry-run", str(merged)],
-                 logs / "merge.log")
+            _run(
+                [sys.executable, "-m", "neuroscribe.cli", "publish", str(sft), "--merge", "--dry-run", str(merged)],
+                logs / "merge.log",
+            )
         return f"LoRA SFT {cfg.train_steps} steps -> {sft}, merged -> {merged}"
 
     def do_dpo() -> str:
         if not (dpo / "adapter_config.json").exists():
-            _run([sys.executable, "-m", "neuroscribe.train.dpo", "--config", str(RECIPES / "tiny/dpo.yaml"),
-                  "--model_name_or_path", str(merged), "--dataset_name", str(distill), "--output_dir", str(dpo),
-                  "--max_steps", str(cfg.train_steps), "--save_steps", str(cfg.train_steps),
-                  "--per_device_train_batch_size", "1"], logs / "dpo.log")
+            _run(
+                [
+                    sys.executable,
+                    "-m",
+                    "neuroscribe.train.dpo",
+                    "--config",
+                    str(recipes / "tiny/dpo.yaml"),
+                    "--model_name_or_path",
+                    str(merged),
+                    "--dataset_name",
+                    str(distill),
+                    "--output_dir",
+                    str(dpo),
+                    "--max_steps",
+                    str(cfg.train_steps),
+                    "--save_steps",
+                    str(cfg.train_steps),
+                    "--per_device_train_batch_size",
+                    "1",
+                ],
+                logs / "dpo.log",
+            )
         return f"LoRA DPO {cfg.train_steps} steps -> {dpo}"
 
     def do_eval() -> str:
         from neuroscribe.eval.benchmark import EvalConfig, evaluate
 
-        result = evaluate(EvalConfig(store=str(store), features=str(distill / "heldout.txt"), student=str(dpo),
-                                     out=str(eval_dir), teacher_results=str(scored), simulator=f"hf:{cfg.model}",
-                                     k=cfg.k, dtype=cfg.dtype, cache=str(cache)))
+        from neuroscribe.runs.eval import read_results
+
+        if (eval_dir / "results.json").exists():
+            from neuroscribe.eval.results import fmt
+
+            s = read_results(eval_dir)["summary"]
+            return "reused: " + ", ".join(f"{name} {fmt(row['mean']['estimate'])}" for name, row in s.items())
+        result = evaluate(
+            EvalConfig(
+                store=str(store),
+                features=str(distill / "heldout.txt"),
+                student=str(dpo),
+                out=str(eval_dir),
+                teacher_results=str(scored),
+                simulator=f"hf:{cfg.model}",
+                k=cfg.k,
+                dtype=cfg.dtype,
+                cache=str(cache),
+            )
+        )
         from neuroscribe.eval.results import fmt
 
         s = result.results["summary"]

@@ -20,6 +20,7 @@ from neuroscribe.backends import KINDS, ChatRequest, SamplingParams, load_backen
 from neuroscribe.cache import Cache
 from neuroscribe.prompts import PROMPT_VERSION, explainer_exemplars, explainer_messages, parse_explanation
 from neuroscribe.records import Explanation, FeatureExemplars, ScoredExplanation
+from neuroscribe.runs.explain import read_explain_run, read_usage
 
 from .results import REPORT_SPLIT, SELECTION_SPLIT, Cost
 
@@ -58,13 +59,28 @@ def _generate(backend, prompts: dict[str, list[dict]], indices: range, params: S
     seconds = time.perf_counter() - start
     fresh = [c for c in completions if not c.cached]
     tin, tout = sum(c.tokens_in for c in completions), sum(c.tokens_out for c in completions)
-    cost = Cost(len(indices), len(prompts), len(fresh), len(completions) - len(fresh), tin, tout,
-                backend.cost(tin, tout), seconds if fresh else None)
+    cost = Cost(
+        len(indices),
+        len(prompts),
+        len(fresh),
+        len(completions) - len(fresh),
+        tin,
+        tout,
+        backend.cost(tin, tout),
+        seconds if fresh else None,
+    )
     return completions, cost
 
 
-def sample_explanations(backend, records: dict[str, FeatureExemplars], k: int, params: SamplingParams,
-                        style: str, max_exemplars: int, stage: str) -> Samples:
+def sample_explanations(
+    backend,
+    records: dict[str, FeatureExemplars],
+    k: int,
+    params: SamplingParams,
+    style: str,
+    max_exemplars: int,
+    stage: str,
+) -> Samples:
     """k explanations per feature; sample 0 is generated (and timed) on its own for best-of-1."""
     prompts = {key: explainer_messages(r, style, max_exemplars=max_exemplars) for key, r in records.items()}
     first, first_cost = _generate(backend, prompts, range(1), params, stage)
@@ -78,15 +94,32 @@ def sample_explanations(backend, records: dict[str, FeatureExemplars], k: int, p
 
 def _explanation(key: str, raw: str, index: int, explainer: str, style: str) -> Explanation:
     parsed = parse_explanation(raw)
-    return Explanation(feature=key, text=parsed.text, explainer=explainer, prompt_style=style,
-                       prompt_version=PROMPT_VERSION, sample_index=index, raw=raw, ok=parsed.ok, error=parsed.error)
+    return Explanation(
+        feature=key,
+        text=parsed.text,
+        explainer=explainer,
+        prompt_style=style,
+        prompt_version=PROMPT_VERSION,
+        sample_index=index,
+        raw=raw,
+        ok=parsed.ok,
+        error=parsed.error,
+    )
 
 
 def _add(a: Cost, b: Cost, samples: int) -> Cost:
     usd = None if a.usd is None or b.usd is None else a.usd + b.usd
     seconds = None if a.seconds is None and b.seconds is None else (a.seconds or 0.0) + (b.seconds or 0.0)
-    return Cost(samples, a.features, a.fresh_calls + b.fresh_calls, a.cached_calls + b.cached_calls,
-                a.tokens_in + b.tokens_in, a.tokens_out + b.tokens_out, usd, seconds)
+    return Cost(
+        samples,
+        a.features,
+        a.fresh_calls + b.fresh_calls,
+        a.cached_calls + b.cached_calls,
+        a.tokens_in + b.tokens_in,
+        a.tokens_out + b.tokens_out,
+        usd,
+        seconds,
+    )
 
 
 def best_or_first(candidates: tuple[ScoredExplanation, ...]) -> ScoredExplanation:
@@ -106,38 +139,43 @@ class TeacherPick:
 
 
 def teacher_from_results(folder: str | Path, keys: list[str]) -> TeacherPick:
-    """The distill run's candidates for `keys`; refuses a run that selected on the report split."""
-    from neuroscribe.distill.explain import read_candidates
-
-    folder = Path(folder)
-    meta_path = folder / "meta.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path}: missing (expected the output folder of `neuroscribe explain`)")
-    meta = json.loads(meta_path.read_text())
+    """The explain run's candidates for `keys`; refuses a run that selected on the report split."""
+    run = read_explain_run(folder)
+    meta = run.meta
     if meta.get("split") != SELECTION_SPLIT:
-        raise ValueError(f"{meta_path}: field split is {meta.get('split')!r}; teacher candidates must be scored "
-                         f"on {SELECTION_SPLIT!r} so the winner can be reported on {REPORT_SPLIT!r}")
-    grouped: dict[str, list[ScoredExplanation]] = {}
-    for c in read_candidates(folder):
-        grouped.setdefault(c.explanation.feature, []).append(c)
-    missing = [k for k in keys if k not in grouped]
+        raise ValueError(
+            f"{run.path / 'meta.json'}: field split is {meta.get('split')!r}; teacher candidates must be "
+            f"scored on {SELECTION_SPLIT!r} so the winner can be reported on {REPORT_SPLIT!r}"
+        )
+    missing = [k for k in keys if k not in run.by_feature]
     if missing:
-        raise KeyError(f"{folder / 'candidates.jsonl'}: no teacher candidates for {len(missing)} eval feature(s) "
-                       f"{missing[:5]}; explain those features first")
-    usage = _read_usage(folder).get("explain", {})
-    n = max(int(meta.get("n_features") or len(grouped)), 1)
+        raise KeyError(
+            f"{run.path / 'candidates.jsonl'}: no teacher candidates for {len(missing)} eval feature(s) "
+            f"{missing[:5]}; explain those features first"
+        )
+    usage = read_usage(folder).get("explain", {})
+    n = max(int(meta.get("n_features") or len(run.by_feature)), 1)
     k = int(meta.get("k", 1))
     usd = usage.get("usd", 0.0) if not usage.get("unpriced_calls") else None
-    cost = Cost(k, n, usage.get("calls", 0), usage.get("cached_hits", 0), usage.get("tokens_in", 0),
-                usage.get("tokens_out", 0), usd, None, source=f"{folder}/usage.json (the explain run)")
-    provenance = {"teacher": meta.get("teacher"), "teacher_results": str(folder),
-                  "teacher_selection_simulator": meta.get("simulator"), "teacher_store": meta.get("store")}
-    return TeacherPick({k_: tuple(grouped[k_]) for k_ in grouped}, cost, provenance)
-
-
-def _read_usage(folder: Path) -> dict:
-    path = folder / "usage.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    cost = Cost(
+        k,
+        n,
+        usage.get("calls", 0),
+        usage.get("cached_hits", 0),
+        usage.get("tokens_in", 0),
+        usage.get("tokens_out", 0),
+        usd,
+        None,
+        source=f"{run.path}/usage.json (the explain run)",
+    )
+    provenance = {
+        "teacher": meta.get("teacher"),
+        "teacher_results": str(run.path),
+        "teacher_selection_simulator": meta.get("simulator"),
+        "teacher_store": meta.get("store"),
+        "teacher_store_fingerprint": meta.get("store_fingerprint"),
+    }
+    return TeacherPick(dict(run.by_feature), cost, provenance)
 
 
 # ------------------------------------------------------------------------------ baselines
@@ -157,8 +195,14 @@ def top_tokens_explanation(record: FeatureExemplars, n_tokens: int = 3) -> Expla
     tokens = [t for t, _ in peaks.most_common(n_tokens)]  # ties keep first-seen order
     noun = "token" if len(tokens) == 1 else "tokens"
     text = f"the {noun} " + ", ".join(json.dumps(t, ensure_ascii=False) for t in tokens) if tokens else ""
-    return Explanation(record.feature.key, text, "baseline:top-tokens", prompt_style="heuristic", ok=bool(tokens),
-                       error="" if tokens else "no non-blank peak token in the explain split")
+    return Explanation(
+        record.feature.key,
+        text,
+        "baseline:top-tokens",
+        prompt_style="heuristic",
+        ok=bool(tokens),
+        error="" if tokens else "no non-blank peak token in the explain split",
+    )
 
 
 def random_other_explanation(key: str, pool: dict[str, Explanation], seed: int) -> Explanation | None:
@@ -168,5 +212,3 @@ def random_other_explanation(key: str, pool: dict[str, Explanation], seed: int) 
         return None
     other = random.Random(f"{seed}:{key}").choice(others)
     return Explanation(key, pool[other].text, f"baseline:random-other-feature({other})", prompt_style="baseline")
-
-

@@ -17,8 +17,13 @@ import numpy as np  # noqa: E402
 
 from .results import scores_of  # noqa: E402
 
-COLORS = {"teacher": "#d95f02", "student_best_of_k": "#1b9e77", "student_best_of_1": "#66c2a5",
-          "baseline_top_tokens": "#7570b3", "baseline_random_feature": "#999999"}
+COLORS = {
+    "teacher": "#d95f02",
+    "student_best_of_k": "#1b9e77",
+    "student_best_of_1": "#66c2a5",
+    "baseline_top_tokens": "#7570b3",
+    "baseline_random_feature": "#999999",
+}
 SCORE_LABEL = "score (Pearson r, held-out test exemplars)"
 
 
@@ -41,8 +46,13 @@ def score_distributions(results: dict, path: Path) -> Path:
     positions = np.arange(1, len(explainers) + 1)
     shown = [(p, d) for p, d in zip(positions, data) if len(d)]
     if shown:
-        ax.boxplot([d for _, d in shown], positions=[p for p, _ in shown], widths=0.5, showfliers=False,
-                   medianprops={"color": "black"})
+        ax.boxplot(
+            [d for _, d in shown],
+            positions=[p for p, _ in shown],
+            widths=0.5,
+            showfliers=False,
+            medianprops={"color": "black"},
+        )
     rng = np.random.default_rng(0)  # jitter only; fixed so reruns draw the same picture
     for p, d, e in zip(positions, data, explainers):
         color = COLORS.get(e["name"], "#333333")
@@ -64,10 +74,18 @@ def student_vs_teacher(results: dict, path: Path) -> Path:
     for e in students:
         s = np.array([np.nan if v is None else v for v in scores_of(results["features"], e["name"])], dtype=float)
         keep = ~(np.isnan(s) | np.isnan(teacher))
-        ax.scatter(teacher[keep], s[keep], s=28, alpha=0.8, color=COLORS.get(e["name"]), label=f"{e['label']} "
-                   f"({int(keep.sum())} features)", marker="o" if e["name"].endswith("_k") else "^")
-    finite = np.concatenate([teacher[~np.isnan(teacher)]] + [_finite(scores_of(results["features"], e["name"]))
-                                                            for e in students])
+        ax.scatter(
+            teacher[keep],
+            s[keep],
+            s=28,
+            alpha=0.8,
+            color=COLORS.get(e["name"]),
+            label=f"{e['label']} ({int(keep.sum())} features)",
+            marker="o" if e["name"].endswith("_k") else "^",
+        )
+    finite = np.concatenate(
+        [teacher[~np.isnan(teacher)]] + [_finite(scores_of(results["features"], e["name"])) for e in students]
+    )
     lo, hi = (min(0.0, finite.min()), max(0.0, finite.max())) if finite.size else (-0.1, 1.0)
     pad = max(0.08 * (hi - lo), 0.02)
     ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="#888888", lw=1, ls="--", label="student = teacher")
@@ -75,8 +93,9 @@ def student_vs_teacher(results: dict, path: Path) -> Path:
     ax.set_ylim(lo - pad, hi + pad)
     ax.set_xlabel("teacher score")
     ax.set_ylabel("student score")
-    ax.set_title("Student vs teacher, one point per feature\n(above the line: the student explains it better)",
-                 fontsize=10)
+    ax.set_title(
+        "Student vs teacher, one point per feature\n(above the line: the student explains it better)", fontsize=10
+    )
     ax.legend(fontsize=8, loc="upper left")
     return _save(fig, path)
 
@@ -97,8 +116,9 @@ def score_by_layer(results: dict, path: Path) -> Path:
                 lows.append(iv["estimate"] - iv["low"])
                 highs.append(iv["high"] - iv["estimate"])
         if xs:
-            ax.errorbar(xs, ys, yerr=[lows, highs], marker="o", capsize=3, label=e["label"],
-                        color=COLORS.get(e["name"]), lw=1.2)
+            ax.errorbar(
+                xs, ys, yerr=[lows, highs], marker="o", capsize=3, label=e["label"], color=COLORS.get(e["name"]), lw=1.2
+            )
     ax.set_xticks(layers)
     ax.axhline(0, color="#bbbbbb", lw=0.8)
     ax.set_xlabel("layer")

@@ -36,17 +36,16 @@ favour best-of-k (the max of k noisy scores is biased upward), so the winner is 
 
 from __future__ import annotations
 
-import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from neuroscribe.records import Exemplar, FeatureExemplars, ScoredExplanation, to_json
+from neuroscribe.runs.eval import SCHEMA_VERSION  # noqa: F401  (the version this module's schema is)
 
 from .stats import Interval, bootstrap_ci, paired_difference, win_rate
 
-SCHEMA_VERSION = 1
 SELECTION_SPLIT = "score"
 REPORT_SPLIT = "test"
 SCORED_SOURCES = ("top", "quantile", "random")  # what simulate_and_score simulates
@@ -88,24 +87,16 @@ class Cost:
     def per_explanation(self) -> dict:
         n = max(self.features, 1)
         return {
-            "samples_per_feature": self.samples_per_feature, "features": self.features,
-            "fresh_calls": self.fresh_calls, "cached_calls": self.cached_calls,
-            "tokens_in_per_explanation": self.tokens_in / n, "tokens_out_per_explanation": self.tokens_out / n,
+            "samples_per_feature": self.samples_per_feature,
+            "features": self.features,
+            "fresh_calls": self.fresh_calls,
+            "cached_calls": self.cached_calls,
+            "tokens_in_per_explanation": self.tokens_in / n,
+            "tokens_out_per_explanation": self.tokens_out / n,
             "usd_per_explanation": None if self.usd is None else self.usd / n,
             "latency_s_per_explanation": None if self.seconds is None else self.seconds / n,
             "source": self.source,
         }
-
-
-def strict(obj: Any) -> Any:
-    """NaN -> None everywhere, so the file is strict JSON any reader accepts."""
-    if isinstance(obj, float):
-        return None if math.isnan(obj) else obj
-    if isinstance(obj, dict):
-        return {k: strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [strict(v) for v in obj]
-    return obj
 
 
 def scored_exemplars(record: FeatureExemplars, split: str = REPORT_SPLIT) -> list[Exemplar]:
@@ -124,18 +115,35 @@ def feature_entry(record: FeatureExemplars, outcomes: dict[str, Outcome]) -> dic
     for name, o in outcomes.items():
         r = o.reported
         results[name] = {
-            "explanation": to_json(r.explanation), "score": r.score, "random_only_score": r.random_only_score,
-            "detection": o.detection, "fuzzing": o.fuzzing, "n_parse_failures": r.n_parse_failures,
+            "explanation": to_json(r.explanation),
+            "score": r.score,
+            "random_only_score": r.random_only_score,
+            "detection": o.detection,
+            "fuzzing": o.fuzzing,
+            "n_parse_failures": r.n_parse_failures,
             "selection_score": o.selection_score,
-            "candidates": [{"text": c.explanation.text, "sample_index": c.explanation.sample_index,
-                            "ok": c.explanation.ok, "error": c.explanation.error, "selection_score": c.score}
-                           for c in o.candidates],
+            "candidates": [
+                {
+                    "text": c.explanation.text,
+                    "sample_index": c.explanation.sample_index,
+                    "ok": c.explanation.ok,
+                    "error": c.explanation.error,
+                    "selection_score": c.score,
+                }
+                for c in o.candidates
+            ],
             "predicted": _predicted(r, exemplars),
         }
     return {
-        "feature": f.key, "kind": f.kind, "layer": f.layer, "index": f.index, "polarity": f.polarity,
-        "exemplars": [{"window_id": e.window_id, "source": e.source, "tokens": list(e.tokens),
-                       "activations": list(e.activations)} for e in exemplars],
+        "feature": f.key,
+        "kind": f.kind,
+        "layer": f.layer,
+        "index": f.index,
+        "polarity": f.polarity,
+        "exemplars": [
+            {"window_id": e.window_id, "source": e.source, "tokens": list(e.tokens), "activations": list(e.activations)}
+            for e in exemplars
+        ],
         "results": results,
     }
 
@@ -148,8 +156,9 @@ def scores_of(features: Sequence[dict], name: str, field_name: str = "score") ->
     return [f["results"][name][field_name] if name in f["results"] else None for f in features]
 
 
-def summarise(features: Sequence[dict], explainers: Sequence[Explainer], n_resamples: int = 2000,
-              seed: int = 0) -> dict:
+def summarise(
+    features: Sequence[dict], explainers: Sequence[Explainer], n_resamples: int = 2000, seed: int = 0
+) -> dict:
     """Statistics over features for every explainer (see the module doc for the fields)."""
     kw = dict(n_resamples=n_resamples, seed=seed)
     reference = scores_of(features, REFERENCE)
@@ -159,48 +168,34 @@ def summarise(features: Sequence[dict], explainers: Sequence[Explainer], n_resam
         scores = scores_of(features, ex.name)
         mean = bootstrap_ci(scores, "mean", **kw)
         entry: dict[str, Any] = {
-            "n": mean.n, "n_missing": mean.n_missing, "mean": _interval(mean),
-            "median": _interval(bootstrap_ci(scores, "median", **kw)), "vs_teacher": None,
+            "n": mean.n,
+            "n_missing": mean.n_missing,
+            "mean": _interval(mean),
+            "median": _interval(bootstrap_ci(scores, "median", **kw)),
+            "vs_teacher": None,
         }
         if ex.name != REFERENCE and any(name == REFERENCE for name in (e.name for e in explainers)):
             wr = win_rate(scores, reference, **kw)
-            entry["vs_teacher"] = {"difference": _interval(paired_difference(scores, reference, **kw)),
-                                   "wins": wr.wins, "losses": wr.losses, "ties": wr.ties,
-                                   "win_rate": _interval(wr.rate)}
+            entry["vs_teacher"] = {
+                "difference": _interval(paired_difference(scores, reference, **kw)),
+                "wins": wr.wins,
+                "losses": wr.losses,
+                "ties": wr.ties,
+                "win_rate": _interval(wr.rate),
+            }
         entry["by_layer"] = {
             str(layer): _interval(bootstrap_ci([s for s, f in zip(scores, features) if f["layer"] == layer], **kw))
             for layer in layers
         }
         for judge in ("detection", "fuzzing"):
             values = scores_of(features, ex.name, judge)
-            entry[judge] = _interval(bootstrap_ci(values, **kw)) if any(v is not None and not math.isnan(v)
-                                                                        for v in values) else None
+            entry[judge] = (
+                _interval(bootstrap_ci(values, **kw))
+                if any(v is not None and not math.isnan(v) for v in values)
+                else None
+            )
         out[ex.name] = entry
     return out
-
-
-def write_results(path: Path, results: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(strict(results), indent=1, allow_nan=False))
-    tmp.replace(path)
-
-
-def read_results(path: str | Path) -> dict:
-    path = Path(path)
-    if path.is_dir():
-        path = path / "results.json"
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no eval results (run `neuroscribe eval` first)") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not JSON ({err})") from None
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"{path}: field schema_version is {data.get('schema_version')!r}, expected {SCHEMA_VERSION}")
-    for key in ("explainers", "features", "summary"):
-        if key not in data:
-            raise ValueError(f"{path}: field {key!r} is missing")
-    return data
 
 
 def fmt(x: float | None, digits: int = 3) -> str:
@@ -227,10 +222,3 @@ def model_card_rows(results: dict) -> dict[str, dict[str, Any]]:
             "win rate vs teacher": fmt(vs["win_rate"]["estimate"], 2) if vs else "-",
         }
     return rows
-
-
-def markdown_table(rows: dict[str, dict[str, Any]], first: str = "explainer") -> str:
-    cols = list(dict.fromkeys(c for r in rows.values() for c in r))
-    lines = ["| " + " | ".join([first, *cols]) + " |", "|" + "---|" * (len(cols) + 1)]
-    lines += ["| " + " | ".join([name, *(str(r.get(c, "")) for c in cols)]) + " |" for name, r in rows.items()]
-    return "\n".join(lines)

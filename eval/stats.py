@@ -14,8 +14,8 @@ Conventions:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -66,8 +66,14 @@ def _check(confidence: float, n_resamples: int) -> None:
         raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
 
 
-def _bootstrap(values: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray], n_missing: int,
-               confidence: float, n_resamples: int, seed: int) -> Interval:
+def _bootstrap(
+    values: np.ndarray,
+    statistic: Callable[[np.ndarray], np.ndarray],
+    n_missing: int,
+    confidence: float,
+    n_resamples: int,
+    seed: int,
+) -> Interval:
     _check(confidence, n_resamples)
     n = len(values)
     if n == 0:
@@ -92,8 +98,13 @@ def _median(x: np.ndarray) -> np.ndarray:
 STATISTICS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"mean": _mean, "median": _median}
 
 
-def bootstrap_ci(values: Sequence[float | None], statistic: str = "mean", confidence: float = 0.95,
-                 n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> Interval:
+def bootstrap_ci(
+    values: Sequence[float | None],
+    statistic: str = "mean",
+    confidence: float = 0.95,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> Interval:
     """The mean (or median) of the finite values with a percentile bootstrap interval."""
     if statistic not in STATISTICS:
         raise ValueError(f"statistic {statistic!r}: choose one of {sorted(STATISTICS)}")
@@ -112,15 +123,26 @@ def _pairs(a: Sequence[float | None], b: Sequence[float | None]) -> tuple[np.nda
     return x[keep], y[keep], int((~keep).sum())
 
 
-def paired_difference(a: Sequence[float | None], b: Sequence[float | None], confidence: float = 0.95,
-                      n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> Interval:
+def paired_difference(
+    a: Sequence[float | None],
+    b: Sequence[float | None],
+    confidence: float = 0.95,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> Interval:
     """Mean of a - b over the pairs where both are finite, resampling pairs (features)."""
     x, y, missing = _pairs(a, b)
     return _bootstrap(x - y, _mean, missing, confidence, n_resamples, seed)
 
 
-def win_rate(a: Sequence[float | None], b: Sequence[float | None], tie_tolerance: float = 1e-9,
-             confidence: float = 0.95, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> WinRate:
+def win_rate(
+    a: Sequence[float | None],
+    b: Sequence[float | None],
+    tie_tolerance: float = 1e-9,
+    confidence: float = 0.95,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> WinRate:
     """How often a beats b per pair: a win counts 1, a tie (|a - b| <= tie_tolerance) 1/2, a loss 0."""
     if tie_tolerance < 0:
         raise ValueError(f"tie_tolerance must be >= 0, got {tie_tolerance}")

@@ -65,13 +65,18 @@ class Cache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.run_id = run_id or uuid.uuid4().hex
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL survives a killed process (the WAL is in the OS page cache); only power loss can drop
-        # the last commits, which costs re-running a few calls, never a corrupt row.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._db.commit()
+        try:
+            self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL survives a killed process (the WAL is in the OS page cache); only power loss can drop
+            # the last commits, which costs re-running a few calls, never a corrupt row.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            self._db.commit()
+        except sqlite3.DatabaseError as err:
+            raise ValueError(
+                f"{self.path}: not a usable neuroscribe cache ({err}); move it away or pass another --cache"
+            ) from None
 
     def __repr__(self) -> str:
         return f"Cache({str(self.path)!r})"
@@ -95,12 +100,15 @@ class Cache:
     ) -> None:
         """Store one completed call and account it; committed before returning."""
         now = time.time()
-        with self._lock, self._db:
-            self._db.execute(
-                "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (key, kind, model, json.dumps(value, ensure_ascii=False), tokens_in, tokens_out, usd or 0.0, now),
-            )
-            self._record(stage, kind, model, key, False, tokens_in, tokens_out, usd, now)
+        try:
+            with self._lock, self._db:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (key, kind, model, json.dumps(value, ensure_ascii=False), tokens_in, tokens_out, usd or 0.0, now),
+                )
+                self._record(stage, kind, model, key, False, tokens_in, tokens_out, usd, now)
+        except sqlite3.OperationalError as err:  # a full disk, a read-only folder
+            raise OSError(f"{self.path}: cannot write the cache ({err})") from None
 
     def record_hit(self, key: str, *, kind: str, model: str, stage: str) -> None:
         with self._lock, self._db:
@@ -110,7 +118,19 @@ class Cache:
         self._db.execute(
             "INSERT INTO calls (run_id, stage, kind, model, key, cached, tokens_in, tokens_out, usd, unpriced, t)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (self.run_id, stage, kind, model, key, int(cached), tokens_in, tokens_out, usd or 0.0, int(usd is None), now),
+            (
+                self.run_id,
+                stage,
+                kind,
+                model,
+                key,
+                int(cached),
+                tokens_in,
+                tokens_out,
+                usd or 0.0,
+                int(usd is None),
+                now,
+            ),
         )
 
     def usage(self, stage: str | None = None, all_runs: bool = False) -> Usage:
@@ -149,7 +169,7 @@ class Cache:
         with self._lock:
             self._db.close()
 
-    def __enter__(self) -> "Cache":
+    def __enter__(self) -> Cache:
         return self
 
     def __exit__(self, *exc) -> None:

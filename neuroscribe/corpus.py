@@ -14,11 +14,12 @@ Window ids count from 0 in stream order, so the same corpus and tokenizer give t
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-BUILTIN = "builtin:python-docs"
+from neuroscribe.configs import BUILTIN_CORPUS as BUILTIN  # noqa: E402
+
 _FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
@@ -66,6 +67,22 @@ def iter_documents(dataset: str = BUILTIN, text_field: str = "text", split: str 
             yield text
 
 
+def dataset_fingerprint(dataset: str = BUILTIN) -> str:
+    """A hash of what the dataset spec holds NOW: the bytes of local files, the builtin corpus's text,
+    or (for a hub id, which cannot be read offline) the id itself."""
+    from neuroscribe.runs.files import file_digest, fingerprint
+
+    if dataset == BUILTIN:
+        import pydoc_data.topics as topics
+
+        return fingerprint(topics.topics)
+    path = Path(dataset).expanduser()
+    if path.exists():
+        files = sorted(p for p in path.rglob("*") if p.suffix in _FORMATS) if path.is_dir() else [path]
+        return file_digest(files)
+    return fingerprint({"hub_dataset": dataset})
+
+
 def iter_windows(tokenizer, documents: Iterator[str], window: int, max_windows: int | None = None) -> Iterator[Window]:
     """Cut a document stream into `window`-token windows (see module docstring)."""
     if window < 2:
@@ -87,4 +104,4 @@ def context_prefix(tokenizer) -> list[int]:
     """Tokens the tokenizer prepends to any text (e.g. Llama's BOS), fed before every window."""
     ids = tokenizer("x", add_special_tokens=True)["input_ids"]
     bare = tokenizer("x", add_special_tokens=False)["input_ids"]
-    return ids[: len(ids) - len(bare)] if ids[len(ids) - len(bare):] == bare else []
+    return ids[: len(ids) - len(bare)] if ids[len(ids) - len(bare) :] == bare else []

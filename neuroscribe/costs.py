@@ -7,10 +7,10 @@ callers record 0 with a flag rather than invent a number.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Mapping
 
 import yaml
 
@@ -33,16 +33,16 @@ class PriceTable:
     entries: Mapping[str, tuple[tuple[str, Price], ...]]
 
     @classmethod
-    def default(cls) -> "PriceTable":
+    def default(cls) -> PriceTable:
         text = resources.files("neuroscribe").joinpath("data/prices.yaml").read_text()
         return cls.from_mapping(yaml.safe_load(text) or {}, origin="neuroscribe/data/prices.yaml")
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "PriceTable":
+    def from_file(cls, path: str | Path) -> PriceTable:
         return cls.from_mapping(yaml.safe_load(Path(path).read_text()) or {}, origin=str(path))
 
     @classmethod
-    def from_mapping(cls, data: Mapping, origin: str = "prices") -> "PriceTable":
+    def from_mapping(cls, data: Mapping, origin: str = "prices") -> PriceTable:
         entries: dict[str, tuple[tuple[str, Price], ...]] = {}
         for kind, models in data.items():
             if not isinstance(models, Mapping):
@@ -58,7 +58,7 @@ class PriceTable:
             entries[str(kind)] = tuple(rows)
         return cls(entries)
 
-    def merged(self, overrides: Mapping | "PriceTable" | None) -> "PriceTable":
+    def merged(self, overrides: Mapping | PriceTable | None) -> PriceTable:
         """This table with `overrides` consulted first."""
         if overrides is None:
             return self

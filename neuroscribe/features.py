@@ -17,9 +17,10 @@ Feature spec grammar (items joined with ';' or given as several --features optio
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -87,11 +88,15 @@ def parse_feature_spec(spec: str | Sequence[str], model, polarity: str = "auto")
             pols = (1,) if polarity == "positive" else (1, -1)
             for layer in _parse_ints(layers_text, "layers"):
                 if layer >= n_layers:
-                    raise FeatureSpecError(f"features {item!r}: layer {layer} does not exist (model has layers 0..{n_layers - 1})")
+                    raise FeatureSpecError(
+                        f"features {item!r}: layer {layer} does not exist (model has layers 0..{n_layers - 1})"
+                    )
                 width = _width(model, layer)
                 idx = _parse_ints(idx_text, "indices") if idx_text else list(range(width))
                 if idx and idx[-1] >= width:
-                    raise FeatureSpecError(f"features {item!r}: neuron {idx[-1]} out of range (layer {layer} has {width})")
+                    raise FeatureSpecError(
+                        f"features {item!r}: neuron {idx[-1]} out of range (layer {layer} has {width})"
+                    )
                 groups.append(FeatureGroup("mlp", layer, tuple(idx), pols))
         elif kind in ("sae", "transcoder"):
             groups.append(_encoder_group(kind, rest, model, polarity, item))
@@ -164,16 +169,15 @@ class ActivationReader:
 
         if side == "pre":
             return module.register_forward_pre_hook(
-                lambda mod, args, kwargs: capture(hooked_tensor("pre", args, kwargs)), with_kwargs=True)
+                lambda mod, args, kwargs: capture(hooked_tensor("pre", args, kwargs)), with_kwargs=True
+            )
         return module.register_forward_hook(lambda mod, args, out: capture(hooked_tensor("post", args, None, out)))
 
     @torch.no_grad()
     def read(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         self._captured.clear()
-        try:
+        with contextlib.suppress(_StopForward):  # the deepest hook stops the forward on purpose
             self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        except _StopForward:
-            pass
         missing = [self.groups[i] for i in range(len(self.groups)) if i not in self._captured]
         if missing:
             raise RuntimeError(f"hooks for {missing} did not fire")
@@ -184,7 +188,7 @@ class ActivationReader:
             h.remove()
         self._handles.clear()
 
-    def __enter__(self) -> "ActivationReader":
+    def __enter__(self) -> ActivationReader:
         return self
 
     def __exit__(self, *exc) -> None:

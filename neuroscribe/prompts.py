@@ -27,8 +27,8 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from neuroscribe.records import Exemplar, FeatureExemplars
 
@@ -172,8 +172,9 @@ def explainer_messages(
     positives, negatives = explainer_exemplars(record, exemplars)
     if style == "contrastive":
         if not negatives:
-            raise ValueError(f"feature {record.feature.key}: contrastive style needs hard_negative exemplars "
-                             "in the explain split")
+            raise ValueError(
+                f"feature {record.feature.key}: contrastive style needs hard_negative exemplars in the explain split"
+            )
         negatives = negatives[: max(1, max_exemplars // 2)]
         positives = positives[: max(1, max_exemplars - len(negatives))]
     else:
@@ -263,7 +264,7 @@ def parse_explanation(raw: str) -> ParsedExplanation:
     text = _THINK.sub("", raw or "").replace("```", "\n").replace("**", "")  # fences, markdown bold
     labels = list(_LABEL.finditer(text))
     if labels:
-        text = text[labels[-1].end():]
+        text = text[labels[-1].end() :]
     lines = [ln for ln in (_tidy(_BULLET.sub("", ln)) for ln in text.splitlines()) if ln]
     if not lines:
         return fail("empty reply")
@@ -307,29 +308,89 @@ SIMULATOR_INSTRUCTIONS = (
     "thing in text. Given a description of a unit, predict how strongly it activates on each token "
     "of an excerpt.\n"
     "Each line is a token, a tab, and the unit's activation on that token, from 0 (inactive) to "
-    f"{MAX_DIGIT} (strongest). Most tokens are 0. Where a line reads \"{SLOT}\", the activation is "
+    f'{MAX_DIGIT} (strongest). Most tokens are 0. Where a line reads "{SLOT}", the activation is '
     "for you to predict.\n"
 )
 # Hand-written few-shot units: a token-level one, a topical one and a syntactic one.
 _FEW_SHOT: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = (
     (
         "four-digit years, most of all the year in a date",
-        (("The", 0), (" bridge", 0), (" opened", 0), (" in", 1), (" 1932", 9), (",", 0), (" closed", 0),
-         (" in", 1), (" 1987", 8), (" and", 0), (" reopened", 0), (" on", 0), (" 4", 2), (" May", 3),
-         (" 2001", 9), (" after", 0), (" 14", 0), (" months", 0), (" of", 0), (" repairs", 0), (".", 0)),
+        (
+            ("The", 0),
+            (" bridge", 0),
+            (" opened", 0),
+            (" in", 1),
+            (" 1932", 9),
+            (",", 0),
+            (" closed", 0),
+            (" in", 1),
+            (" 1987", 8),
+            (" and", 0),
+            (" reopened", 0),
+            (" on", 0),
+            (" 4", 2),
+            (" May", 3),
+            (" 2001", 9),
+            (" after", 0),
+            (" 14", 0),
+            (" months", 0),
+            (" of", 0),
+            (" repairs", 0),
+            (".", 0),
+        ),
     ),
     (
         "words about the sea, ships and sailing",
-        (("We", 0), (" sailed", 6), (" past", 0), (" the", 0), (" harbour", 8), (" at", 0), (" dawn", 0),
-         (";", 0), (" the", 0), (" waves", 9), (" were", 0), (" calm", 1), (" and", 0), (" the", 0),
-         (" tide", 7), (" was", 0), (" low", 1), (".", 0), (" Breakfast", 0), (" was", 0), (" bread", 0),
-         (".", 0)),
+        (
+            ("We", 0),
+            (" sailed", 6),
+            (" past", 0),
+            (" the", 0),
+            (" harbour", 8),
+            (" at", 0),
+            (" dawn", 0),
+            (";", 0),
+            (" the", 0),
+            (" waves", 9),
+            (" were", 0),
+            (" calm", 1),
+            (" and", 0),
+            (" the", 0),
+            (" tide", 7),
+            (" was", 0),
+            (" low", 1),
+            (".", 0),
+            (" Breakfast", 0),
+            (" was", 0),
+            (" bread", 0),
+            (".", 0),
+        ),
     ),
     (
         "closing brackets that end a function call in code",
-        (("result", 0), (" =", 0), (" max", 0), ("(", 0), ("values", 0), (",", 0), (" key", 0), ("=", 0),
-         ("len", 0), (")", 9), ("\n", 0), ("print", 0), ("(", 0), ("result", 0), ("[", 0), ("0", 0),
-         ("]", 2), (")", 8), ("\n", 0), ("#", 0), (" done", 0)),
+        (
+            ("result", 0),
+            (" =", 0),
+            (" max", 0),
+            ("(", 0),
+            ("values", 0),
+            (",", 0),
+            (" key", 0),
+            ("=", 0),
+            ("len", 0),
+            (")", 9),
+            ("\n", 0),
+            ("print", 0),
+            ("(", 0),
+            ("result", 0),
+            ("[", 0),
+            ("0", 0),
+            ("]", 2),
+            (")", 8),
+            ("\n", 0),
+            ("#", 0),
+            (" done", 0),
+        ),
     ),
 )
 
@@ -373,8 +434,11 @@ def detection_messages(explanation: str, tokens: Sequence[str]) -> list[dict]:
     text = "".join(display_tokens(tokens, markup_safe=True))
     return [
         {"role": "system", "content": JUDGE_SYSTEM},
-        {"role": "user", "content": f"Unit description: {clean_explanation_text(explanation)}\n\n"
-                                    f"Excerpt: {text}\n\nDoes the unit activate on this excerpt? Answer Yes or No."},
+        {
+            "role": "user",
+            "content": f"Unit description: {clean_explanation_text(explanation)}\n\n"
+            f"Excerpt: {text}\n\nDoes the unit activate on this excerpt? Answer Yes or No.",
+        },
     ]
 
 
@@ -383,7 +447,10 @@ def fuzzing_messages(explanation: str, tokens: Sequence[str], marked: Sequence[b
     text = highlight(tokens, [1 if m else 0 for m in marked])
     return [
         {"role": "system", "content": JUDGE_SYSTEM},
-        {"role": "user", "content": f"Unit description: {clean_explanation_text(explanation)}\n\n"
-                                    f"Excerpt with some tokens marked <<like this>>: {text}\n\n"
-                                    "Are the marked tokens the ones this unit activates on? Answer Yes or No."},
+        {
+            "role": "user",
+            "content": f"Unit description: {clean_explanation_text(explanation)}\n\n"
+            f"Excerpt with some tokens marked <<like this>>: {text}\n\n"
+            "Are the marked tokens the ones this unit activates on? Answer Yes or No.",
+        },
     ]

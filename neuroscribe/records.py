@@ -7,9 +7,11 @@ All records are frozen dataclasses that serialise to plain JSON by field name.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 FeatureKind = Literal["mlp", "sae", "transcoder", "planted"]  # planted: rule-defined test features
 Split = Literal["explain", "score", "test"]
@@ -39,7 +41,7 @@ class FeatureId:
         return f"{self.kind}/L{self.layer}/{self.index}{'+' if self.polarity > 0 else '-'}"
 
     @classmethod
-    def parse(cls, key: str) -> "FeatureId":
+    def parse(cls, key: str) -> FeatureId:
         m = _KEY.match(key.strip())
         if not m:
             raise ValueError(f"not a feature key: {key!r} (expected e.g. 'mlp/L3/127+')")
@@ -154,6 +156,19 @@ class ScoredExplanation:
     n_exemplars: int = 0
     n_parse_failures: int = 0
     simulations: tuple[SimulatedExemplar, ...] = ()
+
+
+def best_candidate(
+    candidates: Sequence[ScoredExplanation], threshold: float = float("-inf")
+) -> ScoredExplanation | None:
+    """Best-of-k's winner: the highest finite score >= threshold among parseable candidates (ties: the
+    lowest sample index); None when no candidate qualifies."""
+    eligible = [
+        c
+        for c in candidates
+        if c.explanation.ok and c.explanation.text.strip() and math.isfinite(c.score) and c.score >= threshold
+    ]
+    return max(eligible, key=lambda c: (c.score, -c.explanation.sample_index), default=None)
 
 
 def to_json(obj: Any) -> Any:

@@ -246,8 +246,7 @@ def _resolve_site(found: HookSite | None, layer: int | None, site: str | None, w
         return HookSite(layer, site)
     if found is None and (layer is None or site is None):
         raise SparseEncoderError(
-            f"{where}: cannot tell which layer and site this encoder reads; "
-            f"pass layer= and site= (site one of {SITES})"
+            f"{where}: cannot tell which layer and site this encoder reads; pass layer= and site= (site one of {SITES})"
         )
     return HookSite(found.layer if layer is None else layer, found.site if site is None else site)
 
@@ -309,9 +308,16 @@ def _load_sae_lens(folder: Path, layer: int | None, site: str | None) -> SparseE
     if found is None and layer is None:
         layer = cfg.get("hook_layer", meta.get("hook_layer"))
     return SparseEncoder(
-        kind=kind, site=_resolve_site(found, layer, site, str(cfg_path)), W_enc=W_enc, b_enc=b_enc,
-        activation=activation, input_bias=input_bias, threshold=threshold, k=_check_k(k, d_sae, cfg_path),
-        input_norm=norm, source=str(folder),
+        kind=kind,
+        site=_resolve_site(found, layer, site, str(cfg_path)),
+        W_enc=W_enc,
+        b_enc=b_enc,
+        activation=activation,
+        input_bias=input_bias,
+        threshold=threshold,
+        k=_check_k(k, d_sae, cfg_path),
+        input_norm=norm,
+        source=str(folder),
     )
 
 
@@ -361,7 +367,12 @@ def _load_sparsify(folder: Path, layer: int | None, site: str | None) -> SparseE
     return SparseEncoder(
         kind="transcoder" if transcode else "sae",
         site=_resolve_site(found, layer, site, f"{folder} (sparsify folder named after its hookpoint)"),
-        W_enc=W.T, b_enc=b_enc, activation=activation, input_bias=input_bias, k=k, source=str(folder),
+        W_enc=W.T,
+        b_enc=b_enc,
+        activation=activation,
+        input_bias=input_bias,
+        k=k,
+        source=str(folder),
     )
 
 

@@ -21,7 +21,7 @@ pooled correlation of the other side alone (there is nothing to balance against)
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

@@ -26,7 +26,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory):
-    from neuroscribe.testing import build_tokenizer
+    from builders import build_tokenizer
 
     path = tmp_path_factory.mktemp("tiny_tok")
     build_tokenizer(path)
@@ -36,7 +36,7 @@ def tiny_tokenizer_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory, tiny_tokenizer_dir):
     """Path of a 2-layer random Llama (hidden 64, MLP 128) with a 512-token BPE tokenizer."""
-    from neuroscribe.testing import build_tiny_model
+    from builders import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny_llama"), "llama", tokenizer_dir=tiny_tokenizer_dir)
 

@@ -62,9 +62,25 @@ def start_llama_server(log_dir: Path) -> str:
     port = free_port()
     log = log_dir / "server.log"
     cmd = [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_gguf("smollm2-135m-instruct")),
-        "--host", "127.0.0.1", "--port", str(port), "--n_threads", "1", "--n_threads_batch", "1",
-        "--logits_all", "true", "--n_ctx", "2048", "--verbose", "false",
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(bundled_gguf("smollm2-135m-instruct")),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_threads",
+        "1",
+        "--n_threads_batch",
+        "1",
+        "--logits_all",
+        "true",
+        "--n_ctx",
+        "2048",
+        "--verbose",
+        "false",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(log, "wb") as out:
@@ -105,10 +121,22 @@ def llama_server(tmp_path_factory):
 class Proxy:
     """Counting reverse proxy to `upstream` (a base URL like http://127.0.0.1:P/v1)."""
 
-    def __init__(self, upstream: str, fail_first: int = 0, fail_status: int = 500, delay: float = 0.0,
-                 fail_message: str = "injected failure"):
+    def __init__(
+        self,
+        upstream: str,
+        fail_first: int = 0,
+        fail_status: int = 500,
+        delay: float = 0.0,
+        fail_message: str = "injected failure",
+        fault=None,
+    ):
+        """`fault(body) -> mode | None` picks a failure per request, every time it is sent (retries too):
+        "500", "429" (error statuses), "garbage" (200 with a body that is not JSON), "empty" (200 with
+        `{}`), "hang" (answers after `hang_seconds`); None forwards it."""
         self.upstream = urlsplit(upstream)
         self.fail_first, self.fail_status, self.delay = fail_first, fail_status, delay
+        self.fault, self.hang_seconds = fault, 30.0
+        self.faults: list[str] = []
         self.fail_body = json.dumps({"error": {"message": fail_message, "type": "injected"}}).encode()
         self.received = 0  # every request that reached the proxy, failed ones included
         self.forwarded = 0  # requests answered by the upstream server
@@ -126,7 +154,7 @@ class Proxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}{self.upstream.path}"
 
-    def __enter__(self) -> "Proxy":
+    def __enter__(self) -> Proxy:
         self._thread.start()
         return self
 
@@ -160,11 +188,22 @@ class Proxy:
                         proxy.fail_first -= 1
                     proxy.in_flight += 1
                     proxy.max_in_flight = max(proxy.max_in_flight, proxy.in_flight)
+                mode = proxy.fault(body) if proxy.fault is not None and not fail else None
+                if mode:
+                    with proxy._lock:
+                        proxy.faults.append(mode)
                 try:
                     if proxy.delay:
                         time.sleep(proxy.delay)
-                    if fail:
-                        status, payload, ctype = proxy.fail_status, proxy.fail_body, "application/json"
+                    if mode == "hang":
+                        time.sleep(proxy.hang_seconds)
+                    if fail or mode in ("500", "429"):
+                        status = proxy.fail_status if fail else int(mode)
+                        payload, ctype = proxy.fail_body, "application/json"
+                    elif mode == "garbage":
+                        status, payload, ctype = 200, b"<html>upstream hiccup</html>", "application/json"
+                    elif mode == "empty":
+                        status, payload, ctype = 200, b"{}", "application/json"
                     else:
                         status, payload, ctype = self._forward(body)
                         with proxy._lock:

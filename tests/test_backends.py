@@ -26,7 +26,6 @@ from neuroscribe.backends.openai_backend import align_echo_logprobs
 from neuroscribe.backends.remote import EndpointPool
 from neuroscribe.cache import Cache
 
-
 # ------------------------------------------------------------------------------------- specs
 
 
@@ -174,11 +173,17 @@ def test_echo_alignment_shifts_llama_cpp_entries_by_one():
     nxt = align_echo_logprobs(prompt, ["ab", " cd"], [0, 2], [None, -3.0], [None, {"!": -0.1, " cd": -3.0}])
     assert nxt[0].top is None and nxt[1].top is None  # entry 0 (predicting token 1) was nulled by the server
     # OpenAI/vLLM style: the generated token comes back as an extra entry past the prompt.
-    same = align_echo_logprobs(prompt, ["ab", " cd", "!"], [0, 2, 5], [None, -2.0, -0.5],
-                               [None, {" cd": -2.0, " ef": -2.5}, {"!": -0.5}])
+    same = align_echo_logprobs(
+        prompt, ["ab", " cd", "!"], [0, 2, 5], [None, -2.0, -0.5], [None, {" cd": -2.0, " ef": -2.5}, {"!": -0.5}]
+    )
     assert len(same) == 2 and same[1].top == {" cd": -2.0, " ef": -2.5} and same[1].logprob == -2.0
-    three = align_echo_logprobs("a b c", ["a", " b", " c"], [0, 1, 3], [None, -1.0, -2.0],
-                                [None, {" c": -0.2, " b": -1.0}, {"!": -0.3, " c": -2.0}])
+    three = align_echo_logprobs(
+        "a b c",
+        ["a", " b", " c"],
+        [0, 1, 3],
+        [None, -1.0, -2.0],
+        [None, {" c": -0.2, " b": -1.0}, {"!": -0.3, " c": -2.0}],
+    )
     assert three[2].top == {" c": -0.2, " b": -1.0} and three[2].logprob == -0.2
 
 
@@ -201,9 +206,14 @@ def _anthropic_double(script):
 
 
 _OK = {
-    "id": "msg_01XFDUDYJgAACzvnptvVoYEL", "type": "message", "role": "assistant",
-    "model": "claude-3-5-haiku-20241022", "content": [{"type": "text", "text": "Sailing words."}],
-    "stop_reason": "end_turn", "stop_sequence": None, "usage": {"input_tokens": 31, "output_tokens": 4},
+    "id": "msg_01XFDUDYJgAACzvnptvVoYEL",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-3-5-haiku-20241022",
+    "content": [{"type": "text", "text": "Sailing words."}],
+    "stop_reason": "end_turn",
+    "stop_sequence": None,
+    "usage": {"input_tokens": 31, "output_tokens": 4},
 }
 _OVERLOADED = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
 _RATE = {"type": "error", "error": {"type": "rate_limit_error", "message": "Rate limited"}}
@@ -214,14 +224,21 @@ def test_anthropic_retries_then_answers_and_accounts_cost(monkeypatch, tmp_path)
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-SECRET-123456")
     client, seen = _anthropic_double([(429, _RATE), (529, _OVERLOADED), (200, _OK)])
     cache = Cache(tmp_path / "c.sqlite")
-    backend = load_backend("anthropic:claude-3-5-haiku-latest", cache, stage="explain", http_client=client,
-                           retry=RetryPolicy(base_delay=0.01))
+    backend = load_backend(
+        "anthropic:claude-3-5-haiku-latest",
+        cache,
+        stage="explain",
+        http_client=client,
+        retry=RetryPolicy(base_delay=0.01),
+    )
     request = ChatRequest.user("What is this feature?", SamplingParams(0.5, 64), system="You explain features.")
     out = backend.generate([request])[0]
     assert out.text == "Sailing words." and (out.tokens_in, out.tokens_out) == (31, 4)
     assert len(seen) == 3  # two retried failures, then the answer
     body = seen[-1]["body"]
-    assert body["system"] == "You explain features." and body["messages"] == [{"role": "user", "content": "What is this feature?"}]
+    assert body["system"] == "You explain features." and body["messages"] == [
+        {"role": "user", "content": "What is this feature?"}
+    ]
     assert body["temperature"] == 0.5 and body["max_tokens"] == 64
     sent = seen[-1]["headers"]
     assert "sk-ant-test-SECRET-123456" in sent.get("x-api-key", "") + sent.get("authorization", "")  # env, at call time

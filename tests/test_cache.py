@@ -21,21 +21,30 @@ from neuroscribe.costs import PriceTable, resolve_prices
 
 
 def _payload(**change):
-    base = {"messages": [{"role": "user", "content": "hi"}], "params": {"temperature": 1.0, "seed": 1}, "sample_index": 0}
+    base = {
+        "messages": [{"role": "user", "content": "hi"}],
+        "params": {"temperature": 1.0, "seed": 1},
+        "sample_index": 0,
+    }
     return {**base, **change}
 
 
 def test_key_depends_on_content_only():
     key = cache_key("openai", "m", _payload())
     assert key == cache_key("openai", "m", _payload())
-    assert len({
-        key,
-        cache_key("openai", "m", _payload(sample_index=1)),
-        cache_key("openai", "m", _payload(params={"temperature": 1.0, "seed": 2})),
-        cache_key("openai", "m", _payload(messages=[{"role": "user", "content": "hi!"}])),
-        cache_key("openai", "other", _payload()),
-        cache_key("anthropic", "m", _payload()),
-    }) == 6
+    assert (
+        len(
+            {
+                key,
+                cache_key("openai", "m", _payload(sample_index=1)),
+                cache_key("openai", "m", _payload(params={"temperature": 1.0, "seed": 2})),
+                cache_key("openai", "m", _payload(messages=[{"role": "user", "content": "hi!"}])),
+                cache_key("openai", "other", _payload()),
+                cache_key("anthropic", "m", _payload()),
+            }
+        )
+        == 6
+    )
 
 
 def test_rows_are_committed_at_once_and_wal_is_on(tmp_path):
@@ -79,7 +88,10 @@ def test_price_table_matches_globs_and_local_models_are_free(tmp_path):
 
 
 def _chat(n, max_tokens=8):
-    return [ChatRequest.user(f"Say the number {i}.", SamplingParams(0.0, max_tokens, seed=0), sample_index=0) for i in range(n)]
+    return [
+        ChatRequest.user(f"Say the number {i}.", SamplingParams(0.0, max_tokens, seed=0), sample_index=0)
+        for i in range(n)
+    ]
 
 
 def test_second_run_makes_zero_requests_even_through_another_url(llama_server, tmp_path):

@@ -11,20 +11,29 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
-
-from neuroscribe.corpus import context_prefix, iter_documents, iter_windows
 from neuroscribe.distill.collect import CollectConfig, EmptyDatasetError, collect
 from neuroscribe.distill.mining import Miner, MiningConfig
+
+from neuroscribe.corpus import context_prefix, iter_documents, iter_windows
 from neuroscribe.features import ActivationReader, FeatureSpecError, parse_feature_spec
 from neuroscribe.models import load_model
-from neuroscribe.store import ExemplarStore
+from neuroscribe.runs.store import ExemplarStore
 
 SMALL = MiningConfig(top_k=6, pool=16, quantiles=3, per_quantile=1, random_k=4, hard_negatives=2, negative_ratio=0.3)
 
 
 def _cfg(model, out, **kw) -> CollectConfig:
-    base = dict(out=str(out), model=str(model), features=("mlp:0-1:0-7",), window=16, max_windows=96,
-                batch_size=8, shard_windows=32, mining=SMALL, progress=False)
+    base = dict(
+        out=str(out),
+        model=str(model),
+        features=("mlp:0-1:0-7",),
+        window=16,
+        max_windows=96,
+        batch_size=8,
+        shard_windows=32,
+        mining=SMALL,
+        progress=False,
+    )
     base.update(kw)
     return CollectConfig(**base)
 
@@ -48,7 +57,7 @@ def _all_window_acts(model_dir, spec, n_windows=96, window=16):
     prefix = context_prefix(tok)
     with ActivationReader(model, groups) as reader:
         ids = torch.tensor([prefix + list(w.token_ids) for w in windows])
-        acts = torch.cat([reader.read(ids[i : i + 8]) for i in range(0, len(ids), 8)])[:, len(prefix):]
+        acts = torch.cat([reader.read(ids[i : i + 8]) for i in range(0, len(ids), 8)])[:, len(prefix) :]
         return reader.features, windows, acts
 
 
@@ -81,7 +90,7 @@ def test_hook_reads_the_input_of_down_proj(tiny_llama):
 
 
 def test_families_each_collect(tmp_path, tiny_tokenizer_dir):
-    from neuroscribe.testing import build_tiny_model
+    from builders import build_tiny_model
 
     for family in ("qwen2", "gemma", "gpt2"):
         path = build_tiny_model(tmp_path / family, family, tokenizer_dir=tiny_tokenizer_dir)
@@ -164,7 +173,9 @@ def test_control_tokens_are_escaped(tiny_llama, tmp_path):
     data = tmp_path / "chat.jsonl"
     rows = [{"text": f"<|im_start|>user\nhello number {i}<|im_end|><|im_start|>assistant\nfine {i}"} for i in range(40)]
     data.write_text("\n".join(json.dumps(r) for r in rows))
-    st = ExemplarStore(collect(_cfg(tiny_llama, tmp_path / "s", dataset=str(data), max_windows=40, features=("mlp:0:0-3",))))
+    st = ExemplarStore(
+        collect(_cfg(tiny_llama, tmp_path / "s", dataset=str(data), max_windows=40, features=("mlp:0:0-3",)))
+    )
     tokens = [t for rec in st.features() for e in rec.exemplars for t in e.tokens]
     assert tokens and not any("<|im_start|>" in t or "<|im_end|>" in t for t in tokens)
     assert "‹|im_start|›" in tokens
@@ -176,9 +187,19 @@ def test_local_dataset_formats(tiny_llama, tmp_path):
     import pyarrow as pa
 
     pq.write_table(pa.table({"body": docs}), tmp_path / "a.parquet")
-    t = collect(_cfg(tiny_llama, tmp_path / "t", dataset=str(tmp_path / "a.txt"), max_windows=24, features=("mlp:0:0-1",)))
-    p = collect(_cfg(tiny_llama, tmp_path / "p", dataset=str(tmp_path / "a.parquet"), text_field="body",
-                     max_windows=24, features=("mlp:0:0-1",)))
+    t = collect(
+        _cfg(tiny_llama, tmp_path / "t", dataset=str(tmp_path / "a.txt"), max_windows=24, features=("mlp:0:0-1",))
+    )
+    p = collect(
+        _cfg(
+            tiny_llama,
+            tmp_path / "p",
+            dataset=str(tmp_path / "a.parquet"),
+            text_field="body",
+            max_windows=24,
+            features=("mlp:0:0-1",),
+        )
+    )
     assert ExemplarStore(t).meta["windows_seen"] == ExemplarStore(p).meta["windows_seen"] == 24
     with pytest.raises(KeyError, match="no field 'text'"):
         collect(_cfg(tiny_llama, tmp_path / "x", dataset=str(tmp_path / "a.parquet"), features=("mlp:0:0-1",)))
@@ -229,15 +250,45 @@ def _table(path: Path) -> tuple[list, list]:
 
 def _run_cli(args, env_extra=None, check=True):
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "neuroscribe.cli", *args], env=env, capture_output=True, text=True, check=check)
+    return subprocess.run(
+        [sys.executable, "-m", "neuroscribe.cli", *args], env=env, capture_output=True, text=True, check=check
+    )
 
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_store(store, tiny_llama, tmp_path):
-    args = ["collect", "--model", str(tiny_llama), "--features", "mlp:0-1:0-7", "--window", "16", "--max-windows", "96",
-            "--batch-size", "8", "--shard-windows", "32", "--top-k", "6", "--pool", "16", "--quantiles", "3",
-            "--per-quantile", "1", "--random-k", "4", "--hard-negatives", "2", "--negative-ratio", "0.3",
-            "--no-progress", "--out", str(tmp_path / "r")]
+    args = [
+        "collect",
+        "--model",
+        str(tiny_llama),
+        "--features",
+        "mlp:0-1:0-7",
+        "--window",
+        "16",
+        "--max-windows",
+        "96",
+        "--batch-size",
+        "8",
+        "--shard-windows",
+        "32",
+        "--top-k",
+        "6",
+        "--pool",
+        "16",
+        "--quantiles",
+        "3",
+        "--per-quantile",
+        "1",
+        "--random-k",
+        "4",
+        "--hard-negatives",
+        "2",
+        "--negative-ratio",
+        "0.3",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "r"),
+    ]
     killed = _run_cli(args, {"NEUROSCRIBE_TEST_KILL_AFTER_SHARDS": "2"}, check=False)
     assert killed.returncode == -9, killed.stderr[-2000:]
     ckpt = torch.load(tmp_path / "r" / ".collect" / "rank0-of-1.pt", weights_only=False)
@@ -252,13 +303,50 @@ def test_killed_run_resumes_to_the_same_store(store, tiny_llama, tmp_path):
 @pytest.mark.slow
 def test_two_ranks_merge_into_the_single_process_store(store, tiny_llama, tmp_path):
     root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(root / "recipes/accelerate_configs/ddp.yaml"), "--num_processes", "2", "--num_machines", "1",
-           "--main_process_port", "29533", "-m", "neuroscribe.distill.collect",
-           "--model", str(tiny_llama), "--features", "mlp:0-1:0-7", "--window", "16", "--max-windows", "96",
-           "--batch-size", "8", "--shard-windows", "32", "--top-k", "6", "--pool", "16", "--quantiles", "3",
-           "--per-quantile", "1", "--random-k", "4", "--hard-negatives", "2", "--negative-ratio", "0.3",
-           "--no-progress", "--out", str(tmp_path / "d")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(root / "recipes/accelerate_configs/ddp.yaml"),
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--main_process_port",
+        "29533",
+        "-m",
+        "neuroscribe.distill.collect",
+        "--model",
+        str(tiny_llama),
+        "--features",
+        "mlp:0-1:0-7",
+        "--window",
+        "16",
+        "--max-windows",
+        "96",
+        "--batch-size",
+        "8",
+        "--shard-windows",
+        "32",
+        "--top-k",
+        "6",
+        "--pool",
+        "16",
+        "--quantiles",
+        "3",
+        "--per-quantile",
+        "1",
+        "--random-k",
+        "4",
+        "--hard-negatives",
+        "2",
+        "--negative-ratio",
+        "0.3",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "d"),
+    ]
     res = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     meta = json.loads((tmp_path / "d" / "meta.json").read_text())
@@ -288,8 +376,9 @@ def test_sae_and_sparsify_features_collect(tiny_llama, tmp_path):
 
     sae = write_sae_lens(tmp_path / "sae", {}, _weights(1))
     tc = write_sparsify(tmp_path / "layers.0.mlp", {"transcode": True}, sparsify_tensors(_weights(2)))
-    st = ExemplarStore(collect(_cfg(tiny_llama, tmp_path / "s", features=(f"sae:{sae}:0-5", f"transcoder:{tc}:0-5"),
-                                    max_windows=32)))
+    st = ExemplarStore(
+        collect(_cfg(tiny_llama, tmp_path / "s", features=(f"sae:{sae}:0-5", f"transcoder:{tc}:0-5"), max_windows=32))
+    )
     kinds = {k.split("/")[0] for k in st.keys(include_dead=True)}
     assert kinds == {"sae", "transcoder"} and len(st) == 12
     assert all(k.endswith("+") for k in st.keys(include_dead=True))

@@ -12,15 +12,32 @@ import random
 import re
 
 import pytest
-
 from neuroscribe.distill.datasets import (
-    DistillConfig, best_candidate, build_command, build_datasets, load_scored, preference_pairs, read_heldout,
+    DistillConfig,
+    build_command,
+    build_datasets,
+    load_scored,
+    preference_pairs,
     split_features,
 )
+
 from neuroscribe.prompts import PROMPT_VERSION, explainer_messages, parse_explanation
 from neuroscribe.records import (
-    Exemplar, Explanation, FeatureExemplars, FeatureId, FeatureStats, ScoredExplanation, to_json,
+    Exemplar,
+    Explanation,
+    FeatureExemplars,
+    FeatureId,
+    FeatureStats,
+    ScoredExplanation,
+    best_candidate,
+    to_json,
 )
+from neuroscribe.runs.datasets import read_heldout
+
+
+def _cfg(root, out: str = "out", **kw) -> DistillConfig:
+    return DistillConfig(str(root / "scored"), str(root / out), **kw)
+
 
 WORDS = ["the", " cat", " sat", " on", " mat", " 1932", " harbour", " and", " (", ")", " said", " blue"]
 
@@ -48,16 +65,32 @@ def make_feature(key: str, n_top: int = 24, seed: int = 0) -> FeatureExemplars:
 
 
 def candidate(key: str, text: str, score: float, i: int = 0, ok: bool = True) -> ScoredExplanation:
-    exp = Explanation(feature=key, text=text if ok else "", explainer="hf:teacher", prompt_style="plain",
-                      prompt_version=PROMPT_VERSION, sample_index=i, raw=text, ok=ok,
-                      error="" if ok else "unparseable")
+    exp = Explanation(
+        feature=key,
+        text=text if ok else "",
+        explainer="hf:teacher",
+        prompt_style="plain",
+        prompt_version=PROMPT_VERSION,
+        sample_index=i,
+        raw=text,
+        ok=ok,
+        error="" if ok else "unparseable",
+    )
     return ScoredExplanation(exp, score, simulator="hf:sim")
 
 
 def write_scored_dir(path, cands: dict[str, list[ScoredExplanation]], **meta) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    base = {"store": str(path / "store"), "teacher": "hf:teacher", "simulator": "hf:sim", "prompt_style": "plain",
-            "prompt_version": PROMPT_VERSION, "k": 4, "split": "score", "model": "tiny-subject"}
+    base = {
+        "store": str(path / "store"),
+        "teacher": "hf:teacher",
+        "simulator": "hf:sim",
+        "prompt_style": "plain",
+        "prompt_version": PROMPT_VERSION,
+        "k": 4,
+        "split": "score",
+        "model": "tiny-subject",
+    }
     (path / "meta.json").write_text(json.dumps({**base, **meta}))
     lines = [json.dumps(to_json(c)) for group in cands.values() for c in group]
     (path / "candidates.jsonl").write_text("\n".join(lines) + "\n")
@@ -69,7 +102,9 @@ def scored_fixture(path, n_features: int = 20, n_top: int = 24, **meta):
     for f in range(n_features):
         key = f"mlp/L{f % 3}/{f}+"
         off = 0.01 * f
-        cands[key] = [candidate(key, f"pattern {f} variant {i}", s - off, i) for i, s in enumerate((0.9, 0.6, 0.3, 0.0))]
+        cands[key] = [
+            candidate(key, f"pattern {f} variant {i}", s - off, i) for i, s in enumerate((0.9, 0.6, 0.3, 0.0))
+        ]
         records[key] = make_feature(key, n_top=n_top)
     # the odd cases: an unparseable reply with a high score, a NaN score, a feature below any threshold
     cands["mlp/L0/0+"].append(candidate("mlp/L0/0+", "garbage", 0.99, 9, ok=False))
@@ -89,14 +124,20 @@ def rows_of(out, config):
 
 
 def test_best_candidate_skips_unparseable_nan_and_below_threshold():
-    cands = [candidate("mlp/L0/1+", "a", 0.5, 0), candidate("mlp/L0/1+", "b", 0.95, 1, ok=False),
-             candidate("mlp/L0/1+", "c", float("nan"), 2), candidate("mlp/L0/1+", "d", 0.7, 3)]
+    cands = [
+        candidate("mlp/L0/1+", "a", 0.5, 0),
+        candidate("mlp/L0/1+", "b", 0.95, 1, ok=False),
+        candidate("mlp/L0/1+", "c", float("nan"), 2),
+        candidate("mlp/L0/1+", "d", 0.7, 3),
+    ]
     assert best_candidate(cands, 0.3).explanation.text == "d"
     assert best_candidate(cands, 0.8) is None
 
 
 def test_preference_pairs_respect_margin_and_limit():
-    cands = [candidate("mlp/L0/1+", t, s, i) for i, (t, s) in enumerate([("a", 0.9), ("b", 0.85), ("c", 0.5), ("d", 0.1)])]
+    cands = [
+        candidate("mlp/L0/1+", t, s, i) for i, (t, s) in enumerate([("a", 0.9), ("b", 0.85), ("c", 0.5), ("d", 0.1)])
+    ]
     pairs = preference_pairs(cands, min_margin=0.3, max_pairs=10)
     got = [(c.explanation.text, r.explanation.text) for c, r in pairs]
     # every pair whose score gap is >= 0.3, best chosen first, worst rejected first
@@ -129,9 +170,16 @@ def test_build_writes_trl_ready_splits_without_heldout_features(tmp_path):
     from trl.data_utils import is_conversational
 
     cands, records = scored_fixture(tmp_path / "scored")
-    cfg = DistillConfig(threshold=0.3, min_margin=0.25, max_pairs_per_feature=3, heldout_fraction=0.2,
-                        validation_fraction=0.2, seed=1)
-    result = build_datasets(tmp_path / "scored", tmp_path / "out", cfg, records=records)
+    cfg = _cfg(
+        tmp_path,
+        threshold=0.3,
+        min_margin=0.25,
+        max_pairs_per_feature=3,
+        heldout_fraction=0.2,
+        validation_fraction=0.2,
+        seed=1,
+    )
+    result = build_datasets(cfg, records=records)
     out = result.out_dir
     heldout = set(read_heldout(out))
     build = json.loads((out / "build.json").read_text())
@@ -167,8 +215,8 @@ def test_build_writes_trl_ready_splits_without_heldout_features(tmp_path):
 
 def test_augmentation_adds_shuffled_subsets_for_training_features_only(tmp_path):
     _, records = scored_fixture(tmp_path / "scored", n_features=8)
-    cfg = DistillConfig(threshold=0.3, augment=3, heldout_fraction=0.2, validation_fraction=0.2, seed=0)
-    build_datasets(tmp_path / "scored", tmp_path / "out", cfg, records=records)
+    cfg = _cfg(tmp_path, threshold=0.3, augment=3, heldout_fraction=0.2, validation_fraction=0.2, seed=0)
+    build_datasets(cfg, records=records)
     sft = rows_of(tmp_path / "out", "sft")
     train = sft["train"].to_list()
     by_feature = {}
@@ -189,7 +237,7 @@ def test_card_reports_provenance_and_scores(tmp_path):
     from huggingface_hub import DatasetCard
 
     _, records = scored_fixture(tmp_path / "scored", n_features=6)
-    result = build_datasets(tmp_path / "scored", tmp_path / "out", DistillConfig(threshold=0.5), records=records)
+    result = build_datasets(_cfg(tmp_path, threshold=0.5), records=records)
     card = DatasetCard.load(tmp_path / "out" / "README.md")
     for needle in ("tiny-subject", "hf:teacher", "hf:sim", f"version `{PROMPT_VERSION}`", "heldout.txt"):
         assert needle in card.text
@@ -203,9 +251,9 @@ def test_never_clobbers_existing_output(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="out"):
-        build_datasets(tmp_path / "scored", tmp_path / "out", records=records)
+        build_datasets(_cfg(tmp_path), records=records)
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
-    build_datasets(tmp_path / "scored", tmp_path / "out", records=records, overwrite=True)
+    build_datasets(_cfg(tmp_path, overwrite=True), records=records)
     assert not (tmp_path / "out" / "keep.txt").exists() and (tmp_path / "out" / "build.json").exists()
 
 
@@ -223,17 +271,17 @@ def test_bad_inputs_name_file_and_field(tmp_path):
     with open(scored / "candidates.jsonl", "a") as f:
         f.write('{"explanation": {"feature": "mlp/L0/1+"}, "scor": 1}\n')
     n_lines = len((scored / "candidates.jsonl").read_text().splitlines())
-    with pytest.raises(ValueError, match=rf"candidates\.jsonl:{n_lines}: not a ScoredExplanation"):
+    with pytest.raises(ValueError, match=rf"candidates\.jsonl:{n_lines}: not a scored candidate"):
         load_scored(scored)
 
 
 def test_build_command_reads_the_store_named_in_meta(tmp_path):
-    from neuroscribe.store import write_store
+    from neuroscribe.runs.store import write_store
 
     _, records = scored_fixture(tmp_path / "scored", n_features=6)
     write_store(tmp_path / "scored" / "store", records.values(), {"model": "tiny-subject"})
     lines = []
-    result = build_command(tmp_path / "scored", tmp_path / "out", threshold=0.3, seed=0, echo=lines.append)
+    result = build_command(_cfg(tmp_path, threshold=0.3, seed=0), echo=lines.append)
     assert result.rows["sft"]["train"] > 0
     assert lines and lines[0].startswith(f"wrote {tmp_path / 'out'}") and "winners: 5 of 6" in lines[0]
     assert math.isfinite(result.stats["winner_score"]["mean"])
@@ -242,5 +290,5 @@ def test_build_command_reads_the_store_named_in_meta(tmp_path):
 def distilled_dataset(path, n_features: int = 12, n_top: int = 24):
     """A built dataset folder (sft, chat, preference, heldout.txt) for the training and publishing tests."""
     _, records = scored_fixture(path / "scored", n_features=n_features, n_top=n_top)
-    cfg = DistillConfig(threshold=0.3, min_margin=0.2, heldout_fraction=0.2, validation_fraction=0.15)
-    return build_datasets(path / "scored", path / "data", cfg, records=records).out_dir
+    cfg = _cfg(path, "data", threshold=0.3, min_margin=0.2, heldout_fraction=0.2, validation_fraction=0.15)
+    return build_datasets(cfg, records=records).out_dir

@@ -12,8 +12,16 @@ import pytest
 def test_demo_runs_every_stage_and_a_rerun_reuses_everything(tiny_llama, tmp_path):
     from neuroscribe.eval.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(out=tmp_path / "demo", model=str(tiny_llama), features="mlp:0-1:0-5", windows=96, k=2,
-                     dtype="float32", max_exemplars=4, train_steps=1)
+    cfg = DemoConfig(
+        out=tmp_path / "demo",
+        model=str(tiny_llama),
+        features="mlp:0-1:0-5",
+        windows=96,
+        k=2,
+        dtype="float32",
+        max_exemplars=4,
+        train_steps=1,
+    )
     run_demo(cfg)
     ev = cfg.out / "eval"
     for name in ("results.json", "report.md", "browser.html"):

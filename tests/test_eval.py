@@ -15,17 +15,18 @@ import statistics
 
 import numpy as np
 import pytest
-from test_datasets import candidate, write_scored_dir
-
 from neuroscribe.distill.collect import CollectConfig, collect
-from neuroscribe.distill.datasets import DistillConfig, build_datasets, read_heldout
+from neuroscribe.distill.datasets import DistillConfig, build_datasets
 from neuroscribe.distill.explain import ExplainConfig, explain
 from neuroscribe.distill.mining import MiningConfig
 from neuroscribe.eval.benchmark import EvalConfig, best_or_first, evaluate, top_tokens_explanation
 from neuroscribe.eval.heldout import LeakageError
-from neuroscribe.eval.results import read_results
+from test_datasets import candidate, write_scored_dir
+
 from neuroscribe.records import Exemplar, FeatureExemplars, FeatureId, FeatureStats, SimulatedExemplar
-from neuroscribe.store import ExemplarStore, write_store
+from neuroscribe.runs.datasets import read_heldout
+from neuroscribe.runs.eval import read_results
+from neuroscribe.runs.store import ExemplarStore, write_store
 
 MINING = MiningConfig(top_k=6, pool=16, quantiles=3, per_quantile=1, random_k=3, hard_negatives=1)
 EXPLAINERS = ["teacher", "student_best_of_k", "student_best_of_1", "baseline_top_tokens", "baseline_random_feature"]
@@ -38,15 +39,43 @@ EXPLAINERS = ["teacher", "student_best_of_k", "student_best_of_1", "baseline_top
 def pipeline(tiny_llama, tmp_path_factory):
     """collect -> explain (teacher = tiny Llama, k=3) -> distill build (3 features held out) -> LoRA student."""
     root = tmp_path_factory.mktemp("evalpipe")
-    store = collect(CollectConfig(out=str(root / "store"), model=str(tiny_llama), features=("mlp:1:0-3",), window=12,
-                                  max_windows=64, batch_size=16, mining=MINING, progress=False))
+    store = collect(
+        CollectConfig(
+            out=str(root / "store"),
+            model=str(tiny_llama),
+            features=("mlp:1:0-3",),
+            window=12,
+            max_windows=64,
+            batch_size=16,
+            mining=MINING,
+            progress=False,
+        )
+    )
     spec = f"hf:{tiny_llama}"
-    explain(ExplainConfig(store=str(store), out=str(root / "explain"), teacher=spec, simulator=spec, k=3,
-                          max_tokens=12, progress=False))
+    explain(
+        ExplainConfig(
+            store=str(store),
+            out=str(root / "explain"),
+            teacher=spec,
+            simulator=spec,
+            k=3,
+            max_tokens=12,
+            progress=False,
+        )
+    )
     keys = ExemplarStore(store).keys()
-    heldout = keys[:3]
-    build_datasets(root / "explain", root / "data", DistillConfig(threshold=-1.0, min_margin=0.0),
-                   heldout_features=heldout)
+    (root / "heldout.txt").write_text("".join(f"{k}\n" for k in keys[:2]))
+    build_datasets(
+        DistillConfig(
+            str(root / "explain"),
+            str(root / "data"),
+            threshold=-1.0,
+            min_margin=0.0,
+            validation_fraction=0.0,
+            heldout_file=str(root / "heldout.txt"),
+        )
+    )
+    heldout = read_heldout(root / "data")  # the two listed units, both polarities
     student = root / "student"
     _lora_adapter(tiny_llama, student, dataset=root / "data")
     return {"root": root, "store": store, "keys": keys, "heldout": heldout, "student": student, "spec": spec}
@@ -57,17 +86,29 @@ def _lora_adapter(base, out, dataset) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base)),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(str(base)),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
     model.save_pretrained(str(out))
     AutoTokenizer.from_pretrained(str(base)).save_pretrained(str(out))
     (out / "neuroscribe_run.json").write_text(json.dumps({"kind": "sft", "dataset": str(dataset)}))
 
 
 def _cfg(p, out, **kw) -> EvalConfig:
-    base = dict(store=str(p["store"]), features=str(p["root"] / "data" / "heldout.txt"), student=str(p["student"]),
-                out=str(out), teacher_results=str(p["root"] / "explain"), simulator=p["spec"], k=3, max_tokens=12,
-                detection=True, n_resamples=300, progress=False)
+    base = dict(
+        store=str(p["store"]),
+        features=str(p["root"] / "data" / "heldout.txt"),
+        student=str(p["student"]),
+        out=str(out),
+        teacher_results=str(p["root"] / "explain"),
+        simulator=p["spec"],
+        k=3,
+        max_tokens=12,
+        detection=True,
+        n_resamples=300,
+        progress=False,
+    )
     base.update(kw)
     return EvalConfig(**base)
 
@@ -88,7 +129,7 @@ def test_eval_covers_exactly_the_held_out_features_on_the_test_split(evaluated, 
         test_windows = {e.window_id for e in record.select("test") if e.source != "hard_negative"}
         assert {e["window_id"] for e in f["exemplars"]} == test_windows
         assert set(f["results"]) == set(EXPLAINERS)
-        for name, r in f["results"].items():
+        for r in f["results"].values():
             if r["explanation"]["ok"]:  # every explainer is simulated on the same test exemplars
                 assert r["score"] is None or -1 <= r["score"] <= 1
                 assert [p is not None and len(p) for p in r["predicted"]] == [len(e["tokens"]) for e in f["exemplars"]]
@@ -152,7 +193,6 @@ def test_summary_statistics_match_the_per_feature_scores(evaluated):
 
 def test_outputs_are_strict_json_a_report_plots_and_the_model_card_table(evaluated):
     from matplotlib.image import imread
-
     from neuroscribe.train.cards import eval_table
 
     out = evaluated.out
@@ -160,8 +200,15 @@ def test_outputs_are_strict_json_a_report_plots_and_the_model_card_table(evaluat
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     assert read_results(out)["features"] == json.loads(text)["features"]
     report = (out / "report.md").read_text()
-    for needle in ("student best-of-3", "baseline: random other feature", "minus teacher", "plots/student_vs_teacher.png",
-                   "browser.html", "`score`", "`test`"):
+    for needle in (
+        "student best-of-3",
+        "baseline: random other feature",
+        "minus teacher",
+        "plots/student_vs_teacher.png",
+        "browser.html",
+        "`score`",
+        "`test`",
+    ):
         assert needle in report, needle
     for name in ("score_distributions", "student_vs_teacher", "score_by_layer"):
         image = imread(out / "plots" / f"{name}.png")
@@ -170,9 +217,11 @@ def test_outputs_are_strict_json_a_report_plots_and_the_model_card_table(evaluat
     for table in (md, js):
         assert "student best-of-3" in table and "mean score [95% CI]" in table and table.startswith("|")
     cost = evaluated.results["cost"]
-    assert cost["student_best_of_k"]["fresh_calls"] == 3 * 3 and cost["student_best_of_1"]["fresh_calls"] == 3
+    n = len(evaluated.results["features"])  # k = 3 samples per feature, one call each
+    assert cost["student_best_of_k"]["fresh_calls"] == 3 * n and cost["student_best_of_1"]["fresh_calls"] == n
     assert cost["student_best_of_k"]["tokens_in_per_explanation"] == pytest.approx(
-        3 * cost["student_best_of_1"]["tokens_in_per_explanation"], rel=0.01)
+        3 * cost["student_best_of_1"]["tokens_in_per_explanation"], rel=0.01
+    )
     assert cost["student_best_of_1"]["latency_s_per_explanation"] > 0
     assert cost["student_best_of_k"]["usd_per_explanation"] == 0.0  # a local model
 
@@ -195,8 +244,14 @@ def test_a_fresh_teacher_spec_explains_best_of_k_itself_even_for_one_feature(pip
     one.write_text(pipeline["heldout"][0] + "\n")
     lines: list[str] = []
     kw = {k: v for k, v in vars(_cfg(pipeline, tmp_path / "fresh")).items()}
-    kw.update(features=str(one), datasets=str(pipeline["root"] / "data"), teacher=pipeline["spec"],
-              teacher_results=None, k=2, detection=False)
+    kw.update(
+        features=str(one),
+        datasets=str(pipeline["root"] / "data"),
+        teacher=pipeline["spec"],
+        teacher_results=None,
+        k=2,
+        detection=False,
+    )
     res = eval_command(echo=lines.append, **kw).results
     assert res["provenance"]["teacher"] == pipeline["spec"]
     assert res["cost"]["teacher"]["fresh_calls"] == 2 and res["cost"]["teacher"]["latency_s_per_explanation"] > 0
@@ -232,9 +287,12 @@ def test_features_seen_in_training_are_refused_by_name(pipeline, tmp_path):
     with pytest.raises(LeakageError, match=re.escape(leaked)) as err:
         evaluate(_cfg(pipeline, tmp_path / "o", features=str(features), datasets=str(data)))
     assert str(features) in str(err.value) and "build.json" in str(err.value)
-    # the same list next to no datasets folder cannot be checked: refused, not trusted
-    with pytest.raises(FileNotFoundError, match="not a distill datasets folder"):
+    # without --datasets the student's own run record names its dataset folder: checked all the same
+    with pytest.raises(LeakageError, match=re.escape(leaked)):
         evaluate(_cfg(pipeline, tmp_path / "o", features=str(features)))
+    # a student that says nothing, and a list next to no dataset folder: cannot be checked, so refused
+    with pytest.raises(FileNotFoundError, match="not a neuroscribe dataset folder"):
+        evaluate(_cfg(pipeline, tmp_path / "o", features=str(features), student=pipeline["spec"]))
     assert not (tmp_path / "o").exists()
 
 
@@ -287,9 +345,15 @@ class QuotedWordSimulator:
 
     def simulate(self, explanation, exemplars):
         words = {q.strip().lower() for q in re.findall(r'"([^"]*)"', explanation)}
-        return [SimulatedExemplar(e.window_id, e.source, tuple(e.activations),
-                                  tuple(9.0 if t.strip().lower() in words else 0.0 for t in e.tokens))
-                for e in exemplars]
+        return [
+            SimulatedExemplar(
+                e.window_id,
+                e.source,
+                tuple(e.activations),
+                tuple(9.0 if t.strip().lower() in words else 0.0 for t in e.tokens),
+            )
+            for e in exemplars
+        ]
 
 
 def planted_records(words=PLANTED, seed=0) -> list[FeatureExemplars]:
@@ -307,8 +371,16 @@ def planted_records(words=PLANTED, seed=0) -> list[FeatureExemplars]:
                     tokens.insert(rng.randrange(len(tokens) + 1), " " + w)
                 acts = tuple(4.0 if t == " " + word else 0.0 for t in tokens)
                 source = "top" if r < n_top else "random"
-                exemplars.append(Exemplar(tuple(tokens), acts, window_id=len(words) * 100 * i + len(exemplars),
-                                          source=source, split=split, rank=r if r < n_top else r - n_top))
+                exemplars.append(
+                    Exemplar(
+                        tuple(tokens),
+                        acts,
+                        window_id=len(words) * 100 * i + len(exemplars),
+                        source=source,
+                        split=split,
+                        rank=r if r < n_top else r - n_top,
+                    )
+                )
         records.append(FeatureExemplars(FeatureId("mlp", i % 2, i), tuple(exemplars), FeatureStats(max_activation=4.0)))
     return records
 
@@ -319,21 +391,35 @@ def planted_setup(root, words=PLANTED):
     records = planted_records(words)
     store = write_store(root / "store", records, {"model": "planted-words"})
     keys = [r.feature.key for r in records]
-    cands = {k: [candidate(k, f'the word "{w}"', 0.9, 0), candidate(k, "words about the weather", 0.1, 1)]
-             for k, w in zip(keys, words)}
+    cands = {
+        k: [candidate(k, f'the word "{w}"', 0.9, 0), candidate(k, "words about the weather", 0.1, 1)]
+        for k, w in zip(keys, words)
+    }
     write_scored_dir(root / "teacher", cands, store=str(store))
     data = root / "data"
     data.mkdir()
-    (data / "build.json").write_text(json.dumps({"splits": {"train": ["mlp/L9/0+"], "validation": [], "heldout": keys}}))
+    (data / "build.json").write_text(
+        json.dumps({"splits": {"train": ["mlp/L9/0+"], "validation": [], "heldout": keys}})
+    )
     (data / "heldout.txt").write_text("".join(k + "\n" for k in keys))
     return store, keys
 
 
 def planted_eval(root, tiny_llama, **kw):
     store, keys = planted_setup(root)
-    cfg = EvalConfig(store=str(store), features=str(root / "data" / "heldout.txt"), student=str(tiny_llama),
-                     out=str(root / "eval"), teacher_results=str(root / "teacher"), simulator="unused", k=2,
-                     max_tokens=8, n_resamples=500, progress=False, **kw)
+    cfg = EvalConfig(
+        store=str(store),
+        features=str(root / "data" / "heldout.txt"),
+        student=str(tiny_llama),
+        out=str(root / "eval"),
+        teacher_results=str(root / "teacher"),
+        simulator="unused",
+        k=2,
+        max_tokens=8,
+        n_resamples=500,
+        progress=False,
+        **kw,
+    )
     return evaluate(cfg, simulator=QuotedWordSimulator())
 
 
@@ -359,16 +445,23 @@ def test_top_tokens_baseline_reads_only_the_explain_split():
     record = planted_records()[0]
     assert top_tokens_explanation(record).text == f'the token " {PLANTED[0]}"'
     # move the strongest peak into `test` with another word: the baseline must not see it
-    leaked = [e if e.split != "test" or e.source != "top" else
-              Exemplar((" zebra",) + e.tokens, (99.0,) + e.activations, e.window_id, e.source, e.split, e.rank)
-              for e in record.exemplars]
+    leaked = [
+        e
+        if e.split != "test" or e.source != "top"
+        else Exemplar((" zebra",) + e.tokens, (99.0,) + e.activations, e.window_id, e.source, e.split, e.rank)
+        for e in record.exemplars
+    ]
     assert "zebra" not in top_tokens_explanation(FeatureExemplars(record.feature, tuple(leaked))).text
 
 
 def test_best_or_first_prefers_the_highest_finite_score_then_the_first_sample():
     k = "mlp/L0/1+"
-    cands = (candidate(k, "a", float("nan"), 0), candidate(k, "b", 0.4, 1), candidate(k, "c", 0.4, 2),
-             candidate(k, "d", 0.9, 3, ok=False))
+    cands = (
+        candidate(k, "a", float("nan"), 0),
+        candidate(k, "b", 0.4, 1),
+        candidate(k, "c", 0.4, 2),
+        candidate(k, "d", 0.9, 3, ok=False),
+    )
     assert best_or_first(cands).explanation.text == "b"
     none_finite = (candidate(k, "a", float("nan"), 0), candidate(k, "b", float("nan"), 1))
     assert best_or_first(none_finite).explanation.sample_index == 0
@@ -382,14 +475,26 @@ def test_smollm2_student_and_simulator_end_to_end(tmp_path):
     """The real bundled model as student and simulator, on 2 planted features with k=2."""
     words = PLANTED[:2]
     store, keys = planted_setup(tmp_path, words)
-    cfg = EvalConfig(store=str(store), features=str(tmp_path / "data" / "heldout.txt"),
-                     student="smollm2-135m-instruct", out=str(tmp_path / "eval"),
-                     teacher_results=str(tmp_path / "teacher"), simulator="hf:smollm2-135m-instruct", k=2,
-                     max_tokens=24, n_resamples=200, progress=False)
+    cfg = EvalConfig(
+        store=str(store),
+        features=str(tmp_path / "data" / "heldout.txt"),
+        student="smollm2-135m-instruct",
+        out=str(tmp_path / "eval"),
+        teacher_results=str(tmp_path / "teacher"),
+        simulator="hf:smollm2-135m-instruct",
+        k=2,
+        max_tokens=24,
+        n_resamples=200,
+        progress=False,
+    )
     res = evaluate(cfg).results
     assert res["provenance"]["student"] == "hf:smollm2-135m-instruct"
-    oks = [f["results"][n] for f in res["features"] for n in ("student_best_of_1", "student_best_of_k")
-           if f["results"][n]["explanation"]["ok"]]
+    oks = [
+        f["results"][n]
+        for f in res["features"]
+        for n in ("student_best_of_1", "student_best_of_k")
+        if f["results"][n]["explanation"]["ok"]
+    ]
     assert oks, "SmolLM2 wrote no parseable explanation"
     for r in oks:
         assert r["explanation"]["text"] and r["explanation"]["explainer"] == "hf:smollm2-135m-instruct"

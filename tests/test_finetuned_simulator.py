@@ -11,14 +11,27 @@ import math
 
 import pytest
 import torch
+from neuroscribe.distill.planted import RULES, planted_features
+from neuroscribe.train.simulator_loss import ClassCrossEntropy, SimulatorCollator
 
-from neuroscribe.finetuned_simulator import (
-    IGNORE, N_CLASSES, ClassCrossEntropy, FinetunedSimulator, SimulatorCollator, SimulatorFormat,
-    activation_classes, align_max, class_token_ids, contiguous_spans, encode_text, expected_classes, header,
-    prefix_ids, simulator_labels, training_example,
-)
-from neuroscribe.planted import RULES, planted_features
 from neuroscribe.records import Exemplar
+from neuroscribe.runs.simulator import read_simulator_file, write_simulator_file
+from neuroscribe.simulators.finetuned import FinetunedSimulator
+from neuroscribe.simulators.finetuned_format import (
+    IGNORE,
+    N_CLASSES,
+    SimulatorFormat,
+    activation_classes,
+    align_max,
+    class_token_ids,
+    contiguous_spans,
+    encode_text,
+    expected_classes,
+    header,
+    prefix_ids,
+    simulator_labels,
+    training_example,
+)
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +92,15 @@ def per_character_labels(tokens, classes, spans) -> list[int]:
 
 @pytest.fixture(scope="module")
 def small_vocab_tok(tmp_path_factory):
-    from neuroscribe.testing import build_tokenizer
+    from builders import build_tokenizer
 
     return build_tokenizer(tmp_path_factory.mktemp("tok300"), vocab_size=300)
 
 
-@pytest.mark.parametrize("subject,simulator", [("tiny", "tiny"), ("tiny", "smollm2"), ("vocab300", "smollm2"),
-                                               ("vocab300", "tiny"), ("smollm2", "vocab300")])
+@pytest.mark.parametrize(
+    "subject,simulator",
+    [("tiny", "tiny"), ("tiny", "smollm2"), ("vocab300", "smollm2"), ("vocab300", "tiny"), ("smollm2", "vocab300")],
+)
 def test_labels_align_across_tokenizers(subject, simulator, tiny_tok, smol_tok, small_vocab_tok):
     """Subject and simulator tokenizers: the 512-token BPE fixture, a 300-token BPE, SmolLM2's (49k)."""
     toks = {"tiny": tiny_tok, "smollm2": smol_tok, "vocab300": small_vocab_tok}
@@ -126,8 +141,10 @@ def test_header_positions_are_masked_and_text_positions_labelled(tiny_tok):
 
 
 def test_loss_ignores_header_and_padding_and_matches_hand_cross_entropy(tiny_tok):
-    rows = [{"explanation": "commas", "tokens": ["a", ",", " b"], "classes": [0, 10, 0]},
-            {"explanation": "a much longer description of the unit", "tokens": ["x"], "classes": [3]}]
+    rows = [
+        {"explanation": "commas", "tokens": ["a", ",", " b"], "classes": [0, 10, 0]},
+        {"explanation": "a much longer description of the unit", "tokens": ["x"], "classes": [3]},
+    ]
     batch = SimulatorCollator(tiny_tok)(rows)
     ids = class_token_ids(tiny_tok)
     loss_fn = ClassCrossEntropy(ids)
@@ -146,7 +163,9 @@ def test_loss_ignores_header_and_padding_and_matches_hand_cross_entropy(tiny_tok
     changed[pos[0][0], pos[0][1], ids[0]] += 5.0
     assert loss_fn({"logits": changed}, batch["labels"]).item() != pytest.approx(loss.item(), rel=1e-6)
     # summed and divided by the accumulated batch's labelled count
-    assert loss_fn({"logits": logits}, batch["labels"], num_items_in_batch=8).item() == pytest.approx(hand / 2, rel=1e-5)
+    assert loss_fn({"logits": logits}, batch["labels"], num_items_in_batch=8).item() == pytest.approx(
+        hand / 2, rel=1e-5
+    )
 
 
 def test_expected_value_read_out_by_hand():
@@ -171,8 +190,9 @@ def test_simulate_reads_the_class_logits_at_each_tokens_own_position(tiny):
     exemplars = exemplars_of(tok)
     fast = FinetunedSimulator(model, tok, fmt, batch_size=2).simulate("commas", exemplars)
     full = FinetunedSimulator(model, tok, fmt, mode="full").simulate("commas", exemplars)
-    collated = SimulatorCollator(tok)([{"explanation": "commas", "tokens": e.tokens, "classes": [0] * len(e.tokens)}
-                                       for e in exemplars])
+    collated = SimulatorCollator(tok)(
+        [{"explanation": "commas", "tokens": e.tokens, "classes": [0] * len(e.tokens)} for e in exemplars]
+    )
     with torch.inference_mode():
         logits = model(input_ids=collated["input_ids"], attention_mask=collated["attention_mask"]).logits
     n_prefix = len(prefix_ids(tok, "commas"))
@@ -211,14 +231,16 @@ def test_simulator_refuses_explain_split_and_handles_empty_text(tiny):
     sim = FinetunedSimulator(model, tok, SimulatorFormat.for_tokenizer(tok))
     with pytest.raises(ValueError, match="explain-split"):
         sim.simulate("x", [Exemplar(("a",), (1.0,), 1, split="explain")])
-    out = sim.simulate("x", [Exemplar(("", ""), (0.0, 1.0), 2, split="score"), Exemplar(("a", "b"), (0.0, 1.0), 3, split="score")])
+    out = sim.simulate(
+        "x", [Exemplar(("", ""), (0.0, 1.0), 2, split="score"), Exemplar(("a", "b"), (0.0, 1.0), 3, split="score")]
+    )
     assert out[0].predicted == (0.0, 0.0) and len(out[1].predicted) == 2
 
 
 def test_simulator_json_round_trip_and_clear_errors(tiny_tok, tmp_path):
     fmt = SimulatorFormat.for_tokenizer(tiny_tok, base_model="tiny")
-    fmt.save(tmp_path)
-    assert SimulatorFormat.load(tmp_path) == fmt
+    write_simulator_file(tmp_path, fmt)
+    assert read_simulator_file(tmp_path) == fmt
     fmt.check_tokenizer(tiny_tok, str(tmp_path))
     import dataclasses
 
@@ -226,7 +248,7 @@ def test_simulator_json_round_trip_and_clear_errors(tiny_tok, tmp_path):
     with pytest.raises(ValueError, match=r"simulator\.json: field class_tokens"):
         swapped.check_tokenizer(tiny_tok, str(tmp_path))
     with pytest.raises(FileNotFoundError, match="simulator.json: missing"):
-        SimulatorFormat.load(tmp_path / "nowhere")
+        read_simulator_file(tmp_path / "nowhere")
     (tmp_path / "simulator.json").write_text((tmp_path / "simulator.json").read_text().replace("## Input", "## In"))
     with pytest.raises(ValueError, match="header_template"):
-        SimulatorFormat.load(tmp_path)
+        read_simulator_file(tmp_path)

@@ -78,14 +78,27 @@ def test_bundled_smollm2_from_the_gguf_file(tmp_path):
 def test_collect_on_bundled_model_and_default_corpus(tmp_path):
     out = tmp_path / "store"
     res = subprocess.run(
-        [*CLI, "collect", "--out", str(out), "--features", "mlp:2:0-15", "--features", "mlp:20:0-15",
-         "--max-windows", "64", "--no-progress"],
-        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        [
+            *CLI,
+            "collect",
+            "--out",
+            str(out),
+            "--features",
+            "mlp:2:0-15",
+            "--features",
+            "mlp:20:0-15",
+            "--max-windows",
+            "64",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert res.returncode == 0, res.stderr[-2000:]
     summary = subprocess.run([*CLI, "inspect", str(out)], capture_output=True, text=True).stdout
     assert "features   64" in summary and "smollm2-135m-instruct" in summary
-    from neuroscribe.store import ExemplarStore
+    from neuroscribe.runs.store import ExemplarStore
 
     st = ExemplarStore(out)
     assert st.meta["dataset"] == BUILTIN and st.meta["windows_seen"] == 64

@@ -22,7 +22,7 @@ from neuroscribe.backends import (
 from neuroscribe.cache import Cache
 from neuroscribe.prompts import simulator_prompt
 from neuroscribe.records import Exemplar
-from neuroscribe.simulator_http import (
+from neuroscribe.simulators.http import (
     EchoLogprobSimulator,
     ParsedNumberSimulator,
     parse_numbers,
@@ -37,7 +37,10 @@ def _backend(*urls, cache=None, **opts):
 
 
 def _chat(n, max_tokens=6, temperature=0.0):
-    return [ChatRequest.user(f"Write the word number {i}.", SamplingParams(temperature, max_tokens, seed=3)) for i in range(n)]
+    return [
+        ChatRequest.user(f"Write the word number {i}.", SamplingParams(temperature, max_tokens, seed=3))
+        for i in range(n)
+    ]
 
 
 def test_chat_generation_returns_text_tokens_and_finish_reason(llama_server):
@@ -71,9 +74,11 @@ def test_retryable_errors_are_retried(llama_server, status):
 
 
 def test_client_errors_are_not_retried(llama_server):
-    with Proxy(llama_server, fail_first=1, fail_status=400, fail_message="bad request body") as proxy:
-        with pytest.raises(BackendError, match="bad request body"):
-            _backend(proxy.url).generate(_chat(1))
+    with (
+        Proxy(llama_server, fail_first=1, fail_status=400, fail_message="bad request body") as proxy,
+        pytest.raises(BackendError, match="bad request body"),
+    ):
+        _backend(proxy.url).generate(_chat(1))
     assert proxy.received == 1
 
 
@@ -112,8 +117,12 @@ def test_api_key_is_sent_but_never_stored_logged_or_shown(llama_server, tmp_path
     cache = Cache(tmp_path / "c.sqlite")
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     caplog.set_level(logging.DEBUG)
-    with Proxy(llama_server) as proxy, Proxy(llama_server, fail_first=1, fail_status=401,
-                                             fail_message=f"Incorrect API key provided: {secret}") as denied:
+    with (
+        Proxy(llama_server) as proxy,
+        Proxy(
+            llama_server, fail_first=1, fail_status=401, fail_message=f"Incorrect API key provided: {secret}"
+        ) as denied,
+    ):
         backend = _backend(proxy.url, cache=cache)  # built before the key exists: it is read at call time
         monkeypatch.setenv("OPENAI_API_KEY", secret)
         backend.generate(_chat(2, max_tokens=2))
@@ -173,7 +182,7 @@ def test_parse_numbers_needs_one_number_per_token():
 
 def test_echo_simulator_agrees_with_the_local_simulator_when_no_digit_is_missing(smollm2):
     """Two independent readings of the same prompt: top-k logprobs (k large) vs the digit logits."""
-    from neuroscribe.simulator import LocalSimulator
+    from neuroscribe.simulators.allatonce import LocalSimulator
 
     echo = EchoLogprobSimulator(load_backend("hf:smollm2-135m-instruct", loaded=smollm2), top_k=1000)
     ours = echo.simulate(EXPLANATION, EXEMPLARS)
@@ -214,8 +223,8 @@ def test_echo_simulator_on_the_server_matches_the_local_one(llama_server, smollm
     assert stats.n_missing_digits == expected_missing > 0  # top-5 cannot hold all ten digits
     assert cache.usage().calls == 2 and cache.usage().cached_hits == 2
     local = EchoLogprobSimulator(load_backend("hf:smollm2-135m-instruct", loaded=smollm2), top_k=5)
-    for s, l in zip(out, local.simulate(EXPLANATION, EXEMPLARS)):
-        pairs = [(a, b) for a, b in zip(s.predicted, l.predicted) if not (math.isnan(a) or math.isnan(b))]
+    for s, ref in zip(out, local.simulate(EXPLANATION, EXEMPLARS)):
+        pairs = [(a, b) for a, b in zip(s.predicted, ref.predicted) if not (math.isnan(a) or math.isnan(b))]
         assert pairs and all(abs(a - b) < 0.75 for a, b in pairs)  # Q4_1 server vs fp32 copy
 
 

@@ -29,7 +29,9 @@ def openai_record(tagged=True, layer=3, neuron=7):
     rng = random.Random(layer * 1000 + neuron)
 
     def rec(n=4, scale=1.0):
-        return activation_record([f" w{rng.randrange(99)}" for _ in range(n)], [round(rng.uniform(-0.2, scale), 4) for _ in range(n)], tagged)
+        return activation_record(
+            [f" w{rng.randrange(99)}" for _ in range(n)], [round(rng.uniform(-0.2, scale), 4) for _ in range(n)], tagged
+        )
 
     top = [rec(scale=5.0) for _ in range(8)]
     rnd = [rec(scale=0.3) for _ in range(6)]
@@ -38,12 +40,19 @@ def openai_record(tagged=True, layer=3, neuron=7):
         "random_sample": rnd,
         "random_sample_by_quantile": [[rec() for _ in range(3)], [rec() for _ in range(2)]],
         "quantile_boundaries": [0.1, 0.5],
-        "mean": 0.02, "variance": 0.4, "skewness": 3.5, "kurtosis": None,
+        "mean": 0.02,
+        "variance": 0.4,
+        "skewness": 3.5,
+        "kurtosis": None,
         "most_positive_activation_records": top,
         "dataclass_name": "NeuronRecord",
     }
     if not tagged:
-        doc = json.loads(json.dumps(doc).replace(', "dataclass_name": "NeuronId"', "").replace(', "dataclass_name": "NeuronRecord"', ""))
+        doc = json.loads(
+            json.dumps(doc)
+            .replace(', "dataclass_name": "NeuronId"', "")
+            .replace(', "dataclass_name": "NeuronRecord"', "")
+        )
     return doc
 
 
@@ -104,7 +113,9 @@ def _features(layer: int, index: int, polarity: int = 1, seed: int = 0) -> Featu
             toks = tuple(rng.choice(["a", " cat", "\n", "é", "<|im_start|>"]) for _ in range(5))
             acts = tuple(rng.gauss(0, 2) for _ in range(5))
             q = r % 3 if source == "quantile" else -1
-            ex.append(Exemplar(toks, acts, wid, source=source, split="explain", rank=r // 3 if q >= 0 else r, quantile=q))
+            ex.append(
+                Exemplar(toks, acts, wid, source=source, split="explain", rank=r // 3 if q >= 0 else r, quantile=q)
+            )
             wid += 1
     top_max = max(max(e.activations) for e in ex if e.source == "top")
     stats = FeatureStats(top_max, 0.1, 1.5, float("nan"), 9.0, 1234, 0.3, (0.2, 0.9))
@@ -112,12 +123,16 @@ def _features(layer: int, index: int, polarity: int = 1, seed: int = 0) -> Featu
 
 
 def _content(fe: FeatureExemplars):
-    return sorted((e.source, e.quantile, e.rank, e.tokens, e.activations) for e in fe.exemplars if e.source != "hard_negative")
+    return sorted(
+        (e.source, e.quantile, e.rank, e.tokens, e.activations) for e in fe.exemplars if e.source != "hard_negative"
+    )
 
 
 def _same_stats(a: FeatureStats, b: FeatureStats) -> bool:
     fields = ("max_activation", "mean", "variance", "skewness", "kurtosis")
-    same = all(getattr(a, f) == getattr(b, f) or (math.isnan(getattr(a, f)) and math.isnan(getattr(b, f))) for f in fields)
+    same = all(
+        getattr(a, f) == getattr(b, f) or (math.isnan(getattr(a, f)) and math.isnan(getattr(b, f))) for f in fields
+    )
     return same and a.quantile_boundaries == b.quantile_boundaries
 
 
@@ -136,9 +151,23 @@ def test_round_trip_keeps_tokens_activations_and_stats(tmp_path, target):
 def test_exported_file_has_openai_shape(tmp_path):
     export_neuron_records([_features(3, 7, seed=1)], tmp_path / "out")
     doc = json.loads((tmp_path / "out" / "3" / "7.json").read_text())
-    assert doc["dataclass_name"] == "NeuronRecord" and doc["neuron_id"] == {"layer_index": 3, "neuron_index": 7, "dataclass_name": "NeuronId"}
-    assert set(doc) == {"dataclass_name", "neuron_id", "random_sample", "random_sample_by_quantile", "quantile_boundaries",
-                        "mean", "variance", "skewness", "kurtosis", "most_positive_activation_records"}
+    assert doc["dataclass_name"] == "NeuronRecord" and doc["neuron_id"] == {
+        "layer_index": 3,
+        "neuron_index": 7,
+        "dataclass_name": "NeuronId",
+    }
+    assert set(doc) == {
+        "dataclass_name",
+        "neuron_id",
+        "random_sample",
+        "random_sample_by_quantile",
+        "quantile_boundaries",
+        "mean",
+        "variance",
+        "skewness",
+        "kurtosis",
+        "most_positive_activation_records",
+    }
     assert doc["skewness"] is None and doc["kurtosis"] == 9.0  # NaN is written as null, like orjson
     assert [len(b) for b in doc["random_sample_by_quantile"]] == [2, 2, 2]
     first = doc["most_positive_activation_records"][0]
@@ -158,26 +187,54 @@ def test_export_refuses_collisions_and_clobbering(tmp_path):
 
 def simulation_results(layer, neuron, explanations):
     def scored(text, score):
-        seq = {"tokens": ["a", "b"], "expected_activations": [0.5, 2.0], "activation_scale": "simulated_normalized_activations",
-               "distribution_values": [[0, 1], [1, 2]], "distribution_probabilities": [[0.5, 0.5], [0.0, 1.0]],
-               "uncalibrated_simulation": None, "dataclass_name": "SequenceSimulation"}
-        sss = {"simulation": seq, "true_activations": [0.0, 3.1], "ev_correlation_score": 1.0, "rsquared_score": None,
-               "absolute_dev_explained_score": None, "dataclass_name": "ScoredSequenceSimulation"}
-        sim = {"scored_sequence_simulations": [sss], "ev_correlation_score": score, "rsquared_score": None,
-               "absolute_dev_explained_score": None, "dataclass_name": "ScoredSimulation"}
+        seq = {
+            "tokens": ["a", "b"],
+            "expected_activations": [0.5, 2.0],
+            "activation_scale": "simulated_normalized_activations",
+            "distribution_values": [[0, 1], [1, 2]],
+            "distribution_probabilities": [[0.5, 0.5], [0.0, 1.0]],
+            "uncalibrated_simulation": None,
+            "dataclass_name": "SequenceSimulation",
+        }
+        sss = {
+            "simulation": seq,
+            "true_activations": [0.0, 3.1],
+            "ev_correlation_score": 1.0,
+            "rsquared_score": None,
+            "absolute_dev_explained_score": None,
+            "dataclass_name": "ScoredSequenceSimulation",
+        }
+        sim = {
+            "scored_sequence_simulations": [sss],
+            "ev_correlation_score": score,
+            "rsquared_score": None,
+            "absolute_dev_explained_score": None,
+            "dataclass_name": "ScoredSimulation",
+        }
         return {"explanation": text, "scored_simulation": sim, "dataclass_name": "ScoredExplanation"}
 
-    return {"neuron_id": {"layer_index": layer, "neuron_index": neuron, "dataclass_name": "NeuronId"},
-            "scored_explanations": [scored(t, s) for t, s in explanations], "dataclass_name": "NeuronSimulationResults"}
+    return {
+        "neuron_id": {"layer_index": layer, "neuron_index": neuron, "dataclass_name": "NeuronId"},
+        "scored_explanations": [scored(t, s) for t, s in explanations],
+        "dataclass_name": "NeuronSimulationResults",
+    }
 
 
 def test_import_released_explanations_from_openai_layout(tmp_path):
-    for layer, neuron, expl in [(0, 5, [(" words about dogs", 0.42)]), (10, 3, [("commas", None), ("punctuation", 0.1)])]:
+    for layer, neuron, expl in [
+        (0, 5, [(" words about dogs", 0.42)]),
+        (10, 3, [("commas", None), ("punctuation", 0.1)]),
+    ]:
         (tmp_path / str(layer)).mkdir(exist_ok=True)
-        (tmp_path / str(layer) / f"{neuron}.jsonl").write_text(json.dumps(simulation_results(layer, neuron, expl)) + "\n")
+        (tmp_path / str(layer) / f"{neuron}.jsonl").write_text(
+            json.dumps(simulation_results(layer, neuron, expl)) + "\n"
+        )
     got = import_explanations(tmp_path)
     assert [(e.feature, e.text, e.sample_index) for e in got] == [
-        ("mlp/L0/5+", "words about dogs", 0), ("mlp/L10/3+", "commas", 0), ("mlp/L10/3+", "punctuation", 1)]
+        ("mlp/L0/5+", "words about dogs", 0),
+        ("mlp/L10/3+", "commas", 0),
+        ("mlp/L10/3+", "punctuation", 1),
+    ]
     assert got[0].raw == " words about dogs" and got[0].explainer == "openai:released"
     scored = import_scored_explanations(tmp_path)
     assert scored[0].score == 0.42 and math.isnan(scored[1].score) and scored[2].score == 0.1
@@ -187,12 +244,28 @@ def test_import_released_explanations_from_openai_layout(tmp_path):
 
 @pytest.mark.parametrize(
     "mutate, message",
-    [(lambda d: d.pop("neuron_id"), "field 'neuron_id' is missing"),
-     (lambda d: d["most_positive_activation_records"][1]["activations"].pop(), r"most_positive_activation_records\[1\]: 4 tokens but 3 activations"),
-     (lambda d: d["random_sample"][0].update(activations=[1.0, float("nan"), 0.0, 0.0]), r"random_sample\[0\]\.activations\[1\]: activation is not finite"),
-     (lambda d: d.update(dataclass_name="NeuronSimulationResults"), "dataclass_name is 'NeuronSimulationResults', expected 'NeuronRecord'"),
-     (lambda d: d["neuron_id"].update(layer_index=-1), r"neuron_id\.layer_index: expected a non-negative integer"),
-     (lambda d: [d.pop(k) for k in ("most_positive_activation_records", "random_sample", "random_sample_by_quantile")], "no activation records")],
+    [
+        (lambda d: d.pop("neuron_id"), "field 'neuron_id' is missing"),
+        (
+            lambda d: d["most_positive_activation_records"][1]["activations"].pop(),
+            r"most_positive_activation_records\[1\]: 4 tokens but 3 activations",
+        ),
+        (
+            lambda d: d["random_sample"][0].update(activations=[1.0, float("nan"), 0.0, 0.0]),
+            r"random_sample\[0\]\.activations\[1\]: activation is not finite",
+        ),
+        (
+            lambda d: d.update(dataclass_name="NeuronSimulationResults"),
+            "dataclass_name is 'NeuronSimulationResults', expected 'NeuronRecord'",
+        ),
+        (lambda d: d["neuron_id"].update(layer_index=-1), r"neuron_id\.layer_index: expected a non-negative integer"),
+        (
+            lambda d: [
+                d.pop(k) for k in ("most_positive_activation_records", "random_sample", "random_sample_by_quantile")
+            ],
+            "no activation records",
+        ),
+    ],
 )
 def test_bad_records_name_file_and_field(tmp_path, mutate, message):
     doc = openai_record()

@@ -7,10 +7,20 @@ import math
 from pathlib import Path
 
 import pytest
-
 from neuroscribe.train.plan import (
-    GIB, STRATEGIES, ModelShape, RunShape, Strategy, format_plan, memory_per_gpu, model_config_file, model_shape,
-    plan, plan_command, strategy_from_accelerate,
+    GIB,
+    STRATEGIES,
+    ModelShape,
+    PlanConfig,
+    RunShape,
+    Strategy,
+    format_plan,
+    memory_per_gpu,
+    model_config_file,
+    model_shape,
+    plan,
+    plan_command,
+    strategy_from_accelerate,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,13 +76,25 @@ def test_lora_on_one_gpu_and_dpo_reference_copy():
     dpo = RunShape("dpo", 1, 8, 8192, True, reference_copy=True, reference_forward=True)
     full_dpo = memory_per_gpu(shape(), dpo, STRATEGIES["zero3"], 8)
     assert full_dpo.weights == 2 * 2 * N_8B / 8  # policy + frozen reference, sharded
-    assert full_dpo.activations == 2 * memory_per_gpu(shape(), RunShape("sft", 1, 8, 8192, True), STRATEGIES["zero3"], 8).activations
+    assert (
+        full_dpo.activations
+        == 2 * memory_per_gpu(shape(), RunShape("sft", 1, 8, 8192, True), STRATEGIES["zero3"], 8).activations
+    )
 
 
 def test_tokens_per_step_and_hours_per_epoch():
     run = RunShape("sft", per_device_batch=2, grad_accum=4, max_length=8192, activation_checkpointing=True)
-    p = plan(shape(), run, STRATEGIES["zero3"], gpus=8, gpu_mem_gib=80, examples=10_000, tokens_per_example=3000,
-             mfu=0.4, peak_tflops=989.0)
+    p = plan(
+        shape(),
+        run,
+        STRATEGIES["zero3"],
+        gpus=8,
+        gpu_mem_gib=80,
+        examples=10_000,
+        tokens_per_example=3000,
+        mfu=0.4,
+        peak_tflops=989.0,
+    )
     assert p.sequences_per_step == 64 and p.tokens_per_step_max == 64 * 8192
     assert p.steps_per_epoch == math.ceil(10_000 / 64) == 157
     flops = 6 * N_8B + 6 * L * H * 3000
@@ -95,14 +117,16 @@ def test_accelerate_configs_map_to_strategies():
 def test_plan_command_prints_the_two_8b_plans():
     lines: list[str] = []
     recipes, acc = ROOT / "recipes" / "llama-3.1-8b-explainer", ROOT / "recipes" / "accelerate_configs"
-    full = plan_command(recipes / "sft/config_full.yaml", acc / "zero3.yaml", gpus=8, gpu_mem=80, echo=lines.append)
-    lora = plan_command(recipes / "sft/config_lora.yaml", acc / "ddp.yaml", gpus=1, gpu_mem=80, echo=lines.append)
+    full = plan_command(PlanConfig(str(recipes / "sft/config_full.yaml"), str(acc / "zero3.yaml")), echo=lines.append)
+    lora = plan_command(PlanConfig(str(recipes / "sft/config_lora.yaml"), str(acc / "ddp.yaml"), gpus=1), lines.append)
     assert full.fits and lora.fits and full.model.total_params == N_8B
     assert lora.model.trainable_params == 64 * LORA_PER_R  # the recipe's r=64, all-linear
     text = "\n".join(lines)
     for needle in ("8,030,261,248", "zero3 <- chosen", "ddp <- chosen", "verdict: fits", "% MFU", "tokens/step"):
         assert needle in text
-    too_big = plan_command(recipes / "sft/config_full.yaml", acc / "ddp.yaml", gpus=1, gpu_mem=80, echo=lines.append)
+    too_big = plan_command(
+        PlanConfig(str(recipes / "sft/config_full.yaml"), str(acc / "ddp.yaml"), gpus=1), lines.append
+    )
     assert not too_big.fits and "does NOT fit" in lines[-1]
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 
 import pytest
+from neuroscribe.distill.planted import KIND, RULES, explanations_of, planted_features, word_rule
 
 from neuroscribe.corpus import builtin_documents
-from neuroscribe.planted import KIND, RULES, explanations_of, planted_features, word_rule
 from neuroscribe.records import SPLITS
 
 

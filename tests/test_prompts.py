@@ -7,8 +7,20 @@ import pytest
 from neuroscribe import prompts
 from neuroscribe.records import Exemplar, FeatureExemplars, FeatureId
 
-MARKERS = ["<|im_start|>", "<|im_end|>", "<|eot_id|>", "<|start_header_id|>", "<start_of_turn>", "<end_of_turn>",
-           "[INST]", "[/INST]", "</s>", "<s>", "<<SYS>>", "<|endoftext|>"]
+MARKERS = [
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|start_header_id|>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "[INST]",
+    "[/INST]",
+    "</s>",
+    "<s>",
+    "<<SYS>>",
+    "<|endoftext|>",
+]
 
 
 def exemplar(tokens, acts, window_id, source="top", split="explain", rank=0):
@@ -154,8 +166,16 @@ def test_parse_explanation_strips_boilerplate(raw, expected):
     assert parsed.ok and parsed.text == expected and parsed.raw == raw
 
 
-@pytest.mark.parametrize("raw, error", [("", "empty"), ("   \n ", "empty"), ('"..."', "empty"),
-                                        ("Explanation: 42 !!", "no words"), ("I'm sorry, I can't help", "refusal")])
+@pytest.mark.parametrize(
+    "raw, error",
+    [
+        ("", "empty"),
+        ("   \n ", "empty"),
+        ('"..."', "empty"),
+        ("Explanation: 42 !!", "no words"),
+        ("I'm sorry, I can't help", "refusal"),
+    ],
+)
 def test_parse_explanation_fails_loudly_and_keeps_raw(raw, error):
     parsed = prompts.parse_explanation(raw)
     assert not parsed.ok and error in parsed.error and parsed.raw == raw and parsed.text == ""

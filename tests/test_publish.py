@@ -18,11 +18,12 @@ import pytest
 import torch
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.hf_api import CommitInfo, GitRefInfo, GitRefs, RepoUrl
-
 from neuroscribe.train import sft
 from neuroscribe.train.args import parse_args
 from neuroscribe.train.publish import publish, publish_command
 from test_datasets import distilled_dataset
+
+from neuroscribe.configs import PublishConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,8 +48,11 @@ class HubDouble:
 
     def list_repo_refs(self, repo_id, **kwargs):
         self._check("list_repo_refs", repo_id, **kwargs)
-        return GitRefs(branches=[GitRefInfo(name=b, ref=f"refs/heads/{b}", target_commit="0" * 40)
-                                 for b in self.repos[repo_id]], converts=[], tags=[])
+        return GitRefs(
+            branches=[GitRefInfo(name=b, ref=f"refs/heads/{b}", target_commit="0" * 40) for b in self.repos[repo_id]],
+            converts=[],
+            tags=[],
+        )
 
     def list_repo_files(self, repo_id, **kwargs):
         self._check("list_repo_files", repo_id, **kwargs)
@@ -66,8 +70,12 @@ class HubDouble:
         for f in Path(kwargs["folder_path"]).rglob("*"):
             if f.is_file():
                 branch[str(f.relative_to(kwargs["folder_path"]))] = f.read_bytes()
-        return CommitInfo(commit_url=f"https://huggingface.co/{kwargs['repo_id']}/commit/1", commit_message="",
-                          commit_description="", oid="1" * 40)
+        return CommitInfo(
+            commit_url=f"https://huggingface.co/{kwargs['repo_id']}/commit/1",
+            commit_message="",
+            commit_description="",
+            oid="1" * 40,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -78,17 +86,34 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def lora_run(tiny_llama, data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "sft"
-    sft.main(*parse_args("sft", ["--config", str(ROOT / "recipes/tiny/sft.yaml"), "--model_name_or_path",
-                                 str(tiny_llama), "--dataset_name", str(data_dir), "--output_dir", str(out),
-                                 "--max_steps", "2", "--learning_rate", "0.05"]))
+    sft.main(
+        *parse_args(
+            "sft",
+            [
+                "--config",
+                str(ROOT / "recipes/tiny/sft.yaml"),
+                "--model_name_or_path",
+                str(tiny_llama),
+                "--dataset_name",
+                str(data_dir),
+                "--output_dir",
+                str(out),
+                "--max_steps",
+                "2",
+                "--learning_rate",
+                "0.05",
+            ],
+        )
+    )
     return out
 
 
 def generate(model, tok) -> str:
-    ids = tok.apply_chat_template([{"role": "user", "content": "Explain."}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "Explain."}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     out = model.generate(**ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
-    return tok.decode(out[0, ids["input_ids"].shape[1]:])
+    return tok.decode(out[0, ids["input_ids"].shape[1] :])
 
 
 def test_dry_run_adapter_folder_loads_back_and_generates(lora_run, tmp_path):
@@ -120,7 +145,9 @@ def test_merged_folder_matches_the_adapter_model(lora_run, tmp_path):
     ids = tok("def f(x): return x", return_tensors="pt")
     with torch.no_grad():
         a, m = adapter(**ids).logits, merged(**ids).logits
-    base = AutoModelForCausalLM.from_pretrained(json.loads((lora_run / "neuroscribe_run.json").read_text())["base_model"])
+    base = AutoModelForCausalLM.from_pretrained(
+        json.loads((lora_run / "neuroscribe_run.json").read_text())["base_model"]
+    )
     with torch.no_grad():
         b = base(**ids).logits
     assert torch.allclose(a, m, atol=1e-4) and not torch.allclose(b, m, atol=1e-4)  # merged == base + adapter
@@ -165,11 +192,31 @@ def test_tokens_never_reach_files_logs_or_cards(tiny_llama, data_dir, tmp_path, 
     yaml_token = "hf_" + secrets.token_hex(17)
     monkeypatch.setenv("HF_TOKEN", "placeholder-restored-after-test")
     recipe = tmp_path / "sft.yaml"
-    recipe.write_text((ROOT / "recipes/tiny/sft.yaml").read_text() + f"hub_model_id: me/explainer\nhub_token: {yaml_token}\n")
+    recipe.write_text(
+        (ROOT / "recipes/tiny/sft.yaml").read_text() + f"hub_model_id: me/explainer\nhub_token: {yaml_token}\n"
+    )
     out = tmp_path / "run"
-    sft.main(*parse_args("sft", ["--config", str(recipe), "--model_name_or_path", str(tiny_llama),
-                                 "--dataset_name", str(data_dir), "--output_dir", str(out), "--max_steps", "2",
-                                 "--hub_token", token, "--log_level", "info"]))
+    sft.main(
+        *parse_args(
+            "sft",
+            [
+                "--config",
+                str(recipe),
+                "--model_name_or_path",
+                str(tiny_llama),
+                "--dataset_name",
+                str(data_dir),
+                "--output_dir",
+                str(out),
+                "--max_steps",
+                "2",
+                "--hub_token",
+                token,
+                "--log_level",
+                "info",
+            ],
+        )
+    )
     publish(out, dry_run=tmp_path / "repo")
     logs = "".join(capfd.readouterr())
     assert "rank 0 of 1" in logs  # the logs were captured
@@ -191,8 +238,8 @@ def test_a_token_in_a_recipe_comment_blocks_publishing(lora_run, tmp_path):
 
 def test_publish_command_prints_what_it_wrote(lora_run, tmp_path):
     lines = []
-    publish_command(lora_run, dry_run=tmp_path / "repo", echo=lines.append)
-    assert lines[0].startswith(f"published ") and str(tmp_path / "repo") in lines[0] and "README.md" in lines[0]
+    publish_command(PublishConfig(str(lora_run), dry_run=str(tmp_path / "repo")), echo=lines.append)
+    assert lines[0].startswith("published ") and str(tmp_path / "repo") in lines[0] and "README.md" in lines[0]
     with pytest.raises(FileExistsError, match="not empty"):
-        publish_command(lora_run, dry_run=tmp_path / "repo", echo=lines.append)
+        publish_command(PublishConfig(str(lora_run), dry_run=str(tmp_path / "repo")), echo=lines.append)
     shutil.rmtree(tmp_path / "repo")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from neuroscribe.train.args import make_parser, parse_args, parse_recipe, recipe_kind
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +19,8 @@ ACCELERATE = sorted((ROOT / "recipes" / "accelerate_configs").glob("*.yaml"))
 def test_the_expected_recipes_exist():
     names = {str(p.relative_to(ROOT / "recipes")) for p in RECIPES}
     assert {"tiny/sft.yaml", "tiny/dpo.yaml"} | {
-        f"llama-3.1-8b-explainer/{k}/config_{v}.yaml" for k in ("sft", "dpo") for v in ("lora", "full")} <= names
+        f"llama-3.1-8b-explainer/{k}/config_{v}.yaml" for k in ("sft", "dpo") for v in ("lora", "full")
+    } <= names
     assert {p.stem for p in ACCELERATE} >= {"ddp", "zero2", "zero3", "fsdp"}
 
 
@@ -46,8 +46,9 @@ def test_a_stale_key_is_rejected_naming_the_file(tmp_path):
 
 
 def test_cli_overrides_beat_the_file_and_help_renders():
-    _, training_args, model_args, source = parse_recipe(ROOT / "recipes/tiny/sft.yaml",
-                                                        overrides=["--learning_rate", "0.25", "--lora_r", "4"])
+    _, training_args, model_args, source = parse_recipe(
+        ROOT / "recipes/tiny/sft.yaml", overrides=["--learning_rate", "0.25", "--lora_r", "4"]
+    )
     assert training_args.learning_rate == 0.25 and model_args.lora_r == 4
     assert source.overrides[:2] == ("--learning_rate", "0.25")
     for kind in ("sft", "dpo"):

@@ -58,16 +58,18 @@ print(json.dumps(out))
 @pytest.fixture(scope="module")
 def reference_python() -> str:
     env = dict(os.environ, PYTHON=os.environ.get("PYTHON", getattr(sys, "_base_executable", sys.executable)))
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "reference_venv.sh")], capture_output=True, text=True,
-                          env=env, timeout=900)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "reference_venv.sh")], capture_output=True, text=True, env=env, timeout=900
+    )
     if proc.returncode != 0:
         pytest.fail(f"scripts/reference_venv.sh failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return str(Path(proc.stdout.strip().splitlines()[-1]) / "bin" / "python")
 
 
 def run_reference(python: str, request: dict) -> dict:
-    proc = subprocess.run([python, "-c", REFERENCE_SNIPPET], input=json.dumps(request), capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [python, "-c", REFERENCE_SNIPPET], input=json.dumps(request), capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
 
@@ -94,8 +96,12 @@ def test_correlations_match_neuron_explainer(reference_python):
     cases = [random_case(rng, i) for i in range(8)]
     # Undefined scores must agree too: a constant prediction, and a constant true side.
     cases.append([{"tokens": ["a", "b", "c"], "true": [1.0, -2.0, 3.0], "pred": [4.0, 4.0, 4.0]}])
-    cases.append([{"tokens": ["d", "e"], "true": [0.0, 0.0], "pred": [1.0, 2.0]},
-                  {"tokens": ["f", "g"], "true": [0.0, 0.0], "pred": [3.0, 0.5]}])
+    cases.append(
+        [
+            {"tokens": ["d", "e"], "true": [0.0, 0.0], "pred": [1.0, 2.0]},
+            {"tokens": ["f", "g"], "true": [0.0, 0.0], "pred": [3.0, 0.5]},
+        ]
+    )
     logprobs = [{"0": -0.1, "3": -2.5, "9": -4.0}, {"1": -1.2, "2": -0.7, "hello": -0.2}, {"7": -0.01}]
     ref = run_reference(reference_python, {"cases": cases, "logprobs": logprobs})
 
@@ -116,6 +122,7 @@ def test_balanced_top_and_random_equals_reference_pool(reference_python):
     rng = random.Random(99)
     top, rnd = random_case(rng, 100)[:2], random_case(rng, 200)[:2]  # 2 records per side
     ref = run_reference(reference_python, {"cases": [top + rnd], "logprobs": []})
-    ours = scoring.top_and_random_score([r["true"] for r in top], [r["pred"] for r in top],
-                                        [r["true"] for r in rnd], [r["pred"] for r in rnd])
+    ours = scoring.top_and_random_score(
+        [r["true"] for r in top], [r["pred"] for r in top], [r["true"] for r in rnd], [r["pred"] for r in rnd]
+    )
     assert same(ours, ref["pooled"][0])

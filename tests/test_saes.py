@@ -36,9 +36,17 @@ def _weights(seed: int = 0, d_in: int = D_IN, d_sae: int = D_SAE) -> dict[str, t
 
 def write_sae_lens(folder, cfg: dict, tensors: dict) -> str:
     folder.mkdir(parents=True, exist_ok=True)
-    base = {"d_in": D_IN, "d_sae": D_SAE, "hook_name": "blocks.1.hook_resid_post", "hook_layer": 1,
-            "architecture": "standard", "activation_fn_str": "relu", "apply_b_dec_to_input": True,
-            "normalize_activations": "none", "dtype": "float32"}
+    base = {
+        "d_in": D_IN,
+        "d_sae": D_SAE,
+        "hook_name": "blocks.1.hook_resid_post",
+        "hook_layer": 1,
+        "architecture": "standard",
+        "activation_fn_str": "relu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "dtype": "float32",
+    }
     (folder / "cfg.json").write_text(json.dumps({**base, **cfg}))
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "sae_weights.safetensors"))
     return str(folder)
@@ -94,8 +102,10 @@ def test_jumprelu_threshold_zeroes_activations_at_or_below_it(tmp_path, x):
 
 @pytest.mark.parametrize(
     "cfg",
-    [{"architecture": "topk", "k": 7},  # sae-lens 6.x
-     {"architecture": "standard", "activation_fn_str": "topk", "activation_fn_kwargs": {"k": 7}}],  # pre-6.0
+    [
+        {"architecture": "topk", "k": 7},  # sae-lens 6.x
+        {"architecture": "standard", "activation_fn_str": "topk", "activation_fn_kwargs": {"k": 7}},
+    ],  # pre-6.0
     ids=["v6", "pre6"],
 )
 def test_topk_keeps_exactly_k_largest(tmp_path, x, cfg):
@@ -120,16 +130,24 @@ def test_topk_with_negative_preactivations_keeps_at_most_k(tmp_path, x):
 def test_sae_lens_transcoder_reads_mlp_input_and_never_subtracts_b_dec(tmp_path, x):
     w = _weights()
     w["W_dec"], w["b_dec"] = torch.randn(D_SAE, 48), torch.randn(48)  # output width differs from d_in
-    cfg = {"architecture": "transcoder", "hook_name": "blocks.0.ln2.hook_normalized", "d_out": 48,
-           "hook_name_out": "blocks.0.hook_mlp_out"}
+    cfg = {
+        "architecture": "transcoder",
+        "hook_name": "blocks.0.ln2.hook_normalized",
+        "d_out": 48,
+        "hook_name_out": "blocks.0.hook_mlp_out",
+    }
     enc = load_sparse_encoder(write_sae_lens(tmp_path / "tc", cfg, w))
     assert enc.kind == "transcoder" and enc.site == HookSite(0, "mlp_in")
     torch.testing.assert_close(enc.encode(x), torch.relu(x @ w["W_enc"] + w["b_enc"]))
 
 
 def test_v6_config_keeps_hook_name_in_metadata(tmp_path):
-    cfg = {"hook_name": None, "hook_layer": None, "metadata": {"hook_name": "blocks.0.hook_mlp_in", "sae_lens_version": "6.5.0"},
-           "activation_fn_str": None}
+    cfg = {
+        "hook_name": None,
+        "hook_layer": None,
+        "metadata": {"hook_name": "blocks.0.hook_mlp_in", "sae_lens_version": "6.5.0"},
+        "activation_fn_str": None,
+    }
     enc = load_sparse_encoder(write_sae_lens(tmp_path / "sae", cfg, _weights()))
     assert enc.site == HookSite(0, "resid_mid")  # TransformerLens' hook_mlp_in is taken before ln2
 
@@ -245,13 +263,15 @@ def test_sparsify_wrong_decoder_shape(tmp_path):
 
 @pytest.mark.parametrize(
     "cfg, message",
-    [({"architecture": "gated"}, "architecture 'gated' is not supported"),
-     ({"architecture": "topk"}, "field 'k' is missing"),
-     ({"architecture": "topk", "k": 500}, "'k' = 500 must be between"),
-     ({"activation_fn_str": "tanh-relu"}, "activation_fn 'tanh-relu'"),
-     ({"normalize_activations": "expected_average_only_in"}, "normalize_activations"),
-     ({"d_in": None}, "field 'd_in' must be"),
-     ({"hook_name": "blocks.1.attn.hook_z"}, "hook_name 'blocks.1.attn.hook_z' is not a supported hook")],
+    [
+        ({"architecture": "gated"}, "architecture 'gated' is not supported"),
+        ({"architecture": "topk"}, "field 'k' is missing"),
+        ({"architecture": "topk", "k": 500}, "'k' = 500 must be between"),
+        ({"activation_fn_str": "tanh-relu"}, "activation_fn 'tanh-relu'"),
+        ({"normalize_activations": "expected_average_only_in"}, "normalize_activations"),
+        ({"d_in": None}, "field 'd_in' must be"),
+        ({"hook_name": "blocks.1.attn.hook_z"}, "hook_name 'blocks.1.attn.hook_z' is not a supported hook"),
+    ],
 )
 def test_bad_sae_lens_config_names_the_field(tmp_path, cfg, message):
     with pytest.raises(SparseEncoderError, match=message) as err:
@@ -261,7 +281,9 @@ def test_bad_sae_lens_config_names_the_field(tmp_path, cfg, message):
 
 def test_bad_sparsify_activation(tmp_path):
     with pytest.raises(SparseEncoderError, match="activation 'softmax'"):
-        load_sparse_encoder(write_sparsify(tmp_path / "layers.0", {"activation": "softmax"}, sparsify_tensors(_weights())))
+        load_sparse_encoder(
+            write_sparsify(tmp_path / "layers.0", {"activation": "softmax"}, sparsify_tensors(_weights()))
+        )
 
 
 def test_encode_rejects_wrong_width(tmp_path):
@@ -318,16 +340,17 @@ def _capture(model, ids, sites: list[HookSite]) -> dict[HookSite, torch.Tensor]:
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gemma", "gpt2"])
 def test_hook_sites_fit_together(tmp_path_factory, tiny_tokenizer_dir, family):
+    from builders import build_tiny_model
     from transformers import AutoModelForCausalLM
-
-    from neuroscribe.testing import build_tiny_model
 
     path = build_tiny_model(tmp_path_factory.mktemp(family), family, tokenizer_dir=tiny_tokenizer_dir)
     model = AutoModelForCausalLM.from_pretrained(str(path)).eval()
-    sites = [HookSite(layer, s) for layer in (0, 1) for s in ("resid_pre", "resid_mid", "resid_post", "mlp_in", "mlp_out")]
+    sites = [
+        HookSite(layer, s) for layer in (0, 1) for s in ("resid_pre", "resid_mid", "resid_post", "mlp_in", "mlp_out")
+    ]
     got = _capture(model, torch.arange(10, 22)[None], sites)
     for layer in (0, 1):
-        S = lambda s: got[HookSite(layer, s)]  # noqa: E731
+        S = lambda s, layer=layer: got[HookSite(layer, s)]  # noqa: E731
         assert S("resid_pre").shape == (1, 12, 64)
         torch.testing.assert_close(S("resid_mid") + S("mlp_out"), S("resid_post"))
         assert not torch.allclose(S("resid_mid"), S("mlp_in"))  # the pre-MLP norm sits between them

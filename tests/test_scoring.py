@@ -74,18 +74,21 @@ def test_top_and_random_mixes_one_to_one():
 def test_top_and_random_with_one_side_empty_scores_the_other():
     top_true, top_pred = [[0, 1, 5]], [[1, 2, 8]]
     assert scoring.top_and_random_score(top_true, top_pred, [], []) == pytest.approx(
-        scoring.pearson([0, 1, 5], [1, 2, 8]))
+        scoring.pearson([0, 1, 5], [1, 2, 8])
+    )
 
 
 def test_random_only_score_is_pooled_over_random_records():
     assert scoring.random_only_score([[0, 1], [2, 3]], [[0, 1], [3, 2]]) == pytest.approx(
-        scoring.pearson([0, 1, 2, 3], [0, 1, 3, 2]))
+        scoring.pearson([0, 1, 2, 3], [0, 1, 3, 2])
+    )
 
 
 def test_balanced_accuracy_hand_computed():
     # positives (idx 0, 4) both right: TPR 1; negatives (1, 2, 3): 2 of 3 right -> (1 + 2/3) / 2
     assert scoring.balanced_accuracy([True, True, False, False, True], [True, False, False, False, True]) == (
-        pytest.approx(5 / 6))
+        pytest.approx(5 / 6)
+    )
     assert math.isnan(scoring.balanced_accuracy([True, False], [True, True]))
     with pytest.raises(ValueError):
         scoring.balanced_accuracy([True], [True, False])
@@ -109,11 +112,21 @@ def test_expected_value_from_probs_logprobs_and_mappings():
     assert scoring.expected_value({9: -math.inf, 4: -1.0}, log=True) == pytest.approx(4.0)
     # logits and logprobs of one distribution give the same value (softmax is shift-invariant)
     assert scoring.expected_value([1.0, 2.0, 3.0], log=True) == pytest.approx(
-        scoring.expected_value([11.0, 12.0, 13.0], log=True))
+        scoring.expected_value([11.0, 12.0, 13.0], log=True)
+    )
 
 
-@pytest.mark.parametrize("weights, log", [([], False), ([0, 0], False), ([-1, 2], False), ({10: 1.0}, False),
-                                          ([float("nan"), 0.0], True), ([-math.inf, -math.inf], True)])
+@pytest.mark.parametrize(
+    "weights, log",
+    [
+        ([], False),
+        ([0, 0], False),
+        ([-1, 2], False),
+        ({10: 1.0}, False),
+        ([float("nan"), 0.0], True),
+        ([-math.inf, -math.inf], True),
+    ],
+)
 def test_expected_value_rejects_invalid_weights(weights, log):
     with pytest.raises(ValueError, match="expected_value"):
         scoring.expected_value(weights, log=log)

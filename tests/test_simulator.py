@@ -11,15 +11,8 @@ import pytest
 from neuroscribe import scoring
 from neuroscribe.prompts import detection_messages
 from neuroscribe.records import Exemplar, Explanation, FeatureExemplars, FeatureId
-from neuroscribe.simulator import (
-    LocalSimulator,
-    detection_score,
-    digit_token_ids,
-    fuzzing_pairs,
-    fuzzing_score,
-    simulate_and_score,
-    single_token_ids,
-)
+from neuroscribe.scorers import detection_score, fuzzing_pairs, fuzzing_score, simulate_and_score
+from neuroscribe.simulators.allatonce import LocalSimulator, digit_token_ids, single_token_ids
 
 FEATURE = FeatureId("mlp", 2, 11)
 AWKWARD = ["the", " cat", "\n", " sat", "\t", " on", "<|im_start|>", " mat", "  ", "a b", "\u2028", "("]
@@ -81,7 +74,8 @@ def test_shared_prefix_path_matches_full_prompts_on_smollm2(smollm2):
     assert max_diff(fast, full) < 1e-4
     # Yes/No judgements go through SmolLM2's own chat template.
     probs = LocalSimulator(model, tok).yes_probabilities(
-        [detection_messages("the word 'cat'", ["The", " cat", " sat"]), detection_messages("x", ["1"])])
+        [detection_messages("the word 'cat'", ["The", " cat", " sat"]), detection_messages("x", ["1"])]
+    )
     assert all(0.0 < p < 1.0 for p in probs) and probs[0] != probs[1]
 
 
@@ -135,12 +129,17 @@ def test_simulate_and_score_uses_only_held_out_exemplars(tiny):
     assert [s.source for s in scored.simulations] == ["top", "top", "quantile", "quantile", "random", "random"]
     # The headline numbers are exactly the pure scoring functions over the simulations.
     top, rnd = scored.simulations[:4], scored.simulations[4:]
-    expect = scoring.top_and_random_score([s.true_activations for s in top], [s.predicted for s in top],
-                                          [s.true_activations for s in rnd], [s.predicted for s in rnd])
+    expect = scoring.top_and_random_score(
+        [s.true_activations for s in top],
+        [s.predicted for s in top],
+        [s.true_activations for s in rnd],
+        [s.predicted for s in rnd],
+    )
     assert scored.score == expect or (math.isnan(expect) and math.isnan(scored.score))
     assert -1.0 <= scored.score <= 1.0
     assert scored.random_only_score == pytest.approx(
-        scoring.random_only_score([s.true_activations for s in rnd], [s.predicted for s in rnd]), nan_ok=True)
+        scoring.random_only_score([s.true_activations for s in rnd], [s.predicted for s in rnd]), nan_ok=True
+    )
 
 
 def test_simulate_and_score_guards(tiny):
@@ -182,6 +181,7 @@ class LossySimulator(LocalSimulator):
 
     def simulate(self, explanation, exemplars):
         sims = super().simulate(explanation, exemplars)
+
         def lossy(values):
             return tuple(math.nan if i % 3 == 0 else v for i, v in enumerate(values))
 
@@ -195,6 +195,10 @@ def test_unreadable_predictions_are_dropped_and_counted_not_zeroed(tiny):
     assert n_nan > 0 and scored.n_parse_failures == n_nan
     keep = [[(t, p) for t, p in zip(s.true_activations, s.predicted) if not math.isnan(p)] for s in scored.simulations]
     top, rnd = [k for k in keep[:4] if k], [k for k in keep[4:] if k]
-    expect = scoring.top_and_random_score([[t for t, _ in k] for k in top], [[p for _, p in k] for k in top],
-                                          [[t for t, _ in k] for k in rnd], [[p for _, p in k] for k in rnd])
+    expect = scoring.top_and_random_score(
+        [[t for t, _ in k] for k in top],
+        [[p for _, p in k] for k in top],
+        [[t for t, _ in k] for k in rnd],
+        [[p for _, p in k] for k in rnd],
+    )
     assert scored.score == pytest.approx(expect, nan_ok=True)

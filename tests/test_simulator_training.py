@@ -1,5 +1,5 @@
 """Simulator data, training and use: simulator-data rows, the tiny recipe trains a real tiny Llama,
-the run loads back as `finetuned:PATH` and scores held-out features through `score_file`.
+the run loads back as `finetuned:PATH` and scores held-out features through `score`.
 
 Features are planted rules on the builtin corpus (truth known); candidate explanations are written
 with known scores (the teacher and the scoring simulator are what this file does not test).
@@ -14,14 +14,15 @@ import sys
 from pathlib import Path
 
 import pytest
-
+from neuroscribe.distill.planted import RULES, planted_features
 from neuroscribe.distill.simulator_data import SimulatorDataConfig, build_simulator_data, simulator_data_command
-from neuroscribe.finetuned_simulator import SimulatorFormat, activation_classes
-from neuroscribe.planted import RULES, planted_features
 from neuroscribe.train import simulator
 from neuroscribe.train.args import parse_args, recipe_kind
-from neuroscribe.train.pipeline import RUN_INFO
 from test_datasets import candidate, rows_of, write_scored_dir
+
+from neuroscribe.runs.simulator import read_simulator_file
+from neuroscribe.runs.train import RUN_INFO
+from neuroscribe.simulators.finetuned_format import activation_classes
 
 ROOT = Path(__file__).resolve().parents[1]
 RULE_NAMES = ("digits", "comma", "colon", "parentheses", "capitalised", "after_the", "ing_words", "long_words")
@@ -40,7 +41,7 @@ def planted(tiny_llama):
 def scored(planted, tmp_path_factory):
     """A scored-candidates folder: per feature the true explanation (score 0.8), two others (0.4, 0.1),
     an unparseable reply; and the exemplar store its meta names."""
-    from neuroscribe.store import write_store
+    from neuroscribe.runs.store import write_store
 
     rules, feats = planted
     root = tmp_path_factory.mktemp("scored")
@@ -49,8 +50,12 @@ def scored(planted, tmp_path_factory):
     for i, (rule, f) in enumerate(zip(rules, feats)):
         key = f.feature.key
         others = [rules[(i + 1) % len(rules)].explanation, rules[(i + 2) % len(rules)].explanation]
-        cands[key] = [candidate(key, rule.explanation, 0.8, 0), candidate(key, others[0], 0.4, 1),
-                      candidate(key, others[1], 0.1, 2), candidate(key, "garbage", 0.99, 3, ok=False)]
+        cands[key] = [
+            candidate(key, rule.explanation, 0.8, 0),
+            candidate(key, others[0], 0.4, 1),
+            candidate(key, others[1], 0.1, 2),
+            candidate(key, "garbage", 0.99, 3, ok=False),
+        ]
     write_scored_dir(root, cands, store=str(root / "store"))
     return root, cands
 
@@ -61,8 +66,16 @@ def data_dir(scored, planted, tmp_path_factory):
     heldout = [feats[-1].feature.key, feats[-2].feature.key]
     out = tmp_path_factory.mktemp("simdata") / "data"
     (out.parent / "heldout.txt").write_text("\n".join(heldout) + "\n")
-    simulator_data_command(scored[0], out, random_per_exemplar=2, heldout_file=out.parent / "heldout.txt",
-                           validation_fraction=0.15, echo=lambda s: None)
+    simulator_data_command(
+        SimulatorDataConfig(
+            str(scored[0]),
+            str(out),
+            random_per_exemplar=2,
+            heldout_file=str(out.parent / "heldout.txt"),
+            validation_fraction=0.15,
+        ),
+        echo=lambda s: None,
+    )
     return out
 
 
@@ -89,12 +102,12 @@ def test_simulator_data_rows_hold_out_features_and_label_by_the_feature_max(data
         assert row["tokens"] == list(e.tokens)
         assert row["classes"] == activation_classes(e.activations, record.max_activation)
     with pytest.raises(FileExistsError):
-        build_simulator_data(scored[0], data_dir)
+        build_simulator_data(SimulatorDataConfig(str(scored[0]), str(data_dir)))
 
 
 def test_random_candidates_vary_and_seed_is_stable(scored, planted, tmp_path):
-    a = build_simulator_data(scored[0], tmp_path / "a", SimulatorDataConfig(seed=3))
-    b = build_simulator_data(scored[0], tmp_path / "b", SimulatorDataConfig(seed=3))
+    a = build_simulator_data(SimulatorDataConfig(str(scored[0]), str(tmp_path / "a"), seed=3))
+    b = build_simulator_data(SimulatorDataConfig(str(scored[0]), str(tmp_path / "b"), seed=3))
     ra, rb = rows_of(a.out_dir, "stage1")["train"], rows_of(b.out_dir, "stage1")["train"]
     assert ra["explanation"] == rb["explanation"]
     assert len(set(ra["explanation"])) > len(set(rows_of(a.out_dir, "stage2")["train"]["explanation"]))
@@ -106,8 +119,18 @@ def losses(run) -> list[float]:
 
 
 def recipe_args(model, data, out, **extra) -> list[str]:
-    args = ["--config", str(ROOT / "recipes/tiny/simulator.yaml"), "--model_name_or_path", str(model),
-            "--dataset_name", str(data), "--output_dir", str(out), "--disable_tqdm", "true"]
+    args = [
+        "--config",
+        str(ROOT / "recipes/tiny/simulator.yaml"),
+        "--model_name_or_path",
+        str(model),
+        "--dataset_name",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--disable_tqdm",
+        "true",
+    ]
     for k, v in extra.items():
         args += [f"--{k}", str(v)]
     return args
@@ -126,16 +149,23 @@ def test_tiny_recipe_trains_and_writes_a_loadable_run(run):
     assert len(seen) == 10 and all(map(math.isfinite, seen))
     assert sum(seen[-3:]) < sum(seen[:3])  # lr 1e-3 on a random model: the loss falls
     assert info["kind"] == "simulator" and info["peft"] and info["data_teacher"] == "hf:teacher"
-    for name in ("adapter_model.safetensors", "tokenizer.json", "simulator.json", RUN_INFO, "README.md",
-                 "checkpoint-10/simulator.json"):
+    for name in (
+        "adapter_model.safetensors",
+        "tokenizer.json",
+        "simulator.json",
+        RUN_INFO,
+        "README.md",
+        "checkpoint-10/simulator.json",
+    ):
         assert (out / name).exists(), name
-    fmt = SimulatorFormat.load(out)
+    fmt = read_simulator_file(out)
     assert list(fmt.class_token_ids) == info["class_token_ids"] and fmt.run_id == info["run_id"]
     assert "Per-token activation simulator" in (out / "README.md").read_text()
 
 
-def test_finetuned_spec_scores_held_out_features_through_score_file(run, scored, data_dir, tmp_path):
-    from neuroscribe.distill.score import score_file
+def test_finetuned_spec_scores_held_out_features_through_score(run, scored, data_dir, tmp_path):
+    from neuroscribe.distill.score import ScoreConfig, score
+
     from neuroscribe.simulators import load_simulator
 
     out, info = run
@@ -143,8 +173,16 @@ def test_finetuned_spec_scores_held_out_features_through_score_file(run, scored,
     rules = dict(zip((f"planted/L0/{i}+" for i in range(len(RULE_NAMES))), (RULES[n] for n in RULE_NAMES)))
     lines = [json.dumps({"feature": k, "explanation": rules[k].explanation}) for k in heldout]
     (tmp_path / "expl.jsonl").write_text("\n".join(lines) + "\n")
-    result = score_file(tmp_path / "expl.jsonl", scored[0] / "store", f"finetuned:{out}", tmp_path / "scored",
-                        split="test", progress=False)
+    result = score(
+        ScoreConfig(
+            str(tmp_path / "expl.jsonl"),
+            str(scored[0] / "store"),
+            str(tmp_path / "scored"),
+            simulator=f"finetuned:{out}",
+            split="test",
+            progress=False,
+        )
+    )
     assert [s.explanation.feature for s in result] == heldout
     assert all(math.isfinite(s.score) and s.n_exemplars == 4 and s.n_parse_failures == 0 for s in result)
     summary = json.loads((tmp_path / "scored" / "summary.json").read_text())
@@ -167,8 +205,12 @@ def test_resume_and_stage_two_continue_the_run(run, tiny_llama, data_dir, tmp_pa
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 4 and [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3, 4]
     stage1, info1 = run
-    info2 = simulator.main(*parse_args("simulator", recipe_args(stage1, data_dir, tmp_path / "stage2", max_steps=2,
-                                                                dataset_config="stage2", lora_r=4)))
+    info2 = simulator.main(
+        *parse_args(
+            "simulator",
+            recipe_args(stage1, data_dir, tmp_path / "stage2", max_steps=2, dataset_config="stage2", lora_r=4),
+        )
+    )
     assert info2["class_token_ids"] == info1["class_token_ids"] and info2["run_id"] != info1["run_id"]
     assert info2["simulator_base_model"] == str(tiny_llama)
     # the stage-1 adapter (r=16) was trained further; a fresh one would have the overridden r=4
@@ -176,8 +218,9 @@ def test_resume_and_stage_two_continue_the_run(run, tiny_llama, data_dir, tmp_pa
 
 
 def test_publish_carries_simulator_json_and_the_simulator_card(run, tmp_path):
-    from neuroscribe.simulators import load_simulator
     from neuroscribe.train.publish import publish
+
+    from neuroscribe.simulators import load_simulator
 
     folder = publish(run[0], dry_run=tmp_path / "merged", merge=True).folder
     assert (folder / "simulator.json").exists() and not (folder / "adapter_config.json").exists()
@@ -198,10 +241,22 @@ def test_two_ddp_ranks_via_accelerate_launch(tiny_llama, data_dir, tmp_path):
     """The launch line of the README: two gloo ranks on the CPU, the masked class loss under DDP."""
     import os
 
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "recipes/accelerate_configs/ddp.yaml"), "--num_processes", "2", "--mixed_precision", "no",
-           "--main_process_port", "0", "-m", "neuroscribe.train.simulator",
-           *recipe_args(tiny_llama, data_dir, tmp_path / "run", max_steps=3)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "recipes/accelerate_configs/ddp.yaml"),
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        "--main_process_port",
+        "0",
+        "-m",
+        "neuroscribe.train.simulator",
+        *recipe_args(tiny_llama, data_dir, tmp_path / "run", max_steps=3),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
     text = proc.stdout + proc.stderr

@@ -14,11 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from neuroscribe.train import dpo, sft
 from neuroscribe.train.args import parse_args
-from neuroscribe.train.pipeline import RUN_INFO, load_training_dataset
+from neuroscribe.train.pipeline import load_training_dataset
 from test_datasets import distilled_dataset
+
+from neuroscribe.runs.train import RUN_INFO
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,8 +48,9 @@ def env(**extra) -> dict:
 @pytest.fixture(scope="module")
 def sft_run(tiny_llama, data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("sft") / "run"
-    args = parse_args("sft", ["--config", str(ROOT / "recipes/tiny/sft.yaml"),
-                              *overrides(tiny_llama, data_dir, out, max_steps=6)])
+    args = parse_args(
+        "sft", ["--config", str(ROOT / "recipes/tiny/sft.yaml"), *overrides(tiny_llama, data_dir, out, max_steps=6)]
+    )
     return out, sft.main(*args)
 
 
@@ -68,25 +70,38 @@ def test_prompt_completion_rows_train_on_the_completion_only(tiny_llama, data_di
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    script_args, *_ = parse_args("sft", ["--config", str(ROOT / "recipes/tiny/sft.yaml"),
-                                         *overrides(tiny_llama, data_dir, tmp_path)])
+    script_args, *_ = parse_args(
+        "sft", ["--config", str(ROOT / "recipes/tiny/sft.yaml"), *overrides(tiny_llama, data_dir, tmp_path)]
+    )
     ds = load_training_dataset(script_args)["train"]
     tok = AutoTokenizer.from_pretrained(tiny_llama)
-    trainer = SFTTrainer(model=str(tiny_llama), args=SFTConfig(output_dir=str(tmp_path / "o"), bf16=False,
-                                                               report_to=[], max_length=2048),
-                         train_dataset=ds, processing_class=tok)
+    trainer = SFTTrainer(
+        model=str(tiny_llama),
+        args=SFTConfig(output_dir=str(tmp_path / "o"), bf16=False, report_to=[], max_length=2048),
+        train_dataset=ds,
+        processing_class=tok,
+    )
     row = trainer.train_dataset[0]
     prompt_len = len(tok.apply_chat_template(ds[0]["prompt"], add_generation_prompt=True, tokenize=True))
-    labels = row["labels"] if "labels" in row else [
-        t if m else -100 for t, m in zip(row["input_ids"], row["completion_mask"])]
+    labels = (
+        row["labels"]
+        if "labels" in row
+        else [t if m else -100 for t, m in zip(row["input_ids"], row["completion_mask"])]
+    )
     assert all(x == -100 for x in labels[:prompt_len])
     trained = [t for t in labels if t != -100]
     assert tok.decode(trained).startswith("Explanation: ")
 
 
 def test_tiny_dpo_recipe_trains(tiny_llama, data_dir, tmp_path):
-    args = parse_args("dpo", ["--config", str(ROOT / "recipes/tiny/dpo.yaml"),
-                              *overrides(tiny_llama, data_dir, tmp_path / "run", max_steps=6)])
+    args = parse_args(
+        "dpo",
+        [
+            "--config",
+            str(ROOT / "recipes/tiny/dpo.yaml"),
+            *overrides(tiny_llama, data_dir, tmp_path / "run", max_steps=6),
+        ],
+    )
     info = dpo.main(*args)
     seen = losses(tmp_path / "run")
     assert len(seen) == 6 and all(math.isfinite(x) for x in seen)
@@ -103,8 +118,9 @@ def test_training_refuses_held_out_features(data_dir, tmp_path):
     train_feature = json.loads((leaky / "build.json").read_text())["splits"]["train"][0]
     with open(leaky / "heldout.txt", "a") as f:
         f.write(train_feature + "\n")
-    script_args, *_ = parse_args("sft", ["--config", str(ROOT / "recipes/tiny/sft.yaml"),
-                                         *overrides("x", leaky, tmp_path / "o")])
+    script_args, *_ = parse_args(
+        "sft", ["--config", str(ROOT / "recipes/tiny/sft.yaml"), *overrides("x", leaky, tmp_path / "o")]
+    )
     with pytest.raises(ValueError, match=r"held-out feature.*heldout\.txt"):
         load_training_dataset(script_args)
 
@@ -128,16 +144,31 @@ sft.main(*parse_args("sft", sys.argv[1:]), callbacks=[KillAfterCheckpoint()])
 def test_resume_after_sigkill_continues_the_step_count(tiny_llama, data_dir, tmp_path):
     """A run SIGKILLed right after checkpoint-2 is relaunched with the same command and finishes steps 3..6."""
     out = tmp_path / "run"
-    cmd_args = ["--config", str(ROOT / "recipes/tiny/sft.yaml"),
-                *overrides(tiny_llama, data_dir, out, max_steps=6, save_steps=2, disable_tqdm="true")]
+    cmd_args = [
+        "--config",
+        str(ROOT / "recipes/tiny/sft.yaml"),
+        *overrides(tiny_llama, data_dir, out, max_steps=6, save_steps=2, disable_tqdm="true"),
+    ]
     killer = tmp_path / "killer.py"
     killer.write_text(KILLER)
-    first = subprocess.run([sys.executable, str(killer), *cmd_args], env=env(KILL_AT="2"), cwd=ROOT,
-                           capture_output=True, text=True, timeout=300)
+    first = subprocess.run(
+        [sys.executable, str(killer), *cmd_args],
+        env=env(KILL_AT="2"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert first.returncode == -9, first.stderr[-2000:]
     assert (out / "checkpoint-2").is_dir() and not (out / "checkpoint-4").exists()
-    second = subprocess.run([sys.executable, "-m", "neuroscribe.train.sft", *cmd_args], env=env(), cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+    second = subprocess.run(
+        [sys.executable, "-m", "neuroscribe.train.sft", *cmd_args],
+        env=env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"resuming from {out / 'checkpoint-2'}" in second.stdout
     logged = [ln for ln in (second.stdout + second.stderr).splitlines() if "'loss':" in ln]
@@ -152,11 +183,32 @@ def test_two_ddp_ranks_on_cpu_via_accelerate_launch(tiny_llama, data_dir, tmp_pa
     """`accelerate launch` with the DDP config and --num_processes 2 gives two gloo ranks; wandb logs once."""
     wandb_dir = tmp_path / "wandb"
     wandb_dir.mkdir()
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "recipes/accelerate_configs/ddp.yaml"), "--num_processes", "2", "--mixed_precision", "no",
-           "--main_process_port", "0", "-m", "neuroscribe.train.sft", "--config", str(ROOT / "recipes/tiny/sft.yaml"),
-           *overrides(tiny_llama, data_dir, tmp_path / "run", max_steps=2, report_to="wandb",
-                      wandb_project="neuroscribe-test", disable_tqdm="true")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "recipes/accelerate_configs/ddp.yaml"),
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        "--main_process_port",
+        "0",
+        "-m",
+        "neuroscribe.train.sft",
+        "--config",
+        str(ROOT / "recipes/tiny/sft.yaml"),
+        *overrides(
+            tiny_llama,
+            data_dir,
+            tmp_path / "run",
+            max_steps=2,
+            report_to="wandb",
+            wandb_project="neuroscribe-test",
+            disable_tqdm="true",
+        ),
+    ]
     proc = subprocess.run(cmd, env=env(WANDB_DIR=str(wandb_dir)), cwd=ROOT, capture_output=True, text=True, timeout=400)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
@@ -173,10 +225,24 @@ def test_sft_then_merge_then_dpo_on_two_ranks(sft_run, data_dir, tmp_path):
     from neuroscribe.train.publish import publish
 
     merged = publish(sft_run[0], dry_run=tmp_path / "sft-merged", merge=True).folder
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "recipes/accelerate_configs/ddp.yaml"), "--num_processes", "2", "--mixed_precision", "no",
-           "--main_process_port", "0", "-m", "neuroscribe.train.dpo", "--config", str(ROOT / "recipes/tiny/dpo.yaml"),
-           *overrides(merged, data_dir, tmp_path / "dpo", max_steps=3, disable_tqdm="true")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "recipes/accelerate_configs/ddp.yaml"),
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        "--main_process_port",
+        "0",
+        "-m",
+        "neuroscribe.train.dpo",
+        "--config",
+        str(ROOT / "recipes/tiny/dpo.yaml"),
+        *overrides(merged, data_dir, tmp_path / "dpo", max_steps=3, disable_tqdm="true"),
+    ]
     proc = subprocess.run(cmd, env=env(), cwd=ROOT, capture_output=True, text=True, timeout=400)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
@@ -193,8 +259,19 @@ def test_tiny_recipe_as_written_trains_smollm2_with_lora(tmp_path):
 
     Short prompts (5 exemplars) keep a step near a second on a 2-core CPU."""
     data_dir = distilled_dataset(tmp_path, n_features=6, n_top=5)
-    args = parse_args("sft", ["--config", str(ROOT / "recipes/tiny/sft.yaml"), "--dataset_name", str(data_dir),
-                              "--output_dir", str(tmp_path / "run"), "--max_steps", "2"])
+    args = parse_args(
+        "sft",
+        [
+            "--config",
+            str(ROOT / "recipes/tiny/sft.yaml"),
+            "--dataset_name",
+            str(data_dir),
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--max_steps",
+            "2",
+        ],
+    )
     info = sft.main(*args)
     seen = losses(tmp_path / "run")
     assert info["base_model"] == "smollm2-135m-instruct" and len(seen) == 2 and all(map(math.isfinite, seen))
@@ -206,10 +283,22 @@ def test_tiny_recipe_as_written_trains_smollm2_with_lora(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["zero2", "zero3"])
 def test_deepspeed_trainer_runs_on_gpu(strategy, tiny_llama, data_dir, tmp_path):
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / f"recipes/accelerate_configs/{strategy}.yaml"), "--num_processes", "1",
-           "--main_process_port", "0", "-m", "neuroscribe.train.sft", "--config", str(ROOT / "recipes/tiny/sft.yaml"),
-           *overrides(tiny_llama, data_dir, tmp_path / "run", max_steps=2, bf16="true", use_cpu="false")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / f"recipes/accelerate_configs/{strategy}.yaml"),
+        "--num_processes",
+        "1",
+        "--main_process_port",
+        "0",
+        "-m",
+        "neuroscribe.train.sft",
+        "--config",
+        str(ROOT / "recipes/tiny/sft.yaml"),
+        *overrides(tiny_llama, data_dir, tmp_path / "run", max_steps=2, bf16="true", use_cpu="false"),
+    ]
     proc = subprocess.run(cmd, env=env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert all(math.isfinite(x) for x in losses(tmp_path / "run"))
@@ -217,9 +306,8 @@ def test_deepspeed_trainer_runs_on_gpu(strategy, tiny_llama, data_dir, tmp_path)
 
 def test_ranks_that_do_not_form_a_group_are_stopped(monkeypatch, tmp_path):
     """Two processes launched without use_cpu on a CPU each see world size 1: two solo runs, one output_dir."""
-    from trl import SFTConfig
-
     from neuroscribe.train.pipeline import setup_logging
+    from trl import SFTConfig
 
     args = SFTConfig(output_dir=str(tmp_path), bf16=False, report_to=[])
     monkeypatch.setenv("WORLD_SIZE", "2")

@@ -10,14 +10,15 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import yaml
 from trl import DPOConfig, ModelConfig, ScriptArguments, SFTConfig, TrlParser
 
-KINDS = ("sft", "dpo", "simulator")
+from neuroscribe.configs import TRAIN_KINDS as KINDS  # noqa: E402
+
 _SECRET_KEY = re.compile(r"(token|secret|api_key|password)", re.I)
 REDACTED = "<redacted>"
 
@@ -40,6 +41,10 @@ class ExplainerArguments(ScriptArguments):
     )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first N training rows (smoke runs)."}
+    )
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "Replace a finished run in output_dir (without it, a finished run is never trained over)."},
     )
 
 
@@ -78,7 +83,9 @@ def parse_args(kind: str, argv: Sequence[str] | None = None):
     config, rest = None, argv
     if "--config" in argv:
         i = argv.index("--config")
-        config, rest = argv[i + 1], argv[:i] + argv[i + 2:]
+        config, rest = argv[i + 1], argv[:i] + argv[i + 2 :]
+    if config:
+        check_recipe_types(config, kind)
     parser = make_parser(kind)
     try:
         script_args, training_args, model_args = parser.parse_args_and_config(argv, fail_with_unknown_args=True)
@@ -87,7 +94,57 @@ def parse_args(kind: str, argv: Sequence[str] | None = None):
             raise ValueError(f"{config or 'command line'}: {err}") from None
         raise
     move_secrets_to_env(training_args)
+    sys.argv[1:] = redact_argv(sys.argv[1:])  # loggers (wandb) record argv: never with a token in it
     return script_args, training_args, model_args, RecipeSource(config, redact_argv(rest))
+
+
+def _accepts(hint, value) -> bool:
+    """Whether `value` fits the field type `hint` (the scalar and container cases recipes use)."""
+    import enum
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is typing.Any or hint is object:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(a, value) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return value in args
+    if origin in (list, tuple, set) or hint in (list, tuple):
+        return isinstance(value, (list, tuple, str))  # one string is one item (e.g. lora_target_modules)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return isinstance(value, (hint, str))
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True  # a type we do not model: leave it to the library
+
+
+def check_recipe_types(path: str | Path, kind: str) -> None:
+    """Refuse a recipe value of the wrong type. YAML values bypass argparse's conversion, so a list given
+    for `learning_rate` would otherwise be accepted and crash deep in the optimizer."""
+    import dataclasses
+    import typing
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a recipe is a mapping of keys to values, got {type(data).__name__}")
+    for cls in (ExplainerArguments, config_class(kind), ModelConfig):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in data and f.name in hints and not _accepts(hints[f.name], data[f.name]):
+                want = getattr(hints[f.name], "__name__", str(hints[f.name]))
+                raise ValueError(
+                    f"{path}: field {f.name} must be {want}, got {type(data[f.name]).__name__} {data[f.name]!r}"
+                )
 
 
 def parse_recipe(path: str | Path, kind: str | None = None, overrides: Sequence[str] = ()):

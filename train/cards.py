@@ -8,6 +8,8 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from neuroscribe import markdown
+
 # Bundled model names -> the Hub repository they were converted from (for card metadata).
 HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
@@ -45,14 +47,7 @@ def eval_table(path: str | Path | None) -> str | None:
         rows = data
     else:
         raise ValueError(f"{path}: expected {{metric: value}}, {{row: {{metric: value}}}} or a list of objects")
-    cols = list(dict.fromkeys(c for r in rows for c in r))
-
-    def cell(v) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
+    return markdown.table(rows)
 
 
 def model_card(info: dict, eval_markdown: str | None = None, repo_id: str | None = None) -> ModelCard:
@@ -61,22 +56,29 @@ def model_card(info: dict, eval_markdown: str | None = None, repo_id: str | None
     dataset = hub_id(info.get("dataset"))
     peft = bool(info.get("peft")) and not info.get("merged")
     data = ModelCardData(
-        base_model=base, datasets=[dataset] if dataset else None, library_name="peft" if peft else "transformers",
-        pipeline_tag="text-generation", license="apache-2.0", language=["en"],
+        base_model=base,
+        datasets=[dataset] if dataset else None,
+        library_name="peft" if peft else "transformers",
+        pipeline_tag="text-generation",
+        license="apache-2.0",
+        language=["en"],
         tags=["neuroscribe", "interpretability", "neuron-explanations", "trl", info.get("kind", "sft")]
         + (["lora"] if info.get("peft") else []),
     )
     name = repo_id or "PATH_OR_REPO_ID"
     load = (
         f'from peft import AutoPeftModelForCausalLM\nmodel = AutoPeftModelForCausalLM.from_pretrained("{name}")'
-        if peft else
-        f'from transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained("{name}")'
+        if peft
+        else f'from transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained("{name}")'
     )
     facts = [
         ("base model", f"`{info.get('base_model')}`"),
-        ("training", f"{info.get('kind', 'sft').upper()} with TRL, "
-                     f"{'LoRA adapter' + (' (merged into the base weights)' if info.get('merged') else '') if info.get('peft') else 'full fine-tuning'}, "
-                     f"{info.get('global_step', '?')} optimizer steps"),
+        (
+            "training",
+            f"{info.get('kind', 'sft').upper()} with TRL, "
+            f"{'LoRA adapter' + (' (merged into the base weights)' if info.get('merged') else '') if info.get('peft') else 'full fine-tuning'}, "
+            f"{info.get('global_step', '?')} optimizer steps",
+        ),
         ("dataset", f"`{info.get('dataset')}` (config `{info.get('dataset_config')}`)"),
         ("subject model explained", f"`{info.get('data_source_model')}`"),
         ("teacher / simulator", f"`{info.get('data_teacher')}` / `{info.get('data_simulator')}`"),
@@ -86,7 +88,7 @@ def model_card(info: dict, eval_markdown: str | None = None, repo_id: str | None
     table = "\n".join(f"| {k} | {v} |" for k, v in facts)
     evaluation = eval_markdown or "No evaluation results were attached to this upload."
     body = f"""
-# Neuron / feature explainer ({info.get('kind', 'sft').upper()})
+# Neuron / feature explainer ({info.get("kind", "sft").upper()})
 
 Given text excerpts with a neuron's or SAE feature's activation on every token, this model writes a
 one-line explanation of what the unit responds to. Trained with neuroscribe

@@ -1,17 +1,93 @@
-"""The steps every training entry point runs, so `sft.py` and `dpo.py` stay short and linear."""
+"""The steps every training entry point runs, so `sft.py`, `dpo.py` and `simulator.py` stay short and
+linear: `prepare` (seed -> logging -> output folder -> data -> tokenizer) and `train_and_save`
+(train, resuming from the last complete checkpoint -> save -> run info -> card). The run folder's
+files are owned by `neuroscribe.runs.train`."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from neuroscribe.train.args import RecipeSource, redacted_recipe_text
 
+from neuroscribe.runs import datasets as dataset_files
+from neuroscribe.runs.files import guard_output
+from neuroscribe.runs.train import is_finished, last_complete_checkpoint, write_run_info
+
 logger = logging.getLogger("neuroscribe.train")
-RUN_INFO = "neuroscribe_run.json"
 LLAMA3_PAD = "<|finetune_right_pad_id|>"  # Llama-3.1 reserves this; padding with eos works too
+
+
+@dataclass
+class Prepared:
+    """What `prepare` hands the trainer: the data, the model folder and its tokenizer."""
+
+    dataset: Any  # datasets.DatasetDict
+    model_dir: str
+    tokenizer: Any
+    train: Any
+    eval: Any
+
+
+def prepare(script_args, training_args, model_args, require_chat_template: bool = True) -> Prepared:
+    """seed -> logging -> output folder check -> data -> tokenizer: the head of every entry point."""
+    import transformers
+
+    transformers.set_seed(training_args.seed)
+    setup_logging(training_args)
+    setup_wandb(script_args, training_args)
+    if training_args.push_to_hub:
+        raise ValueError("push_to_hub: publish a finished run with `neuroscribe publish` (it writes a proper card)")
+    check_output_dir(script_args, training_args, model_args)
+    dataset = load_training_dataset(script_args)
+    model_dir = resolve_model_dir(model_args.model_name_or_path, training_args)
+    tokenizer = load_tokenizer(model_dir, require_chat_template)
+    return Prepared(
+        dataset,
+        model_dir,
+        tokenizer,
+        dataset[script_args.dataset_train_split],
+        eval_split(script_args, training_args, dataset),
+    )
+
+
+def model_init_kwargs(model_args, training_args) -> dict:
+    """How TRL instantiates the model (after DeepSpeed ZeRO-3 is set up)."""
+    return {
+        "dtype": model_args.dtype,
+        "attn_implementation": model_args.attn_implementation,
+        "revision": model_args.model_revision,
+        **(training_args.model_init_kwargs or {}),
+    }
+
+
+def check_output_dir(script_args, training_args, model_args) -> None:
+    """A finished run without a checkpoint to resume from is never trained over unless `overwrite` (then
+    it is cleared first); with one, the run continues from it. The output folder may not overlap the
+    dataset or the starting model."""
+    out = training_args.output_dir
+    guard_output(
+        out,
+        {
+            "dataset_name": script_args.dataset_name if Path(script_args.dataset_name or "").exists() else None,
+            "model_name_or_path": model_args.model_name_or_path
+            if Path(model_args.model_name_or_path or "").exists()
+            else None,
+        },
+    )
+    if not is_finished(out) or last_complete_checkpoint(out) is not None or training_args.resume_from_checkpoint:
+        return
+    if not script_args.overwrite:
+        raise FileExistsError(
+            f"{out} holds a finished training run; pass --overwrite true to replace it, or choose another output_dir"
+        )
+    with training_args.main_process_first(desc="clear the finished run"):
+        if training_args.process_index == 0 and is_finished(out):
+            shutil.rmtree(out)
 
 
 def setup_logging(training_args) -> None:
@@ -22,10 +98,13 @@ def setup_logging(training_args) -> None:
     rank = training_args.process_index
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != training_args.world_size:  # e.g. DDP on CPU without use_cpu: N solo runs, one output_dir
-        raise RuntimeError(f"launched as {launched} processes but the Trainer sees world size "
-                           f"{training_args.world_size}; on CPU set `use_cpu: true` in the recipe")
-    logging.basicConfig(format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s",
-                        level=logging.INFO, force=True)
+        raise RuntimeError(
+            f"launched as {launched} processes but the Trainer sees world size "
+            f"{training_args.world_size}; on CPU set `use_cpu: true` in the recipe"
+        )
+    logging.basicConfig(
+        format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s", level=logging.INFO, force=True
+    )
     level = training_args.get_process_log_level()
     logger.setLevel(level)
     datasets.utils.logging.set_verbosity(level)
@@ -38,8 +117,11 @@ def setup_wandb(script_args, training_args) -> None:
     """Point wandb at the project named in the recipe; transformers' callback logs from rank 0 only."""
     if "wandb" not in (training_args.report_to or []):
         return
-    for env, value in (("WANDB_PROJECT", script_args.wandb_project), ("WANDB_ENTITY", script_args.wandb_entity),
-                       ("WANDB_RUN_GROUP", script_args.wandb_group)):
+    for env, value in (
+        ("WANDB_PROJECT", script_args.wandb_project),
+        ("WANDB_ENTITY", script_args.wandb_entity),
+        ("WANDB_RUN_GROUP", script_args.wandb_group),
+    ):
         if value:
             os.environ[env] = value
 
@@ -61,8 +143,10 @@ def resolve_model_dir(spec: str, training_args) -> str:
             load_model(spec)
             src = resolve(spec)
     if src.gguf_file is not None:
-        raise RuntimeError(f"model {spec}: could not write the converted copy to the neuroscribe cache; "
-                           "set NEUROSCRIBE_CACHE to a writable folder")
+        raise RuntimeError(
+            f"model {spec}: could not write the converted copy to the neuroscribe cache; "
+            "set NEUROSCRIBE_CACHE to a writable folder"
+        )
     return src.path
 
 
@@ -109,35 +193,38 @@ def load_training_dataset(script_args):
 
 def check_heldout(name: str, ds) -> None:
     """Training must never see a feature reserved for eval."""
-    path = Path(name) / "heldout.txt"
+    path = Path(name) / dataset_files.HELDOUT
     if not path.exists():
         return
-    heldout = {ln.strip() for ln in path.read_text().splitlines() if ln.strip()}
+    heldout = set(dataset_files.read_heldout(path, allow_empty=True))
     for split, part in ds.items():
         if "feature" in part.column_names:
             leaked = heldout & set(part["feature"])
             if leaked:
-                raise ValueError(f"dataset {name} split {split}: {len(leaked)} held-out feature(s) "
-                                 f"listed in {path}, e.g. {sorted(leaked)[:3]}")
+                raise ValueError(
+                    f"dataset {name} split {split}: {len(leaked)} held-out feature(s) "
+                    f"listed in {path}, e.g. {sorted(leaked)[:3]}"
+                )
 
 
 def eval_split(script_args, training_args, ds):
     if training_args.eval_strategy == "no":
         return None
     if script_args.dataset_test_split not in ds:
-        raise ValueError(f"eval_strategy is {training_args.eval_strategy} but the dataset has no split "
-                         f"{script_args.dataset_test_split!r} (has {list(ds)})")
+        raise ValueError(
+            f"eval_strategy is {training_args.eval_strategy} but the dataset has no split "
+            f"{script_args.dataset_test_split!r} (has {list(ds)})"
+        )
     return ds[script_args.dataset_test_split]
 
 
 def last_checkpoint(training_args) -> str | None:
-    """What to resume from: the recipe's resume_from_checkpoint, else the newest checkpoint in output_dir."""
-    from transformers.trainer_utils import get_last_checkpoint
-
+    """What to resume from: the recipe's resume_from_checkpoint, else the newest COMPLETE checkpoint in
+    output_dir (one whose save was cut off is passed over)."""
     if training_args.resume_from_checkpoint:
         return training_args.resume_from_checkpoint
-    out = training_args.output_dir
-    last = get_last_checkpoint(out) if os.path.isdir(out) else None
+    found = last_complete_checkpoint(training_args.output_dir)
+    last = str(found) if found else None
     if last:
         logger.info("resuming from %s", last)
         print(f"[neuroscribe] resuming from {last}", flush=True)
@@ -146,18 +233,31 @@ def last_checkpoint(training_args) -> str | None:
 
 def dataset_provenance(name: str) -> dict:
     """Teacher, simulator, prompt version ... from a `distill build` folder's build.json, when local."""
-    path = Path(name) / "build.json"
-    if not path.exists():
+    build = dataset_files.read_build(name) if Path(name).is_dir() else None
+    if build is None:
         return {}
-    build = json.loads(path.read_text())
     meta = build.get("meta", {})
-    return {"source_model": build.get("source_model"), "teacher": meta.get("teacher"),
-            "simulator": meta.get("simulator"), "prompt_style": meta.get("prompt_style"),
-            "prompt_version": meta.get("prompt_version"), "heldout_features": len(build.get("splits", {}).get("heldout", []))}
+    return {
+        "source_model": build.get("source_model"),
+        "teacher": meta.get("teacher"),
+        "simulator": meta.get("simulator"),
+        "prompt_style": meta.get("prompt_style"),
+        "prompt_version": meta.get("prompt_version"),
+        "heldout_features": len(build.get("splits", {}).get("heldout", [])),
+    }
 
 
-def write_run_info(kind: str, trainer, script_args, model_args, source: RecipeSource | None, base_model_dir: str,
-                   metrics: dict, card=None, extra: dict | None = None) -> dict:
+def run_card(
+    kind: str,
+    trainer,
+    script_args,
+    model_args,
+    source: RecipeSource | None,
+    base_model_dir: str,
+    metrics: dict,
+    card=None,
+    extra: dict | None = None,
+) -> dict:
     """Save recipe copy, run facts and a model card into output_dir (main process only).
 
     card: info -> ModelCard (default: the explainer card); extra: more run facts for the info."""
@@ -182,29 +282,29 @@ def write_run_info(kind: str, trainer, script_args, model_args, source: RecipeSo
     }
     if source.path:
         (out / "recipe.yaml").write_text(redacted_recipe_text(source.path))
-    (out / RUN_INFO).write_text(json.dumps(info, indent=2, default=str))
     (card or model_card)(info).save(out / "README.md")
+    write_run_info(out, info)  # last: its presence marks a finished run
     return info
 
 
-def train_and_save(kind: str, trainer, tokenizer, dataset, script_args, training_args, model_args, source, model_dir,
-                   save_extra=None, **run_info) -> dict:
+def train_and_save(
+    kind: str, trainer, run: Prepared, script_args, training_args, model_args, source, save_extra=None, **run_info
+) -> dict:
     """train (resuming from the last checkpoint) -> metrics -> save -> run card, the tail every entry point
     shares; returns the run info on the main rank ({} elsewhere). `save_extra(output_dir)` runs on the
     main rank beside the tokenizer (e.g. a simulator's format file)."""
     result = trainer.train(resume_from_checkpoint=last_checkpoint(training_args))
-    metrics = {**result.metrics, "train_samples": len(dataset[script_args.dataset_train_split])}
+    metrics = {**result.metrics, "train_samples": len(run.train)}
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     trainer.save_state()
     trainer.save_model(training_args.output_dir)
     info = {}
     if trainer.accelerator.is_main_process:
-        tokenizer.save_pretrained(training_args.output_dir)
+        run.tokenizer.save_pretrained(training_args.output_dir)
         if save_extra is not None:
             save_extra(training_args.output_dir)
-        info = write_run_info(kind, trainer, script_args, model_args, source, model_dir, metrics, **run_info)
+        info = run_card(kind, trainer, script_args, model_args, source, run.model_dir, metrics, **run_info)
     trainer.accelerator.wait_for_everyone()
     trainer.end()  # finish trackers, destroy the process group
     return info
-

@@ -28,6 +28,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from neuroscribe.configs import PlanConfig
+
 SHIPPED_CONFIGS = {
     "meta-llama/Llama-3.1-8B-Instruct": "llama-3.1-8b-config.json",
     "meta-llama/Llama-3.1-8B": "llama-3.1-8b-config.json",
@@ -153,9 +155,18 @@ def flops_per_token(model: ModelShape, run: RunShape, seq_len: int) -> float:
     return float(dense + attention)
 
 
-def plan(model: ModelShape, run: RunShape, strategy: Strategy, gpus: int, gpu_mem_gib: float, examples: int,
-         tokens_per_example: int | None = None, mfu: float = 0.4, peak_tflops: float = 989.0,
-         sources: dict | None = None) -> Plan:
+def plan(
+    model: ModelShape,
+    run: RunShape,
+    strategy: Strategy,
+    gpus: int,
+    gpu_mem_gib: float,
+    examples: int,
+    tokens_per_example: int | None = None,
+    mfu: float = 0.4,
+    peak_tflops: float = 989.0,
+    sources: dict | None = None,
+) -> Plan:
     """The pure core: every number of the printed plan from shapes and hardware."""
     if gpus < 1 or gpu_mem_gib <= 0 or not 0 < mfu <= 1 or examples < 1:
         raise ValueError("plan needs gpus >= 1, gpu memory > 0, 0 < mfu <= 1 and examples >= 1")
@@ -165,12 +176,23 @@ def plan(model: ModelShape, run: RunShape, strategy: Strategy, gpus: int, gpu_me
     total_tokens = examples * seq * run.sequences_per_example
     hours = total_tokens * fpt / (gpus * peak_tflops * 1e12 * mfu) / 3600
     return Plan(
-        model=model, run=run, strategy=strategy, gpus=gpus, gpu_mem_gib=gpu_mem_gib,
+        model=model,
+        run=run,
+        strategy=strategy,
+        gpus=gpus,
+        gpu_mem_gib=gpu_mem_gib,
         memory=memory_per_gpu(model, run, strategy, gpus),
         alternatives={name: memory_per_gpu(model, run, s, gpus) for name, s in STRATEGIES.items()},
-        sequences_per_step=sequences, tokens_per_step_max=sequences * run.max_length * run.sequences_per_example,
-        examples=examples, tokens_per_example=seq, steps_per_epoch=math.ceil(examples / sequences),
-        flops_per_token=fpt, hours_per_epoch=hours, mfu=mfu, peak_tflops=peak_tflops, sources=sources or {},
+        sequences_per_step=sequences,
+        tokens_per_step_max=sequences * run.max_length * run.sequences_per_example,
+        examples=examples,
+        tokens_per_example=seq,
+        steps_per_epoch=math.ceil(examples / sequences),
+        flops_per_token=fpt,
+        hours_per_epoch=hours,
+        mfu=mfu,
+        peak_tflops=peak_tflops,
+        sources=sources or {},
     )
 
 
@@ -209,9 +231,15 @@ def model_shape(config_file: str | Path, lora: dict | None = None, name: str = "
     heads = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     return ModelShape(
-        name=name or str(config_file), total_params=total, trainable_params=trainable, hidden_size=cfg.hidden_size,
-        num_layers=cfg.num_hidden_layers, intermediate_size=cfg.intermediate_size,
-        kv_dim=getattr(cfg, "num_key_value_heads", heads) * head_dim, vocab_size=cfg.vocab_size, peft=bool(lora),
+        name=name or str(config_file),
+        total_params=total,
+        trainable_params=trainable,
+        hidden_size=cfg.hidden_size,
+        num_layers=cfg.num_hidden_layers,
+        intermediate_size=cfg.intermediate_size,
+        kv_dim=getattr(cfg, "num_key_value_heads", heads) * head_dim,
+        vocab_size=cfg.vocab_size,
+        peft=bool(lora),
     )
 
 
@@ -224,14 +252,27 @@ def strategy_from_accelerate(path: str | Path) -> Strategy:
         ds = cfg.deepspeed_config or {}
         if "deepspeed_config_file" in ds:
             ds_file = json.loads(Path(ds["deepspeed_config_file"]).read_text())["zero_optimization"]
-            stage, opt, par = ds_file.get("stage", 0), ds_file.get("offload_optimizer", {}), ds_file.get("offload_param", {})
+            stage, opt, par = (
+                ds_file.get("stage", 0),
+                ds_file.get("offload_optimizer", {}),
+                ds_file.get("offload_param", {}),
+            )
             opt_dev, par_dev = opt.get("device", "none"), par.get("device", "none")
         else:
-            stage, opt_dev, par_dev = ds.get("zero_stage", 0), ds.get("offload_optimizer_device", "none"), ds.get(
-                "offload_param_device", "none")
+            stage, opt_dev, par_dev = (
+                ds.get("zero_stage", 0),
+                ds.get("offload_optimizer_device", "none"),
+                ds.get("offload_param_device", "none"),
+            )
         base = STRATEGIES["zero3" if int(stage) == 3 else "zero2" if int(stage) == 2 else "ddp"]
-        return Strategy(base.name, base.shard_weights, base.shard_grads, base.shard_optimizer,
-                        offload_optimizer=opt_dev not in (None, "none"), offload_params=par_dev not in (None, "none"))
+        return Strategy(
+            base.name,
+            base.shard_weights,
+            base.shard_grads,
+            base.shard_optimizer,
+            offload_optimizer=opt_dev not in (None, "none"),
+            offload_params=par_dev not in (None, "none"),
+        )
     if kind == "FSDP":
         fsdp = cfg.fsdp_config or {}
         if int(fsdp.get("fsdp_version", 1)) >= 2:  # FSDP2: resharding after forward = full shard
@@ -240,16 +281,22 @@ def strategy_from_accelerate(path: str | Path) -> Strategy:
             full = str(fsdp.get("fsdp_sharding_strategy", "FULL_SHARD")) in ("FULL_SHARD", "1")
         base = STRATEGIES["zero3" if full else "zero2"]
         offload = bool(fsdp.get("fsdp_offload_params", False))
-        return Strategy(f"fsdp-{base.name}", base.shard_weights, base.shard_grads, base.shard_optimizer,
-                        offload_optimizer=offload, offload_params=offload)
+        return Strategy(
+            f"fsdp-{base.name}",
+            base.shard_weights,
+            base.shard_grads,
+            base.shard_optimizer,
+            offload_optimizer=offload,
+            offload_params=offload,
+        )
     return STRATEGIES["ddp"]
 
 
-def plan_from_files(config: str | Path, accelerate_config: str | Path, gpus: int, gpu_mem: float,
-                    examples: int = 10_000, tokens_per_example: int | None = None, mfu: float = 0.4,
-                    peak_tflops: float = 989.0, model_config: str | Path | None = None) -> Plan:
+def plan_from_files(cfg: PlanConfig) -> Plan:
     """Read a training recipe and an accelerate config, then `plan`."""
     from neuroscribe.train.args import parse_recipe, recipe_kind
+
+    config, accelerate_config, model_config = cfg.config, cfg.accelerate_config, cfg.model_config
 
     kind = recipe_kind(config)
     _, targs, margs, _ = parse_recipe(config, kind)
@@ -261,14 +308,27 @@ def plan_from_files(config: str | Path, accelerate_config: str | Path, gpus: int
     if not targs.max_length:
         raise ValueError(f"{config}: max_length is not set; the plan needs a sequence length")
     run = RunShape(
-        kind=kind, per_device_batch=targs.per_device_train_batch_size, grad_accum=targs.gradient_accumulation_steps,
-        max_length=targs.max_length, activation_checkpointing=bool(targs.activation_checkpointing),
+        kind=kind,
+        per_device_batch=targs.per_device_train_batch_size,
+        grad_accum=targs.gradient_accumulation_steps,
+        max_length=targs.max_length,
+        activation_checkpointing=bool(targs.activation_checkpointing),
         reference_copy=kind == "dpo" and not margs.use_peft and not targs.precompute_ref_log_probs,
         reference_forward=kind == "dpo" and not targs.precompute_ref_log_probs,
     )
     strategy = strategy_from_accelerate(accelerate_config)
-    return plan(shape, run, strategy, gpus, gpu_mem, examples, tokens_per_example, mfu, peak_tflops,
-                sources={"recipe": str(config), "accelerate_config": str(accelerate_config), "model_config": str(cfg_file)})
+    return plan(
+        shape,
+        run,
+        strategy,
+        cfg.gpus,
+        cfg.gpu_mem,
+        cfg.examples,
+        cfg.tokens_per_example,
+        cfg.mfu,
+        cfg.peak_tflops,
+        sources={"recipe": str(config), "accelerate_config": str(accelerate_config), "model_config": str(cfg_file)},
+    )
 
 
 # ---------------------------------------------------------------------------------- printing
@@ -278,36 +338,41 @@ def format_plan(p: Plan) -> str:
     m, r = p.model, p.run
     gib = lambda x: f"{x / GIB:9.2f}"  # noqa: E731
     lines = [
-        f"plan: {r.kind.upper()} of {m.name} ({'LoRA' if m.peft else 'full fine-tuning'}); model config {p.sources.get('model_config', '?')}",
+        f"plan: {r.kind.upper()} of {m.name} ({'LoRA' if m.peft else 'full fine-tuning'}); "
+        f"model config {p.sources.get('model_config', '?')}",
         f"parameters: total {m.total_params:,} ({m.total_params / 1e9:.2f} B), trainable {m.trainable_params:,} "
         f"({100 * m.trainable_params / m.total_params:.2f}%)",
         f"strategy: {p.strategy.name} on {p.gpus} GPU(s) x {p.gpu_mem_gib:g} GiB"
         + (f" (from {p.sources['accelerate_config']})" if "accelerate_config" in p.sources else ""),
-        f"per-GPU memory (GiB){'':4}  weights     grads  optimizer  activations     total  fits (<= {100 * (1 - HEADROOM):.0f}%)",
+        f"per-GPU memory (GiB){'':4}  weights     grads  optimizer  activations     total  "
+        f"fits (<= {100 * (1 - HEADROOM):.0f}%)",
     ]
-    rows = [(p.strategy.name + " <- chosen", p.memory)] + [(n, mem) for n, mem in p.alternatives.items()
-                                                            if n != p.strategy.name]
+    rows = [(p.strategy.name + " <- chosen", p.memory)] + [
+        (n, mem) for n, mem in p.alternatives.items() if n != p.strategy.name
+    ]
     budget = p.gpu_mem_gib * GIB * (1 - HEADROOM)
     for name, mem in rows:
-        lines.append(f"  {name:22s}{gib(mem.weights)} {gib(mem.gradients)} {gib(mem.optimizer)}  {gib(mem.activations)}"
-                     f"  {gib(mem.total)}  {'yes' if mem.total <= budget else 'NO'}")
+        lines.append(
+            f"  {name:22s}{gib(mem.weights)} {gib(mem.gradients)} {gib(mem.optimizer)}  {gib(mem.activations)}"
+            f"  {gib(mem.total)}  {'yes' if mem.total <= budget else 'NO'}"
+        )
     lines += [
-        f"batch: {r.per_device_batch} seq/GPU x {r.grad_accum} accumulation x {p.gpus} GPU(s) = {p.sequences_per_step} "
+        f"batch: {r.per_device_batch} seq/GPU x {r.grad_accum} accumulation x {p.gpus} GPU(s) = "
+        f"{p.sequences_per_step} "
         f"{'pairs' if r.kind == 'dpo' else 'sequences'} per optimizer step; <= {p.tokens_per_step_max:,} tokens/step "
         f"at max_length {r.max_length}; activation checkpointing {'on' if r.activation_checkpointing else 'off'}",
-        f"epoch: {p.examples:,} examples x {p.tokens_per_example:,} tokens{' x 2 (chosen, rejected)' if r.kind == 'dpo' else ''}"
+        f"epoch: {p.examples:,} examples x {p.tokens_per_example:,} tokens"
+        f"{' x 2 (chosen, rejected)' if r.kind == 'dpo' else ''}"
         f" = {p.steps_per_epoch:,} steps; {p.flops_per_token:.3g} FLOP/token; "
         f"~{p.hours_per_epoch:.2f} h per epoch at {100 * p.mfu:.0f}% MFU of {p.peak_tflops:g} TFLOP/s per GPU",
-        f"verdict: {'fits' if p.fits else 'does NOT fit'} ({p.memory.total / GIB:.1f} of {p.gpu_mem_gib:g} GiB per GPU)",
+        f"verdict: {'fits' if p.fits else 'does NOT fit'} "
+        f"({p.memory.total / GIB:.1f} of {p.gpu_mem_gib:g} GiB per GPU)",
     ]
     return "\n".join(lines)
 
 
-def plan_command(config: str | Path, accelerate_config: str | Path, gpus: int, gpu_mem: float,
-                 examples: int = 10_000, tokens_per_example: int | None = None, mfu: float = 0.4,
-                 peak_tflops: float = 989.0, model_config: str | Path | None = None, echo=print) -> Plan:
+def plan_command(cfg: PlanConfig, echo=print) -> Plan:
     """`neuroscribe plan`: build the plan from the files and print it."""
-    p = plan_from_files(config, accelerate_config, gpus, gpu_mem, examples, tokens_per_example, mfu, peak_tflops,
-                        model_config)
+    p = plan_from_files(cfg)
     echo(format_plan(p))
     return p

@@ -23,12 +23,28 @@ from pathlib import Path
 
 from neuroscribe.train.args import redacted_recipe_text
 from neuroscribe.train.cards import eval_table, model_card
-from neuroscribe.train.pipeline import RUN_INFO
+
+from neuroscribe.configs import PublishConfig
+from neuroscribe.runs.files import guard_output
+from neuroscribe.runs.simulator import SIMULATOR_FILE
+from neuroscribe.runs.train import read_run_info, write_run_info
 
 PUBLISHED = (
-    "config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json", "adapter_config.json",
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "vocab.json",
-    "merges.txt", "tokenizer.model", "added_tokens.json", "all_results.json", "simulator.json",
+    "config.json",
+    "generation_config.json",
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "adapter_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "added_tokens.json",
+    "all_results.json",
+    "simulator.json",
 )
 TOKEN_PATTERN = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b|\bsk-[A-Za-z0-9_-]{20,}\b")
 TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "WANDB_API_KEY")
@@ -43,18 +59,19 @@ class PublishResult:
     url: str | None = None
 
 
-def read_run_info(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / RUN_INFO
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no {RUN_INFO}; not a finished neuroscribe training run")
-    return json.loads(path.read_text())
-
-
-def build_repo_folder(run_dir: str | Path, out_dir: str | Path, *, merge: bool = False,
-                      eval_results: str | Path | None = None, recipe: str | Path | None = None,
-                      repo_id: str | None = None, overwrite: bool = False) -> Path:
+def build_repo_folder(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    merge: bool = False,
+    eval_results: str | Path | None = None,
+    recipe: str | Path | None = None,
+    repo_id: str | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write the repository folder for `run_dir` into `out_dir` (refuses a non-empty one unless overwrite)."""
     run, out = Path(run_dir), Path(out_dir)
+    guard_output(out, {"run_dir": run, "recipe": recipe, "eval_results": eval_results})
     info = read_run_info(run)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} already exists and is not empty; pass --overwrite to replace it")
@@ -66,8 +83,8 @@ def build_repo_folder(run_dir: str | Path, out_dir: str | Path, *, merge: bool =
     tmp.mkdir(parents=True)
     if merge:
         _write_merged(run, info, tmp)
-        if (run / "simulator.json").exists():  # a trained simulator's class ids travel with its weights
-            shutil.copy2(run / "simulator.json", tmp / "simulator.json")
+        if (run / SIMULATOR_FILE).exists():  # a trained simulator's class ids travel with its weights
+            shutil.copy2(run / SIMULATOR_FILE, tmp / SIMULATOR_FILE)
     else:
         for f in sorted(run.iterdir()):
             if f.is_file() and any(fnmatch.fnmatch(f.name, pat) for pat in PUBLISHED):
@@ -80,7 +97,7 @@ def build_repo_folder(run_dir: str | Path, out_dir: str | Path, *, merge: bool =
     if recipe_path.exists():
         (tmp / "recipe.yaml").write_text(redacted_recipe_text(recipe_path))
     published_info = {**info, "merged": merge}
-    (tmp / RUN_INFO).write_text(json.dumps(published_info, indent=2, default=str))
+    write_run_info(tmp, published_info)
     card = model_card
     if info.get("kind") == "simulator":
         from neuroscribe.train.simulator import simulator_card as card
@@ -116,8 +133,17 @@ def check_no_secrets(folder: Path) -> None:
             raise ValueError(f"{f}: looks like it contains a token; refusing to publish")
 
 
-def upload(folder: Path, repo_id: str, branch: str = "main", *, overwrite: bool = False, private: bool = True,
-           token: str | None = None, api=None, commit_message: str = "neuroscribe publish") -> str:
+def upload(
+    folder: Path,
+    repo_id: str,
+    branch: str = "main",
+    *,
+    overwrite: bool = False,
+    private: bool = True,
+    token: str | None = None,
+    api=None,
+    commit_message: str = "neuroscribe publish",
+) -> str:
     """Create the repo and branch if needed, then upload `folder` to the branch; returns the commit URL."""
     from huggingface_hub import HfApi
 
@@ -127,19 +153,36 @@ def upload(folder: Path, repo_id: str, branch: str = "main", *, overwrite: bool 
     if branch in branches:
         existing = [f for f in api.list_repo_files(repo_id, revision=branch) if f != ".gitattributes"]
         if existing and not overwrite:
-            raise FileExistsError(f"{repo_id}@{branch} already holds {len(existing)} file(s) "
-                                  f"(e.g. {existing[0]}); pass --overwrite or choose another --branch")
+            raise FileExistsError(
+                f"{repo_id}@{branch} already holds {len(existing)} file(s) "
+                f"(e.g. {existing[0]}); pass --overwrite or choose another --branch"
+            )
     else:
         api.create_branch(repo_id, branch=branch, exist_ok=True)
-    commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=branch,
-                               commit_message=commit_message, delete_patterns="*" if overwrite else None)
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        revision=branch,
+        commit_message=commit_message,
+        delete_patterns="*" if overwrite else None,
+    )
     return str(getattr(commit, "commit_url", commit))
 
 
-def publish(run_dir: str | Path, repo_id: str | None = None, *, dry_run: str | Path | None = None,
-            merge: bool = False, branch: str = "main", overwrite: bool = False,
-            eval_results: str | Path | None = None, recipe: str | Path | None = None, private: bool = True,
-            token: str | None = None, api=None) -> PublishResult:
+def publish(
+    run_dir: str | Path,
+    repo_id: str | None = None,
+    *,
+    dry_run: str | Path | None = None,
+    merge: bool = False,
+    branch: str = "main",
+    overwrite: bool = False,
+    eval_results: str | Path | None = None,
+    recipe: str | Path | None = None,
+    private: bool = True,
+    token: str | None = None,
+    api=None,
+) -> PublishResult:
     """Build the repository folder; with `dry_run` write it there and stop, else upload it to `repo_id@branch`."""
     import tempfile
 
@@ -161,13 +204,19 @@ def _files(folder: Path) -> tuple[str, ...]:
     return tuple(sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()))
 
 
-def publish_command(run_dir: str | Path, repo: str | None = None, dry_run: str | Path | None = None,
-                    merge: bool = False, branch: str = "main", overwrite: bool = False,
-                    eval_results: str | Path | None = None, recipe: str | Path | None = None,
-                    private: bool = True, echo=print) -> PublishResult:
+def publish_command(cfg: PublishConfig, echo=print) -> PublishResult:
     """`neuroscribe publish`: prints what was written or uploaded (never the token, read from HF_TOKEN)."""
-    result = publish(run_dir, repo, dry_run=dry_run, merge=merge, branch=branch, overwrite=overwrite,
-                     eval_results=eval_results, recipe=recipe, private=private)
-    where = f"{result.folder}" if dry_run is not None else f"{result.repo_id}@{result.branch} ({result.url})"
+    result = publish(
+        cfg.run_dir,
+        cfg.repo,
+        dry_run=cfg.dry_run,
+        merge=cfg.merge,
+        branch=cfg.branch,
+        overwrite=cfg.overwrite,
+        eval_results=cfg.eval_results,
+        recipe=cfg.recipe,
+        private=cfg.private,
+    )
+    where = f"{result.folder}" if cfg.dry_run is not None else f"{result.repo_id}@{result.branch} ({result.url})"
     echo(f"published {len(result.files)} files to {where}: {', '.join(result.files)}")
     return result

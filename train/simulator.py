@@ -5,7 +5,7 @@
 
 Data: a `neuroscribe distill simulator-data` folder, `dataset_config` stage1 or stage2. The model is
 any causal LM; the loss is cross-entropy over the logits of 11 fixed vocabulary ids at the text
-positions only (`neuroscribe.finetuned_simulator`: format, labels, alignment, read-out). A
+positions only (`neuroscribe.simulators.finetuned_format`: format, labels, alignment, read-out). A
 `model_name_or_path` that is itself a trained simulator (stage 2 after stage 1) keeps its class ids,
 and a LoRA one keeps training its adapter. The run folder is loadable as `finetuned:RUN_DIR` wherever
 a simulator spec is accepted; so is every `checkpoint-*` in it.
@@ -22,17 +22,36 @@ import sys
 import uuid
 from pathlib import Path
 
+from neuroscribe.runs.simulator import is_simulator, read_simulator_file, write_simulator_file
+from neuroscribe.simulators.finetuned_format import SimulatorFormat
+
 # SFTConfig fields with no meaning here; setting one is an error rather than a silent no-op.
-SFT_ONLY = ("packing", "packing_strategy", "padding_free", "eval_packing", "completion_only_loss",
-            "assistant_only_loss", "chat_template_path", "dataset_text_field", "dataset_kwargs", "eos_token",
-            "pad_token", "loss_type", "activation_offloading", "truncation_mode")
+SFT_ONLY = (
+    "packing",
+    "packing_strategy",
+    "padding_free",
+    "eval_packing",
+    "completion_only_loss",
+    "assistant_only_loss",
+    "chat_template_path",
+    "dataset_text_field",
+    "dataset_kwargs",
+    "eos_token",
+    "pad_token",
+    "loss_type",
+    "activation_offloading",
+    "truncation_mode",
+)
 
 
 def check_training_args(training_args, model_args) -> None:
     from trl import SFTConfig
 
-    defaults = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
-                for f in dataclasses.fields(SFTConfig) if f.name in SFT_ONLY}
+    defaults = {
+        f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        for f in dataclasses.fields(SFTConfig)
+        if f.name in SFT_ONLY
+    }
     changed = [k for k, v in defaults.items() if getattr(training_args, k) != v]
     if changed:
         raise ValueError(f"simulator recipe sets SFT-only option(s) {changed}; the simulator trainer ignores them")
@@ -47,14 +66,17 @@ def check_training_args(training_args, model_args) -> None:
 
 def load_model(model_dir: str, model_args, training_args):
     """The causal LM to train: a saved LoRA simulator keeps training its adapter; else LoRA or full."""
+    from neuroscribe.train.pipeline import resolve_model_dir
     from peft import PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
     from trl import get_peft_config
 
-    from neuroscribe.train.pipeline import resolve_model_dir
-
-    kwargs = {"dtype": model_args.dtype, "attn_implementation": model_args.attn_implementation,
-              "revision": model_args.model_revision, **(training_args.model_init_kwargs or {})}
+    kwargs = {
+        "dtype": model_args.dtype,
+        "attn_implementation": model_args.attn_implementation,
+        "revision": model_args.model_revision,
+        **(training_args.model_init_kwargs or {}),
+    }
     adapter = Path(model_dir) / "adapter_config.json"
     base_dir = model_dir
     if adapter.exists():
@@ -68,15 +90,20 @@ def load_model(model_dir: str, model_args, training_args):
     return get_peft_model(model, get_peft_config(model_args)) if model_args.use_peft else model
 
 
-def simulator_format(model_dir: str, tokenizer, base_model: str):
-    """Class ids of a simulator being trained further, else chosen for this tokenizer; a new run id."""
-    from neuroscribe.finetuned_simulator import CONFIG_FILE, SimulatorFormat
-
-    if (Path(model_dir) / CONFIG_FILE).exists():
-        fmt = SimulatorFormat.load(model_dir)
+def simulator_format(model_dir: str, tokenizer, base_model: str, dataset) -> SimulatorFormat:
+    """Class ids of a simulator being trained further, else chosen for this tokenizer; a new run id; and
+    every feature (with its exemplar splits) the data trains on, added to what it was trained on before."""
+    features = {k for part in dataset.values() if "feature" in part.column_names for k in part["feature"]}
+    splits = {s for part in dataset.values() if "split" in part.column_names for s in part["split"]}
+    if is_simulator(model_dir):
+        fmt = read_simulator_file(model_dir)
         fmt.check_tokenizer(tokenizer, model_dir)
-        return dataclasses.replace(fmt, run_id=uuid.uuid4().hex)
-    return SimulatorFormat.for_tokenizer(tokenizer, base_model)
+        features |= set(fmt.trained_features)
+        splits |= set(fmt.trained_splits)
+        fmt = dataclasses.replace(fmt, run_id=uuid.uuid4().hex)
+    else:
+        fmt = SimulatorFormat.for_tokenizer(tokenizer, base_model)
+    return dataclasses.replace(fmt, trained_features=tuple(sorted(features)), trained_splits=tuple(sorted(splits)))
 
 
 def _save_format_callback(fmt):
@@ -89,62 +116,70 @@ def _save_format_callback(fmt):
             if state.is_world_process_zero:
                 ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
                 if ckpt.is_dir():
-                    fmt.save(ckpt)
+                    write_simulator_file(ckpt, fmt)
 
     return SaveSimulatorFormat()
 
 
 def main(script_args, training_args, model_args, source=None, callbacks=None) -> dict:
     """Train, save (weights + tokenizer + simulator.json) and write the run card; returns the run info."""
-    import transformers
+    from neuroscribe.train import pipeline
+    from neuroscribe.train.simulator_loss import ClassCrossEntropy, SimulatorCollator
     from transformers import Trainer
 
-    from neuroscribe.finetuned_simulator import ClassCrossEntropy, SimulatorCollator
-    from neuroscribe.train import pipeline
-
-    # seed -> logging
+    # seed -> logging -> data -> tokenizer
     check_training_args(training_args, model_args)
-    transformers.set_seed(training_args.seed)
-    pipeline.setup_logging(training_args)
-    pipeline.setup_wandb(script_args, training_args)
-    # data
-    dataset = pipeline.load_training_dataset(script_args)
-    # tokenizer and format
-    model_dir = pipeline.resolve_model_dir(model_args.model_name_or_path, training_args)
-    tokenizer = pipeline.load_tokenizer(model_dir, require_chat_template=False)
-    fmt = simulator_format(model_dir, tokenizer, model_args.model_name_or_path)
+    run = pipeline.prepare(script_args, training_args, model_args, require_chat_template=False)
+    # format: class ids, and the features this simulator must never score afterwards
+    fmt = simulator_format(run.model_dir, run.tokenizer, model_args.model_name_or_path, run.dataset)
     # model
-    model = load_model(model_dir, model_args, training_args)
+    model = load_model(run.model_dir, model_args, training_args)
     # trainer
     trainer = Trainer(
         model=model,
         args=training_args,
-        train_dataset=dataset[script_args.dataset_train_split],
-        eval_dataset=pipeline.eval_split(script_args, training_args, dataset),
-        processing_class=tokenizer,
-        data_collator=SimulatorCollator(tokenizer, training_args.max_length),
+        train_dataset=run.train,
+        eval_dataset=run.eval,
+        processing_class=run.tokenizer,
+        data_collator=SimulatorCollator(run.tokenizer, training_args.max_length),
         compute_loss_func=ClassCrossEntropy(fmt.class_token_ids),
         callbacks=[_save_format_callback(fmt), *(callbacks or [])],
     )
-    # train (resuming from the last checkpoint) -> save -> card
+    # train (resuming from the last complete checkpoint) -> save -> card
     return pipeline.train_and_save(
-        "simulator", trainer, tokenizer, dataset, script_args, training_args, model_args, source, model_dir,
-        save_extra=fmt.save, card=simulator_card,
-        extra={"class_token_ids": list(fmt.class_token_ids), "class_tokens": list(fmt.class_tokens),
-               "run_id": fmt.run_id, "simulator_base_model": fmt.base_model})
+        "simulator",
+        trainer,
+        run,
+        script_args,
+        training_args,
+        model_args,
+        source,
+        save_extra=lambda folder: write_simulator_file(folder, fmt),
+        card=simulator_card,
+        extra={
+            "class_token_ids": list(fmt.class_token_ids),
+            "class_tokens": list(fmt.class_tokens),
+            "run_id": fmt.run_id,
+            "simulator_base_model": fmt.base_model,
+            "trained_features": len(fmt.trained_features),
+        },
+    )
 
 
 def simulator_card(info: dict, eval_markdown: str | None = None, repo_id: str | None = None):
     """Card for a simulator run folder (built from run facts only, never from secrets)."""
     from huggingface_hub import ModelCard, ModelCardData
-
     from neuroscribe.train.cards import hub_id
 
     base = hub_id(info.get("simulator_base_model") or info.get("base_model"))
     peft = bool(info.get("peft")) and not info.get("merged")
-    data = ModelCardData(base_model=base, library_name="peft" if peft else "transformers", license="apache-2.0",
-                         language=["en"], tags=["neuroscribe", "interpretability", "activation-simulator"]
-                         + (["lora"] if info.get("peft") else []))
+    data = ModelCardData(
+        base_model=base,
+        library_name="peft" if peft else "transformers",
+        license="apache-2.0",
+        language=["en"],
+        tags=["neuroscribe", "interpretability", "activation-simulator"] + (["lora"] if info.get("peft") else []),
+    )
     name = repo_id or "PATH"
     body = f"""
 # Per-token activation simulator (neuroscribe)
@@ -152,16 +187,16 @@ def simulator_card(info: dict, eval_markdown: str | None = None, repo_id: str | 
 Given an explanation of a neuron / SAE feature and a text, predicts the unit's activation class
 (0..10) at every token: one forward over `## Neuron Description: <explanation>` / `## Input:` and
 the text; at each text token the logits of 11 fixed vocabulary ids (`simulator.json`:
-{info.get('class_tokens')}) are the class distribution and the prediction is its expected value.
+{info.get("class_tokens")}) are the class distribution and the prediction is its expected value.
 
 | | |
 |---|---|
-| base model | `{info.get('simulator_base_model') or info.get('base_model')}` |
-| training | masked cross-entropy over the 11 class logits, {'LoRA adapter' if info.get('peft') else 'full fine-tuning'}{' (merged)' if info.get('merged') else ''}, {info.get('global_step', '?')} optimizer steps |
-| dataset | `{info.get('dataset')}` (config `{info.get('dataset_config')}`) |
-| subject model of the data | `{info.get('data_source_model')}` |
-| explanations from | teacher `{info.get('data_teacher')}`, scored by `{info.get('data_simulator')}` |
-| recipe | `recipe.yaml` (from `{info.get('recipe')}`) |
+| base model | `{info.get("simulator_base_model") or info.get("base_model")}` |
+| training | masked cross-entropy over the 11 class logits, {"LoRA adapter" if info.get("peft") else "full fine-tuning"}{" (merged)" if info.get("merged") else ""}, {info.get("global_step", "?")} optimizer steps |
+| dataset | `{info.get("dataset")}` (config `{info.get("dataset_config")}`) |
+| subject model of the data | `{info.get("data_source_model")}` |
+| explanations from | teacher `{info.get("data_teacher")}`, scored by `{info.get("data_simulator")}` |
+| recipe | `recipe.yaml` (from `{info.get("recipe")}`) |
 
 ## Use
 

@@ -23,14 +23,27 @@ from neuroscribe.backends.base import (
 )
 from neuroscribe.backends.remote import Budget, BudgetExceeded, RetryPolicy
 from neuroscribe.cache import Cache
-
-KINDS = ("hf", "openai", "anthropic", "vllm")
-_REMOTE_OPTS = {"base_urls", "max_concurrency", "retry", "budget"}
+from neuroscribe.configs import CallLimits
 
 __all__ = [
-    "Backend", "BackendError", "Budget", "BudgetExceeded", "ChatRequest", "Completion", "PositionLogprobs",
-    "RetryPolicy", "SamplingParams", "BackendSpec", "load_backend", "parse_spec", "sample_seed",
+    "Backend",
+    "BackendError",
+    "Budget",
+    "BudgetExceeded",
+    "ChatRequest",
+    "Completion",
+    "PositionLogprobs",
+    "RetryPolicy",
+    "SamplingParams",
+    "BackendSpec",
+    "CallLimits",
+    "load_backend",
+    "parse_spec",
+    "sample_seed",
 ]
+
+KINDS = ("hf", "openai", "anthropic", "vllm")
+_REMOTE_OPTS = {"base_urls", "max_concurrency", "retry", "budget", "allow_plain_http"}
 
 
 @dataclass(frozen=True)
@@ -44,7 +57,10 @@ def parse_spec(spec: str) -> BackendSpec:
     """'kind:model[@url,url]' -> BackendSpec, with one error that says what a spec looks like."""
     kind, sep, rest = spec.partition(":")
     kind = kind.strip().lower()
-    example = "e.g. hf:smollm2-135m-instruct, openai:gpt-4o-mini, openai:MODEL@http://127.0.0.1:8000/v1, anthropic:MODEL, vllm:MODEL"
+    example = (
+        "e.g. hf:smollm2-135m-instruct, openai:gpt-4o-mini, openai:MODEL@http://127.0.0.1:8000/v1, "
+        "anthropic:MODEL, vllm:MODEL"
+    )
     if not sep or kind not in KINDS or not rest.strip():
         raise ValueError(f"backend spec {spec!r}: expected KIND:MODEL with KIND one of {', '.join(KINDS)} ({example})")
     model, urls = rest.strip(), ()
@@ -53,13 +69,23 @@ def parse_spec(spec: str) -> BackendSpec:
         urls = tuple(u.strip() for u in url_text.split(",") if u.strip())
         bad = [u for u in urls if not u.startswith(("http://", "https://"))]
         if not model or not urls or bad:
-            raise ValueError(f"backend spec {spec!r}: after '@' give base URLs like http://127.0.0.1:8000/v1 ({example})")
+            raise ValueError(
+                f"backend spec {spec!r}: after '@' give base URLs like http://127.0.0.1:8000/v1 ({example})"
+            )
     return BackendSpec(kind, model, urls)
 
 
-def load_backend(spec: str, cache: Cache | None = None, **opts) -> Backend:
-    """Build the backend a spec names. `opts` go to its constructor (stage, prices, budget, ...)."""
+def load_backend(
+    spec: str, cache: Cache | None = None, limits: CallLimits | None = None, budget: Budget | None = None, **opts
+) -> Backend:
+    """Build the backend a spec names. `opts` go to its constructor (stage, prices, ...); `limits` (and a
+    shared `budget`) apply to HTTP backends only and are ignored by local ones."""
     parsed = parse_spec(spec)
+    if parsed.kind in ("openai", "anthropic"):
+        if limits is not None:
+            opts = {**limits.options(budget), **opts}
+        elif budget is not None:
+            opts = {"budget": budget, **opts}
     if parsed.kind in ("hf", "vllm"):
         stray = _REMOTE_OPTS & set(opts)
         if stray:

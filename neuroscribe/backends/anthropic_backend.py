@@ -19,8 +19,17 @@ class AnthropicBackend(RemoteBackend):
     env_key = "ANTHROPIC_API_KEY"
     default_concurrency = 4
 
-    def __init__(self, model: str, cache=None, stage: str = "default", prices=None, *,
-                 send_sampling: bool = True, http_client: Any = None, **remote_opts):
+    def __init__(
+        self,
+        model: str,
+        cache=None,
+        stage: str = "default",
+        prices=None,
+        *,
+        send_sampling: bool = True,
+        http_client: Any = None,
+        **remote_opts,
+    ):
         super().__init__(model, cache, stage, prices, **remote_opts)
         self.send_sampling = send_sampling
         self._http_client = http_client  # an httpx2.AsyncClient (proxies, or a recorded-response transport)

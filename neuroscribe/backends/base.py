@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar
 
 from neuroscribe.cache import Cache, cache_key
 from neuroscribe.costs import PriceTable, resolve_prices
@@ -19,6 +20,10 @@ from neuroscribe.costs import PriceTable, resolve_prices
 
 class BackendError(RuntimeError):
     """A backend call failed for good (after retries, or a non-retryable error)."""
+
+
+class BudgetExceeded(BackendError):
+    """The next call would break the run's budget; it was not sent."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,9 @@ class ChatRequest:
         object.__setattr__(self, "messages", msgs)
 
     @classmethod
-    def user(cls, text: str, params: SamplingParams = SamplingParams(), sample_index: int = 0, system: str | None = None):
+    def user(
+        cls, text: str, params: SamplingParams = SamplingParams(), sample_index: int = 0, system: str | None = None
+    ):
         msgs = ({"role": "system", "content": system},) if system else ()
         return cls(msgs + ({"role": "user", "content": text},), params, sample_index)
 
@@ -72,7 +79,8 @@ class Completion:
     tokens_in: int = 0
     tokens_out: int = 0
     cached: bool = False
-    finish_reason: str = "stop"  # "stop" (EOS or stop string) | "length"
+    finish_reason: str = "stop"  # "stop" (EOS or stop string) | "length" | "error"
+    error: str = ""  # why the call failed for good (generate(keep_failures=True) only); never cached
 
 
 @dataclass(frozen=True)
@@ -120,7 +128,9 @@ class Backend(ABC):
     def cost(self, tokens_in: int, tokens_out: int) -> float | None:
         return self.prices.cost(self.kind, self.model, tokens_in, tokens_out)
 
-    def _lookup(self, keys: Sequence[str], stage: str, decode: Callable[[Any], Any]) -> tuple[list, dict[str, list[int]]]:
+    def _lookup(
+        self, keys: Sequence[str], stage: str, decode: Callable[[Any], Any]
+    ) -> tuple[list, dict[str, list[int]]]:
         """Cache hits decoded in place (None where missing), and key -> positions still to compute;
         identical requests in one batch are computed once."""
         results: list = [None] * len(keys)
@@ -138,7 +148,12 @@ class Backend(ABC):
         return results, pending
 
     # -- generation ---------------------------------------------------------------------------
-    def generate(self, requests: Sequence[ChatRequest], stage: str | None = None) -> list[Completion]:
+    def generate(
+        self, requests: Sequence[ChatRequest], stage: str | None = None, keep_failures: bool = False
+    ) -> list[Completion]:
+        """Completions in request order. A request that fails for good raises BackendError (after every
+        other request finished and was cached); with `keep_failures` it comes back as a Completion with
+        `error` set and finish_reason "error" instead. A budget stop always raises."""
         stage = stage or self.stage
         keys = [cache_key(self.kind, self.model, request_payload(r)) for r in requests]
         results, pending = self._lookup(keys, stage, lambda hit: Completion(**{**hit, "cached": True}))
@@ -150,18 +165,31 @@ class Backend(ABC):
                 value = dataclasses.asdict(completion)
                 value.pop("cached")
                 self.cache.put(
-                    key, value, kind=self.kind, model=self.model, stage=stage,
-                    tokens_in=completion.tokens_in, tokens_out=completion.tokens_out,
+                    key,
+                    value,
+                    kind=self.kind,
+                    model=self.model,
+                    stage=stage,
+                    tokens_in=completion.tokens_in,
+                    tokens_out=completion.tokens_out,
                     usd=self.cost(completion.tokens_in, completion.tokens_out),
                 )
             for i in pending[key]:
                 results[i] = completion
 
+        failure = ""
         if todo:
-            self._generate([requests[pending[k][0]] for k in todo], on_done)
+            try:
+                self._generate([requests[pending[k][0]] for k in todo], on_done)
+            except BackendError as err:
+                if not keep_failures or isinstance(err, BudgetExceeded):
+                    raise
+                failure = str(err)
         missing = [i for i, r in enumerate(results) if r is None]
-        if missing:
+        if missing and not keep_failures:
             raise BackendError(f"{self.spec}: no completion for request(s) {missing[:10]}")
+        for i in missing:
+            results[i] = Completion("", finish_reason="error", error=failure or f"{self.spec}: no completion")
         return results  # type: ignore[return-value]
 
     @abstractmethod
@@ -182,8 +210,10 @@ class Backend(ABC):
         if top_k < 1:
             raise ValueError(f"prompt_logprobs: top_k must be >= 1, got {top_k}")
         stage = stage or self.stage
-        keys = [cache_key(self.kind, self.model, {"prompt_logprobs": p, "top_k": top_k, **self.logprobs_key_extra()})
-                for p in prompts]
+        keys = [
+            cache_key(self.kind, self.model, {"prompt_logprobs": p, "top_k": top_k, **self.logprobs_key_extra()})
+            for p in prompts
+        ]
         results, pending = self._lookup(keys, stage, lambda hit: [PositionLogprobs(**p) for p in hit])
         todo = list(pending)
 
@@ -191,8 +221,14 @@ class Backend(ABC):
             key = todo[j]
             if self.cache is not None:
                 self.cache.put(
-                    key, [dataclasses.asdict(p) for p in positions], kind=self.kind, model=self.model,
-                    stage=stage, tokens_in=tokens_in, tokens_out=0, usd=self.cost(tokens_in, 0),
+                    key,
+                    [dataclasses.asdict(p) for p in positions],
+                    kind=self.kind,
+                    model=self.model,
+                    stage=stage,
+                    tokens_in=tokens_in,
+                    tokens_out=0,
+                    usd=self.cost(tokens_in, 0),
                 )
             for i in pending[key]:
                 results[i] = positions
@@ -213,5 +249,5 @@ class Backend(ABC):
         """(positions, prompt token count) for one prompt; backends with logprobs implement this."""
         raise NotImplementedError(f"{self.spec}: this backend cannot return prompt logprobs")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op default, not an abstract hook
         """Free engines or connections; the default has nothing to free."""

@@ -10,7 +10,7 @@ practice (the tests check it), not a bitwise promise.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -47,8 +47,18 @@ class TransformersBackend(Backend):
     kind = "hf"
     supports_logprobs = True
 
-    def __init__(self, model: str, cache=None, stage: str = "default", prices=None, *,
-                 dtype: str = "float32", device: str = "cpu", batch_size: int = 8, loaded=None):
+    def __init__(
+        self,
+        model: str,
+        cache=None,
+        stage: str = "default",
+        prices=None,
+        *,
+        dtype: str = "float32",
+        device: str = "cpu",
+        batch_size: int = 8,
+        loaded=None,
+    ):
         """`loaded=(model, tokenizer)` reuses an already loaded pair instead of loading `model`."""
         super().__init__(model, cache, stage, prices)
         if loaded is None:
@@ -84,7 +94,9 @@ class TransformersBackend(Backend):
         order = sorted(range(len(requests)), key=lambda i: len(prompts[i]))  # similar lengths pad less
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
-            for i, completion in zip(chunk, self._generate_batch([requests[i] for i in chunk], [prompts[i] for i in chunk])):
+            for i, completion in zip(
+                chunk, self._generate_batch([requests[i] for i in chunk], [prompts[i] for i in chunk])
+            ):
                 on_done(i, completion)
 
     @torch.no_grad()
@@ -96,14 +108,22 @@ class TransformersBackend(Backend):
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
         seeds = [sample_seed(r.params, r.sample_index) for r in requests]
-        generators = [torch.Generator().manual_seed(r.sample_index if s is None else s) for r, s in zip(requests, seeds)]
-        sampler = _PerRowSampler([r.params.temperature for r in requests], [r.params.top_p for r in requests], generators)
+        generators = [
+            torch.Generator().manual_seed(r.sample_index if s is None else s) for r, s in zip(requests, seeds)
+        ]
+        sampler = _PerRowSampler(
+            [r.params.temperature for r in requests], [r.params.top_p for r in requests], generators
+        )
         config = GenerationConfig(  # a fresh config: no model-default penalties or warpers sneak in
-            max_new_tokens=max(r.params.max_tokens for r in requests), do_sample=False,
-            pad_token_id=pad, eos_token_id=self.eos_ids,
+            max_new_tokens=max(r.params.max_tokens for r in requests),
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=self.eos_ids,
         )
         output = self.lm.generate(
-            input_ids=input_ids, attention_mask=attention, generation_config=config,
+            input_ids=input_ids,
+            attention_mask=attention,
+            generation_config=config,
             logits_processor=LogitsProcessorList([sampler]),
         )
         completions = []

@@ -13,7 +13,8 @@ Servers disagree on what an echoed entry describes:
 
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 from neuroscribe.backends.base import ChatRequest, Completion, PositionLogprobs, sample_seed
 from neuroscribe.backends.remote import RemoteBackend
@@ -26,8 +27,16 @@ class OpenAIBackend(RemoteBackend):
     supports_logprobs = True
     env_key = "OPENAI_API_KEY"
 
-    def __init__(self, model: str, cache=None, stage: str = "default", prices=None, *,
-                 echo_alignment: Alignment = "auto", **remote_opts):
+    def __init__(
+        self,
+        model: str,
+        cache=None,
+        stage: str = "default",
+        prices=None,
+        *,
+        echo_alignment: Alignment = "auto",
+        **remote_opts,
+    ):
         super().__init__(model, cache, stage, prices, **remote_opts)
         if echo_alignment not in ("auto", "same", "next"):
             raise ValueError(f"echo_alignment must be auto, same or next, got {echo_alignment!r}")
@@ -49,6 +58,12 @@ class OpenAIBackend(RemoteBackend):
         import openai
 
         return isinstance(exc, openai.APIConnectionError) or super().is_retryable(exc)
+
+    def known_failed(self, exc: BaseException) -> bool:
+        import openai
+
+        refused = isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError)
+        return refused or super().known_failed(exc)
 
     async def send_chat(self, client: Any, request: ChatRequest) -> Completion:
         p = request.params

@@ -13,18 +13,16 @@ API keys are read from the environment when a call is made, and scrubbed from an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import threading
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any
 
-from neuroscribe.backends.base import Backend, BackendError, ChatRequest, Completion, PositionLogprobs
-
-
-class BudgetExceeded(BackendError):
-    """The next call would break the run's budget; it was not sent."""
+from neuroscribe.backends.base import Backend, BackendError, BudgetExceeded, ChatRequest, Completion, PositionLogprobs
 
 
 @dataclass(frozen=True)
@@ -58,7 +56,10 @@ class Budget:
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"Budget(max_usd={self.max_usd}, max_calls={self.max_calls}, spent_usd={self.spent_usd:.4f}, calls={self.calls})"
+        return (
+            f"Budget(max_usd={self.max_usd}, max_calls={self.max_calls}, spent_usd={self.spent_usd:.4f}, "
+            f"calls={self.calls})"
+        )
 
     def reserve(self, estimate_usd: float) -> None:
         with self._lock:
@@ -107,7 +108,7 @@ class EndpointPool:
         healthy = [u for u in self.urls if self._benched_until[u] <= now and u != avoid]
         if not healthy:  # everything benched: take the one that recovers first
             healthy = sorted(self.urls, key=lambda u: (u == avoid, self._benched_until[u]))[:1]
-        order = self.urls[self._turn:] + self.urls[: self._turn]
+        order = self.urls[self._turn :] + self.urls[: self._turn]
         url = min(healthy, key=lambda u: (self.in_flight[u], order.index(u)))
         self._turn = (self.urls.index(url) + 1) % len(self.urls)
         self.in_flight[url] += 1
@@ -121,6 +122,33 @@ class EndpointPool:
             self._benched_until[url] = time.monotonic() + self._bench_seconds
         else:
             self._benched_until[url] = 0.0
+
+
+def is_garbage_reply(exc: BaseException) -> bool:
+    """A reply the client could not read: invalid JSON, or JSON without the fields asked for."""
+    import json
+
+    names = {type(e).__name__ for e in type(exc).__mro__}
+    return isinstance(exc, (json.JSONDecodeError, KeyError, IndexError, AttributeError, TypeError)) or bool(
+        names & {"APIResponseValidationError", "JSONDecodeError", "ValidationError"}
+    )
+
+
+def key_travels_safely(url: str) -> bool:
+    """https, or plain http to a loopback address (the key never leaves this machine)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return True
+    host = parts.hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def read_api_key(env_var: str) -> str | None:
@@ -173,12 +201,14 @@ class RemoteBackend(Backend):
         max_concurrency: int | None = None,
         retry: RetryPolicy | None = None,
         budget: Budget | None = None,
+        allow_plain_http: bool = False,
     ):
         super().__init__(model, cache, stage, prices)
         self.base_urls = [u.rstrip("/") for u in base_urls] if base_urls else [None]
         self.max_concurrency = max_concurrency or self.default_concurrency
         self.retry = retry or RetryPolicy()
         self.budget = budget
+        self.allow_plain_http = allow_plain_http
         self.pool = EndpointPool([u or "default" for u in self.base_urls])
         if budget is not None and budget.max_usd is not None and self.prices.price(self.kind, model) is None:
             raise ValueError(
@@ -194,10 +224,17 @@ class RemoteBackend(Backend):
         raise NotImplementedError
 
     def is_retryable(self, exc: BaseException) -> bool:
+        """429 / 408 / 409 / 5xx, timeouts, connection errors and garbage replies (a 200 whose body
+        is not the JSON asked for) are retried; any other 4xx is final."""
         status = getattr(exc, "status_code", None)
         if isinstance(status, int):
             return status in (408, 409, 429) or status >= 500
-        return isinstance(exc, (asyncio.TimeoutError, ConnectionError))
+        return isinstance(exc, (asyncio.TimeoutError, ConnectionError)) or is_garbage_reply(exc)
+
+    def known_failed(self, exc: BaseException) -> bool:
+        """Whether the server certainly did no (billable) work: an error status or a refused connection.
+        A timeout or a garbage reply may have cost as much as a success, so it stays charged."""
+        return isinstance(getattr(exc, "status_code", None), int) or isinstance(exc, ConnectionError)
 
     def retry_after(self, exc: BaseException) -> float | None:
         response = getattr(exc, "response", None)
@@ -214,23 +251,37 @@ class RemoteBackend(Backend):
 
     def _clients(self) -> dict[str, Any]:
         key = read_api_key(self.env_key)
+        if key and not self.allow_plain_http:
+            exposed = [u for u in self.base_urls if u and not key_travels_safely(u)]
+            if exposed:
+                raise BackendError(
+                    f"{self.spec}: refusing to send {self.env_key} in clear text to {exposed[0]} "
+                    "(plain http to a host that is not this machine); use https, unset the key, "
+                    "or pass --allow-plain-http"
+                )
         return {name: self.make_client(url, key) for name, url in zip(self.pool.urls, self.base_urls)}
 
     async def call(self, clients: dict[str, Any], send: Callable[[Any], Awaitable[Any]], estimate_usd: float) -> Any:
-        """One logical call: budget check, then attempts with backoff, moving off failed URLs."""
-        if self.budget is not None:
-            self.budget.reserve(estimate_usd)
+        """One logical call: attempts with backoff, moving off failed URLs. Every attempt is a request
+        the budget counts (reserved before it is sent); one that is not known to have failed stays
+        charged at its estimate, because the server may have done the work."""
         last: BaseException | None = None
-        avoid = None
+        avoid, url = None, None
         for attempt in range(self.retry.max_attempts):
+            if self.budget is not None:
+                self.budget.reserve(estimate_usd)
             url = self.pool.acquire(avoid)
             try:
                 result = await asyncio.wait_for(send(clients[url]), self.retry.timeout)
             except Exception as exc:  # noqa: BLE001 - classified just below
                 retryable = self.is_retryable(exc)
                 self.pool.release(url, failed=retryable)  # a 4xx says nothing about the URL's health
+                if self.budget is not None:
+                    if self.known_failed(exc):
+                        self.budget.release(estimate_usd)
+                    else:
+                        self.budget.settle(estimate_usd, None)
                 if not retryable:
-                    self._release_budget(estimate_usd)
                     raise BackendError(self._describe(exc, url)) from None  # no chain: SDK errors carry requests
                 last, avoid = exc, url if len(self.pool.urls) > 1 else None
                 await asyncio.sleep(self.retry.delay(attempt, self.retry_after(exc)))
@@ -239,12 +290,7 @@ class RemoteBackend(Backend):
             if self.budget is not None:
                 self.budget.settle(estimate_usd, self.cost(*_token_counts(result)))
             return result
-        self._release_budget(estimate_usd)
         raise BackendError(f"gave up after {self.retry.max_attempts} attempts; last error: {self._describe(last, url)}")
-
-    def _release_budget(self, estimate_usd: float) -> None:
-        if self.budget is not None:
-            self.budget.release(estimate_usd)
 
     def _describe(self, exc: BaseException | None, url: str | None) -> str:
         text = f"{self.spec} via {url}: {type(exc).__name__}: {exc}"
@@ -257,7 +303,9 @@ class RemoteBackend(Backend):
 
             async def one(i: int, request: ChatRequest) -> None:
                 async with gate:
-                    completion = await self.call(clients, lambda c: self.send_chat(c, request), self.estimate_usd(request))
+                    completion = await self.call(
+                        clients, lambda c: self.send_chat(c, request), self.estimate_usd(request)
+                    )
                 on_done(i, completion)
 
             try:
@@ -313,7 +361,5 @@ async def _close_all(clients: dict[str, Any]) -> None:
     for client in clients.values():
         close = getattr(client, "close", None)
         if close is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing is best effort
                 await close()
-            except Exception:  # noqa: BLE001 - closing is best effort
-                pass

@@ -6,7 +6,7 @@ depend on its batch. vLLM's `prompt_logprobs` already describe each token at its
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from neuroscribe.backends.base import Backend, ChatRequest, Completion, PositionLogprobs, sample_seed
 
@@ -43,8 +43,11 @@ class VLLMBackend(Backend):
         p = request.params
         seed = sample_seed(p, request.sample_index)
         return VllmParams(
-            temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_tokens,
-            seed=request.sample_index if seed is None else seed, stop=list(p.stop) or None,
+            temperature=p.temperature,
+            top_p=p.top_p,
+            max_tokens=p.max_tokens,
+            seed=request.sample_index if seed is None else seed,
+            stop=list(p.stop) or None,
         )
 
     def _generate(self, requests: Sequence[ChatRequest], on_done: Callable[[int, Completion], None]) -> None:
@@ -59,7 +62,9 @@ class VLLMBackend(Backend):
     def _prompt_logprobs(self, prompt: str, top_k: int) -> tuple[list[PositionLogprobs], int]:
         from vllm import SamplingParams as VllmParams
 
-        out = self.engine.generate([prompt], VllmParams(max_tokens=1, temperature=0.0, prompt_logprobs=top_k), use_tqdm=False)[0]
+        out = self.engine.generate(
+            [prompt], VllmParams(max_tokens=1, temperature=0.0, prompt_logprobs=top_k), use_tqdm=False
+        )[0]
         tokenizer = self.engine.get_tokenizer()
         ids = list(out.prompt_token_ids)
         enc = tokenizer(prompt, return_offsets_mapping=True, add_special_tokens=True)

@@ -1,4 +1,4 @@
-"""The exemplar store: what `collect` writes and every later stage reads.
+"""The exemplar store: what `collect` writes (`write_tables`) and every later stage reads (`ExemplarStore`).
 
 A store is a folder:
 - `meta.json` — schema version, subject model, feature spec, hook points, dtype, window length,
@@ -15,18 +15,20 @@ Both Parquet files load with `datasets.load_dataset("parquet", data_files=...)` 
 
 from __future__ import annotations
 
-import json
+import os
 import shutil
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from neuroscribe.records import Exemplar, FeatureExemplars, FeatureId, FeatureStats
+from neuroscribe.runs.files import disk_error, file_digest, read_json, write_json
 
 SCHEMA_VERSION = 1
+META, FEATURES, EXEMPLARS = "meta.json", "features.parquet", "exemplars.parquet"
 
 FEATURE_SCHEMA = pa.schema([
     ("feature", pa.string()), ("kind", pa.string()), ("layer", pa.int32()), ("index", pa.int64()),
@@ -43,7 +45,7 @@ EXEMPLAR_SCHEMA = pa.schema([
 
 
 class StoreError(ValueError):
-    pass
+    """A store folder or one of its files is missing, garbled, or of another schema."""
 
 
 def list_column(matrix: np.ndarray, value_type: pa.DataType) -> pa.Array:
@@ -60,13 +62,14 @@ def exemplar_table(scalars: dict[str, list], tokens: pa.Array, token_ids: pa.Arr
     return pa.table(cols, schema=EXEMPLAR_SCHEMA)
 
 
-def feature_row(rec: FeatureExemplars) -> dict:
-    f, st = rec.feature, rec.stats
+def feature_row(feature: FeatureId, stats: FeatureStats, dead: bool, top_tokens: Sequence[str]) -> dict:
+    """One row of features.parquet (the schema's fields, in order)."""
     return {
-        "feature": f.key, "kind": f.kind, "layer": f.layer, "index": f.index, "polarity": f.polarity,
-        "dead": rec.dead, "max_activation": st.max_activation, "mean": st.mean, "variance": st.variance,
-        "skewness": st.skewness, "kurtosis": st.kurtosis, "n_tokens": st.n_tokens, "frac_active": st.frac_active,
-        "quantile_boundaries": list(st.quantile_boundaries), "top_tokens": list(rec.top_tokens),
+        "feature": feature.key, "kind": feature.kind, "layer": feature.layer, "index": feature.index,
+        "polarity": feature.polarity, "dead": dead, "max_activation": stats.max_activation, "mean": stats.mean,
+        "variance": stats.variance, "skewness": stats.skewness, "kurtosis": stats.kurtosis,
+        "n_tokens": stats.n_tokens, "frac_active": stats.frac_active,
+        "quantile_boundaries": list(stats.quantile_boundaries), "top_tokens": list(top_tokens),
     }
 
 
@@ -85,26 +88,45 @@ def write_store(path: str | Path, records: Iterable[FeatureExemplars], meta: dic
         pa.array([list(e.token_ids) for _, e in rows], pa.list_(pa.int32())),
         pa.array([list(e.activations) for _, e in rows], pa.list_(pa.float32())),
     )
-    return write_tables(path, pa.Table.from_pylist([feature_row(r) for r in records], FEATURE_SCHEMA), table, meta, overwrite)
+    rows = [feature_row(r.feature, r.stats, r.dead, r.top_tokens) for r in records]
+    return write_tables(path, pa.Table.from_pylist(rows, FEATURE_SCHEMA), table, meta, overwrite)
 
 
 def write_tables(path: str | Path, features: pa.Table, exemplars: pa.Table, meta: dict, overwrite: bool = False) -> Path:
     """Write a store atomically: into a sibling temp folder, then moved into `path` (meta.json last,
     as it marks a complete store). An existing store is never replaced unless `overwrite` is set."""
     path = Path(path)
-    if (path / "meta.json").exists() and not overwrite:
+    if (path / META).exists() and not overwrite:
         raise FileExistsError(f"{path} already holds an exemplar store; pass --overwrite to replace it")
-    tmp = path.with_name(path.name + ".writing")
+    tmp = path.with_name(f".{path.name}.writing.{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    pq.write_table(features, tmp / "features.parquet")
-    pq.write_table(exemplars, tmp / "exemplars.parquet")
-    (tmp / "meta.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION, **meta}, indent=2))
-    path.mkdir(parents=True, exist_ok=True)
-    for name in ("features.parquet", "exemplars.parquet", "meta.json"):
-        (tmp / name).replace(path / name)
-    tmp.rmdir()
+    try:
+        tmp.mkdir(parents=True)
+        pq.write_table(features, tmp / FEATURES)
+        pq.write_table(exemplars, tmp / EXEMPLARS)
+        write_json(tmp / META, {"schema_version": SCHEMA_VERSION, **meta})
+        path.mkdir(parents=True, exist_ok=True)
+        for name in (FEATURES, EXEMPLARS, META):
+            (tmp / name).replace(path / name)
+    except OSError as err:
+        raise disk_error(err, path) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _read_table(path: Path, schema: pa.Schema) -> pa.Table:
+    """A Parquet file with every column of `schema`; one error naming the file (and column) otherwise."""
+    if not path.is_file():
+        raise StoreError(f"{path}: missing; the store is incomplete (rerun `neuroscribe collect`)")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:
+        raise StoreError(f"{path}: not a readable Parquet file ({err})") from None
+    missing = [name for name in schema.names if name not in table.column_names]
+    if missing:
+        raise StoreError(f"{path}: column(s) {missing} missing (not a neuroscribe store of schema {SCHEMA_VERSION})")
+    return table
 
 
 class ExemplarStore:
@@ -112,15 +134,24 @@ class ExemplarStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        meta_path = self.path / "meta.json"
+        meta_path = self.path / META
         if not meta_path.exists():
-            raise StoreError(f"{self.path}: not an exemplar store (no meta.json); run `neuroscribe collect` first")
-        self.meta = json.loads(meta_path.read_text())
+            raise StoreError(f"{self.path}: not an exemplar store (no {META}); run `neuroscribe collect` first")
+        try:
+            self.meta = read_json(meta_path)
+        except ValueError as err:
+            raise StoreError(str(err)) from None
         if self.meta.get("schema_version") != SCHEMA_VERSION:
-            raise StoreError(f"{meta_path}: schema_version {self.meta.get('schema_version')} != {SCHEMA_VERSION}")
-        self._features = {r["feature"]: r for r in pq.read_table(self.path / "features.parquet").to_pylist()}
+            raise StoreError(f"{meta_path}: field schema_version is {self.meta.get('schema_version')!r}, "
+                             f"this neuroscribe reads {SCHEMA_VERSION}")
+        self._features = {r["feature"]: r for r in _read_table(self.path / FEATURES, FEATURE_SCHEMA).to_pylist()}
         self._table: pa.Table | None = None
         self._rows_of: dict[str, np.ndarray] = {}
+
+    @property
+    def fingerprint(self) -> str:
+        """What identifies this store's content: collect's fingerprint, else a hash of its files."""
+        return self.meta.get("fingerprint") or file_digest([self.path / FEATURES, self.path / EXEMPLARS])
 
     def keys(self, include_dead: bool = False) -> list[str]:
         return [k for k, r in self._features.items() if include_dead or not r["dead"]]
@@ -131,7 +162,7 @@ class ExemplarStore:
     def _exemplars(self) -> pa.Table:
         """The exemplar table, read once, with the row indices of every feature."""
         if self._table is None:
-            self._table = pq.read_table(self.path / "exemplars.parquet")
+            self._table = _read_table(self.path / EXEMPLARS, EXEMPLAR_SCHEMA)
             keys = self._table.column("feature").to_numpy(zero_copy_only=False).astype(str)
             names, inverse = np.unique(keys, return_inverse=True)
             order = np.argsort(inverse, kind="stable")

@@ -1,5 +1,4 @@
-"""All-at-once expected-value simulator on a local transformers model, and the glue that scores an
-explanation on held-out exemplars.
+"""The prompted all-at-once expected-value simulator on a local transformers model.
 
 One prompt per exemplar (`prompts.simulator_prompt`): at every `unknown` slot the next-token
 distribution restricted to the ten digit tokens is renormalised and its expected value is the
@@ -13,43 +12,25 @@ batches on top of a copy of that cache (positions continue after the prefix; wit
 and causal attention no real token ever attends to a pad). Slow path ("full"): every exemplar is
 its own forward over the whole prompt with the model's full logits; the tests prove both agree.
 
-A simulator only ever sees held-out exemplars: `simulate` refuses exemplars of the explain split.
-Detection and fuzzing (delphi's scores) ask the same local model Yes/No questions, one excerpt
-per prompt, and report balanced accuracy via `scoring.probability_accuracy`.
+The same model also answers Yes/No questions (`yes_probabilities`), the judges of detection and
+fuzzing (`neuroscribe.scorers`).
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
-import math
-import random
-from typing import Protocol, Sequence
+from collections.abc import Sequence
 
 import torch
 
 from neuroscribe import scoring
 from neuroscribe.corpus import context_prefix
-from neuroscribe.prompts import (
-    POSITIVE_SOURCES,
-    SimulatorPrompt,
-    detection_messages,
-    fuzzing_messages,
-    normalise,
-    simulator_prompt,
-)
-from neuroscribe.records import Exemplar, Explanation, FeatureExemplars, ScoredExplanation, SimulatedExemplar
+from neuroscribe.prompts import SimulatorPrompt, simulator_prompt
+from neuroscribe.records import Exemplar, SimulatedExemplar
+from neuroscribe.simulators.base import Simulator, simulated
 
 MODES = ("shared_prefix", "full")
-NEGATIVE_SOURCES = ("random", "hard_negative")
-
-
-class Simulator(Protocol):
-    """What `simulate_and_score` needs; the local and HTTP simulators both provide it."""
-
-    spec: str
-
-    def simulate(self, explanation: str, exemplars: Sequence[Exemplar]) -> list[SimulatedExemplar]: ...
 
 
 def _tokenizer_name(tokenizer) -> str:
@@ -65,7 +46,7 @@ def single_token_ids(tokenizer, texts: Sequence[str], after: str = "\t") -> list
     ids = []
     for text in texts:
         full = tokenizer(after + text, add_special_tokens=False)["input_ids"]
-        tail = full[len(base):]
+        tail = full[len(base) :]
         if full[: len(base)] != base or len(tail) != 1:
             raise ValueError(
                 f"simulator: {text!r} is not a single token after {after!r} in tokenizer "
@@ -85,7 +66,7 @@ def _cache_kwarg(decoder) -> str:
     return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
 
 
-class LocalSimulator:
+class LocalSimulator(Simulator):
     """All-at-once simulator on a local transformers model (any causal LM, PEFT-wrapped included).
 
     `simulate` gives expected values on the 0..9 display scale; `yes_probabilities` serves the
@@ -105,38 +86,32 @@ class LocalSimulator:
 
     # ------------------------------------------------------------------ all-at-once simulation
 
-    def simulate(self, explanation: str, exemplars: Sequence[Exemplar]) -> list[SimulatedExemplar]:
+    def _simulate(self, explanation: str, exemplars: list[Exemplar]) -> list[SimulatedExemplar]:
         """Expected activation (0..9 scale) at every token of every exemplar, in input order."""
-        leaked = [e.window_id for e in exemplars if e.split == "explain"]
-        if leaked:
-            raise ValueError(f"simulator given explain-split exemplars (window ids {leaked[:5]}); "
-                             "a simulator only ever sees held-out exemplars")
-        if not exemplars:
-            return []
         prompts = [simulator_prompt(explanation, e.tokens) for e in exemplars]
         prefix_ids = self.context_ids + self._encode(prompts[0].prefix)
         bodies = [self._encode_body(p) for p in prompts]
-        self._check_length(len(prefix_ids) + max(len(ids) for ids, _ in bodies))
-        if self.mode == "full":
-            logits = [self._full_digit_logits(prefix_ids, ids, slots) for ids, slots in bodies]
-        else:
-            logits = self._shared_prefix_digit_logits(prefix_ids, bodies)
+        logits = self.digit_logits(prefix_ids, bodies)
         return [
-            SimulatedExemplar(
-                window_id=e.window_id,
-                source=e.source,
-                true_activations=tuple(e.activations),
-                predicted=tuple(scoring.expected_value(row, log=True) for row in lg.float().tolist()),
-            )
+            simulated(e, [scoring.expected_value(row, log=True) for row in lg.float().tolist()])
             for e, lg in zip(exemplars, logits)
         ]
+
+    def digit_logits(self, prefix_ids: list[int], bodies: list[tuple[list[int], list[int]]]) -> list[torch.Tensor]:
+        """Per body, the read-out ids' logits at its reader positions, after one shared prefix."""
+        self._check_length(len(prefix_ids) + max(len(ids) for ids, _ in bodies))
+        if self.mode == "full":
+            return [self._full_digit_logits(prefix_ids, ids, readers) for ids, readers in bodies]
+        return self._shared_prefix_digit_logits(prefix_ids, bodies)
 
     def _check_length(self, n_tokens: int) -> None:
         """Learned absolute positions (GPT-2's n_positions) cannot extrapolate: fail with the numbers."""
         limit = getattr(self.model.config.get_text_config(), "n_positions", None)
         if limit and n_tokens > limit:
-            raise ValueError(f"simulator prompt of {n_tokens} tokens exceeds the model's {limit} positions "
-                             f"({self.spec}); use shorter exemplars or a model with a longer context")
+            raise ValueError(
+                f"simulator prompt of {n_tokens} tokens exceeds the model's {limit} positions "
+                f"({self.spec}); use shorter exemplars or a model with a longer context"
+            )
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -204,8 +179,9 @@ class LocalSimulator:
             cache = copy.deepcopy(prefix_cache)  # the forward appends to it in place
             cache.batch_repeat_interleave(len(batch))
             positions = torch.arange(n_prefix, n_prefix + width, device=device).expand(len(batch), width)
-            hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                             **{cache_kwarg: cache}).last_hidden_state
+            hidden = decoder(
+                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_kwarg: cache}
+            ).last_hidden_state
             for row, i in enumerate(batch):
                 out[i] = self._digit_head(hidden[row, bodies[i][1]], self.digit_ids)
         return out  # type: ignore[return-value]
@@ -252,110 +228,3 @@ class LocalSimulator:
             logp = torch.log_softmax(self._digit_head(last, yes + no), dim=-1)
             probs.extend(logp[:, : len(yes)].exp().sum(-1).tolist())
         return probs
-
-
-# ---------------------------------------------------------------------------------- scoring glue
-
-
-def _held_out(record: FeatureExemplars, split: str) -> list[Exemplar]:
-    if split == "explain":
-        raise ValueError(f"feature {record.feature.key}: scoring on the explain split; use a held-out split")
-    return record.select(split=split)
-
-
-def _top_side(exemplars: Sequence[Exemplar]) -> list[Exemplar]:
-    """Top then quantile exemplars, strongest first (the order `top_and_random_score` spaces over)."""
-    order = {s: i for i, s in enumerate(POSITIVE_SOURCES)}
-    return sorted((e for e in exemplars if e.source in POSITIVE_SOURCES),
-                  key=lambda e: (order[e.source], -e.quantile, e.rank))
-
-
-def _readable(sims: Sequence[SimulatedExemplar]) -> tuple[list[list[float]], list[list[float]], int]:
-    """(true, predicted) per exemplar without the tokens whose prediction is NaN (unreadable), and
-    how many tokens were dropped; an exemplar with no readable token is left out altogether."""
-    true, pred, failed = [], [], 0
-    for s in sims:
-        keep = [i for i, v in enumerate(s.predicted) if not math.isnan(v)]
-        failed += len(s.predicted) - len(keep)
-        if keep:
-            true.append([s.true_activations[i] for i in keep])
-            pred.append([s.predicted[i] for i in keep])
-    return true, pred, failed
-
-
-def simulate_and_score(
-    simulator: Simulator, explanation: Explanation, record: FeatureExemplars, split: str = "score"
-) -> ScoredExplanation:
-    """Score one explanation on the held-out `split` of its feature.
-
-    Top side = top + quantile exemplars, random side = random exemplars (hard negatives are for
-    detection only); `score` mixes the two 1:1 as documented in `neuroscribe.scoring`. Tokens a
-    simulator could not read (NaN predictions, e.g. from an HTTP backend) are dropped from the
-    scores, never zeroed, and counted in `n_parse_failures` (tokens); `simulations` keeps them as
-    NaN. An explanation that failed to parse (ok=False) gets a NaN score without any simulation.
-    """
-    if explanation.feature != record.feature.key:
-        raise ValueError(f"explanation is for {explanation.feature!r} but the exemplars are for {record.feature.key!r}")
-    held = _held_out(record, split)
-    top, rnd = _top_side(held), [e for e in held if e.source == "random"]
-    if not explanation.ok:
-        return ScoredExplanation(explanation, float("nan"), simulator=simulator.spec, split=split)
-    if not top and not rnd:
-        raise ValueError(f"feature {record.feature.key}: no top/quantile/random exemplars in split {split!r}")
-    sims = simulator.simulate(explanation.text, top + rnd)
-    if len(sims) != len(top) + len(rnd):
-        raise ValueError(f"simulator {simulator.spec} returned {len(sims)} simulations "
-                         f"for {len(top) + len(rnd)} exemplars")
-    top_true, top_pred, top_failed = _readable(sims[: len(top)])
-    rnd_true, rnd_pred, rnd_failed = _readable(sims[len(top):])
-    return ScoredExplanation(
-        explanation=explanation,
-        score=scoring.top_and_random_score(top_true, top_pred, rnd_true, rnd_pred),
-        random_only_score=scoring.random_only_score(rnd_true, rnd_pred),
-        simulator=simulator.spec,
-        split=split,
-        n_exemplars=len(sims),
-        n_parse_failures=top_failed + rnd_failed,
-        simulations=tuple(sims),
-    )
-
-
-def detection_score(simulator: LocalSimulator, explanation: Explanation, record: FeatureExemplars,
-                    split: str = "score") -> float:
-    """Balanced accuracy of 'does the unit activate on this excerpt?'.
-
-    Truth comes from the exemplar's source: top/quantile are activating, random/hard_negative not.
-    """
-    held = [e for e in _held_out(record, split) if e.source in POSITIVE_SOURCES + NEGATIVE_SOURCES]
-    if not explanation.ok:
-        return math.nan
-    probs = simulator.yes_probabilities([detection_messages(explanation.text, e.tokens) for e in held])
-    return scoring.probability_accuracy(probs, [e.source in POSITIVE_SOURCES for e in held])
-
-
-def fuzzing_pairs(record: FeatureExemplars, split: str = "score", seed: int = 0):
-    """(exemplar, marked, truth): the truly active tokens marked (True), and as many random inactive
-    tokens of the same exemplar marked (False). Active = display digit >= 1 on the split's scale."""
-    positives = _top_side(_held_out(record, split))
-    max_value = max((a for e in positives for a in e.activations), default=0.0)
-    pairs = []
-    for e in positives:
-        active = [d > 0 for d in normalise(e.activations, max_value)]
-        idle = [i for i, a in enumerate(active) if not a]
-        n = sum(active)
-        if n == 0 or len(idle) < n:
-            continue
-        decoy = set(random.Random(seed * 1_000_003 + e.window_id).sample(idle, n))
-        pairs.append((e, tuple(active), True))
-        pairs.append((e, tuple(i in decoy for i in range(len(active))), False))
-    return pairs
-
-
-def fuzzing_score(simulator: LocalSimulator, explanation: Explanation, record: FeatureExemplars,
-                  split: str = "score", seed: int = 0) -> float:
-    """Balanced accuracy of 'are the marked tokens the ones the unit activates on?' (NaN: no pairs)."""
-    pairs = fuzzing_pairs(record, split, seed)
-    if not pairs or not explanation.ok:
-        return math.nan
-    probs = simulator.yes_probabilities([fuzzing_messages(explanation.text, e.tokens, m) for e, m, _ in pairs])
-    return scoring.probability_accuracy(probs, [t for _, _, t in pairs])

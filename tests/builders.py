@@ -1,4 +1,4 @@
-"""Tiny random models and tokenizers built offline in seconds, for tests and benchmarks.
+"""Tiny random models and tokenizers built offline in seconds, for tests (never imported by the package).
 
 Nothing here is downloaded: the tokenizer is a byte-level BPE trained with `tokenizers` on the
 bundled corpus, the model a randomly initialised transformers config of the requested family.
@@ -77,12 +77,20 @@ def build_tiny_model(
 def _config(family: str, vocab: int, hidden: int, layers: int, intermediate: int, tok):
     from transformers import Gemma2Config, GPT2Config, LlamaConfig, Qwen2Config
 
-    common = dict(vocab_size=vocab, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                  pad_token_id=tok.pad_token_id)
+    common = dict(
+        vocab_size=vocab, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+    )
     if family == "gpt2":
         return GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_inner=intermediate, n_positions=512, **common)
-    kwargs = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                  intermediate_size=intermediate, max_position_embeddings=512, **common)
+    kwargs = dict(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=intermediate,
+        max_position_embeddings=512,
+        **common,
+    )
     if family == "llama":
         return LlamaConfig(tie_word_embeddings=True, **kwargs)
     if family == "qwen2":
@@ -90,13 +98,3 @@ def _config(family: str, vocab: int, hidden: int, layers: int, intermediate: int
     if family == "gemma":
         return Gemma2Config(head_dim=16, **kwargs)
     raise ValueError(f"unknown tiny model family {family!r}")
-
-
-def kill_point(env_var: str, done: int) -> None:
-    """Tests of resumability set `env_var` to N: the process SIGKILLs itself after its N-th unit of work."""
-    import os
-    import signal
-
-    limit = int(os.environ.get(env_var, "0"))
-    if limit and done >= limit:
-        os.kill(os.getpid(), signal.SIGKILL)

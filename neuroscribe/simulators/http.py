@@ -1,4 +1,4 @@
-"""Simulators that run on any `Backend` (HTTP servers included), same interface as neuroscribe.simulator.
+"""Simulators that run on any `Backend` (HTTP servers included), behind `simulators.base.Simulator`.
 
 `simulate(explanation, exemplars) -> list[SimulatedExemplar]`, one per exemplar, `predicted` as long
 as the exemplar. A token whose prediction could not be read is NaN in `predicted`: failures stay
@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 from neuroscribe.backends.base import Backend, ChatRequest, PositionLogprobs, SamplingParams
 from neuroscribe.prompts import MAX_DIGIT, SIMULATOR_INSTRUCTIONS, SLOT, simulator_prompt
 from neuroscribe.records import Exemplar, SimulatedExemplar
 from neuroscribe.scoring import expected_value
+from neuroscribe.simulators.base import Simulator, simulated
 
 DIGITS = tuple(str(d) for d in range(10))
 NAN = float("nan")
@@ -53,7 +54,9 @@ def read_slot(top: Mapping[str, float] | None) -> tuple[float | None, int]:
     return expected_value(digits, log=True), len(DIGITS) - len(digits)
 
 
-def read_slots(positions: Sequence[PositionLogprobs], slot_offsets: Sequence[int]) -> tuple[list[float], list[str], int]:
+def read_slots(
+    positions: Sequence[PositionLogprobs], slot_offsets: Sequence[int]
+) -> tuple[list[float], list[str], int]:
     """(one prediction per slot, NaN where unreadable; failure reasons; missing-digit count)."""
     by_offset = {p.offset: p for p in positions}
     predicted, errors, missing = [], [], 0
@@ -73,17 +76,6 @@ def read_slots(positions: Sequence[PositionLogprobs], slot_offsets: Sequence[int
     return predicted, errors, missing
 
 
-def _refuse_explain_split(exemplars: Sequence[Exemplar]) -> None:
-    leaked = [e.window_id for e in exemplars if e.split == "explain"]
-    if leaked:
-        raise ValueError(f"simulator given explain-split exemplars (window ids {leaked[:5]}); "
-                         "a simulator only ever sees held-out exemplars")
-
-
-def _simulated(exemplar: Exemplar, predicted: Sequence[float]) -> SimulatedExemplar:
-    return SimulatedExemplar(exemplar.window_id, exemplar.source, tuple(exemplar.activations), tuple(predicted))
-
-
 def _stats(sims: Sequence[SimulatedExemplar], errors: list[str], missing: int = 0) -> SimulationStats:
     failed = [sum(1 for v in s.predicted if math.isnan(v)) for s in sims]
     return SimulationStats(
@@ -96,13 +88,14 @@ def _stats(sims: Sequence[SimulatedExemplar], errors: list[str], missing: int = 
     )
 
 
-class EchoLogprobSimulator:
+class EchoLogprobSimulator(Simulator):
     """All-at-once simulator reading slot distributions from a backend's prompt logprobs."""
 
     def __init__(self, backend: Backend, top_k: int = 10, stage: str = "simulate"):
         if not backend.supports_logprobs:
-            raise ValueError(f"EchoLogprobSimulator: {backend.spec} cannot return prompt logprobs; "
-                             "use ParsedNumberSimulator with it")
+            raise ValueError(
+                f"EchoLogprobSimulator: {backend.spec} cannot return prompt logprobs; use ParsedNumberSimulator with it"
+            )
         self.backend, self.top_k, self.stage = backend, top_k, stage
         self.last_stats = SimulationStats()
 
@@ -110,14 +103,13 @@ class EchoLogprobSimulator:
     def spec(self) -> str:
         return f"echo-logprobs/top{self.top_k}:{self.backend.spec}"
 
-    def simulate(self, explanation: str, exemplars: Sequence[Exemplar]) -> list[SimulatedExemplar]:
-        _refuse_explain_split(exemplars)
+    def _simulate(self, explanation: str, exemplars: list[Exemplar]) -> list[SimulatedExemplar]:
         prompts = [simulator_prompt(explanation, e.tokens) for e in exemplars]
         results = self.backend.prompt_logprobs_batch([p.text for p in prompts], self.top_k, stage=self.stage)
         sims, errors, missing = [], [], 0
         for exemplar, prompt, positions in zip(exemplars, prompts, results):
             predicted, errs, n_missing = read_slots(positions, prompt.slot_offsets)
-            sims.append(_simulated(exemplar, predicted))
+            sims.append(simulated(exemplar, predicted))
             errors += [f"window {exemplar.window_id}: {e}" for e in errs]
             missing += n_missing
         self.last_stats = _stats(sims, errors, missing)
@@ -147,7 +139,7 @@ def parse_numbers(reply: str, n_tokens: int) -> tuple[list[float] | None, str]:
     return values, ""
 
 
-class ParsedNumberSimulator:
+class ParsedNumberSimulator(Simulator):
     """Logprob-free simulator: chat for one number per token, parse, count failures."""
 
     def __init__(self, backend: Backend, temperature: float = 0.0, stage: str = "simulate"):
@@ -161,8 +153,8 @@ class ParsedNumberSimulator:
     def messages(self, explanation: str, tokens: Sequence[str]) -> list[dict]:
         prompt = simulator_prompt(explanation, tokens)
         ask = (
-            f"\nThe excerpt above has {len(tokens)} lines that read \"{SLOT}\". Reply with exactly "
-            f"{len(tokens)} lines, one per \"{SLOT}\" line and in the same order, each holding only "
+            f'\nThe excerpt above has {len(tokens)} lines that read "{SLOT}". Reply with exactly '
+            f'{len(tokens)} lines, one per "{SLOT}" line and in the same order, each holding only '
             f"your predicted activation: an integer from 0 to {MAX_DIGIT}. No other text."
         )
         return [
@@ -170,8 +162,7 @@ class ParsedNumberSimulator:
             {"role": "user", "content": prompt.text.removeprefix(SIMULATOR_INSTRUCTIONS) + ask},
         ]
 
-    def simulate(self, explanation: str, exemplars: Sequence[Exemplar]) -> list[SimulatedExemplar]:
-        _refuse_explain_split(exemplars)
+    def _simulate(self, explanation: str, exemplars: list[Exemplar]) -> list[SimulatedExemplar]:
         requests = [
             ChatRequest(
                 tuple(self.messages(explanation, e.tokens)),
@@ -186,6 +177,6 @@ class ParsedNumberSimulator:
             if values is None:
                 values = [NAN] * len(exemplar.tokens)
                 errors.append(f"window {exemplar.window_id}: {reason}")
-            sims.append(_simulated(exemplar, values))
+            sims.append(simulated(exemplar, values))
         self.last_stats = _stats(sims, errors)
         return sims

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -52,22 +52,27 @@ def word_rule(word: str) -> PlantedRule:
     return PlantedRule(f"word:{word}", f'the word "{word}"', rf"\b{re.escape(word)}\b", flags=re.IGNORECASE)
 
 
-RULES: dict[str, PlantedRule] = {r.name: r for r in (
-    PlantedRule("digits", "digits and numbers", r"\d+"),
-    PlantedRule("parentheses", "the text inside parentheses", r"\(([^()]+)\)", group=1),
-    PlantedRule("double_quotes", "text inside double quotation marks", r'"([^"\n]+)"', group=1),
-    PlantedRule("sentence_end", "the full stop or question mark that ends a sentence", r"(?<=[a-z)\]*])[.?!](?=\s|$)"),
-    PlantedRule("capitalised", "capitalised words (starting with an upper-case letter)", r"\b[A-Z][a-z]+\b"),
-    PlantedRule("after_the", 'the word right after "the"', r"\b[Tt]he\s+([A-Za-z]+)", group=1),
-    PlantedRule("comma", "commas", r","),
-    PlantedRule("ing_words", 'words ending in "-ing"', r"\b[A-Za-z]+ing\b"),
-    PlantedRule("snake_case", "identifiers with underscores, like snake_case names", r"\b\w+_\w+\b"),
-    PlantedRule("colon", "colons", r":"),
-    PlantedRule("long_words", "long words of ten or more letters", r"\b[a-zA-Z]{10,}\b"),
-    PlantedRule("acronyms", "words written in all capital letters, such as acronyms", r"\b[A-Z]{2,}\b"),
-    PlantedRule("asterisks", "words emphasised between asterisks", r"\*([^*\s][^*]*)\*", group=1),
-    PlantedRule("after_a", 'the word right after "a" or "an"', r"\b[Aa]n?\s+([A-Za-z]+)", group=1),
-)}
+RULES: dict[str, PlantedRule] = {
+    r.name: r
+    for r in (
+        PlantedRule("digits", "digits and numbers", r"\d+"),
+        PlantedRule("parentheses", "the text inside parentheses", r"\(([^()]+)\)", group=1),
+        PlantedRule("double_quotes", "text inside double quotation marks", r'"([^"\n]+)"', group=1),
+        PlantedRule(
+            "sentence_end", "the full stop or question mark that ends a sentence", r"(?<=[a-z)\]*])[.?!](?=\s|$)"
+        ),
+        PlantedRule("capitalised", "capitalised words (starting with an upper-case letter)", r"\b[A-Z][a-z]+\b"),
+        PlantedRule("after_the", 'the word right after "the"', r"\b[Tt]he\s+([A-Za-z]+)", group=1),
+        PlantedRule("comma", "commas", r","),
+        PlantedRule("ing_words", 'words ending in "-ing"', r"\b[A-Za-z]+ing\b"),
+        PlantedRule("snake_case", "identifiers with underscores, like snake_case names", r"\b\w+_\w+\b"),
+        PlantedRule("colon", "colons", r":"),
+        PlantedRule("long_words", "long words of ten or more letters", r"\b[a-zA-Z]{10,}\b"),
+        PlantedRule("acronyms", "words written in all capital letters, such as acronyms", r"\b[A-Z]{2,}\b"),
+        PlantedRule("asterisks", "words emphasised between asterisks", r"\*([^*\s][^*]*)\*", group=1),
+        PlantedRule("after_a", 'the word right after "a" or "an"', r"\b[Aa]n?\s+([A-Za-z]+)", group=1),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -78,10 +83,11 @@ class _Window:
     token_ids: tuple[int, ...]
 
 
-def corpus_windows(tokenizer, window: int = 32, max_windows: int | None = None,
-                   dataset: str = BUILTIN) -> Iterator[_Window]:
+def corpus_windows(
+    tokenizer, window: int = 32, max_windows: int | None = None, dataset: str = BUILTIN
+) -> Iterator[_Window]:
     """Windows of `window` tokens, each inside one document, numbered in stream order."""
-    from neuroscribe.finetuned_simulator import contiguous_spans
+    from neuroscribe.simulators.finetuned_format import contiguous_spans
 
     n = 0
     for doc in iter_documents(dataset):
@@ -131,17 +137,22 @@ def planted_features(
             for w in ws:
                 acts[w.window_id] = token_activations(chars, w.spans)
         all_acts = np.array([a for w in windows for a in acts[w.window_id]], dtype=np.float64)
-        top = sorted((w for w in windows if max(acts[w.window_id]) > 0),
-                     key=lambda w: (-sum(acts[w.window_id]), w.window_id))[:n_top]
+        top = sorted(
+            (w for w in windows if max(acts[w.window_id]) > 0), key=lambda w: (-sum(acts[w.window_id]), w.window_id)
+        )[:n_top]
         rng = random.Random(f"{seed}:{rule.name}")
         chosen_top = {w.window_id for w in top}
         rest = [w for w in windows if w.window_id not in chosen_top]
         rnd = rng.sample(rest, min(n_random, len(rest)))
         exemplars = [_exemplar(w, acts[w.window_id], "top", SPLITS[i % len(SPLITS)], i) for i, w in enumerate(top)]
         exemplars += [_exemplar(w, acts[w.window_id], "random", SPLITS[i % len(SPLITS)], i) for i, w in enumerate(rnd)]
-        stats = FeatureStats(max_activation=float(all_acts.max()), mean=float(all_acts.mean()),
-                             variance=float(all_acts.var()), n_tokens=int(all_acts.size),
-                             frac_active=float((all_acts > 0).mean()))
+        stats = FeatureStats(
+            max_activation=float(all_acts.max()),
+            mean=float(all_acts.mean()),
+            variance=float(all_acts.var()),
+            n_tokens=int(all_acts.size),
+            frac_active=float((all_acts > 0).mean()),
+        )
         out.append(FeatureExemplars(FeatureId(KIND, 0, index), tuple(exemplars), stats, dead=not top))
     return out
 

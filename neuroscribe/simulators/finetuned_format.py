@@ -1,4 +1,4 @@
-"""A fine-tuned per-token activation simulator (Transluce-style), its training format and read-out.
+"""The fine-tuned simulator's text format: header, class labels and ids, tokenizer alignment, training rows.
 
 Input: a short header carrying the explanation, then the exemplar's text as plain tokens of the
 SIMULATOR's tokenizer; one forward per (explanation, exemplar), the header shared through the KV
@@ -31,24 +31,20 @@ is a point: it overlaps the span containing it. So scores stay per subject token
 
 from __future__ import annotations
 
-import json
 import math
 import uuid
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from neuroscribe.prompts import clean_explanation_text, escape_control_text
-from neuroscribe.records import Exemplar, FeatureExemplars, SimulatedExemplar
-from neuroscribe.simulator import LocalSimulator
+from neuroscribe.records import FeatureExemplars
 
 N_CLASSES = 11
 HEADER_TEMPLATE = "## Neuron Description: {explanation}\n## Input:\n"
 FORMAT_VERSION = "neuroscribe-simulator/1"
-CONFIG_FILE = "simulator.json"
 IGNORE = -100
 _WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 
@@ -96,7 +92,7 @@ def class_token_ids(tokenizer) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class SimulatorFormat:
-    """What a trained simulator needs at inference, saved as `simulator.json` beside the weights."""
+    """What a trained simulator needs at inference (`runs.simulator` writes it as `simulator.json`)."""
 
     class_token_ids: tuple[int, ...]
     class_tokens: tuple[str, ...]
@@ -106,40 +102,22 @@ class SimulatorFormat:
     header_template: str = HEADER_TEMPLATE
     label_rule: str = "min(10, floor(10 * relu(a) / max_a)), max_a = the feature's max activation"
     alignment: str = "max over overlapping character spans (nearest simulator token when none overlaps)"
+    trained_features: tuple[str, ...] = ()  # features whose exemplars it was trained on: never scored by it
+    trained_splits: tuple[str, ...] = ()  # the exemplar splits of those features in its training data
 
     @classmethod
-    def for_tokenizer(cls, tokenizer, base_model: str = "") -> "SimulatorFormat":
+    def for_tokenizer(cls, tokenizer, base_model: str = "") -> SimulatorFormat:
         ids = class_token_ids(tokenizer)
         return cls(ids, tuple(tokenizer.convert_ids_to_tokens(list(ids))), base_model, uuid.uuid4().hex)
-
-    def save(self, folder: str | Path) -> Path:
-        path = Path(folder) / CONFIG_FILE
-        path.write_text(json.dumps({**asdict(self), "n_classes": N_CLASSES}, indent=2))
-        return path
-
-    @classmethod
-    def load(cls, folder: str | Path) -> "SimulatorFormat":
-        path = Path(folder) / CONFIG_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing; {folder} is not a fine-tuned simulator "
-                                    "(train one with `python -m neuroscribe.train.simulator`)")
-        data = json.loads(path.read_text())
-        data.pop("n_classes", None)
-        if data.get("format_version") != FORMAT_VERSION or data.get("header_template") != HEADER_TEMPLATE:
-            raise ValueError(f"{path}: field format_version/header_template is {data.get('format_version')!r}; "
-                             f"this neuroscribe reads {FORMAT_VERSION!r} with its own header")
-        ids = data.get("class_token_ids")
-        if not isinstance(ids, list) or len(set(ids)) != N_CLASSES:
-            raise ValueError(f"{path}: field class_token_ids must list {N_CLASSES} distinct ids, got {ids!r}")
-        data["class_token_ids"], data["class_tokens"] = tuple(ids), tuple(data.get("class_tokens", ()))
-        return cls(**data)
 
     def check_tokenizer(self, tokenizer, where: str) -> None:
         """The ids must still name the same vocabulary entries (a swapped tokenizer would shift them)."""
         seen = tuple(tokenizer.convert_ids_to_tokens(list(self.class_token_ids)))
         if self.class_tokens and seen != self.class_tokens:
-            raise ValueError(f"{where}/{CONFIG_FILE}: field class_tokens {self.class_tokens} does not match the "
-                             f"tokenizer's entries {seen} for class_token_ids")
+            raise ValueError(
+                f"{where}/simulator.json: field class_tokens {self.class_tokens} does not match the "
+                f"tokenizer's entries {seen} for class_token_ids"
+            )
 
 
 # --------------------------------------------------------------------------- alignment
@@ -178,8 +156,9 @@ def overlap_matrix(rows: Sequence[Span], cols: Sequence[Span]) -> np.ndarray:
     return np.where(r_empty & c_empty, False, np.where(r_empty, row_point, np.where(c_empty, col_point, both)))
 
 
-def align_max(values: Sequence[float], source: Sequence[Span], target: Sequence[Span],
-              nearest_fallback: bool = False) -> list[float | None]:
+def align_max(
+    values: Sequence[float], source: Sequence[Span], target: Sequence[Span], nearest_fallback: bool = False
+) -> list[float | None]:
     """Per target span: max of `values` over the source spans overlapping it; None when none does
     (or the value of the nearest source span, by character distance, with nearest_fallback)."""
     if not target:
@@ -241,8 +220,9 @@ def prefix_ids(tokenizer, explanation: str) -> list[int]:
     return context_prefix(tokenizer) + tokenizer(header(explanation), add_special_tokens=False)["input_ids"]
 
 
-def training_example(tokenizer, explanation: str, tokens: Sequence[str], classes: Sequence[int],
-                     max_length: int | None = None) -> tuple[list[int], list[int]]:
+def training_example(
+    tokenizer, explanation: str, tokens: Sequence[str], classes: Sequence[int], max_length: int | None = None
+) -> tuple[list[int], list[int]]:
     """(input_ids, labels): labels IGNORE on the prefix, the aligned class on each text token."""
     if len(tokens) != len(classes):
         raise ValueError(f"training row: {len(tokens)} tokens but {len(classes)} classes")
@@ -258,115 +238,7 @@ def training_example(tokenizer, explanation: str, tokens: Sequence[str], classes
     return ids, labels
 
 
-class SimulatorCollator:
-    """Rows with `explanation`, `tokens`, `classes` -> right-padded input_ids / attention_mask / labels."""
-
-    def __init__(self, tokenizer, max_length: int | None = None):
-        self.tokenizer, self.max_length = tokenizer, max_length
-        self.pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
-
-    def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
-        pairs = [training_example(self.tokenizer, r["explanation"], r["tokens"], r["classes"], self.max_length)
-                 for r in rows]
-        width = max(len(ids) for ids, _ in pairs)
-        input_ids = torch.full((len(pairs), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(pairs), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(pairs), width), dtype=torch.long)
-        for i, (ids, lab) in enumerate(pairs):
-            input_ids[i, : len(ids)] = torch.tensor(ids)
-            labels[i, : len(lab)] = torch.tensor(lab)
-            mask[i, : len(ids)] = 1
-        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
-
-
-class ClassCrossEntropy:
-    """Trainer `compute_loss_func`: cross-entropy over the 11 class logits at labelled positions.
-
-    Summed and divided by the labelled-token count of the whole accumulated batch (the Trainer's
-    `num_items_in_batch`), so gradient accumulation gives the same loss as one big batch.
-    """
-
-    def __init__(self, class_ids: Sequence[int]):
-        self.class_ids = list(class_ids)
-
-    def __call__(self, outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
-        logits = outputs["logits"][..., self.class_ids].float()
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, N_CLASSES), labels.reshape(-1).to(logits.device),
-                                                 ignore_index=IGNORE, reduction="sum")
-        n = num_items_in_batch if num_items_in_batch is not None else (labels != IGNORE).sum()
-        return loss / torch.as_tensor(n, device=loss.device).clamp(min=1)
-
-
 def expected_classes(class_logits: torch.Tensor) -> torch.Tensor:
     """Expected class (0..10) under the softmax of the 11 class logits along the last axis."""
     probs = torch.softmax(class_logits.float(), dim=-1)
     return probs @ torch.arange(N_CLASSES, dtype=probs.dtype, device=probs.device)
-
-
-# ---------------------------------------------------------------------------- inference
-
-
-class FinetunedSimulator(LocalSimulator):
-    """The trained simulator: `LocalSimulator`'s prefix-shared batched forward (or mode="full"), read
-    at every text token's own position through the 11 class ids instead of the ten digit ids."""
-
-    def __init__(self, model, tokenizer, fmt: SimulatorFormat, batch_size: int = 8, spec: str = "",
-                 mode: str = "shared_prefix"):
-        super().__init__(model, tokenizer, batch_size=batch_size, spec=spec or "finetuned", mode=mode)
-        self.format = fmt
-        self.digit_ids = list(fmt.class_token_ids)  # the head rows the inherited read-out uses
-
-    def class_logits(self, explanation: str, encoded: Sequence[EncodedText]) -> list[torch.Tensor]:
-        """[n_simulator_tokens, 11] logits per encoded text (empty texts give an empty tensor)."""
-        prefix = prefix_ids(self.tokenizer, explanation)
-        todo = [i for i, e in enumerate(encoded) if e.ids]
-        bodies = [(list(encoded[i].ids), list(range(len(encoded[i].ids)))) for i in todo]
-        out = [torch.zeros((0, N_CLASSES)) for _ in encoded]
-        if not bodies:
-            return out
-        self._check_length(len(prefix) + max(len(ids) for ids, _ in bodies))
-        if self.mode == "full":
-            logits = [self._full_digit_logits(prefix, ids, readers) for ids, readers in bodies]
-        else:
-            logits = self._shared_prefix_digit_logits(prefix, bodies)
-        for i, lg in zip(todo, logits):
-            out[i] = lg.float().cpu()
-        return out
-
-    def simulate(self, explanation: str, exemplars: Sequence[Exemplar]) -> list[SimulatedExemplar]:
-        """Expected class (0..10) at every SUBJECT token of every exemplar, in input order."""
-        leaked = [e.window_id for e in exemplars if e.split == "explain"]
-        if leaked:
-            raise ValueError(f"simulator given explain-split exemplars (window ids {leaked[:5]}); "
-                             "a simulator only ever sees held-out exemplars")
-        encoded = [encode_text(self.tokenizer, e.tokens) for e in exemplars]
-        logits = self.class_logits(explanation, encoded)
-        return [
-            SimulatedExemplar(e.window_id, e.source, tuple(e.activations),
-                              subject_predictions(enc, expected_classes(lg).tolist()))
-            for e, enc, lg in zip(exemplars, encoded, logits)
-        ]
-
-
-def load_finetuned_simulator(path: str, dtype: str = "float32", batch_size: int = 8, device: str = "cpu",
-                             mode: str = "shared_prefix") -> FinetunedSimulator:
-    """Load a trained simulator folder (LoRA adapter merged into its base, or full weights).
-
-    `path` may end in `#RUN_ID` to pin a run: loading fails if the folder now holds another one.
-    The spec is `finetuned:PATH#RUN_ID` (+ `@DTYPE` unless float32, as for `hf:` specs), so cached
-    scores are keyed by the trained weights' run and the precision; a spec loads back as a path.
-    """
-    from neuroscribe.models import load_model, parse_dtype
-
-    folder, _, pinned = str(path).partition("#")
-    pinned = pinned.partition("@")[0]
-    fmt = SimulatorFormat.load(folder)
-    if pinned and pinned != fmt.run_id[: len(pinned)]:
-        raise ValueError(f"{folder}/{CONFIG_FILE}: field run_id is {fmt.run_id!r}, not the pinned {pinned!r}")
-    model, tok = load_model(folder, dtype=dtype, device=device)
-    if hasattr(model, "merge_and_unload"):  # PEFT: fold the adapter in once, inference needs no LoRA matmuls
-        model = model.merge_and_unload().eval()
-    fmt.check_tokenizer(tok, folder)
-    weights = str(parse_dtype(dtype)).removeprefix("torch.")
-    spec = f"finetuned:{folder}#{fmt.run_id[:12]}" + ("" if weights == "float32" else f"@{weights}")
-    return FinetunedSimulator(model, tok, fmt, batch_size=batch_size, mode=mode, spec=spec)

@@ -1,0 +1,438 @@
+"""Every stage's configuration, in one place: one frozen dataclass per stage, a docstring per field.
+
+The command line is generated from these (`neuroscribe.options`), so each default and help text
+exists once; every stage is callable from Python with its config object (`collect(CollectConfig(...))`)
+and saves `to_dict(config)` into its run folder. This module imports nothing heavy, so `neuroscribe
+--help` stays fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from neuroscribe.options import to_dict
+from neuroscribe.runs.files import fingerprint
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+HF_DEFAULT = f"hf:{DEFAULT_MODEL}"
+BUILTIN_CORPUS = "builtin:python-docs"
+TRAIN_KINDS = ("sft", "dpo", "simulator")
+
+
+# ------------------------------------------------------------------------------ shared
+
+
+@dataclass(frozen=True)
+class CallLimits:
+    """How HTTP backends (openai:, anthropic:) may spend a run: time, retries, calls, money."""
+
+    timeout: float = 120.0
+    """Seconds one HTTP request may take before it is abandoned (and retried)."""
+    retries: int = 5
+    """Retries of a failed request (429, 5xx, timeouts, garbage replies) before its feature is marked failed."""
+    max_calls: int | None = None
+    """At most this many HTTP requests in the run (retries and requests in flight count)."""
+    max_usd: float | None = None
+    """At most this much money in the run (requests in flight count at their pessimistic estimate)."""
+    concurrency: int = 8
+    """Requests in flight at once, per backend."""
+    allow_plain_http: bool = False
+    """Allow sending an API key over plain http to a host that is not this machine."""
+
+    def options(self, budget=None) -> dict:
+        """Constructor options of a remote backend; give one `budget` to share it between backends."""
+        from neuroscribe.backends.remote import RetryPolicy
+
+        return {
+            "retry": RetryPolicy(max_attempts=self.retries + 1, timeout=self.timeout),
+            "budget": budget or self.budget(),
+            "max_concurrency": self.concurrency,
+            "allow_plain_http": self.allow_plain_http,
+        }
+
+    def budget(self):
+        """A fresh backends.Budget of these limits (None: unlimited)."""
+        from neuroscribe.backends.remote import Budget
+
+        return Budget(self.max_usd, self.max_calls) if self.max_usd is not None or self.max_calls is not None else None
+
+
+# ------------------------------------------------------------------------------ collect
+
+
+@dataclass(frozen=True)
+class MiningConfig:
+    """What collect keeps per feature (every count is per feature, over all splits)."""
+
+    top_k: int = 30
+    """Top-activating windows per feature."""
+    pool: int = 64
+    """Activating windows sampled uniformly, from which the quantile exemplars are drawn."""
+    quantiles: int = 5
+    """Activation quantile bins of the pool."""
+    per_quantile: int = 3
+    """Windows drawn from each quantile bin."""
+    random_k: int = 15
+    """Uniformly random windows per feature."""
+    hard_negatives: int = 6
+    """Windows holding one of the feature's top tokens yet peaking low (found in a second, bounded pass)."""
+    negative_ratio: float = 0.1
+    """A hard negative peaks at no more than this fraction of the feature's max."""
+    splits: tuple[str, ...] = field(default=("explain", "score", "test"), metadata={"sep": ","})
+    """Splits, comma-separated: the first is shown to explainers, the others are held out."""
+    seed: int = 0
+    """Seed of every sampling decision (a pure function of seed, window and feature)."""
+
+    def __post_init__(self) -> None:
+        if len(self.splits) < 2 or len(set(self.splits)) != len(self.splits):
+            raise ValueError(
+                f"--splits needs at least two distinct names (explain and a held-out one), got "
+                f"{','.join(self.splits)!r}"
+            )
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """`neuroscribe collect`: which model, features and text; what to keep (`mining`)."""
+
+    out: str
+    """Store folder to write."""
+    model: str = DEFAULT_MODEL
+    """Subject model: HF id, local folder, .gguf file or the bundled name."""
+    features: tuple[str, ...] = ("mlp:0",)
+    """Feature spec, e.g. 'mlp:0-3', 'mlp:5:0-99', 'sae:DIR' (repeatable, or ';'-joined)."""
+    dataset: str = BUILTIN_CORPUS
+    """builtin:python-docs, a local .txt/.jsonl/.json/.parquet/.csv file or folder, or a hub dataset id."""
+    text_field: str = "text"
+    """Text column of the dataset."""
+    window: int = 64
+    """Tokens per window (the exemplar length)."""
+    max_windows: int | None = 1024
+    """Stop after this many windows (0 or none: the whole corpus)."""
+    batch_size: int = 16
+    """Windows per forward pass."""
+    shard_windows: int = 256
+    """Windows per checkpointed shard: the resume granularity."""
+    dtype: str = "float32"
+    """Subject dtype: float32, bfloat16 or float16 (activations are stored as float32)."""
+    device: str = "cpu"
+    """Device of the subject model."""
+    polarity: str = "auto"
+    """auto (MLP neurons: both signs; SAE latents: positive), both, or positive."""
+    mining: MiningConfig = field(default_factory=MiningConfig)
+    """What to keep per feature."""
+    overwrite: bool = False
+    """Replace an existing store, or discard a checkpoint of another configuration."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def __post_init__(self) -> None:
+        if self.max_windows == 0:
+            object.__setattr__(self, "max_windows", None)
+
+    def fingerprint(self, dataset_content: str | None = None) -> str:
+        """What a checkpoint must match to be resumed: the config (not out/overwrite/progress) and the
+        dataset's CONTENT, so a changed file under the same path is never resumed into."""
+        keep = {k: v for k, v in to_dict(self).items() if k not in ("out", "overwrite", "progress")}
+        from neuroscribe.corpus import dataset_fingerprint
+
+        return fingerprint({**keep, "dataset_content": dataset_content or dataset_fingerprint(self.dataset)})
+
+
+# ------------------------------------------------------------------------------ explain, score
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    """`neuroscribe explain`: teacher, simulator, k, prompt and sampling of a best-of-k run."""
+
+    store: str
+    """Store folder written by `collect`."""
+    out: str
+    """Output folder: candidates.jsonl, meta.json, usage.json."""
+    teacher: str = HF_DEFAULT
+    """hf:MODEL, openai:MODEL[@URL,...], anthropic:MODEL or vllm:MODEL."""
+    simulator: str = HF_DEFAULT
+    """hf:MODEL, finetuned:PATH, openai:MODEL@URL or parsed:openai:MODEL@URL."""
+    k: int = 4
+    """Candidates per feature (best-of-k)."""
+    prompt_style: str = "plain"
+    """Prompt style: plain, highlighted or contrastive."""
+    max_exemplars: int = 20
+    """Exemplars shown to the teacher per feature."""
+    temperature: float = 1.0
+    """Sampling temperature of the teacher."""
+    max_tokens: int = 60
+    """Longest explanation, in tokens."""
+    seed: int = 0
+    """Base seed; sample i of a prompt is drawn with seed + i."""
+    split: str = "score"
+    """Held-out split the candidates are scored on (score or test, never explain)."""
+    features: tuple[str, ...] = ()
+    """Only these feature keys (repeatable); none: every live feature."""
+    max_features: int | None = None
+    """At most this many features (0 or none: all)."""
+    batch_features: int = 8
+    """Features whose k requests go to the teacher together."""
+    cache: str | None = None
+    """sqlite cache of LLM calls and simulations (default OUT/cache.sqlite)."""
+    dtype: str = "float32"
+    """dtype of local (hf:) teacher and simulator weights; bfloat16 is 3-4x faster on AMX CPUs and GPUs."""
+    teacher_batch_size: int = 16
+    """Sequences per generate() batch of a local teacher."""
+    detection: bool = False
+    """Also compute detection and fuzzing (needs a local simulator to answer Yes/No)."""
+    limits: CallLimits = field(default_factory=CallLimits)
+    """Timeouts, retries and budget of HTTP teachers and simulators."""
+    overwrite: bool = False
+    """Replace a finished run, or discard progress of another configuration."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"--k must be >= 1, got {self.k}")
+        if self.split == "explain":
+            raise ValueError("--split must be a held-out split (score or test), never explain")
+        if self.max_features == 0:
+            object.__setattr__(self, "max_features", None)
+
+    def resumable_fields(self) -> dict:
+        """What progress must match to be resumed: everything that changes a candidate or its score."""
+        skip = ("out", "cache", "limits", "overwrite", "progress", "batch_features", "teacher_batch_size")
+        return {k: v for k, v in to_dict(self).items() if k not in skip}
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """`neuroscribe score`: which explanations, on which store and split, by which simulator."""
+
+    explanations: str
+    """JSONL of {feature, explanation}, an explain run's candidates.jsonl, or OpenAI explanation JSON."""
+    store: str
+    """Store folder written by `collect`."""
+    out: str
+    """Output folder: scored.jsonl, summary.json."""
+    simulator: str = HF_DEFAULT
+    """hf:MODEL, finetuned:PATH, openai:MODEL@URL or parsed:openai:MODEL@URL."""
+    split: str = "score"
+    """Held-out split to score on (score or test)."""
+    cache: str | None = None
+    """sqlite cache of simulations (default OUT/cache.sqlite)."""
+    dtype: str = "float32"
+    """dtype of a local simulator's weights."""
+    limits: CallLimits = field(default_factory=CallLimits)
+    """Timeouts, retries and budget of an HTTP simulator."""
+    overwrite: bool = False
+    """Replace an existing scored.jsonl."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def __post_init__(self) -> None:
+        if self.split == "explain":
+            raise ValueError("--split must be a held-out split (score or test), never explain")
+
+
+# ------------------------------------------------------------------------------ distill
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """`neuroscribe distill build`: which explain run, where to, and how winners and pairs are chosen."""
+
+    scored: str
+    """Explain run folder (candidates.jsonl + meta.json)."""
+    out: str
+    """Output dataset folder: sft/, chat/, preference/, heldout.txt, build.json, README.md."""
+    threshold: float = 0.3
+    """An SFT winner must score at least this on the explain run's split."""
+    min_margin: float = 0.1
+    """A preference pair's chosen minus rejected score, at least."""
+    max_pairs_per_feature: int = 4
+    """Preference pairs per feature, at most."""
+    augment: int = 0
+    """Extra prompts per training feature, from shuffled exemplar subsets."""
+    augment_pool: int = 20
+    """Augmented prompts draw from the top-N explain-split exemplars (Transluce: 20) ..."""
+    augment_sizes: tuple[int, int] = (10, 20)
+    """... this many of them, shuffled (Transluce: 10-20)."""
+    heldout_fraction: float = 0.1
+    """Share of units reserved for eval (never trained on)."""
+    validation_fraction: float = 0.1
+    """Share of units for the validation split."""
+    heldout_file: str | None = None
+    """Reserve exactly the features of this heldout.txt (or dataset folder) instead of drawing them."""
+    max_exemplars: int = 20
+    """Exemplars per prompt; the explain run's own value always wins (the student sees what the teacher saw)."""
+    seed: int = 0
+    """Seed of the split draw and of augmentation."""
+    overwrite: bool = False
+    """Replace a non-empty output folder."""
+    push_to_hub: str | None = None
+    """Also push the dataset folder to this Hub repo."""
+    private: bool = True
+    """Make the pushed Hub repo private."""
+
+
+@dataclass(frozen=True)
+class SimulatorDataConfig:
+    """`neuroscribe distill simulator-data`: rows for training a fine-tuned simulator."""
+
+    scored: str
+    """Explain run folder (candidates.jsonl + meta.json)."""
+    out: str
+    """Output dataset folder: stage1/ (random candidates), stage2/ (best), heldout.txt, build.json."""
+    random_per_exemplar: int = 1
+    """Stage-one candidates paired with each exemplar."""
+    heldout_fraction: float = 0.1
+    """Share of units never trained on."""
+    validation_fraction: float = 0.1
+    """Share of units for the validation split."""
+    heldout_file: str | None = None
+    """A heldout.txt or a `distill build` folder whose held-out features to respect."""
+    seed: int = 0
+    """Seed of the split draw and of the stage-one candidate draw."""
+    overwrite: bool = False
+    """Replace a non-empty output folder."""
+
+    def __post_init__(self) -> None:
+        if self.random_per_exemplar < 1:
+            raise ValueError(f"random_per_exemplar must be >= 1, got {self.random_per_exemplar}")
+
+
+# ------------------------------------------------------------------------------ train
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """`neuroscribe plan`: a training run on paper, from its recipe and accelerate config."""
+
+    config: str
+    """Training recipe YAML."""
+    accelerate_config: str
+    """recipes/accelerate_configs/*.yaml"""
+    gpus: int = 8
+    """GPUs."""
+    gpu_mem: float = 80.0
+    """GB per GPU."""
+    examples: int = 10_000
+    """Training examples per epoch."""
+    tokens_per_example: int | None = None
+    """Tokens per example; default: the recipe's max_length."""
+    mfu: float = 0.4
+    """Assumed model FLOP utilisation."""
+    peak_tflops: float = 989.0
+    """Peak bf16 TFLOP/s per GPU (H100 SXM: 989)."""
+    model_config: str | None = None
+    """config.json of the model (default: the shipped Llama-3.1-8B one for that model)."""
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    """`neuroscribe publish`: a training run folder -> a Hub repository (or a local folder only)."""
+
+    run_dir: str
+    """Training output folder (adapter or full weights)."""
+    repo: str | None = None
+    """Hub repo id to upload to (token from HF_TOKEN or the login cache, never written anywhere)."""
+    dry_run: str | None = None
+    """Only write the repository folder here."""
+    merge: bool = False
+    """Merge the LoRA weights into the base model."""
+    branch: str = "main"
+    """Hub branch to upload to."""
+    overwrite: bool = False
+    """Allow replacing an existing branch or folder."""
+    eval_results: str | None = None
+    """An eval's results.json, or a markdown table, for the card."""
+    recipe: str | None = None
+    """Recipe YAML to ship beside the weights (default: the run's own)."""
+    private: bool = True
+    """Make a new Hub repo private."""
+
+    def __post_init__(self) -> None:
+        if not self.repo and not self.dry_run:
+            raise ValueError("give --repo to upload or --dry-run DIR to write the folder only")
+
+
+# ------------------------------------------------------------------------------ eval, demo
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """`neuroscribe eval`: student vs teacher vs baselines on held-out features, one simulator for all."""
+
+    store: str
+    """Store folder written by `collect`."""
+    features: str
+    """heldout.txt from `distill build`, or the dataset folder holding it."""
+    student: str
+    """HF id, model folder, LoRA adapter folder, or any backend spec (hf:, openai:, ...)."""
+    out: str
+    """Output folder: results.json, report.md, plots/, browser.html."""
+    teacher: str | None = None
+    """A teacher backend spec, to explain afresh (best of k)."""
+    teacher_results: str | None = None
+    """Or: an `explain` output folder whose candidates are the teacher's."""
+    simulator: str = HF_DEFAULT
+    """hf:MODEL, finetuned:PATH, openai:MODEL@URL or parsed:openai:MODEL@URL."""
+    datasets: str | None = None
+    """Another dataset folder to check for leaked features (the features file's own folder is always checked)."""
+    k: int = 4
+    """Student samples for best-of-k (selected on `score`, reported on `test`)."""
+    prompt_style: str | None = None
+    """Prompt style; default: the one the student was trained on (build.json), else plain."""
+    max_exemplars: int | None = None
+    """Exemplars per prompt; default: as in training (build.json), else 20."""
+    temperature: float = 1.0
+    """Sampling temperature of best-of-k samples (best-of-1 is greedy)."""
+    max_tokens: int = 60
+    """Longest explanation, in tokens."""
+    seed: int = 0
+    """Seed of sampling, baselines and bootstrap."""
+    detection: bool = False
+    """Also detection and fuzzing (needs a local simulator to answer Yes/No)."""
+    dtype: str = "float32"
+    """dtype of local student, teacher and simulator; bfloat16 is ~2x faster on AMX CPUs."""
+    cache: str | None = None
+    """sqlite cache (default OUT/cache.sqlite)."""
+    n_resamples: int = 2000
+    """Bootstrap resamples of every interval."""
+    report: bool = True
+    """Write report.md, plots and browser.html beside results.json."""
+    limits: CallLimits = field(default_factory=CallLimits)
+    """Timeouts, retries and budget of HTTP explainers and simulators."""
+    overwrite: bool = False
+    """Replace an existing eval in the output folder."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def __post_init__(self) -> None:
+        if (self.teacher is None) == (self.teacher_results is None):
+            raise ValueError("give exactly one of --teacher SPEC (explain afresh) or --teacher-results DIR")
+        if self.k < 1:
+            raise ValueError(f"--k must be >= 1, got {self.k}")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """`neuroscribe demo`: the whole loop on CPU with the bundled model."""
+
+    out: str = "runs/demo"
+    """Run folder; a rerun reuses every stage found there."""
+    model: str = DEFAULT_MODEL
+    """Subject, teacher, simulator and student base."""
+    features: str = "mlp:4:0-9;mlp:18:0-9"
+    """Features to collect (20 neurons x 2 signs = 40 features)."""
+    windows: int = 384
+    """Corpus windows collected."""
+    k: int = 4
+    """Candidates per feature."""
+    dtype: str = "bfloat16"
+    """dtype of teacher and simulator; 3-4x faster than float32 on AMX CPUs."""
+    prompt_style: str = "highlighted"
+    """The shortest prompt: it bounds explain, training and eval time."""
+    max_exemplars: int = 8
+    """Exemplars per explainer prompt."""
+    train_steps: int = 3
+    """SFT and DPO optimizer steps."""

@@ -1,0 +1,68 @@
+"""Simulators: one interface (`base.Simulator`), one module per implementation, one factory.
+
+Specs, the same strings everywhere a simulator is accepted (explain, score, eval, demo):
+  hf:MODEL                      prompted all-at-once simulator on a local model (`allatonce`)
+  openai:MODEL@URL[,URL...]     the same prompt through an OpenAI-compatible server's echo logprobs (`http`)
+  parsed:openai:MODEL@URL       logprob-free fallback: asks for the numbers and parses them (`http`)
+  finetuned:PATH                a simulator neuroscribe trained (`finetuned`; format in `finetuned_format`)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from neuroscribe.cache import Cache
+from neuroscribe.simulators.base import Simulator, YesNoJudge, refuse_explain_split, simulated
+
+__all__ = ["Simulator", "YesNoJudge", "load_simulator", "refuse_explain_split", "simulated", "SPECS"]
+
+
+def _hf(rest: str, cache: Cache | None, dtype: str, batch_size: int, **remote) -> Simulator:
+    from neuroscribe.models import dtype_name, load_shared
+    from neuroscribe.simulators.allatonce import LocalSimulator
+
+    model, tok = load_shared(rest, dtype)
+    weights = dtype_name(dtype)  # results depend on precision, and the spec keys the score cache
+    return LocalSimulator(
+        model, tok, batch_size=batch_size, spec=f"hf:{rest}" if weights == "float32" else f"hf:{rest}@{weights}"
+    )
+
+
+def _finetuned(rest: str, cache: Cache | None, dtype: str, batch_size: int, **remote) -> Simulator:
+    from neuroscribe.simulators.finetuned import load_finetuned_simulator
+
+    return load_finetuned_simulator(rest, dtype=dtype, batch_size=batch_size)
+
+
+def _echo(rest: str, cache: Cache | None, dtype: str, batch_size: int, **remote) -> Simulator:
+    from neuroscribe.backends import load_backend
+    from neuroscribe.simulators.http import EchoLogprobSimulator
+
+    return EchoLogprobSimulator(load_backend(f"openai:{rest}", cache, stage="simulate", **remote))
+
+
+def _parsed(rest: str, cache: Cache | None, dtype: str, batch_size: int, **remote) -> Simulator:
+    from neuroscribe.backends import load_backend
+    from neuroscribe.simulators.http import ParsedNumberSimulator
+
+    return ParsedNumberSimulator(load_backend(rest, cache, stage="simulate", **remote))
+
+
+SPECS: dict[str, Callable[..., Simulator]] = {
+    "hf": _hf,
+    "finetuned": _finetuned,
+    "openai": _echo,
+    "parsed": _parsed,
+}
+
+
+def load_simulator(
+    spec: str, cache: Cache | None = None, dtype: str = "float32", batch_size: int = 8, limits=None, budget=None
+) -> Simulator:
+    """The simulator a spec names. `limits` / `budget` (backends.CallLimits / Budget) bound HTTP simulators."""
+    kind, _, rest = spec.partition(":")
+    if kind not in SPECS or not rest:
+        raise ValueError(
+            f"simulator spec {spec!r}: expected hf:MODEL, finetuned:PATH, openai:MODEL@URL or parsed:openai:MODEL@URL"
+        )
+    return SPECS[kind](rest, cache, dtype, batch_size, limits=limits, budget=budget)
