@@ -55,7 +55,7 @@ def _shards(windows: Iterator[Window], size: int) -> Iterator[tuple[int, list[Wi
 
 
 def _windows(cfg: CollectConfig, tok) -> Iterator[Window]:
-    return iter_windows(tok, iter_documents(cfg.dataset, cfg.text_field), cfg.window, cfg.max_windows)
+    return iter_windows(tok, iter_documents(cfg.dataset, cfg.text_field), cfg.window, cfg.max_windows, cfg.context)
 
 
 def _save_atomic(obj, path: Path) -> None:
@@ -90,11 +90,13 @@ def collect(cfg: CollectConfig) -> Path:
     content = dataset_fingerprint(cfg.dataset)
     key = cfg.fingerprint(content)
     with OutputLock(out, dist.rank), ActivationReader(model, groups) as reader:
-        prefix = context_prefix(tok)
+        prefix = context_prefix(tok)  # the tokenizer's own (Llama's BOS); each window adds its preceding tokens
 
-        def forward(token_ids: list) -> torch.Tensor:
-            ids = torch.tensor([prefix + list(t) for t in token_ids], device=cfg.device)
-            return reader.read(ids)[:, len(prefix) :, :].cpu()
+        def forward(windows: list[Window]) -> torch.Tensor:
+            """[B, T, F] activations of the windows' own tokens, each read after its context."""
+            n = len(prefix) + cfg.context
+            ids = torch.tensor([prefix + list(w.context) + list(w.token_ids) for w in windows], device=cfg.device)
+            return reader.read(ids)[:, n:, :].cpu()
 
         miner = Miner(reader.features, cfg.window, cfg.mining)
         state_dir = out / STATE_DIR
@@ -156,8 +158,8 @@ def _mine(cfg, dist: distributed.Dist, tok, forward, miner: Miner, ckpt: Path, k
             continue
         for i in range(0, len(shard), cfg.batch_size):
             batch = shard[i : i + cfg.batch_size]
-            acts = forward([w.token_ids for w in batch])
-            miner.update(acts, [w.window_id for w in batch], [w.token_ids for w in batch])
+            acts = forward(batch)
+            miner.update(acts, [w.window_id for w in batch], [w.token_ids for w in batch], [w.doc_span for w in batch])
         miner.shards_done.append(shard_id)
         miner.prune_tokens()
         _save_atomic({"fingerprint": key, "miner": miner.state()}, ckpt)
@@ -188,6 +190,7 @@ def _meta(cfg: CollectConfig, tok, groups, prefix, n_windows: int, world: int, k
         "normalisation": "none (raw, polarity applied)",
         "window": cfg.window,
         "context_prefix_ids": prefix,
+        "context_tokens": cfg.context,
         "dataset": cfg.dataset,
         "text_field": cfg.text_field,
         "windows_seen": n_windows,

@@ -33,7 +33,7 @@ from neuroscribe.records import Explanation, ScoredExplanation, best_candidate, 
 from neuroscribe.runs import explain as run_files
 from neuroscribe.runs.files import OutputLock, fingerprint, guard_output, refuse_existing
 from neuroscribe.runs.store import ExemplarStore
-from neuroscribe.scorers import cached_score
+from neuroscribe.scorers import PROTOCOL, cached_scores, in_sample_features, judge_scores
 from neuroscribe.simulators import load_simulator
 
 
@@ -73,6 +73,7 @@ def explain(cfg: ExplainConfig) -> Path:
         budget = cfg.limits.budget()  # one budget for every HTTP call of the run
         teacher = _teacher(cfg, cache, budget)
         simulator = load_simulator(cfg.simulator, cache, dtype=cfg.dtype, limits=cfg.limits, budget=budget)
+        in_sample = in_sample_features(simulator, keys, cfg.allow_in_sample, f"explain --simulator {cfg.simulator}")
         key = fingerprint(
             {
                 **cfg.resumable_fields(),
@@ -80,6 +81,7 @@ def explain(cfg: ExplainConfig) -> Path:
                 "simulator": simulator.spec,
                 "teacher": teacher.spec,
                 "prompt_version": PROMPT_VERSION,
+                "protocol": PROTOCOL,
             }
         )
         if dist.is_main:
@@ -87,7 +89,7 @@ def explain(cfg: ExplainConfig) -> Path:
         dist.barrier()
         done, _ = run_files.read_parts(out)
         mine = [k for k in dist.mine(keys) if k not in done]
-        _explain_features(cfg, store, mine, teacher, simulator, cache, out, dist.rank)
+        _explain_features(cfg, store, mine, teacher, simulator, cache, out, dist.rank, in_sample)
         dist.barrier()
         if dist.is_main:
             _merge(cfg, keys, out, cache, teacher.spec, simulator.spec, store, key)
@@ -110,7 +112,7 @@ def _teacher(cfg: ExplainConfig, cache: Cache, budget):
 
 
 def _explain_features(
-    cfg: ExplainConfig, store, keys: list[str], teacher, simulator, cache, out: Path, rank: int
+    cfg: ExplainConfig, store, keys: list[str], teacher, simulator, cache, out: Path, rank: int, in_sample: set[str]
 ) -> None:
     """Explain and score `keys`, one line per feature in this rank's part file (finished or failed)."""
     params = SamplingParams(temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=cfg.seed)
@@ -142,7 +144,8 @@ def _explain_features(
                 else:
                     try:
                         candidates = _candidates(cfg, teacher.spec, key, mine)
-                        log.finished(key, [to_json(_score(cfg, simulator, c, records[key], cache)) for c in candidates])
+                        scored = _score(cfg, simulator, candidates, records[key], cache, key in in_sample)
+                        log.finished(key, [to_json(s) for s in scored])
                     except BackendError as err:  # an HTTP simulator gave up on this feature
                         log.failed(key, f"simulator: {err}")
                 bar.update(1)
@@ -177,16 +180,16 @@ def _candidates(cfg: ExplainConfig, teacher: str, key: str, completions) -> list
     return out
 
 
-def _score(cfg: ExplainConfig, simulator, candidate: Explanation, record, cache) -> ScoredExplanation:
-    scored = cached_score(simulator, candidate, record, cfg.split, cache)
-    if cfg.detection and candidate.ok:
-        from neuroscribe.scorers import detection_score, fuzzing_score
-
-        scored = replace(
-            scored,
-            detection=detection_score(simulator, candidate, record, cfg.split),
-            fuzzing=fuzzing_score(simulator, candidate, record, cfg.split),
-        )
+def _score(
+    cfg: ExplainConfig, simulator, candidates: list[Explanation], record, cache, in_sample: bool
+) -> list[ScoredExplanation]:
+    """A feature's candidates, simulated together (one batched call for a local simulator)."""
+    scored = cached_scores(simulator, candidates, record, cfg.split, cache, target=cfg.target, in_sample=in_sample)
+    if cfg.detection:
+        scored = [
+            replace(s, judges=judge_scores(simulator, c, record, cfg.split, cfg.seed, cfg.target)) if c.ok else s
+            for s, c in zip(scored, candidates)
+        ]
     return scored
 
 
@@ -220,6 +223,7 @@ def _merge(
         "subject_model": store.meta.get("model"),
         "fingerprint": key,
         "status": "partial" if failed else "complete",
+        "protocol": PROTOCOL,
         "failed_features": failed,
         "n_features": len(keys),
         "n_failed": len(failed),

@@ -3,7 +3,8 @@
 Per feature the miner keeps, as fixed-size tensors:
 - the top-k windows by max activation (ties broken by lower window id),
 - a pool of activating windows (max > 0) sampled uniformly, later cut into activation quantiles,
-- a uniform sample of all windows (the random exemplars),
+- a uniform sample of all windows (the random exemplars, and a spare `inactive_pool` of them from
+  which the inactive exemplars are drawn once the feature's max is known),
 - running moments of every token's activation.
 Both samples are bottom-k by a priority that depends only on (seed, window id, feature), so the
 result does not depend on batch size, shard order or the number of ranks: merging two miners'
@@ -105,13 +106,20 @@ class Miner:
         F = len(features)
         self.top = Slots(F, config.top_k, window, largest=True)
         self.pool = Slots(F, config.pool, window, largest=False, extra=True)
-        self.random = Slots(F, config.random_k, window, largest=False, extra=True)
+        self.random = Slots(F, config.random_k + config.inactive_pool, window, largest=False, extra=True)
         self.moments = torch.zeros(F, 5, dtype=torch.float64)  # n, sum a, a^2, a^3, a^4
         self.n_active = torch.zeros(F, dtype=torch.int64)
         self.window_tokens: dict[int, tuple[int, ...]] = {}
+        self.window_docs: dict[int, tuple[int, int]] = {}  # window id -> (first, last) document it touches
         self.shards_done: list[int] = []
 
-    def update(self, acts: torch.Tensor, window_ids: list[int], token_ids: list[tuple[int, ...]]) -> None:
+    def update(
+        self,
+        acts: torch.Tensor,
+        window_ids: list[int],
+        token_ids: list[tuple[int, ...]],
+        doc_spans: list[tuple[int, int]] | None = None,
+    ) -> None:
         """Fold one batch in: acts [B, T, F] float32 for windows `window_ids`."""
         a = acts.reshape(-1, acts.shape[-1])
         a2 = a * a
@@ -133,6 +141,7 @@ class Miner:
         self.pool.offer(pool_prio, ids, per_pair, maxes)
         self.random.offer(prio[1], ids, per_pair, maxes)
         self.window_tokens.update(zip(window_ids, token_ids))
+        self.window_docs.update(zip(window_ids, doc_spans or [(w, w) for w in window_ids]))
 
     def _raise_non_finite(self, acts: torch.Tensor, window_ids: list[int]) -> None:
         b, t, f = (~torch.isfinite(acts)).nonzero()[0].tolist()
@@ -145,6 +154,7 @@ class Miner:
         """Forget token ids of windows no slot refers to (keeps memory bounded)."""
         keep = set(torch.cat([self.top.ids, self.pool.ids, self.random.ids], 1).flatten().tolist())
         self.window_tokens = {w: t for w, t in self.window_tokens.items() if w in keep}
+        self.window_docs = {w: d for w, d in self.window_docs.items() if w in keep}
 
     def absorb(self, other: Miner) -> None:
         for mine, theirs in ((self.top, other.top), (self.pool, other.pool), (self.random, other.random)):
@@ -152,6 +162,7 @@ class Miner:
         self.moments += other.moments
         self.n_active += other.n_active
         self.window_tokens.update(other.window_tokens)
+        self.window_docs.update(other.window_docs)
         self.shards_done = sorted(set(self.shards_done) | set(other.shards_done))
 
     def state(self) -> dict:
@@ -162,6 +173,7 @@ class Miner:
             "moments": self.moments,
             "n_active": self.n_active,
             "window_tokens": self.window_tokens,
+            "window_docs": self.window_docs,
             "shards_done": self.shards_done,
         }
 
@@ -171,6 +183,7 @@ class Miner:
         self.random.load(state["random"])
         self.moments, self.n_active = state["moments"], state["n_active"]
         self.window_tokens, self.shards_done = state["window_tokens"], list(state["shards_done"])
+        self.window_docs = state["window_docs"]
 
 
 def moment_stats(moments: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -46,7 +46,7 @@ class HardNegatives:
 
     windows: dict[int, list[int]] = field(default_factory=dict)
     acts: dict[int, list[torch.Tensor]] = field(default_factory=dict)
-    tokens: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    held: dict[int, Window] = field(default_factory=dict)  # the candidate windows still held, by id
 
 
 def hard_negatives(
@@ -84,11 +84,11 @@ def hard_negatives(
             if len(heap) < 2 * need:
                 heapq.heappush(heap, item)
             elif item > heap[0]:
-                _release(held, result.tokens, -heapq.heapreplace(heap, item)[1])
+                _release(held, result, -heapq.heapreplace(heap, item)[1])
             else:
                 continue
             held[w.window_id] += 1
-            result.tokens[w.window_id] = w.token_ids
+            result.held[w.window_id] = w
     by_window: dict[int, list[tuple[float, int]]] = {}
     for c, heap in heaps.items():
         for neg_prio, neg_wid in heap:
@@ -98,7 +98,7 @@ def hard_negatives(
     found: dict[int, list[tuple[float, int, torch.Tensor]]] = {}
     for i in tqdm(range(0, len(wanted), batch_size), desc="hard negatives", disable=not progress):
         batch = wanted[i : i + batch_size]
-        acts = forward([result.tokens[w] for w in batch])
+        acts = forward([result.held[w] for w in batch])
         low = acts.amax(1) <= limit  # [B, F]
         for b, wid in enumerate(batch):
             for p, c in by_window[wid]:
@@ -111,9 +111,9 @@ def hard_negatives(
     return result
 
 
-def _release(held: Counter, tokens: dict, window_id: int) -> None:
-    """A heap dropped `window_id`: forget its token ids once no heap holds it."""
+def _release(held: Counter, result: HardNegatives, window_id: int) -> None:
+    """A heap dropped `window_id`: forget the window once no heap holds it."""
     held[window_id] -= 1
     if held[window_id] <= 0:
         del held[window_id]
-        tokens.pop(window_id, None)
+        result.held.pop(window_id, None)

@@ -17,11 +17,11 @@ from neuroscribe import dist as distributed
 from neuroscribe.cache import Cache
 from neuroscribe.configs import ScoreConfig
 from neuroscribe.options import to_dict
-from neuroscribe.records import Explanation, ScoredExplanation, from_json, to_json
+from neuroscribe.records import STATUSES, Explanation, ScoredExplanation, from_json, to_json
 from neuroscribe.runs import score as run_files
 from neuroscribe.runs.files import OutputLock, guard_output, read_jsonl, refuse_existing
 from neuroscribe.runs.store import ExemplarStore
-from neuroscribe.scorers import cached_score
+from neuroscribe.scorers import FAILURE_SCORE, PROTOCOL, cached_score, headline, in_sample_features
 from neuroscribe.simulators import load_simulator
 
 
@@ -66,23 +66,45 @@ def score(cfg: ScoreConfig) -> list[ScoredExplanation]:
     with OutputLock(out, dist.rank):
         db = Cache(cfg.cache or out / "cache.sqlite")
         sim = load_simulator(cfg.simulator, db, dtype=cfg.dtype, limits=cfg.limits)
-        mine = dist.mine(list(enumerate(items)))
+        in_sample = in_sample_features(
+            sim, [e.feature for e in items], cfg.allow_in_sample, f"score --simulator {cfg.simulator}"
+        )
         rows = [
-            {"index": i, "scored": to_json(cached_score(sim, e, store.get(e.feature), cfg.split, db))}
-            for i, e in tqdm(mine, desc=f"score[rank {dist.rank}]", unit="expl", disable=not cfg.progress)
+            {
+                "index": i,
+                "scored": to_json(
+                    cached_score(
+                        sim, e, store.get(e.feature), cfg.split, db, target=cfg.target, in_sample=e.feature in in_sample
+                    )
+                ),
+            }
+            for i, e in tqdm(
+                dist.mine(list(enumerate(items))),
+                desc=f"score[rank {dist.rank}]",
+                unit="expl",
+                disable=not cfg.progress,
+            )
         ]
         run_files.write_part(out, dist.rank, rows)
         dist.barrier()
         if dist.is_main:
             ordered = [r["scored"] for r in sorted(run_files.read_parts(out), key=lambda r: r["index"])]
-            finite = [r["score"] for r in ordered if r["score"] is not None and not math.isnan(r["score"])]
+            scored = [from_json(ScoredExplanation, r) for r in ordered]
+            values = [v for v in (headline(s) for s in scored) if v is not None]
+            statuses = {st: sum(s.status == st for s in scored) for st in STATUSES}
             summary = {
                 "config": to_dict(cfg),
                 "n": len(ordered),
-                "n_nan": len(ordered) - len(finite),
-                "mean_score": sum(finite) / len(finite) if finite else math.nan,
+                "statuses": statuses,
+                "n_nan": sum(math.isnan(s.score) for s in scored),
+                "n_in_sample": len(in_sample),
+                "mean_score": sum(values) / len(values) if values else math.nan,
+                "mean_convention": f"unparsed and undefined count as {FAILURE_SCORE}; insufficient features are "
+                "left out",
                 "simulator": sim.spec,
                 "split": cfg.split,
+                "target": cfg.target,
+                "protocol": PROTOCOL,
                 "usage": {k: v.__dict__ for k, v in db.stages().items()},
             }
             run_files.write_run(out, ordered, summary)

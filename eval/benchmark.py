@@ -1,19 +1,18 @@
-"""`neuroscribe eval`: student vs teacher vs baselines on held-out features, one simulator for all.
+"""`neuroscribe eval`: student vs teacher vs baselines on held-out features, every row scored alike.
 
-Explainers, each giving one explanation per held-out feature:
-- teacher: the distill run's candidates (its best on the `score` split), or k fresh samples from a
-  teacher spec, best on `score`;
-- student_best_of_k: k samples from the student, best on `score`; student_best_of_1: its first sample;
-- baseline_top_tokens: 'the tokens " x", "y"', the tokens at the peaks of the explain-split exemplars;
-- baseline_random_feature: the teacher's explanation of a random other feature (a lower bound).
-Every reported explanation is then scored by the same simulator on the same `test` exemplars, which
-no selection looked at (see `results` for why). Everything goes through the sqlite cache, so a rerun
-generates and simulates nothing twice. Outputs: see `write_outputs`.
+Rows (`explainers`): the teacher (best-of-k from its explain run, or explained afresh) and its best-of-1;
+the student's best-of-k and greedy best-of-1; the student's base model before training (greedy
+best-of-1) when `base` is given; reference explanations (planted truths) when given; and the
+baselines (peak tokens, another feature's explanation, the null explanation). Best-of-k winners are
+picked on the `score` split by the first simulator and every row is reported on `test`, which no
+selection saw, by every simulator (one table each). Conventions: `eval.results` and `neuroscribe.scorers`.
+Everything goes through the sqlite cache, so a rerun generates and simulates nothing twice.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from collections.abc import Callable
@@ -25,13 +24,23 @@ from tqdm.auto import tqdm
 from neuroscribe.backends import SamplingParams
 from neuroscribe.cache import Cache, cache_key
 from neuroscribe.configs import EvalConfig
+from neuroscribe.options import to_dict
 from neuroscribe.prompts import PROMPT_VERSION
-from neuroscribe.records import Explanation, FeatureExemplars, ScoredExplanation
+from neuroscribe.records import Explanation, FeatureExemplars, ScoredExplanation, insufficiency
 from neuroscribe.runs.datasets import heldout_file, read_build
-from neuroscribe.runs.eval import RESULTS
-from neuroscribe.runs.files import guard_output, refuse_existing
+from neuroscribe.runs.eval import RESULTS, SCHEMA_VERSION
+from neuroscribe.runs.files import OutputLock, guard_output, refuse_existing, strict
 from neuroscribe.runs.store import ExemplarStore
-from neuroscribe.scorers import cached_score
+from neuroscribe.runs.train import trained_on
+from neuroscribe.scorers import (
+    FAILURE_SCORE,
+    PROTOCOL,
+    cached_scores,
+    in_sample_features,
+    judge_scores,
+    random_side,
+    top_side,
+)
 from neuroscribe.simulators import load_simulator
 
 from .explainers import (
@@ -40,20 +49,25 @@ from .explainers import (
     backend_spec,
     best_or_first,
     explainer_backend,
+    first_sample,
+    null_explanation,
     random_other_explanation,
+    reference_explanations,
     sample_explanations,
     teacher_from_results,
     top_tokens_explanation,
 )
-from .heldout import heldout_features
+from .heldout import dataset_folders, heldout_features
 from .results import (
     REPORT_SPLIT,
-    SCHEMA_VERSION,
     SELECTION_SPLIT,
     Cost,
     Explainer,
     Outcome,
+    by_kind,
+    comparisons,
     feature_entry,
+    reliability,
     scored_exemplars,
     summarise,
 )
@@ -69,25 +83,53 @@ class EvalOutputs:
 # ------------------------------------------------------------------------------ scoring
 
 
+@dataclass(frozen=True)
+class Row:
+    """One explainer's reported explanation of a feature, before scoring."""
+
+    name: str
+    chosen: Explanation
+    selected: bool = False
+    selection_score: float = math.nan
+    candidates: tuple[ScoredExplanation, ...] = ()
+
+
 class Scorer:
-    """cached_score plus cached detection/fuzzing, with the seconds spent on fresh work."""
+    """Every eval simulator over one cache; the first (primary) one also selects best-of-k winners."""
 
-    def __init__(self, simulator, cache: Cache, detection: bool):
-        if detection and not hasattr(simulator, "yes_probabilities"):
-            raise ValueError(f"--detection needs a local simulator (hf:MODEL); {simulator.spec} cannot answer Yes/No")
-        self.simulator, self.cache, self.detection = simulator, cache, detection
+    def __init__(self, simulators: list, cache: Cache, cfg: EvalConfig, in_sample: set[str], keys: list[str]):
+        if cfg.detection and not hasattr(simulators[0], "yes_probabilities"):
+            raise ValueError(
+                f"--detection needs a local simulator (hf:MODEL) first; {simulators[0].spec} cannot answer Yes/No"
+            )
+        self.simulators, self.cache, self.cfg, self.in_sample = simulators, cache, cfg, in_sample
+        self.judged_keys = None if cfg.judged_features is None else set(keys[: cfg.judged_features])
 
-    def score(self, explanation: Explanation, record: FeatureExemplars, split: str) -> ScoredExplanation:
-        return cached_score(self.simulator, explanation, record, split, self.cache, stage="eval-simulate")
+    @property
+    def primary(self):
+        return self.simulators[0]
 
-    def judge(self, name: str, fn: Callable, explanation: Explanation, record: FeatureExemplars) -> float:
-        if not explanation.ok:
-            return math.nan
+    def judged(self, row: str, feature: str) -> bool:
+        """Whether the second and later simulators score this row of this feature (`judged_rows`,
+        `judged_features`)."""
+        return (not self.cfg.judged_rows or row in self.cfg.judged_rows) and (
+            self.judged_keys is None or feature in self.judged_keys
+        )
+
+    def score_many(self, explanations, record: FeatureExemplars, split: str) -> list[ScoredExplanation]:
+        """The primary simulator's scores of several explanations of one feature, simulated together."""
+        return cached_scores(self.primary, list(explanations), record, split, self.cache, stage="eval-simulate",
+                             target=self.cfg.target, in_sample=record.feature.key in self.in_sample)
+
+    def _judges(self, explanation: Explanation, record: FeatureExemplars) -> dict:
+        judge = self.primary
         key = cache_key(
             "judge",
-            self.simulator.spec,
+            judge.spec,
             {
-                "judge": name,
+                "protocol": PROTOCOL,
+                "target": self.cfg.target,
+                "seed": self.cfg.seed,
                 "explanation": explanation.text,
                 "feature": record.feature.key,
                 "split": REPORT_SPLIT,
@@ -96,54 +138,59 @@ class Scorer:
         )
         hit = self.cache.get(key)
         if hit is not None:
-            return math.nan if hit["value"] is None else float(hit["value"])
-        value = fn(self.simulator, explanation, record, REPORT_SPLIT)
+            return {k: math.nan if v is None else v for k, v in hit.items()}
+        value = judge_scores(judge, explanation, record, REPORT_SPLIT, self.cfg.seed, self.cfg.target)
         self.cache.put(
             key,
-            {"value": None if math.isnan(value) else value},
+            {k: None if math.isnan(v) else v for k, v in value.items()},
             kind="judge",
-            model=self.simulator.spec,
+            model=judge.spec,
             stage="eval-judge",
         )
         return value
 
-    def outcome(
-        self,
-        chosen: Explanation,
-        record: FeatureExemplars,
-        selection_score: float = math.nan,
-        candidates: tuple[ScoredExplanation, ...] = (),
-    ) -> Outcome:
-        reported = self.score(chosen, record, REPORT_SPLIT)
-        if not self.detection:
-            return Outcome(reported, selection_score, candidates)
-        from neuroscribe.scorers import detection_score, fuzzing_score
+    def _scores(self, sim, explanations: list[Explanation], record: FeatureExemplars, split: str) -> list:
+        if not explanations:
+            return []
+        return cached_scores(sim, explanations, record, split, self.cache, stage="eval-simulate",
+                             target=self.cfg.target, in_sample=record.feature.key in self.in_sample)
 
-        return Outcome(
-            reported,
-            selection_score,
-            candidates,
-            self.judge("detection", detection_score, chosen, record),
-            self.judge("fuzzing", fuzzing_score, chosen, record),
-        )
+    def outcomes(self, record: FeatureExemplars, rows: list[Row]) -> dict[str, Outcome]:
+        """Every row of one feature, scored on the report split by the primary simulator and by every
+        judge that scores it; an unselected row also on the selection split by the primary one
+        (split-half reliability); judges (primary simulator) with `detection`. Each simulator gets a
+        feature's rows in one batched call."""
+        key = record.feature.key
+        reported: dict[str, dict] = {r.name: {} for r in rows}
+        for sim in self.simulators:
+            mine = [r for r in rows if sim is self.primary or self.judged(r.name, key)]
+            for r, s in zip(mine, self._scores(sim, [r.chosen for r in mine], record, REPORT_SPLIT)):
+                if self.cfg.detection and sim is self.primary and r.chosen.ok:
+                    s = dataclasses.replace(s, judges=self._judges(r.chosen, record))
+                reported[r.name][sim.spec] = s
+        unselected = [r for r in rows if not r.selected]
+        other = dict(zip((r.name for r in unselected),
+                         self._scores(self.primary, [r.chosen for r in unselected], record, SELECTION_SPLIT)))
+        return {
+            r.name: Outcome(reported[r.name], r.selection_score, r.candidates,
+                            {self.primary.spec: other[r.name]} if r.name in other else {})
+            for r in rows
+        }
 
 
-# ------------------------------------------------------------------------------ the run
+# ------------------------------------------------------------------------------ inputs
 
 
 def _records(store: ExemplarStore, keys: list[str], features_file: Path) -> dict[str, FeatureExemplars]:
     unknown = [k for k in keys if k not in set(store.keys(include_dead=True))]
     if unknown:
         raise KeyError(f"{features_file}: feature(s) {unknown[:5]} are not in the store {store.path}")
-    records = {k: store.get(k) for k in keys}
-    for key, r in records.items():
-        for split in (SELECTION_SPLIT, REPORT_SPLIT):
-            if not scored_exemplars(r, split):
-                raise ValueError(
-                    f"{store.path}: feature {key} has no top/quantile/random exemplars in split "
-                    f"{split!r}; eval needs both held-out splits (collect with --splits explain,score,test)"
-                )
-    return records
+    return {k: store.get(k) for k in keys}
+
+
+def _insufficient(record: FeatureExemplars) -> str:
+    held = record.select(split=REPORT_SPLIT)
+    return insufficiency(len(top_side(held)), len(random_side(held)))
 
 
 def _prompt_settings(cfg: EvalConfig, features_file: Path) -> tuple[str, int]:
@@ -154,67 +201,96 @@ def _prompt_settings(cfg: EvalConfig, features_file: Path) -> tuple[str, int]:
     return style, cfg.max_exemplars or int(info.get("config", {}).get("max_exemplars", 20))
 
 
-def _best_of(samples: Samples, records, scorer: Scorer, bar) -> tuple[dict, float]:
-    """Score every sample on the selection split; (feature -> (winner, candidates), seconds)."""
-    start, picks = time.perf_counter(), {}
-    for key, explanations in samples.by_feature.items():
-        scored = tuple(scorer.score(e, records[key], SELECTION_SPLIT) for e in explanations)
-        picks[key] = (best_or_first(scored), scored)
-        bar.update(1)
-    return picks, time.perf_counter() - start
+def _check_teacher(pick: TeacherPick, store: ExemplarStore, primary: str) -> None:
+    """The teacher's candidates must be about this store and selected by the eval's primary simulator."""
+    prov = pick.provenance
+    fp = prov.get("teacher_store_fingerprint")
+    if fp and fp != store.fingerprint:
+        raise ValueError(
+            f"{prov['teacher_results']}/meta.json: field store_fingerprint is {fp} (store "
+            f"{prov.get('teacher_store')}) but the eval store {store.path} is {store.fingerprint}; "
+            "explain and eval must use the same store"
+        )
+    selected_by = prov.get("teacher_selection_simulator")
+    if selected_by and selected_by != primary:
+        raise ValueError(
+            f"{prov['teacher_results']}/meta.json: field simulator is {selected_by!r} but the eval's "
+            f"first --simulator is {primary!r}; the simulator that selects the student's best-of-k must "
+            "be the teacher's (add others as further --simulator judges)"
+        )
+
+
+# ------------------------------------------------------------------------------ sides
 
 
 @dataclass(frozen=True)
 class _Side:
-    """One model explainer's picks: feature -> (winner, candidates on the selection split)."""
+    """A model explainer's picks: feature -> (best-of-k winner, candidates on the selection split), and
+    its best-of-1 explanation per feature."""
 
     picks: dict
-    cost: Cost  # of best-of-k: every sample plus the selection scoring
-    first_cost: Cost | None = None  # of sample 0 alone (best-of-1); None for a teacher from results
+    first: dict[str, Explanation]
+    cost: Cost  # best-of-k: every sample plus the selection scoring
+    first_cost: Cost | None
     provenance: dict = dataclasses.field(default_factory=dict)
 
 
+def _best_of(samples: Samples, records, scorer: Scorer) -> dict:
+    return {
+        key: (best_or_first(scored), scored)
+        for key, exps in samples.by_feature.items()
+        if (scored := tuple(scorer.score_many(exps, records[key], SELECTION_SPLIT)))
+    }
+
+
 def _sampled_side(
-    spec: str, stage: str, records, cfg: EvalConfig, style: str, cache: Cache, scorer: Scorer, bar
+    spec: str, stage: str, records, cfg: EvalConfig, style: str, cache: Cache, scorer: Scorer, greedy_only: bool = False
 ) -> _Side:
     params = SamplingParams(temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=cfg.seed)
-    samples = sample_explanations(
-        explainer_backend(spec, cache, stage, cfg.dtype), records, cfg.k, params, style, cfg.max_exemplars, stage
-    )
-    picks, select_s = _best_of(samples, records, scorer, bar)
+    backend = explainer_backend(spec, cache, stage, cfg.dtype, cfg.limits)
+    samples = sample_explanations(backend, records, cfg.k, params, style, cfg.max_exemplars, stage, greedy_only)
+    start = time.perf_counter()
+    picks = {} if greedy_only else _best_of(samples, records, scorer)
+    seconds = samples.all_cost.seconds
     cost = dataclasses.replace(
-        samples.all, seconds=None if samples.all.seconds is None else samples.all.seconds + select_s
+        samples.all_cost, seconds=None if seconds is None else seconds + time.perf_counter() - start
     )
-    return _Side(picks, cost, samples.first)
+    return _Side(picks, samples.greedy, cost, samples.greedy_cost)
 
 
-def _teacher_side(
-    cfg: EvalConfig, pick: TeacherPick | None, keys: list[str], records, style: str, cache: Cache, scorer: Scorer, bar
-) -> tuple[_Side, dict]:
+def _teacher_side(cfg: EvalConfig, pick: TeacherPick | None, keys, records, style, cache, scorer) -> tuple[_Side, dict]:
     """(the teacher's side, the pool of teacher explanations the random-feature baseline draws from)."""
     if pick is None:
-        side = _sampled_side(cfg.teacher, "eval-teacher", records, cfg, style, cache, scorer, bar)
+        side = _sampled_side(cfg.teacher, "eval-teacher", records, cfg, style, cache, scorer)
         side = dataclasses.replace(
-            side,
-            provenance={"teacher": backend_spec(cfg.teacher), "teacher_selection_simulator": scorer.simulator.spec},
+            side, provenance={"teacher": backend_spec(cfg.teacher), "teacher_selection_simulator": scorer.primary.spec}
         )
         return side, {key: winner.explanation for key, (winner, _) in side.picks.items()}
-    bar.update(len(keys))
     picks = {key: (best_or_first(pick.candidates[key]), pick.candidates[key]) for key in keys}
+    first = {key: first_sample(pick.candidates[key]).explanation for key in keys}
     pool = {key: best_or_first(c).explanation for key, c in pick.candidates.items()}  # every feature it explained
-    return _Side(picks, pick.cost, provenance=pick.provenance), pool
+    return _Side(picks, first, pick.cost, None, pick.provenance), pool
 
 
-def explainer_list(k: int, teacher_samples: int) -> list[Explainer]:
+def explainer_list(cfg: EvalConfig, teacher: _Side) -> list[Explainer]:
+    k_t = teacher.cost.samples_per_feature
+    t_first = (
+        f"sample 0 at temperature {teacher.provenance.get('teacher_temperature')}" if cfg.teacher_results else "greedy"
+    )
     out = [
-        Explainer(
-            "teacher", f"teacher (best of {teacher_samples})", "teacher", teacher_samples, f"best on {SELECTION_SPLIT}"
-        )
+        Explainer("teacher", f"teacher best-of-{k_t}", "teacher", k_t, f"best on {SELECTION_SPLIT}"),
+        Explainer("teacher_best_of_1", f"teacher best-of-1 ({t_first})", "teacher", 1, t_first),
     ]
-    if k > 1:
-        out.append(Explainer("student_best_of_k", f"student best-of-{k}", "student", k, f"best on {SELECTION_SPLIT}"))
+    if cfg.k > 1:
+        out.append(
+            Explainer("student_best_of_k", f"student best-of-{cfg.k}", "student", cfg.k, f"best on {SELECTION_SPLIT}")
+        )
+    out.append(Explainer("student_best_of_1", "student best-of-1 (greedy)", "student", 1, "greedy"))
+    if cfg.base:
+        out.append(Explainer("base_best_of_1", "base model best-of-1 (greedy, before training)", "base", 1, "greedy"))
+    if cfg.reference:
+        out.append(Explainer("reference", f"reference: {cfg.reference_label}", "reference", 0, "given"))
     return out + [
-        Explainer("student_best_of_1", "student best-of-1", "student", 1, "first sample"),
         Explainer("baseline_top_tokens", "baseline: top tokens", "baseline", 0, "explain-split peak tokens"),
         Explainer(
             "baseline_random_feature",
@@ -223,30 +299,58 @@ def explainer_list(k: int, teacher_samples: int) -> list[Explainer]:
             0,
             "teacher's explanation of another feature",
         ),
+        Explainer("baseline_null", "baseline: null explanation", "baseline", 0, "the empty explanation"),
     ]
 
 
-def _outcomes(
-    record: FeatureExemplars, teacher: _Side, student: _Side, pool: dict, scorer: Scorer, k: int, seed: int
-) -> dict[str, Outcome]:
+def _outcomes(record: FeatureExemplars, sides: dict[str, _Side], pool: dict, references: dict, scorer: Scorer,
+              cfg: EvalConfig) -> dict[str, Outcome]:
     """Every explainer's reported explanation for one feature, scored on the report split."""
     key = record.feature.key
-    winner, cands = teacher.picks[key]
-    out = {"teacher": scorer.outcome(winner.explanation, record, winner.score, cands)}
-    winner, cands = student.picks[key]
-    if k > 1:
-        out["student_best_of_k"] = scorer.outcome(winner.explanation, record, winner.score, cands)
-    out["student_best_of_1"] = scorer.outcome(cands[0].explanation, record, cands[0].score, cands[:1])
-    out["baseline_top_tokens"] = scorer.outcome(top_tokens_explanation(record), record)
-    other = random_other_explanation(key, pool, seed)
+    rows: list[Row] = []
+
+    def add(name: str, chosen: Explanation, selected: bool = False, winner=None, cands=()):
+        rows.append(Row(name, chosen, selected, winner.score if winner else math.nan, tuple(cands)))
+
+    winner, cands = sides["teacher"].picks[key]
+    add("teacher", winner.explanation, True, winner, cands)
+    add("teacher_best_of_1", sides["teacher"].first[key])
+    if cfg.k > 1:
+        winner, cands = sides["student"].picks[key]
+        add("student_best_of_k", winner.explanation, True, winner, cands)
+    add("student_best_of_1", sides["student"].first[key])
+    if "base" in sides:
+        add("base_best_of_1", sides["base"].first[key])
+    if key in references:  # known-true explanations exist for planted features only
+        add("reference", references[key])
+    add("baseline_top_tokens", top_tokens_explanation(record))
+    other = random_other_explanation(key, pool, cfg.seed)
     if other is not None:  # a single-feature eval has no other feature to borrow from
-        out["baseline_random_feature"] = scorer.outcome(other, record)
-    return out
+        add("baseline_random_feature", other)
+    add("baseline_null", null_explanation(key))
+    return scorer.outcomes(record, rows)
 
 
-def evaluate(cfg: EvalConfig, simulator=None) -> EvalOutputs:
-    """Run the eval (module doc) and write its outputs; `simulator` overrides `cfg.simulator` (an object
-    with `spec` and `simulate`, e.g. one the caller already loaded)."""
+def _loss_curves(cfg: EvalConfig) -> dict[str, list[list[float]]]:
+    """Training loss per logged step of the student's run and of every run in `training_runs`."""
+    runs = list(cfg.training_runs)
+    if Path(cfg.student).is_dir() and cfg.student not in runs:
+        runs.append(cfg.student)
+    curves = {}
+    for run in runs:
+        state = Path(run) / "trainer_state.json"
+        if state.is_file():
+            log = json.loads(state.read_text()).get("log_history", [])
+            curves[str(run)] = [[e["step"], e["loss"]] for e in log if "loss" in e and "step" in e]
+    return curves
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+def evaluate(cfg: EvalConfig, simulators: list | None = None) -> EvalOutputs:
+    """Run the eval (module doc) and write its outputs; `simulators` overrides `cfg.simulators` (objects
+    with `spec` and `simulate`, e.g. ones the caller already loaded)."""
     t0 = time.perf_counter()
     features_file = heldout_file(cfg.features)
     guard_output(
@@ -258,6 +362,7 @@ def evaluate(cfg: EvalConfig, simulator=None) -> EvalOutputs:
             "--student": cfg.student if Path(cfg.student).exists() else None,
             "--datasets": cfg.datasets,
             "--cache": cfg.cache,
+            "--reference": cfg.reference,
         },
     )
     refuse_existing(cfg.out, RESULTS, cfg.overwrite, "an eval")
@@ -268,59 +373,99 @@ def evaluate(cfg: EvalConfig, simulator=None) -> EvalOutputs:
     records = _records(store, keys, features_file)
     # read before any model loads, so a bad folder fails fast
     pick = teacher_from_results(cfg.teacher_results, keys) if cfg.teacher_results is not None else None
+    references = reference_explanations(cfg.reference, keys, cfg.reference_label) if cfg.reference else {}
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    cache = Cache(cfg.cache or out / "cache.sqlite")
-    try:
-        style, max_exemplars = _prompt_settings(cfg, features_file)
-        cfg = dataclasses.replace(cfg, prompt_style=style, max_exemplars=max_exemplars)
-        simulator = simulator or load_simulator(cfg.simulator, cache, dtype=cfg.dtype)
-        scorer = Scorer(simulator, cache, cfg.detection)
-        timings = {"load": time.perf_counter() - t0}
-        t = time.perf_counter()
-        with tqdm(total=len(keys) * 2, desc="eval: best of k", unit="feat", disable=not cfg.progress) as bar:
-            student = _sampled_side(cfg.student, "eval-student", records, cfg, style, cache, scorer, bar)
-            teacher, pool = _teacher_side(cfg, pick, keys, records, style, cache, scorer, bar)
-        timings["generate_and_select"] = time.perf_counter() - t
-        t = time.perf_counter()
-        features = [
-            feature_entry(records[key], _outcomes(records[key], teacher, student, pool, scorer, cfg.k, cfg.seed))
-            for key in tqdm(keys, desc=f"eval: score on {REPORT_SPLIT}", unit="feat", disable=not cfg.progress)
-        ]
-        timings["score_report_split"] = time.perf_counter() - t
-        explainers = explainer_list(cfg.k, teacher.cost.samples_per_feature)
-        no_llm = Cost(0, len(keys), source="no LLM call").per_explanation()
-        cost = {
-            "teacher": teacher.cost.per_explanation(),
-            "student_best_of_k": student.cost.per_explanation(),
-            "student_best_of_1": student.first_cost.per_explanation(),
-            "baseline_top_tokens": no_llm,
-            "baseline_random_feature": no_llm,
-        }
-        timings["total"] = time.perf_counter() - t0
-        results = {
-            "schema_version": SCHEMA_VERSION,
-            "config": {**asdict(cfg), "selection_split": SELECTION_SPLIT, "report_split": REPORT_SPLIT},
-            "provenance": {
-                "store": str(store.path),
-                "subject_model": store.meta.get("model"),
-                "features_file": str(features_file),
-                "datasets": str(cfg.datasets or features_file.parent),
-                "student": backend_spec(cfg.student),
-                "simulator": simulator.spec,
-                "prompt_version": PROMPT_VERSION,
-                **teacher.provenance,
-            },
-            "explainers": [asdict(e) for e in explainers],
-            "features": features,
-            "summary": summarise(features, explainers, cfg.n_resamples, cfg.seed),
-            "cost": {e.name: cost[e.name] for e in explainers},
-            "usage": {stage: asdict(u) for stage, u in cache.stages().items()},
-            "timings": timings,
-        }
-    finally:
-        cache.close()
-    return EvalOutputs(out, results, write_outputs(out, results, report=cfg.report))
+    with OutputLock(out):
+        cache = Cache(cfg.cache or out / "cache.sqlite")
+        try:
+            style, max_exemplars = _prompt_settings(cfg, features_file)
+            cfg = dataclasses.replace(cfg, prompt_style=style, max_exemplars=max_exemplars)
+            sims = simulators or [load_simulator(s, cache, dtype=cfg.dtype, limits=cfg.limits) for s in cfg.simulators]
+            in_sample: set[str] = set()
+            for sim in sims:
+                in_sample |= in_sample_features(sim, keys, cfg.allow_in_sample, f"eval --simulator {sim.spec}")
+            if pick is not None:
+                _check_teacher(pick, store, sims[0].spec)
+            scorer = Scorer(sims, cache, cfg, in_sample, keys)
+            timings = {"load": time.perf_counter() - t0}
+            t = time.perf_counter()
+            sides = {"student": _sampled_side(cfg.student, "eval-student", records, cfg, style, cache, scorer)}
+            if cfg.base:
+                sides["base"] = _sampled_side(
+                    cfg.base, "eval-base", records, cfg, style, cache, scorer, greedy_only=True
+                )
+            sides["teacher"], pool = _teacher_side(cfg, pick, keys, records, style, cache, scorer)
+            timings["generate_and_select"] = time.perf_counter() - t
+            t = time.perf_counter()
+            features = [
+                feature_entry(
+                    records[k], _outcomes(records[k], sides, pool, references, scorer, cfg), _insufficient(records[k])
+                )
+                for k in tqdm(keys, desc=f"eval: score on {REPORT_SPLIT}", unit="feat", disable=not cfg.progress)
+            ]
+            timings["score"] = time.perf_counter() - t
+            explainers = explainer_list(cfg, sides["teacher"])
+            results = strict(
+                _results(cfg, store, features_file, keys, sides, sims, features, explainers, cache, in_sample)
+            )  # in memory as on disk: an undefined value is None
+            results["timings"] = {**timings, "total": time.perf_counter() - t0}
+        finally:
+            cache.close()
+        return EvalOutputs(out, results, write_outputs(out, results, report=cfg.report))
+
+
+def _results(cfg, store, features_file, keys, sides, sims, features, explainers, cache, in_sample) -> dict:
+    no_llm = Cost(0, len(keys), source="no LLM call").per_explanation()
+    cost = {
+        "teacher": sides["teacher"].cost.per_explanation(),
+        "teacher_best_of_1": (
+            sides["teacher"].first_cost or Cost(1, len(keys), source="the explain run's sample 0")
+        ).per_explanation(),
+        "student_best_of_k": sides["student"].cost.per_explanation(),
+        "student_best_of_1": sides["student"].first_cost.per_explanation(),
+    }
+    if "base" in sides:
+        cost["base_best_of_1"] = sides["base"].first_cost.per_explanation()
+    specs = [s.spec for s in sims]
+    kw = dict(n_resamples=cfg.n_resamples, seed=cfg.seed)
+    results = {
+        "schema_version": SCHEMA_VERSION,
+        "config": {
+            **to_dict(cfg),
+            "selection_split": SELECTION_SPLIT,
+            "report_split": REPORT_SPLIT,
+            "protocol": PROTOCOL,
+            "failure_score": FAILURE_SCORE,
+        },
+        "provenance": {
+            "store": str(store.path),
+            "store_fingerprint": store.fingerprint,
+            "subject_model": store.meta.get("model"),
+            "features_file": str(features_file),
+            "datasets": [str(d) for d in dataset_folders(features_file, cfg.datasets, cfg.student)],
+            "student": backend_spec(cfg.student),
+            "student_trained_on": str(trained_on(cfg.student) or ""),
+            "base": backend_spec(cfg.base) if cfg.base else None,
+            "simulators": specs,
+            "selection_simulator": specs[0],
+            "prompt_version": PROMPT_VERSION,
+            "target": cfg.target,
+            "in_sample_features": sorted(in_sample),
+            **sides["teacher"].provenance,
+        },
+        "explainers": [asdict(e) for e in explainers],
+        "features": features,
+        "summary": {s: summarise(features, explainers, s, **kw) for s in specs},
+        "comparisons": {s: comparisons(features, explainers, s, **kw) for s in specs},
+        "reliability": {s: reliability(features, explainers, s, **kw) for s in specs},
+        "by_kind": {s: by_kind(features, explainers, s, **kw) for s in specs},
+        "cost": {e.name: cost.get(e.name, no_llm) for e in explainers},
+        "usage": {stage: asdict(u) for stage, u in cache.stages().items()},
+        "training": _loss_curves(cfg),
+    }
+    if cfg.calibration:
+        results["calibration"] = json.loads(Path(cfg.calibration).read_text())
+    return results
 
 
 def write_outputs(out: Path, results: dict, report: bool = True) -> dict[str, Path]:
@@ -336,16 +481,18 @@ def write_outputs(out: Path, results: dict, report: bool = True) -> dict[str, Pa
     return files
 
 
-def eval_command(echo: Callable[[str], None] = print, **kwargs) -> EvalOutputs:
-    """`neuroscribe eval`: run, then print the table and where the report is."""
-    from .results import fmt_interval
+def eval_command(cfg: EvalConfig, echo: Callable[[str], None] = print) -> EvalOutputs:
+    """`neuroscribe eval`: run, then print the primary simulator's table and where the report is."""
+    from .results import fmt, fmt_interval
 
-    result = evaluate(EvalConfig(**kwargs))
-    s = result.results["summary"]
+    result = evaluate(cfg)
+    primary = result.results["provenance"]["simulators"][0]
+    s = result.results["summary"][primary]
+    echo(f"scored by {primary} on the held-out `{REPORT_SPLIT}` split (failures count {FAILURE_SCORE}):")
     for ex in result.results["explainers"]:
-        vs = s[ex["name"]]["vs_teacher"]
+        row, vs = s[ex["name"]], s[ex["name"]]["vs_teacher"]
         echo(
-            f"{ex['label']:34s} mean {fmt_interval(s[ex['name']]['mean'])}"
+            f"  {ex['label']:48s} mean {fmt_interval(row['mean'])}  failed {fmt(row['failure_rate'], 2)}"
             + (f"  minus teacher {fmt_interval(vs['difference'])}" if vs else "")
         )
     echo(f"wrote {', '.join(str(p) for p in result.files.values())}")
@@ -359,3 +506,17 @@ def rebuild_report(results: str | Path) -> dict[str, Path]:
     path = Path(results)
     folder = path if path.is_dir() else path.parent
     return write_outputs(folder, read_results(path))
+
+
+__all__ = [
+    "EvalConfig",
+    "EvalOutputs",
+    "Scorer",
+    "eval_command",
+    "evaluate",
+    "rebuild_report",
+    "write_outputs",
+    "best_or_first",
+    "top_tokens_explanation",
+    "scored_exemplars",
+]

@@ -42,6 +42,7 @@ table.others td{padding:2px 8px;border-top:1px solid #eee}
 .lab{flex:0 0 96px;color:#666;font-size:11px;text-align:right}
 .toks{white-space:pre-wrap;word-break:break-word} .toks span{border-radius:2px}
 .legend span{padding:0 4px;margin-right:6px}
+.truth{margin:0 0 8px;color:#a0175d}
 """
 _SHADES = "".join(
     f".t{d}{{background:rgba(230,120,0,{d / MAX_DIGIT:.2f})}}.s{d}{{background:rgba(30,100,230,{d / MAX_DIGIT:.2f})}}"
@@ -98,7 +99,7 @@ def _sim_levels(predicted: list[float | None] | None, n: int) -> tuple[list[int 
     return levels, list(predicted)
 
 
-def _card(css: str, label: str, r: dict | None) -> str:
+def _card(css: str, label: str, r: dict | None, sim: str) -> str:
     if r is None:
         return f'<div class="card {css}"><div class="who">{html.escape(label)}</div><div class="text">—</div></div>'
     e = r["explanation"]
@@ -106,7 +107,7 @@ def _card(css: str, label: str, r: dict | None) -> str:
     sel = f" · selection {fmt(r['selection_score'])}" if r.get("selection_score") is not None else ""
     return (
         f'<div class="card {css}"><div class="who">{html.escape(label)}</div><div class="text">{text}</div>'
-        f'<div class="who">test score <span class="score">{fmt(r["score"])}</span>{sel}</div></div>'
+        f'<div class="who">test score <span class="score">{fmt(r["scores"][sim]["score"])}</span>{sel}</div></div>'
     )
 
 
@@ -116,6 +117,7 @@ def _student_name(results: dict) -> str:
 
 
 def feature_section(results: dict, f: dict) -> str:
+    sim = results["provenance"]["simulators"][0]
     labels = {e["name"]: e["label"] for e in results["explainers"]}
     kinds = {e["name"]: e["kind"] for e in results["explainers"]}
     student = _student_name(results)
@@ -124,13 +126,13 @@ def feature_section(results: dict, f: dict) -> str:
     searchable = " ".join([f["feature"], *texts])
     others = "".join(
         f"<tr><td>{html.escape(labels[n])}</td><td>{html.escape(r['explanation']['text']) or '—'}</td>"
-        f"<td>{fmt(r['score'])}</td></tr>"
+        f"<td>{fmt(r['scores'][sim]['score'])}</td></tr>"
         for n, r in res.items()
         if n not in ("teacher", student)
     )
     rows = []
     max_value = max((a for ex in f["exemplars"] for a in ex["activations"]), default=0.0)
-    sims = [("teacher", "sim · teacher"), (student, "sim · student")]
+    sims = [("teacher", "sim · teacher"), (student, "sim · student"), ("reference", "sim · reference")]
     for i, ex in enumerate(f["exemplars"]):
         toks = ex["tokens"]
         lines = [
@@ -139,7 +141,7 @@ def feature_section(results: dict, f: dict) -> str:
         ]
         for name, lab in sims:
             if name in res:
-                levels, values = _sim_levels(res[name]["predicted"][i], len(toks))
+                levels, values = _sim_levels(res[name]["scores"][sim]["predicted"][i], len(toks))
                 lines.append(
                     f'<div class="row"><span class="lab">{lab}</span><span class="toks">'
                     f"{_tokens(toks, levels, 's', values)}</span></div>"
@@ -148,11 +150,18 @@ def feature_section(results: dict, f: dict) -> str:
             f'<div class="ex"><div class="meta">{html.escape(ex["source"])} · window {ex["window_id"]} · '
             f"max {max(ex['activations'], default=0):.3g}</div>{''.join(lines)}</div>"
         )
+    note = f'<p class="who">{html.escape(f["insufficient"])}</p>' if f.get("insufficient") else ""
+    reference = res.get("reference")
+    truth = (
+        f'<p class="truth">true explanation: <b>{html.escape(reference["explanation"]["text"])}</b></p>'
+        if reference
+        else ""
+    )
     return (
         f'<section class="feature" id="{html.escape(f["feature"])}" data-search="{html.escape(searchable.lower())}">'
-        f"<h2>{html.escape(f['feature'])} <small>layer {f['layer']}</small></h2>"
-        f'<div class="pair">{_card("teacher", labels["teacher"], res.get("teacher"))}'
-        f"{_card('student', labels.get(student, 'student'), res.get(student))}</div>"
+        f"<h2>{html.escape(f['feature'])} <small>layer {f['layer']}</small></h2>{truth}{note}"
+        f'<div class="pair">{_card("teacher", labels["teacher"], res.get("teacher"), sim)}'
+        f"{_card('student', labels.get(student, 'student'), res.get(student), sim)}</div>"
         f'<table class="others">{others}</table>{"".join(rows)}</section>'
     )
 
@@ -161,7 +170,7 @@ def browser_html(results: dict) -> str:
     prov = results["provenance"]
     facts = (
         f"subject {prov.get('subject_model')} · student {prov['student']} · teacher {prov.get('teacher')} · "
-        f"simulator {prov['simulator']} · scores on the held-out '{results['config']['report_split']}' split"
+        f"simulator {prov['simulators'][0]} · scores on the held-out '{results['config']['report_split']}' split"
     )
     body = "".join(feature_section(results, f) for f in results["features"])
     return (

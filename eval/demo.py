@@ -1,13 +1,21 @@
-"""`neuroscribe demo`: the whole loop on CPU with the bundled SmolLM2-135M-Instruct as subject,
-teacher, simulator and (LoRA) student:
+"""`neuroscribe demo`: the whole loop on a CPU with the bundled SmolLM2-135M-Instruct as subject,
+teacher, simulator and LoRA student, on real neurons beside planted features whose answer is known.
 
-collect -> explain (best-of-k) -> score on held-out exemplars -> SFT + preference datasets ->
-SFT then DPO (the same entry points as the GPU recipes) -> eval on held-out features -> report.
+1. collect: real MLP neurons of SmolLM2 on the builtin corpus;
+2. plant: planted features of the suite's explainer and held-out rules join the store
+   (`eval.demo_data`); held out for the eval: every held-out planted rule and a few real neurons;
+3. simulator: a fine-tuned simulator trained on the suite's simulator rules (once per configuration,
+   reused from the user cache after that);
+4. calibrate: how often each simulator scores a held-out rule's true explanation above wrong ones;
+5. explain: the teacher writes k candidates per feature, the fine-tuned simulator picks the best;
+6. distill: winners scoring >= `threshold` become the SFT set, held-out features excluded;
+7. train: the student's LoRA SFT (and DPO when asked) through the recipes' entry points;
+8. eval: student vs its base model vs teacher vs oracle and baselines on the held-out features,
+   scored by the fine-tuned simulator and (on a subset) the prompted one; report, plots, browser.
 
-Every stage writes under one run folder and is skipped when its output is already there; LLM calls
-and simulations share one sqlite cache, so a rerun (or a resumed run) finishes much faster. The
-time each stage took is printed at the end. The prompted 135M simulator is nearly flat, so the
-demo shows the plumbing end to end, not explanation quality.
+Every stage writes under the run folder and is skipped when its output is there, and every LLM call
+and simulation goes through one sqlite cache: a rerun reuses everything. Stage times are printed and
+kept in `demo.json`.
 """
 
 from __future__ import annotations
@@ -24,8 +32,12 @@ from rich.console import Console
 from rich.table import Table
 
 from neuroscribe.configs import DemoConfig
+from neuroscribe.options import to_dict
+from neuroscribe.runs.files import read_json, write_json
 
 console = Console()
+DEMO_FILE = "demo.json"
+JUDGED_ROWS = ("teacher", "student_best_of_1", "base_best_of_1", "reference")  # the prompted judge's rows
 
 
 def recipes_dir() -> Path:
@@ -56,9 +68,9 @@ class StageTimer:
         console.print(table)
 
 
-def _run(cmd: list[str], log: Path) -> None:
-    """A training/publishing step as users run it; its output goes to a log file."""
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "WANDB_MODE": "offline"}
+def _run(cmd: list[str], log: Path, threads: int) -> None:
+    """A training step as users run it; its output goes to a log file."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "WANDB_MODE": "offline"}
     with open(log, "w") as sink:
         res = subprocess.run(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env)
     if res.returncode != 0:
@@ -66,171 +78,186 @@ def _run(cmd: list[str], log: Path) -> None:
         raise RuntimeError(f"{' '.join(cmd)} failed (exit {res.returncode}); log {log}:\n{tail}")
 
 
+def _check_config(out: Path, cfg: DemoConfig) -> None:
+    """A run folder holds one configuration: a rerun with other settings is refused, never mixed in."""
+    path = out / DEMO_FILE
+    want = {k: v for k, v in to_dict(cfg).items() if k != "out"}
+    if path.exists():
+        had = read_json(path).get("config", {})
+        diff = sorted(k for k in want if k in had and had[k] != want[k])
+        if diff:
+            raise ValueError(f"{path}: field config differs from this run's ({', '.join(diff)}); "
+                             f"use another --out or remove {out}")
+    return want
+
+
+def _compute(cfg: DemoConfig) -> tuple[str, int]:
+    import torch
+
+    from neuroscribe.models import fastest_cpu_setup
+
+    dtype, threads = fastest_cpu_setup() if cfg.dtype == "auto" else (cfg.dtype, cfg.threads or 1)
+    threads = cfg.threads or threads
+    torch.set_num_threads(threads)
+    return dtype, threads
+
+
 def run_demo(cfg: DemoConfig = DemoConfig()) -> Path:
+    from neuroscribe.cache import Cache
     from neuroscribe.distill.collect import CollectConfig, collect
     from neuroscribe.distill.datasets import DistillConfig, build_datasets
     from neuroscribe.distill.explain import ExplainConfig, explain
     from neuroscribe.distill.mining import MiningConfig
-
+    from neuroscribe.models import cache_dir, load_tokenizer
     from neuroscribe.runs.datasets import read_heldout
     from neuroscribe.runs.store import ExemplarStore
 
+    from . import demo_data
+
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    recipes = recipes_dir()
-    logs = out / "logs"
+    config = _check_config(out, cfg)
+    dtype, threads = _compute(cfg)
+    console.print(f"compute: {dtype}, {threads} torch thread(s) (measured on this CPU)" if cfg.dtype == "auto"
+                  else f"compute: {dtype}, {threads} torch thread(s)")
+    recipes, logs = recipes_dir(), out / "logs"
     logs.mkdir(exist_ok=True)
-    store, scored, distill, cache = out / "store", out / "scored", out / "distill", out / "cache.sqlite"
-    sft, merged, dpo, eval_dir = out / "sft", out / "sft-merged", out / "dpo", out / "eval"
+    real, store, scored, distill = out / "real", out / "store", out / "scored", out / "distill"
+    sft, eval_dir, cache_path = out / "sft", out / "eval", out / "cache.sqlite"
+    calibration = out / "calibration.json"
+    tok = load_tokenizer(cfg.model)
+    parts = demo_data.planted_parts(cfg)
+    sim_done, sim_training = demo_data.simulator_cache(cache_dir(), cfg, parts["simulator"])
+    finetuned = f"finetuned:{sim_done}"
+    prompted = f"hf:{cfg.model}"
     timer = StageTimer()
 
     def do_collect() -> str:
-        if not (store / "meta.json").exists():
-            collect(
-                CollectConfig(
-                    out=str(store),
-                    model=cfg.model,
-                    features=(cfg.features,),
-                    window=32,
-                    max_windows=cfg.windows,
-                    mining=MiningConfig(top_k=12, per_quantile=2, random_k=6, hard_negatives=3),
-                )
-            )
-        s = ExemplarStore(store).summary()
-        return f"{s['features']} features ({s['dead']} dead), {s['exemplars']} exemplars"
+        if not (real / "meta.json").exists():
+            collect(CollectConfig(out=str(real), model=cfg.model, features=(cfg.features,), window=cfg.window,
+                                  max_windows=cfg.windows, dtype=dtype, mining=MiningConfig(top_k=12, per_quantile=1,
+                                                                                            random_k=12)))
+        s = ExemplarStore(real).summary()
+        return f"{s['features']} real features ({s['dead']} dead), {s['exemplars']} exemplars"
+
+    def do_plant() -> str:
+        if not (out / demo_data.HELDOUT_LIST).exists():
+            counts = demo_data.build_store(real, out, tok, parts, cfg)
+            write_json(out / "plant.json", counts)
+        c = read_json(out / "plant.json")
+        return (f"{c['planted_explainer']} planted training + {c['planted_heldout']} held-out planted features; "
+                f"{c['heldout_real']} real features held out")
+
+    def do_simulator() -> str:
+        if (sim_done / "simulator.json").exists():
+            return f"reused {sim_done}"
+        data = demo_data.simulator_data(tok, parts["simulator"], read_heldout(out / demo_data.HELDOUT_LIST), cfg,
+                                        out / "simulator-data")
+        _run([sys.executable, "-m", "neuroscribe.train.simulator", "--config", str(recipes / "tiny/simulator.yaml"),
+              "--model_name_or_path", cfg.model, "--dataset_name", str(data), "--output_dir", str(sim_training),
+              "--max_steps", str(cfg.simulator_steps), "--learning_rate", str(cfg.simulator_lr),
+              "--lr_scheduler_type", "cosine", "--warmup_steps", "0.05",
+              "--per_device_train_batch_size", str(cfg.simulator_batch), "--save_steps", "20",
+              "--save_total_limit", "1", "--logging_steps", "5", "--seed", str(cfg.seed)]
+             + (["--lora_layers", cfg.simulator_lora_layers] if cfg.simulator_lora_layers else []),
+             logs / "simulator.log", threads)
+        demo_data.finish_simulator(sim_training, sim_done, demo_data.simulator_settings(cfg, parts["simulator"]))
+        return f"{len(parts['simulator'])} planted rules, {cfg.simulator_steps} steps -> {sim_done}"
+
+    def do_calibrate() -> str:
+        from neuroscribe.simulators import load_simulator
+
+        from .calibration import calibrate, headline
+
+        if not calibration.exists():
+            s = ExemplarStore(store)
+            truth = demo_data.read_truth(out)
+            held = [k for k in read_heldout(out / demo_data.HELDOUT_LIST) if k in truth]
+            feats = [s.get(k) for k in held]
+            cache = Cache(cache_path)
+            try:
+                sims = [load_simulator(spec, cache, dtype=dtype) for spec in (finetuned, prompted)]
+                result = calibrate(sims, feats, [truth[k]["explanation"] for k in held],
+                                   [truth[k]["rule"] for k in held], n_wrong=cfg.calibration_wrong, seed=cfg.seed,
+                                   cache=cache, limit={sims[1].spec: cfg.prompted_rules})
+            finally:
+                cache.close()
+            write_json(calibration, result)
+        return headline(read_json(calibration))
 
     def do_explain() -> str:
-        if not (scored / "candidates.jsonl").exists():
-            spec = f"hf:{cfg.model}"
-            explain(
-                ExplainConfig(
-                    store=str(store),
-                    out=str(scored),
-                    teacher=spec,
-                    simulator=spec,
-                    k=cfg.k,
-                    prompt_style=cfg.prompt_style,
-                    max_exemplars=cfg.max_exemplars,
-                    max_tokens=40,
-                    dtype=cfg.dtype,
-                    cache=str(cache),
-                )
-            )
-        import json
-
-        meta = json.loads((scored / "meta.json").read_text())
-        return (
-            f"{meta['n_candidates']} candidates for {meta['n_features']} features, "
-            f"mean best score {meta['mean_best_score_in_sample']:.3f} (in-sample: on the selection split)"
-        )
+        if not (scored / "meta.json").exists() or read_json(scored / "meta.json").get("status") != "complete":
+            explain(ExplainConfig(store=str(store), out=str(scored), teacher=cfg.teacher, simulator=finetuned, k=cfg.k,
+                                  prompt_style=cfg.prompt_style, max_exemplars=cfg.max_exemplars,
+                                  max_tokens=cfg.max_tokens, dtype=dtype, cache=str(cache_path), seed=cfg.seed))
+        meta = read_json(scored / "meta.json")
+        return (f"{meta['n_candidates']} candidates for {meta['n_features']} features, mean best score "
+                f"{meta['mean_best_score_in_sample']:.3f} (in-sample: the split that selected them)")
 
     def do_distill() -> str:
-        if not (distill / "heldout.txt").exists():
-            build_datasets(
-                DistillConfig(
-                    str(scored),
-                    str(distill),
-                    threshold=-1.0,
-                    min_margin=0.02,
-                    heldout_fraction=0.25,
-                    validation_fraction=0.1,
-                )
-            )
-        held = read_heldout(distill)
-        return f"datasets in {distill}, {len(held)} held-out features"
+        if not (distill / "build.json").exists():
+            build_datasets(DistillConfig(str(scored), str(distill), threshold=cfg.threshold, min_margin=0.1,
+                                         heldout_file=str(out / demo_data.HELDOUT_LIST), validation_fraction=0.1,
+                                         max_exemplars=cfg.max_exemplars, seed=cfg.seed))
+        build = read_json(distill / "build.json")
+        rows, splits = build["rows"], build["splits"]
+        return (f"{rows['sft']['train']} SFT / {rows['preference']['train']} preference training rows from "
+                f"{len(splits['train'])} features; {len(splits['heldout'])} held out")
 
     def do_sft() -> str:
         if not (sft / "adapter_config.json").exists():
-            _run(
-                [
-                    sys.executable,
-                    "-m",
-                    "neuroscribe.train.sft",
-                    "--config",
-                    str(recipes / "tiny/sft.yaml"),
-                    "--model_name_or_path",
-                    cfg.model,
-                    "--dataset_name",
-                    str(distill),
-                    "--output_dir",
-                    str(sft),
-                    "--max_steps",
-                    str(cfg.train_steps),
-                    "--save_steps",
-                    str(cfg.train_steps),
-                    "--per_device_train_batch_size",
-                    "1",
-                ],
-                logs / "sft.log",
-            )
-        if not (merged / "config.json").exists():
-            _run(
-                [sys.executable, "-m", "neuroscribe.cli", "publish", str(sft), "--merge", "--dry-run", str(merged)],
-                logs / "merge.log",
-            )
-        return f"LoRA SFT {cfg.train_steps} steps -> {sft}, merged -> {merged}"
-
-    def do_dpo() -> str:
-        if not (dpo / "adapter_config.json").exists():
-            _run(
-                [
-                    sys.executable,
-                    "-m",
-                    "neuroscribe.train.dpo",
-                    "--config",
-                    str(recipes / "tiny/dpo.yaml"),
-                    "--model_name_or_path",
-                    str(merged),
-                    "--dataset_name",
-                    str(distill),
-                    "--output_dir",
-                    str(dpo),
-                    "--max_steps",
-                    str(cfg.train_steps),
-                    "--save_steps",
-                    str(cfg.train_steps),
-                    "--per_device_train_batch_size",
-                    "1",
-                ],
-                logs / "dpo.log",
-            )
-        return f"LoRA DPO {cfg.train_steps} steps -> {dpo}"
+            _run([sys.executable, "-m", "neuroscribe.train.sft", "--config", str(recipes / "tiny/sft.yaml"),
+                  "--model_name_or_path", cfg.model, "--dataset_name", str(distill), "--output_dir", str(sft),
+                  "--max_steps", str(cfg.sft_steps), "--save_steps", str(cfg.sft_steps),
+                  "--per_device_train_batch_size", str(cfg.sft_batch), "--learning_rate", str(cfg.sft_lr),
+                  "--lr_scheduler_type", "cosine", "--warmup_steps", "0.1", "--logging_steps", "1",
+                  "--seed", str(cfg.seed)] + (["--lora_layers", cfg.sft_lora_layers] if cfg.sft_lora_layers else []),
+                 logs / "sft.log", threads)
+        return f"LoRA SFT, {cfg.sft_steps} steps at lr {cfg.sft_lr} -> {sft}"
 
     def do_eval() -> str:
         from neuroscribe.eval.benchmark import EvalConfig, evaluate
-
         from neuroscribe.runs.eval import read_results
 
-        if (eval_dir / "results.json").exists():
-            from neuroscribe.eval.results import fmt
+        from .report import answer
 
-            s = read_results(eval_dir)["summary"]
-            return "reused: " + ", ".join(f"{name} {fmt(row['mean']['estimate'])}" for name, row in s.items())
-        result = evaluate(
-            EvalConfig(
-                store=str(store),
-                features=str(distill / "heldout.txt"),
-                student=str(dpo),
-                out=str(eval_dir),
-                teacher_results=str(scored),
-                simulator=f"hf:{cfg.model}",
-                k=cfg.k,
-                dtype=cfg.dtype,
-                cache=str(cache),
-            )
-        )
-        from neuroscribe.eval.results import fmt
+        if not (eval_dir / "results.json").exists():
+            evaluate(EvalConfig(store=str(store), features=str(distill / "heldout.txt"), student=str(sft),
+                                out=str(eval_dir), teacher_results=str(scored), simulators=(finetuned, prompted),
+                                judged_rows=JUDGED_ROWS, judged_features=cfg.judge_features, base=cfg.model,
+                                reference=str(out / demo_data.TRUTH), reference_label="the planted rule",
+                                training_runs=(str(sft),), calibration=str(calibration), k=1, dtype=dtype,
+                                max_tokens=cfg.max_tokens, cache=str(cache_path), seed=cfg.seed))
+        return answer(read_results(eval_dir))
 
-        s = result.results["summary"]
-        means = ", ".join(f"{name} {fmt(row['mean']['estimate'])}" for name, row in s.items())
-        return f"mean held-out test score: {means}"
-
-    timer.run("collect", do_collect)
-    timer.run("explain + score", do_explain)
-    timer.run("distill", do_distill)
-    timer.run("train sft", do_sft)
-    timer.run("train dpo", do_dpo)
-    timer.run("eval + report", do_eval)
+    stages = [("collect", do_collect), ("plant", do_plant), ("train simulator", do_simulator),
+              ("calibrate", do_calibrate), ("explain + score", do_explain), ("distill", do_distill),
+              ("train student (SFT)", do_sft)]
+    if cfg.dpo_steps:
+        stages.append(("train student (DPO)", lambda: _dpo(cfg, out, recipes, logs, threads)))
+    stages.append(("eval + report", do_eval))
+    started = time.perf_counter()
+    for name, fn in stages:
+        timer.run(name, fn)
     timer.print()
+    write_json(out / DEMO_FILE, {"config": config, "compute": {"dtype": dtype, "threads": threads},
+                                 "stages": [{"stage": n, "seconds": s, "result": r} for n, s, r in timer.rows],
+                                 "total_seconds": time.perf_counter() - started})
     console.print(f"[bold]Report:[/bold] {eval_dir / 'report.md'}   [bold]Browser:[/bold] {eval_dir / 'browser.html'}")
     return out
+
+
+def _dpo(cfg: DemoConfig, out: Path, recipes: Path, logs: Path, threads: int) -> str:
+    """DPO on the merged SFT student, evaluated in its own folder (`eval-dpo`) beside the SFT one."""
+    merged, dpo = out / "sft-merged", out / "dpo"
+    if not (merged / "config.json").exists():
+        _run([sys.executable, "-m", "neuroscribe.cli", "publish", str(out / "sft"), "--merge", "--dry-run",
+              str(merged)], logs / "merge.log", threads)
+    if not (dpo / "adapter_config.json").exists():
+        _run([sys.executable, "-m", "neuroscribe.train.dpo", "--config", str(recipes / "tiny/dpo.yaml"),
+              "--model_name_or_path", str(merged), "--dataset_name", str(out / "distill"), "--output_dir", str(dpo),
+              "--max_steps", str(cfg.dpo_steps), "--save_steps", str(cfg.dpo_steps),
+              "--per_device_train_batch_size", str(cfg.sft_batch), "--learning_rate", str(cfg.sft_lr / 5),
+              "--lr_scheduler_type", "cosine", "--logging_steps", "2", "--seed", str(cfg.seed)],
+             logs / "dpo.log", threads)
+    return f"LoRA DPO {cfg.dpo_steps} steps -> {dpo}"

@@ -1,15 +1,21 @@
-"""The explainers eval compares: sampling k explanations from a model, the teacher's candidates from a
-distill run, and the two baselines (peak tokens of the explain split; another feature's explanation).
+"""The explainers eval compares, and how each writes its one explanation per feature.
 
-Best-of-1 is the first of the k samples; it is generated in its own call so its latency is measured
-alone. Cost counts tokens of cached calls too (a Completion keeps them), so a rerun reports the
-same tokens and USD per explanation; latency only counts work done in this run.
+- A model explainer (student, its base model before training, or a teacher given as a spec) writes k
+  samples at the configured temperature (best-of-k picks among them on the selection split) and one
+  greedy sample (temperature 0: best-of-1, so its number does not depend on a sampling seed).
+- A teacher from an explain run: its candidates as scored there (best-of-k), and its sample 0
+  (best-of-1, drawn at the explain run's temperature, which the report states).
+- Reference explanations from a file (planted features' true rules: the ceiling).
+- Baselines: the explain split's peak tokens; another feature's teacher explanation (a lower bound);
+  the null explanation "" (the simulator's prior: the real floor).
+
+Cost counts tokens of cached calls too (a Completion keeps them), so a rerun reports the same tokens
+and USD per explanation; latency only counts work done in this run.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from collections import Counter
@@ -19,10 +25,12 @@ from pathlib import Path
 from neuroscribe.backends import KINDS, ChatRequest, SamplingParams, load_backend
 from neuroscribe.cache import Cache
 from neuroscribe.prompts import PROMPT_VERSION, explainer_exemplars, explainer_messages, parse_explanation
-from neuroscribe.records import Explanation, FeatureExemplars, ScoredExplanation
+from neuroscribe.records import Explanation, FeatureExemplars, ScoredExplanation, best_candidate
 from neuroscribe.runs.explain import read_explain_run, read_usage
 
 from .results import REPORT_SPLIT, SELECTION_SPLIT, Cost
+
+NULL_EXPLANATION = ""  # says nothing: what the simulator predicts from its prior alone
 
 
 def backend_spec(spec: str) -> str:
@@ -30,14 +38,14 @@ def backend_spec(spec: str) -> str:
     return spec if spec.partition(":")[0].strip().lower() in KINDS else f"hf:{spec}"
 
 
-def explainer_backend(spec: str, cache: Cache, stage: str, dtype: str = "float32"):
+def explainer_backend(spec: str, cache: Cache, stage: str, dtype: str = "float32", limits=None):
     """The backend a spec names; a local model is loaded once per process (shared with the simulator)."""
     spec = backend_spec(spec)
     if spec.startswith("hf:"):
         from neuroscribe.models import load_shared
 
         return load_backend(spec, cache, stage=stage, loaded=load_shared(spec[3:], dtype))
-    return load_backend(spec, cache, stage=stage)
+    return load_backend(spec, cache, limits, stage=stage)
 
 
 # ------------------------------------------------------------------------------ sampling
@@ -45,11 +53,12 @@ def explainer_backend(spec: str, cache: Cache, stage: str, dtype: str = "float32
 
 @dataclass(frozen=True)
 class Samples:
-    """k explanations per feature from one explainer, with what producing them cost."""
+    """One model explainer's explanations: k samples and one greedy sample per feature, with costs."""
 
-    by_feature: dict[str, tuple[Explanation, ...]]
-    first: Cost  # sample 0 of every feature (best-of-1)
-    all: Cost  # every sample (best-of-k, before selection)
+    by_feature: dict[str, tuple[Explanation, ...]]  # the k samples (best-of-k chooses among them)
+    greedy: dict[str, Explanation]  # best-of-1
+    greedy_cost: Cost
+    all_cost: Cost  # the k samples
 
 
 def _generate(backend, prompts: dict[str, list[dict]], indices: range, params: SamplingParams, stage: str):
@@ -80,16 +89,26 @@ def sample_explanations(
     style: str,
     max_exemplars: int,
     stage: str,
+    greedy_only: bool = False,
 ) -> Samples:
-    """k explanations per feature; sample 0 is generated (and timed) on its own for best-of-1."""
+    """k samples at `params` (none with `greedy_only`) and one greedy sample per feature."""
     prompts = {key: explainer_messages(r, style, max_exemplars=max_exemplars) for key, r in records.items()}
-    first, first_cost = _generate(backend, prompts, range(1), params, stage)
-    rest, rest_cost = _generate(backend, prompts, range(1, k), params, stage)
-    by_feature = {}
-    for j, key in enumerate(prompts):
-        completions = [first[j], *rest[j * (k - 1) : (j + 1) * (k - 1)]]
-        by_feature[key] = tuple(_explanation(key, c.text, i, backend.spec, style) for i, c in enumerate(completions))
-    return Samples(by_feature, first_cost, _add(first_cost, rest_cost, k))
+    greedy_params = SamplingParams(temperature=0.0, max_tokens=params.max_tokens, seed=params.seed)
+    greedy, greedy_cost = _generate(backend, prompts, range(1), greedy_params, stage)
+    sampled, all_cost = _generate(backend, prompts, range(0 if greedy_only else k), params, stage)
+    n = 0 if greedy_only else k
+    by_feature = {
+        key: tuple(
+            _explanation(key, c.text, i, backend.spec, style) for i, c in enumerate(sampled[j * n : (j + 1) * n])
+        )
+        for j, key in enumerate(prompts)
+    }
+    return Samples(
+        by_feature,
+        {key: _explanation(key, greedy[j].text, 0, backend.spec, style) for j, key in enumerate(prompts)},
+        greedy_cost,
+        all_cost,
+    )
 
 
 def _explanation(key: str, raw: str, index: int, explainer: str, style: str) -> Explanation:
@@ -107,25 +126,9 @@ def _explanation(key: str, raw: str, index: int, explainer: str, style: str) -> 
     )
 
 
-def _add(a: Cost, b: Cost, samples: int) -> Cost:
-    usd = None if a.usd is None or b.usd is None else a.usd + b.usd
-    seconds = None if a.seconds is None and b.seconds is None else (a.seconds or 0.0) + (b.seconds or 0.0)
-    return Cost(
-        samples,
-        a.features,
-        a.fresh_calls + b.fresh_calls,
-        a.cached_calls + b.cached_calls,
-        a.tokens_in + b.tokens_in,
-        a.tokens_out + b.tokens_out,
-        usd,
-        seconds,
-    )
-
-
 def best_or_first(candidates: tuple[ScoredExplanation, ...]) -> ScoredExplanation:
-    """The highest finite selection score (ties: lowest sample index); the first sample if none is finite."""
-    finite = [c for c in candidates if c.explanation.ok and math.isfinite(c.score)]
-    return max(finite, key=lambda c: (c.score, -c.explanation.sample_index)) if finite else candidates[0]
+    """Best-of-k's winner (`records.best_candidate`); the first sample when no candidate has a finite score."""
+    return best_candidate(candidates) or candidates[0]
 
 
 # ------------------------------------------------------------------------------ teacher
@@ -174,11 +177,31 @@ def teacher_from_results(folder: str | Path, keys: list[str]) -> TeacherPick:
         "teacher_selection_simulator": meta.get("simulator"),
         "teacher_store": meta.get("store"),
         "teacher_store_fingerprint": meta.get("store_fingerprint"),
+        "teacher_temperature": meta.get("temperature"),
+        "teacher_k": k,
     }
     return TeacherPick(dict(run.by_feature), cost, provenance)
 
 
-# ------------------------------------------------------------------------------ baselines
+def first_sample(candidates: tuple[ScoredExplanation, ...]) -> ScoredExplanation:
+    """A teacher run's best-of-1: its sample 0 (never dropped as a duplicate: it comes first)."""
+    return min(candidates, key=lambda c: c.explanation.sample_index)
+
+
+# ------------------------------------------------------------------------------ references and baselines
+
+
+def reference_explanations(path: str | Path, keys: list[str], label: str) -> dict[str, Explanation]:
+    """Known-true explanations (e.g. planted rules) from a JSONL {feature, explanation} file, for the eval
+    features it names (a real unit has none); a file naming none of them is an error."""
+    from neuroscribe.distill.score import read_explanations
+
+    by_key = {e.feature: e for e in read_explanations(path)}
+    found = {k: Explanation(k, by_key[k].text, f"reference:{label}", prompt_style="reference") for k in keys
+             if k in by_key}
+    if not found:
+        raise KeyError(f"{path}: names none of the {len(keys)} eval features")
+    return found
 
 
 def top_tokens_explanation(record: FeatureExemplars, n_tokens: int = 3) -> Explanation:
@@ -212,3 +235,7 @@ def random_other_explanation(key: str, pool: dict[str, Explanation], seed: int) 
         return None
     other = random.Random(f"{seed}:{key}").choice(others)
     return Explanation(key, pool[other].text, f"baseline:random-other-feature({other})", prompt_style="baseline")
+
+
+def null_explanation(key: str) -> Explanation:
+    return Explanation(key, NULL_EXPLANATION, "baseline:null", prompt_style="baseline")

@@ -1,8 +1,12 @@
-"""PNG plots of an eval (matplotlib, Agg backend: no display needed).
+"""PNG plots of an eval (matplotlib, Agg backend: no display needed), all read from the results dict.
 
-- score_distributions.png: every explainer's per-feature scores (box + points), mean marked;
-- student_vs_teacher.png: one point per feature, teacher score against student score, y = x line;
-- score_by_layer.png: mean score per layer with its 95% bootstrap interval, one line per explainer.
+- score_distributions.png: every explainer's per-feature headline scores (box + points), mean marked;
+- student_vs_base.png: one point per feature, the base model's (else the teacher's) score against the
+  student's, with the y = x line;
+- score_by_layer.png: mean score per layer with its 95% bootstrap interval, one line per explainer;
+- training_loss.png: the training loss per step of every run the eval names (when there are any);
+- calibration.png: per planted rule, the true explanation's score beside every wrong one's (when the
+  eval carries a calibration).
 """
 
 from __future__ import annotations
@@ -15,21 +19,24 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .results import scores_of  # noqa: E402
+from .results import values_of  # noqa: E402
 
 COLORS = {
     "teacher": "#d95f02",
+    "teacher_best_of_1": "#fc8d62",
     "student_best_of_k": "#1b9e77",
     "student_best_of_1": "#66c2a5",
+    "base_best_of_1": "#8da0cb",
+    "reference": "#e7298a",
     "baseline_top_tokens": "#7570b3",
     "baseline_random_feature": "#999999",
+    "baseline_null": "#444444",
 }
 SCORE_LABEL = "score (Pearson r, held-out test exemplars)"
 
 
-def _finite(values) -> np.ndarray:
-    arr = np.array([np.nan if v is None else v for v in values], dtype=float)
-    return arr[~np.isnan(arr)]
+def _array(values) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
 
 
 def _save(fig, path: Path) -> Path:
@@ -39,10 +46,15 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _primary(results: dict) -> str:
+    return results["provenance"]["simulators"][0]
+
+
 def score_distributions(results: dict, path: Path) -> Path:
-    explainers = results["explainers"]
-    fig, ax = plt.subplots(figsize=(1.7 * len(explainers) + 2.5, 4.5))
-    data = [_finite(scores_of(results["features"], e["name"])) for e in explainers]
+    explainers, sim = results["explainers"], _primary(results)
+    fig, ax = plt.subplots(figsize=(1.5 * len(explainers) + 2.5, 4.8))
+    data = [_array(values_of(results["features"], e["name"], sim)) for e in explainers]
+    data = [d[~np.isnan(d)] for d in data]
     positions = np.arange(1, len(explainers) + 1)
     shown = [(p, d) for p, d in zip(positions, data) if len(d)]
     if shown:
@@ -55,69 +67,80 @@ def score_distributions(results: dict, path: Path) -> Path:
         )
     rng = np.random.default_rng(0)  # jitter only; fixed so reruns draw the same picture
     for p, d, e in zip(positions, data, explainers):
-        color = COLORS.get(e["name"], "#333333")
-        ax.scatter(p + rng.uniform(-0.15, 0.15, len(d)), d, s=18, color=color, alpha=0.8, zorder=3)
-        mean = results["summary"][e["name"]]["mean"]["estimate"]
+        ax.scatter(
+            p + rng.uniform(-0.15, 0.15, len(d)), d, s=16, color=COLORS.get(e["name"], "#333"), alpha=0.8, zorder=3
+        )
+        mean = results["summary"][sim][e["name"]]["mean"]["estimate"]
         if mean is not None:
             ax.scatter([p], [mean], marker="D", s=50, color="white", edgecolor="black", zorder=4)
-    ax.set_xticks(positions, [e["label"].replace(": ", ":\n").replace(" (", "\n(") for e in explainers], fontsize=8)
+    ax.set_xticks(positions, [e["label"].replace(" (", "\n(").replace(": ", ":\n") for e in explainers], fontsize=7)
     ax.axhline(0, color="#bbbbbb", lw=0.8)
     ax.set_ylabel(SCORE_LABEL)
-    ax.set_title(f"Score per explainer ({len(results['features'])} held-out features; diamond = mean)")
+    ax.set_title(
+        f"Score per explainer ({len(results['features'])} held-out features; diamond = mean)\n{sim}", fontsize=10
+    )
     return _save(fig, path)
 
 
-def student_vs_teacher(results: dict, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(5.5, 5.2))
-    teacher = np.array([np.nan if v is None else v for v in scores_of(results["features"], "teacher")], dtype=float)
-    students = [e for e in results["explainers"] if e["kind"] == "student"]
-    for e in students:
-        s = np.array([np.nan if v is None else v for v in scores_of(results["features"], e["name"])], dtype=float)
-        keep = ~(np.isnan(s) | np.isnan(teacher))
-        ax.scatter(
-            teacher[keep],
-            s[keep],
-            s=28,
-            alpha=0.8,
-            color=COLORS.get(e["name"]),
-            label=f"{e['label']} ({int(keep.sum())} features)",
-            marker="o" if e["name"].endswith("_k") else "^",
-        )
-    finite = np.concatenate(
-        [teacher[~np.isnan(teacher)]] + [_finite(scores_of(results["features"], e["name"])) for e in students]
-    )
+def student_vs_base(results: dict, path: Path) -> Path:
+    sim, names = _primary(results), {e["name"]: e for e in results["explainers"]}
+    ref = "base_best_of_1" if "base_best_of_1" in names else "teacher"
+    fig, ax = plt.subplots(figsize=(5.6, 5.3))
+    x = _array(values_of(results["features"], ref, sim))
+    everything = [x]
+    for name in ("student_best_of_1", "student_best_of_k"):
+        if name in names:
+            y = _array(values_of(results["features"], name, sim))
+            keep = ~(np.isnan(x) | np.isnan(y))
+            ax.scatter(
+                x[keep],
+                y[keep],
+                s=26,
+                alpha=0.8,
+                color=COLORS[name],
+                marker="o" if name.endswith("_1") else "^",
+                label=f"{names[name]['label']} ({int(keep.sum())} features)",
+            )
+            everything.append(y)
+    finite = np.concatenate([v[~np.isnan(v)] for v in everything])
     lo, hi = (min(0.0, finite.min()), max(0.0, finite.max())) if finite.size else (-0.1, 1.0)
     pad = max(0.08 * (hi - lo), 0.02)
-    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="#888888", lw=1, ls="--", label="student = teacher")
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="#888888", lw=1, ls="--", label="no change")
     ax.set_xlim(lo - pad, hi + pad)
     ax.set_ylim(lo - pad, hi + pad)
-    ax.set_xlabel("teacher score")
+    ax.set_xlabel(f"{names[ref]['label']} score")
     ax.set_ylabel("student score")
     ax.set_title(
-        "Student vs teacher, one point per feature\n(above the line: the student explains it better)", fontsize=10
+        f"Student vs {names[ref]['label']}, one point per feature\n(above the line: the student does better)",
+        fontsize=9,
     )
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left")
     return _save(fig, path)
 
 
 def score_by_layer(results: dict, path: Path) -> Path:
+    sim = _primary(results)
     layers = sorted({f["layer"] for f in results["features"]})
     fig, ax = plt.subplots(figsize=(8.5, 4.2))
     n = len(results["explainers"])
     step = 0.02 * (layers[-1] - layers[0]) if len(layers) > 1 else 0.05  # side by side, not on top
     for i, e in enumerate(results["explainers"]):
-        by_layer = results["summary"][e["name"]]["by_layer"]
-        xs, ys, lows, highs = [], [], [], []
-        for layer in layers:
-            iv = by_layer.get(str(layer))
-            if iv and iv["estimate"] is not None:
-                xs.append(layer + (i - (n - 1) / 2) * step)
-                ys.append(iv["estimate"])
-                lows.append(iv["estimate"] - iv["low"])
-                highs.append(iv["high"] - iv["estimate"])
-        if xs:
+        by_layer = results["summary"][sim][e["name"]]["by_layer"]
+        pts = [
+            (layer + (i - (n - 1) / 2) * step, iv)
+            for layer in layers
+            if (iv := by_layer.get(str(layer))) and iv["estimate"] is not None
+        ]
+        if pts:
             ax.errorbar(
-                xs, ys, yerr=[lows, highs], marker="o", capsize=3, label=e["label"], color=COLORS.get(e["name"]), lw=1.2
+                [x for x, _ in pts],
+                [iv["estimate"] for _, iv in pts],
+                yerr=[[iv["estimate"] - iv["low"] for _, iv in pts], [iv["high"] - iv["estimate"] for _, iv in pts]],
+                marker="o",
+                capsize=3,
+                label=e["label"],
+                color=COLORS.get(e["name"]),
+                lw=1.2,
             )
     ax.set_xticks(layers)
     ax.axhline(0, color="#bbbbbb", lw=0.8)
@@ -128,10 +151,44 @@ def score_by_layer(results: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
+def training_loss(results: dict, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6.5, 4.0))
+    for run, curve in results["training"].items():
+        if curve:
+            steps, losses = zip(*curve)
+            ax.plot(steps, losses, marker=".", lw=1.2, label=Path(run).name)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_title("Training loss (logged steps)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def calibration(results: dict, path: Path) -> Path:
+    sims = results["calibration"]["simulators"]
+    fig, axes = plt.subplots(1, len(sims), figsize=(5.5 * len(sims), 4.4), squeeze=False)
+    for ax, (sim, c) in zip(axes[0], sims.items()):
+        rules = c["rules"]
+        for i, r in enumerate(rules):
+            wrong = [w for w in r["wrong_scores"] if w is not None]
+            ax.scatter([i] * len(wrong), wrong, s=10, color="#999999", alpha=0.6, zorder=2)
+            if r["true_score"] is not None:
+                ax.scatter([i], [r["true_score"]], s=40, color="#e7298a", zorder=3)
+        ax.set_xticks(range(len(rules)), [r["rule"] for r in rules], rotation=60, ha="right", fontsize=7)
+        ax.axhline(0, color="#bbbbbb", lw=0.8)
+        ax.set_ylabel("score on the rule's test split")
+        ax.set_title(f"{sim}\ntrue (pink) vs wrong (grey): true wins {c['win_rate']:.2f}", fontsize=9)
+    return _save(fig, path)
+
+
 def write_plots(folder: Path, results: dict) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    return {
-        "score_distributions": score_distributions(results, folder / "score_distributions.png"),
-        "student_vs_teacher": student_vs_teacher(results, folder / "student_vs_teacher.png"),
-        "score_by_layer": score_by_layer(results, folder / "score_by_layer.png"),
-    }
+    out = {}
+    if results.get("calibration"):
+        out["calibration"] = calibration(results, folder / "calibration.png")
+    out["score_distributions"] = score_distributions(results, folder / "score_distributions.png")
+    out["student_vs_base"] = student_vs_base(results, folder / "student_vs_base.png")
+    if any(results.get("training", {}).values()):
+        out["training_loss"] = training_loss(results, folder / "training_loss.png")
+    out["score_by_layer"] = score_by_layer(results, folder / "score_by_layer.png")
+    return out

@@ -1,5 +1,10 @@
 """report.md and the model card's eval table, from a results dict (results.json as loaded).
 
+The report opens with the answer: did the student get better (the distillation gain: its best-of-1
+minus its base model's, paired by feature), by how much and how sure (the 95% bootstrap interval),
+how it stands against the teacher, and how far the scorer can be trusted (planted-rule calibration
+when the eval carries one, split-half reliability always). Then the tables and plots.
+
 Everything here reads the results dict only, so `write_report` can rebuild the report, plots and
 browser from an old results.json without running a model.
 """
@@ -12,18 +17,24 @@ from pathlib import Path
 from neuroscribe import markdown
 from neuroscribe.runs.eval import BROWSER, REPORT, TABLE_JSON, TABLE_MD
 
-from .results import fmt, fmt_interval, model_card_rows
+from .results import COMPARISONS, fmt, fmt_interval, model_card_rows
 
 _cell = markdown.cell
+
+
+def _primary(results: dict) -> str:
+    return results["provenance"]["simulators"][0]
 
 
 def scoring_note(results: dict) -> str:
     cfg, prov = results["config"], results["provenance"]
     return (
-        f"Score: Pearson r between true and simulated activations, all tokens of a feature's held-out "
-        f"`{cfg['report_split']}` exemplars pooled (top and random mixed 1:1), simulator `{prov['simulator']}`, "
-        f"{len(results['features'])} held-out features. Best-of-k picks its winner on the `{cfg['selection_split']}` "
-        f"split and is reported on `{cfg['report_split']}`, which no selection looked at."
+        f"Score: Pearson r between the simulated activation and {prov['target']}(activation), all tokens of a "
+        f"feature's held-out `{cfg['report_split']}` exemplars pooled, top/quantile and random mixed 1:1 "
+        f"(protocol `{cfg['protocol']}`). An unparseable explanation or a constant simulation counts "
+        f"{cfg['failure_score']}; a feature whose split lacks a side is left out for every row. Best-of-k picks "
+        f"its winner on `{cfg['selection_split']}` with `{prov['selection_simulator']}` and every row is reported "
+        f"on `{cfg['report_split']}`, which no selection saw."
     )
 
 
@@ -32,73 +43,209 @@ def eval_table_markdown(results: dict) -> str:
     return markdown.keyed_table(model_card_rows(results), "explainer") + "\n\n" + scoring_note(results) + "\n"
 
 
-def _paired_table(results: dict) -> str:
+def _verdict(iv: dict | None) -> str:
+    if not iv or iv.get("low") is None or iv.get("high") is None:
+        return "cannot be told (too few features)"
+    if iv["low"] > 0:
+        return "higher, and the 95% interval lies above zero"
+    if iv["high"] < 0:
+        return "lower, and the 95% interval lies below zero"
+    return "not distinguishable from zero: the 95% interval spans it"
+
+
+def answer(results: dict) -> str:
+    """The report's opening paragraph (module doc), in plain words with the numbers."""
+    sim = _primary(results)
+    comp = results.get("comparisons", {}).get(sim, {})
+    n = len(results["features"])
+    lines = []
+    gain = comp.get("distillation_gain")
+    if gain:
+        d = gain["difference"]
+        lines.append(
+            f"**Did the student get better?** Its greedy best-of-1 minus its base model's, paired over "
+            f"{d['n']} held-out features: {fmt_interval(d)} — {_verdict(d)} (wins/ties/losses "
+            f"{gain['wins']}/{gain['ties']}/{gain['losses']})."
+        )
+    else:
+        lines.append(
+            "**Did the student get better?** No base model row was evaluated (`--base`), so the "
+            "distillation gain is not measured here."
+        )
+    for name in ("student_vs_teacher_best_of_1", "student_vs_teacher_best_of_k"):
+        c = comp.get(name)
+        if c:
+            lines.append(f"{c['what'].capitalize()}: {fmt_interval(c['difference'])} ({_verdict(c['difference'])}).")
+    closed = comp.get("gap_closed")
+    if closed:
+        lines.append(
+            f"Share of the base-to-teacher-best-of-k gap the student's best-of-1 closes: "
+            f"{fmt_interval(closed['interval'], 2)}."
+        )
+    cal = (results.get("calibration") or {}).get("simulators", {}).get(sim)
+    if cal:
+        lines.append(
+            f"**How good is the scorer?** On {cal['n_rules']} planted rules it never saw, the true "
+            f"explanation outscores a wrong one in {fmt(cal['win_rate'], 2)} of pairs and ranks first for "
+            f"{cal['rank1']} of {cal['n_rules']} rules (mean true-rule score {fmt(cal['mean_true'])}, wrong "
+            f"{fmt(cal['mean_wrong'])})."
+        )
+    rel = results.get("reliability", {}).get(sim, {}).get("pooled")
+    if rel and rel.get("estimate") is not None:
+        lines.append(
+            f"Split-half reliability of a per-feature score (score vs test split, unselected rows): "
+            f"r = {fmt_interval(rel, 2)} over {rel['n']} pairs."
+        )
+    lines.append(
+        f"{n} held-out features, scored by `{sim}`"
+        + (
+            f"; also judged by {', '.join(f'`{s}`' for s in results['provenance']['simulators'][1:])}."
+            if len(results["provenance"]["simulators"]) > 1
+            else "."
+        )
+    )
+    return " ".join(lines)
+
+
+def _comparison_table(results: dict, sim: str) -> str:
+    comp = results["comparisons"].get(sim, {})
     rows = [
-        "| explainer | minus teacher [95% CI] | wins / ties / losses | win rate [95% CI] | pairs |",
-        "|---|---|---|---|---|",
+        {
+            "comparison": c["what"],
+            "mean difference [95% CI]": fmt_interval(c["difference"]),
+            "wins / ties / losses": f"{c['wins']} / {c['ties']} / {c['losses']}",
+            "pairs": c["difference"]["n"],
+        }
+        for name, *_ in COMPARISONS
+        if (c := comp.get(name))
     ]
-    for ex in results["explainers"]:
-        vs = results["summary"][ex["name"]]["vs_teacher"]
-        if vs:
-            rows.append(
-                f"| {ex['label']} | {fmt_interval(vs['difference'])} | {vs['wins']} / {vs['ties']} / "
-                f"{vs['losses']} | {fmt_interval(vs['win_rate'], 2)} | {vs['difference']['n']} |"
-            )
-    return "\n".join(rows)
+    if "gap_closed" in comp:
+        g = comp["gap_closed"]["interval"]
+        rows.append(
+            {
+                "comparison": comp["gap_closed"]["what"],
+                "mean difference [95% CI]": fmt_interval(g, 2),
+                "wins / ties / losses": "-",
+                "pairs": g["n"],
+            }
+        )
+    return markdown.table(rows) if rows else "_no comparison rows in this eval_"
 
 
-def _layer_table(results: dict) -> str:
-    layers = sorted({f["layer"] for f in results["features"]})
-    names = [(e["name"], e["label"]) for e in results["explainers"]]
-    rows = ["| layer | features | " + " | ".join(label for _, label in names) + " |", "|" + "---|" * (len(names) + 2)]
-    for layer in layers:
-        n = sum(f["layer"] == layer for f in results["features"])
-        cells = [fmt_interval(results["summary"][name]["by_layer"].get(str(layer))) for name, _ in names]
-        rows.append(f"| {layer} | {n} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+def _scores_table(results: dict, sim: str) -> str:
+    s = results["summary"][sim]
+    return markdown.table(
+        [
+            {
+                "explainer": e["label"],
+                "features": s[e["name"]]["n"],
+                "mean [95% CI]": fmt_interval(s[e["name"]]["mean"]),
+                "median [95% CI]": fmt_interval(s[e["name"]]["median"]),
+                "failed (rate)": f"{s[e['name']]['n_failed']} ({fmt(s[e['name']]['failure_rate'], 2)})",
+                "insufficient": s[e["name"]]["n_insufficient"],
+                "minus teacher [95% CI]": fmt_interval(s[e["name"]]["vs_teacher"]["difference"])
+                if s[e["name"]]["vs_teacher"]
+                else "-",
+            }
+            for e in results["explainers"]
+        ]
+    )
 
 
-def _judge_table(results: dict) -> str | None:
+def _reliability_table(results: dict) -> str:
+    labels = {e["name"]: e["label"] for e in results["explainers"]}
     rows = []
-    for ex in results["explainers"]:
-        s = results["summary"][ex["name"]]
-        if s.get("detection") or s.get("fuzzing"):
-            rows.append(f"| {ex['label']} | {fmt_interval(s.get('detection'))} | {fmt_interval(s.get('fuzzing'))} |")
-    if not rows:
+    for sim, rel in results.get("reliability", {}).items():
+        rows.append(
+            {
+                "simulator": sim,
+                "rows": "pooled",
+                "split-half r [95% CI]": fmt_interval(rel["pooled"], 2),
+                "pairs": rel["pooled"]["n"],
+            }
+        )
+        rows += [
+            {"simulator": "", "rows": labels.get(n, n), "split-half r [95% CI]": fmt_interval(iv, 2), "pairs": iv["n"]}
+            for n, iv in rel["by_explainer"].items()
+        ]
+    return markdown.table(rows)
+
+
+def _calibration_table(results: dict) -> str | None:
+    cal = results.get("calibration")
+    if not cal:
         return None
-    return "\n".join(["| explainer | detection (balanced acc.) | fuzzing (balanced acc.) |", "|---|---|---|", *rows])
+    rows = [
+        {
+            "simulator": sim,
+            "held-out rules": c["n_rules"],
+            "true beats wrong": fmt(c["win_rate"], 2),
+            "true ranked first": f"{c['rank1']} / {c['n_rules']}",
+            "mean true score": fmt(c["mean_true"]),
+            "mean wrong score": fmt(c["mean_wrong"]),
+        }
+        for sim, c in cal["simulators"].items()
+    ]
+    return markdown.table(rows) + f"\n\n{cal.get('note', '')}"
+
+
+def _layer_table(results: dict, sim: str) -> str:
+    layers = sorted({f["layer"] for f in results["features"]})
+    s = results["summary"][sim]
+    return markdown.table(
+        [
+            {
+                "layer": layer,
+                "features": sum(f["layer"] == layer for f in results["features"]),
+                **{e["label"]: fmt_interval(s[e["name"]]["by_layer"].get(str(layer))) for e in results["explainers"]},
+            }
+            for layer in layers
+        ]
+    )
+
+
+def _judge_table(results: dict, sim: str) -> str | None:
+    s = results["summary"][sim]
+    rows = [
+        {"explainer": e["label"], **{j: fmt_interval(iv) for j, iv in s[e["name"]]["judges"].items()}}
+        for e in results["explainers"]
+        if s[e["name"]]["judges"]
+    ]
+    return markdown.table(rows) if rows else None
 
 
 def _cost_table(results: dict) -> str:
-    rows = [
-        "| explainer | samples / feature | tokens in | tokens out | USD | latency (s) | fresh / cached calls "
-        "| source |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     for ex in results["explainers"]:
         c = results["cost"][ex["name"]]
-        usd = "unpriced" if c["usd_per_explanation"] is None else f"{c['usd_per_explanation']:.6f}"
         latency = c["latency_s_per_explanation"]
-        latency = ("cached" if c["cached_calls"] else "n/a") if latency is None else f"{latency:.2f}"
         rows.append(
-            f"| {ex['label']} | {c['samples_per_feature']} | {c['tokens_in_per_explanation']:.0f} | "
-            f"{c['tokens_out_per_explanation']:.0f} | {usd} | {latency} | {c['fresh_calls']} / "
-            f"{c['cached_calls']} | {_cell(c['source'])} |"
+            {
+                "explainer": ex["label"],
+                "samples / feature": c["samples_per_feature"],
+                "tokens in": f"{c['tokens_in_per_explanation']:.0f}",
+                "tokens out": f"{c['tokens_out_per_explanation']:.0f}",
+                "USD": "unpriced" if c["usd_per_explanation"] is None else f"{c['usd_per_explanation']:.6f}",
+                "latency (s)": ("cached" if c["cached_calls"] else "n/a") if latency is None else f"{latency:.2f}",
+                "fresh / cached calls": f"{c['fresh_calls']} / {c['cached_calls']}",
+                "source": c["source"],
+            }
         )
-    return "\n".join(rows)
+    return markdown.table(rows)
 
 
 def _feature_table(results: dict) -> str:
+    sim = _primary(results)
     shown = [e for e in results["explainers"] if e["kind"] != "baseline"]
-    head = "| feature | " + " | ".join(f"{e['label']} | r" for e in shown) + " |"
-    rows = [head, "|" + "---|" * (1 + 2 * len(shown))]
+    rows = []
     for f in results["features"]:
-        cells = []
+        row = {"feature": f"`{f['feature']}`"}
         for e in shown:
             r = f["results"].get(e["name"])
-            cells += [_cell(r["explanation"]["text"]) if r else "—", fmt(r["score"]) if r else "n/a"]
-        rows.append(f"| `{f['feature']}` | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+            row[e["label"]] = r["explanation"]["text"] if r else "—"
+            row[f"r ({e['name']})"] = fmt(r["scores"][sim]["score"]) if r else "n/a"
+        rows.append(row)
+    return markdown.table(rows)
 
 
 def report_markdown(results: dict, plots: dict[str, str], browser: str | None) -> str:
@@ -108,49 +255,67 @@ def report_markdown(results: dict, plots: dict[str, str], browser: str | None) -
         ("store", prov["store"]),
         (
             "held-out features",
-            f"{len(results['features'])} from `{prov['features_file']}` (checked against `{prov['datasets']}`)",
+            f"{len(results['features'])} from `{prov['features_file']}` (checked against "
+            f"{', '.join(f'`{d}`' for d in prov['datasets'])})",
         ),
         ("student", prov["student"]),
+        ("base model", prov.get("base")),
         ("teacher", prov.get("teacher")),
         ("teacher selected with", prov.get("teacher_selection_simulator")),
-        ("simulator", prov["simulator"]),
+        ("simulators", ", ".join(f"`{s}`" for s in prov["simulators"]) + " (the first selects)"),
         ("k", cfg["k"]),
         ("prompt", f"style `{cfg['prompt_style']}`, version `{prov['prompt_version']}`"),
-        ("sampling", f"temperature {cfg['temperature']}, max {cfg['max_tokens']} tokens, seed {cfg['seed']}"),
+        (
+            "sampling",
+            f"best-of-k at temperature {cfg['temperature']}, best-of-1 greedy; max {cfg['max_tokens']} "
+            f"tokens, seed {cfg['seed']}",
+        ),
+        ("in-sample features", ", ".join(prov.get("in_sample_features") or []) or "none"),
     ]
     parts = [
-        f"# neuroscribe eval: student vs teacher on {len(results['features'])} held-out features",
+        f"# neuroscribe eval: {len(results['features'])} held-out features",
         "",
-        "| | |",
-        "|---|---|",
-        *(f"| {k} | {_cell(v if v is not None else 'n/a')} |" for k, v in facts),
+        answer(results),
+        "",
+        markdown.table([{"": k, " ": v if v is not None else "n/a"} for k, v in facts]),
         "",
         scoring_note(results),
         "",
-        "## Scores",
+    ]
+    cal = _calibration_table(results)
+    parts += ["## How far to trust the scorer", ""]
+    if cal:
+        parts += ["Planted rules the simulators never saw (true explanation vs every other rule's):", "", cal, ""]
+    parts += [
+        "Split-half reliability (the same explanations scored on the `score` and the `test` split):",
         "",
-        markdown.keyed_table(model_card_rows(results), "explainer"),
-        "",
-        f"Intervals are 95% percentile bootstrap intervals over features ({cfg['n_resamples']} resamples, seed "
-        f"{cfg['seed']}). "
-        "Features whose score is undefined (an unparseable explanation, or a constant simulation) are left out "
-        "and counted: "
-        + ", ".join(f"{e['label']} {results['summary'][e['name']]['n_missing']}" for e in results["explainers"])
-        + ".",
-        "",
-        "## Student minus teacher, paired by feature",
-        "",
-        _paired_table(results),
-        "",
-        "## By layer (mean [95% CI])",
-        "",
-        _layer_table(results),
+        _reliability_table(results),
         "",
     ]
-    judge = _judge_table(results)
-    if judge:
-        parts += ["## Detection and fuzzing", "", judge, ""]
+    for sim in prov["simulators"]:
+        flag = " (selects best-of-k)" if sim == prov["simulators"][0] else " (second judge)"
+        parts += [
+            f"## Scored by `{sim}`{flag}",
+            "",
+            "### Headline comparisons, paired by feature",
+            "",
+            _comparison_table(results, sim),
+            "",
+            "### Every row",
+            "",
+            _scores_table(results, sim),
+            "",
+        ]
+        judge = _judge_table(results, sim)
+        if judge:
+            parts += ["### Detection and fuzzing (balanced accuracy at P(yes) >= 0.5, and AUROC)", "", judge, ""]
     parts += [
+        f"Intervals: 95% percentile bootstrap over features ({cfg['n_resamples']} resamples, seed {cfg['seed']}).",
+        "",
+        f"## By layer (`{_primary(results)}`, mean [95% CI])",
+        "",
+        _layer_table(results, _primary(results)),
+        "",
         "## Cost and latency per explanation",
         "",
         "One explanation = everything one feature's reported explanation took: k samples and, for best-of-k, "

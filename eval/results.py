@@ -1,75 +1,79 @@
-"""The eval's records and `results.json`: what every explainer wrote for every feature, its scores,
-and the statistics over features.
+"""The eval's records and the content of `results.json` (`runs.eval` reads and writes the file).
 
-results.json (strict JSON: an undefined score, NaN in memory, is written as null)
-  schema_version  1
-  config          the EvalConfig fields, plus selection_split ("score") and report_split ("test")
-  provenance      store, subject model, held-out file, datasets folder(s) checked, teacher source and
-                  the simulator its candidates were selected with, eval simulator, prompt style/version
-  explainers      [{name, label, kind (teacher|student|baseline), samples_per_feature, selection}] in
-                  report order; names: teacher, student_best_of_k, student_best_of_1,
-                  baseline_top_tokens, baseline_random_feature
-  features        one object per held-out feature:
-                    feature, kind, layer, index, polarity,
-                    exemplars  [{window_id, source, tokens, activations}] the report-split exemplars
-                               every explainer was scored on (top, quantile, random),
-                    results    {explainer name: {explanation (an Explanation record), score (pooled
-                               Pearson r on the report split), random_only_score, detection,
-                               fuzzing, n_parse_failures, selection_score (on the selection split;
-                               null when nothing was selected), candidates [{text, sample_index,
-                               ok, error, selection_score}], predicted (per exemplar, aligned with
-                               `exemplars`: the simulator's per-token values, null where none)}}
-  summary         {explainer name: {n, n_missing, mean, median (Intervals: estimate, low, high, n,
-                  n_missing, confidence), vs_teacher {difference (Interval of explainer minus
-                  teacher over paired features), wins, losses, ties, win_rate (Interval)} or null,
-                  by_layer {layer: Interval of the mean}, detection, fuzzing (Intervals or null)}}
-  cost            {explainer name: {samples_per_feature, features, fresh_calls, cached_calls,
-                  tokens_in_per_explanation, tokens_out_per_explanation, usd_per_explanation (null:
-                  unpriced), latency_s_per_explanation (null: everything came from the cache),
-                  source}}
-  usage           {stage: cache Usage of this run}; timings {stage: seconds}
+results.json (schema 2; strict JSON: an undefined score, NaN in memory, is written as null)
+  config        the EvalConfig fields, plus selection_split ("score"), report_split ("test"), the scoring
+                protocol and the failure score
+  provenance    store (+ fingerprint), subject model, held-out file, dataset folders checked, student,
+                base, teacher and the simulator that selected its candidates, the eval simulators (the
+                first one selects the student's best-of-k and must be the teacher's), prompt version
+  explainers    [{name, label, kind (teacher|student|base|reference|baseline), samples_per_feature,
+                selection}] in report order
+  features      one object per held-out feature: feature, kind, layer, index, polarity, `insufficient`
+                (why the report split cannot be scored, "" when it can), `exemplars` (the report-split
+                top, quantile and random exemplars every explainer was scored on), and `results`
+                {explainer: {explanation, selection_score, candidates [{text, sample_index, ok, error,
+                selection_score}], scores {simulator: {score, headline, status, reason, random_only_score,
+                selection_split_score (null when selection used that split), judges, n_top, n_random,
+                n_parse_failures, in_sample, predicted (per exemplar: the per-token values, null if none)}}}}
+  summary       {simulator: {explainer: {n, n_failed, failure_rate, n_insufficient, mean, median (Intervals
+                of the headline value), vs_teacher {difference, wins, losses, ties, win_rate} or null,
+                by_layer {layer: Interval}, judges {name: Interval}}}}
+  comparisons   {simulator: {name: {a, b, what, difference (Interval of a - b, paired by feature), wins,
+                losses, ties, win_rate}}} and `gap_closed` (Interval) where the rows exist
+  reliability   {simulator: {pooled: Interval of the split-half r, by_explainer {name: Interval}}}
+  cost, usage, timings, and (optional) calibration, training
 
-Why two splits: best-of-k picks its winner by score on `score`; reporting that same number would
-favour best-of-k (the max of k noisy scores is biased upward), so the winner is re-scored on
-`test`, which no selection ever looked at.
+Conventions. The headline value of a (feature, explainer, simulator) is `scorers.headline`: the score,
+0.0 for an unparsed explanation or a constant simulation (counted in n_failed), None for a feature whose
+report split is insufficient (left out of every explainer alike, counted in n_insufficient), so paired
+comparisons always cover the same features. Why two splits: best-of-k picks its winner on `score`;
+reporting that same number would favour best-of-k (the max of k noisy scores is biased upward), so the
+winner is re-scored on `test`, which no selection ever looked at. Split-half reliability correlates,
+across features, the `score`-split and `test`-split scores of explanations that no selection touched
+(best-of-1, base, reference, baselines): how far a per-feature score is noise.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from neuroscribe.records import Exemplar, FeatureExemplars, ScoredExplanation, to_json
-from neuroscribe.runs.eval import SCHEMA_VERSION  # noqa: F401  (the version this module's schema is)
+from neuroscribe.scorers import headline
 
-from .stats import Interval, bootstrap_ci, paired_difference, win_rate
+from .stats import bootstrap_ci, correlation, gap_closed, paired_difference, win_rate
 
 SELECTION_SPLIT = "score"
 REPORT_SPLIT = "test"
 SCORED_SOURCES = ("top", "quantile", "random")  # what simulate_and_score simulates
 REFERENCE = "teacher"
+UNSELECTED_KINDS = ("base", "reference", "baseline")  # kinds whose explanation no score selected
 
 
 @dataclass(frozen=True)
 class Explainer:
     name: str
     label: str
-    kind: str  # teacher | student | baseline
+    kind: str  # teacher | student | base | reference | baseline
     samples_per_feature: int
     selection: str  # how the reported explanation was chosen, in words
+
+    @property
+    def selected(self) -> bool:
+        """Whether a selection-split score chose this explainer's explanation (best-of-k)."""
+        return self.selection.startswith("best on")
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """One explainer's reported explanation for one feature."""
+    """One explainer's reported explanation for one feature, scored by every eval simulator."""
 
-    reported: ScoredExplanation  # scored on the report split
+    reported: dict[str, ScoredExplanation]  # simulator spec -> on the report split
     selection_score: float = math.nan
-    candidates: tuple[ScoredExplanation, ...] = ()  # scored on the selection split
-    detection: float = math.nan
-    fuzzing: float = math.nan
+    candidates: tuple[ScoredExplanation, ...] = ()  # scored on the selection split (primary simulator)
+    on_selection_split: dict[str, ScoredExplanation] = field(default_factory=dict)  # unselected explainers only
 
 
 @dataclass(frozen=True)
@@ -104,23 +108,35 @@ def scored_exemplars(record: FeatureExemplars, split: str = REPORT_SPLIT) -> lis
 
 
 def _predicted(scored: ScoredExplanation, exemplars: Sequence[Exemplar]) -> list[list[float] | None]:
-    by_window = {s.window_id: list(s.predicted) for s in scored.simulations}
-    return [by_window.get(e.window_id) for e in exemplars]
+    by_window = {(s.window_id, s.source): list(s.predicted) for s in scored.simulations}
+    return [by_window.get((e.window_id, e.source)) for e in exemplars]
 
 
-def feature_entry(record: FeatureExemplars, outcomes: dict[str, Outcome]) -> dict:
+def _score_entry(r: ScoredExplanation, selection: ScoredExplanation | None, exemplars) -> dict:
+    return {
+        "score": r.score,
+        "headline": headline(r),
+        "status": r.status,
+        "reason": r.reason,
+        "random_only_score": r.random_only_score,
+        "judges": r.judges,
+        "n_top": r.n_top,
+        "n_random": r.n_random,
+        "n_parse_failures": r.n_parse_failures,
+        "in_sample": r.in_sample,
+        "selection_split_score": None if selection is None else selection.score,
+        "predicted": _predicted(r, exemplars),
+    }
+
+
+def feature_entry(record: FeatureExemplars, outcomes: dict[str, Outcome], insufficient: str) -> dict:
     exemplars = scored_exemplars(record)
     f = record.feature
     results = {}
     for name, o in outcomes.items():
-        r = o.reported
+        first = next(iter(o.reported.values()))
         results[name] = {
-            "explanation": to_json(r.explanation),
-            "score": r.score,
-            "random_only_score": r.random_only_score,
-            "detection": o.detection,
-            "fuzzing": o.fuzzing,
-            "n_parse_failures": r.n_parse_failures,
+            "explanation": to_json(first.explanation),
             "selection_score": o.selection_score,
             "candidates": [
                 {
@@ -132,7 +148,9 @@ def feature_entry(record: FeatureExemplars, outcomes: dict[str, Outcome]) -> dic
                 }
                 for c in o.candidates
             ],
-            "predicted": _predicted(r, exemplars),
+            "scores": {
+                spec: _score_entry(r, o.on_selection_split.get(spec), exemplars) for spec, r in o.reported.items()
+            },
         }
     return {
         "feature": f.key,
@@ -140,6 +158,7 @@ def feature_entry(record: FeatureExemplars, outcomes: dict[str, Outcome]) -> dic
         "layer": f.layer,
         "index": f.index,
         "polarity": f.polarity,
+        "insufficient": insufficient,
         "exemplars": [
             {"window_id": e.window_id, "source": e.source, "tokens": list(e.tokens), "activations": list(e.activations)}
             for e in exemplars
@@ -148,54 +167,154 @@ def feature_entry(record: FeatureExemplars, outcomes: dict[str, Outcome]) -> dic
     }
 
 
-def _interval(i: Interval) -> dict:
-    return asdict(i)
+def values_of(features: Sequence[dict], name: str, simulator: str, key: str = "headline") -> list[float | None]:
+    """One value per feature (None where the explainer or the value is missing)."""
+    out = []
+    for f in features:
+        r = f["results"].get(name)
+        out.append(None if r is None or simulator not in r["scores"] else r["scores"][simulator].get(key))
+    return out
 
 
-def scores_of(features: Sequence[dict], name: str, field_name: str = "score") -> list[float | None]:
-    return [f["results"][name][field_name] if name in f["results"] else None for f in features]
+def _judge_values(features: Sequence[dict], name: str, simulator: str) -> dict[str, list]:
+    judged: dict[str, list] = {}
+    for f in features:
+        r = f["results"].get(name)
+        for judge, v in ((r or {}).get("scores", {}).get(simulator, {}).get("judges") or {}).items():
+            judged.setdefault(judge, []).append(v)
+    return judged
+
+
+def _pair(a: list, b: list, **kw) -> dict:
+    wr = win_rate(a, b, **kw)
+    return {
+        "difference": asdict(paired_difference(a, b, **kw)),
+        "wins": wr.wins,
+        "losses": wr.losses,
+        "ties": wr.ties,
+        "win_rate": asdict(wr.rate),
+    }
 
 
 def summarise(
-    features: Sequence[dict], explainers: Sequence[Explainer], n_resamples: int = 2000, seed: int = 0
+    features: Sequence[dict], explainers: Sequence[Explainer], simulator: str, n_resamples: int = 2000, seed: int = 0
 ) -> dict:
-    """Statistics over features for every explainer (see the module doc for the fields)."""
+    """Per explainer, statistics of the headline value over features (module doc) for one simulator."""
     kw = dict(n_resamples=n_resamples, seed=seed)
-    reference = scores_of(features, REFERENCE)
+    names = [e.name for e in explainers]
+    reference = values_of(features, REFERENCE, simulator)
     layers = sorted({f["layer"] for f in features})
     out = {}
     for ex in explainers:
-        scores = scores_of(features, ex.name)
-        mean = bootstrap_ci(scores, "mean", **kw)
+        values = values_of(features, ex.name, simulator)
+        statuses = values_of(features, ex.name, simulator, "status")
+        n_insufficient = sum(s == "insufficient" for s in statuses)
+        n_failed = sum(s in ("unparsed", "undefined") for s in statuses)
+        scored = len(values) - n_insufficient
         entry: dict[str, Any] = {
-            "n": mean.n,
-            "n_missing": mean.n_missing,
-            "mean": _interval(mean),
-            "median": _interval(bootstrap_ci(scores, "median", **kw)),
-            "vs_teacher": None,
+            "n": sum(v is not None for v in values),
+            "n_failed": n_failed,
+            "n_insufficient": n_insufficient,
+            "failure_rate": n_failed / scored if scored else None,
+            "mean": asdict(bootstrap_ci(values, "mean", **kw)),
+            "median": asdict(bootstrap_ci(values, "median", **kw)),
+            "vs_teacher": _pair(values, reference, **kw) if ex.name != REFERENCE and REFERENCE in names else None,
+            "by_layer": {
+                str(layer): asdict(bootstrap_ci([v for v, f in zip(values, features) if f["layer"] == layer], **kw))
+                for layer in layers
+            },
+            "judges": {
+                judge: asdict(bootstrap_ci(v, **kw)) for judge, v in _judge_values(features, ex.name, simulator).items()
+            },
         }
-        if ex.name != REFERENCE and any(name == REFERENCE for name in (e.name for e in explainers)):
-            wr = win_rate(scores, reference, **kw)
-            entry["vs_teacher"] = {
-                "difference": _interval(paired_difference(scores, reference, **kw)),
-                "wins": wr.wins,
-                "losses": wr.losses,
-                "ties": wr.ties,
-                "win_rate": _interval(wr.rate),
-            }
-        entry["by_layer"] = {
-            str(layer): _interval(bootstrap_ci([s for s, f in zip(scores, features) if f["layer"] == layer], **kw))
-            for layer in layers
-        }
-        for judge in ("detection", "fuzzing"):
-            values = scores_of(features, ex.name, judge)
-            entry[judge] = (
-                _interval(bootstrap_ci(values, **kw))
-                if any(v is not None and not math.isnan(v) for v in values)
-                else None
-            )
         out[ex.name] = entry
     return out
+
+
+# What the headline comparisons mean: (name, a, b, in words)
+COMPARISONS = (
+    ("distillation_gain", "student_best_of_1", "base_best_of_1", "student best-of-1 minus its base model's best-of-1"),
+    (
+        "student_vs_teacher_best_of_1",
+        "student_best_of_1",
+        "teacher_best_of_1",
+        "student best-of-1 minus teacher best-of-1",
+    ),
+    ("student_vs_teacher_best_of_k", "student_best_of_1", "teacher", "student best-of-1 minus teacher best-of-k"),
+    ("student_k_vs_teacher_k", "student_best_of_k", "teacher", "student best-of-k minus teacher best-of-k"),
+    ("teacher_vs_null", "teacher", "baseline_null", "teacher best-of-k minus the null explanation"),
+    ("oracle_vs_null", "reference", "baseline_null", "reference (true) explanation minus the null explanation"),
+)
+
+
+def comparisons(
+    features: Sequence[dict], explainers: Sequence[Explainer], simulator: str, n_resamples: int = 2000, seed: int = 0
+) -> dict:
+    """The paired headline comparisons (COMPARISONS) that this eval's rows allow, and the share of the
+    base-to-teacher-best-of-k gap that the student's best-of-1 closes."""
+    kw = dict(n_resamples=n_resamples, seed=seed)
+    names = {e.name for e in explainers}
+    out: dict[str, Any] = {}
+    for name, a, b, what in COMPARISONS:
+        if a in names and b in names:
+            out[name] = {
+                "a": a,
+                "b": b,
+                "what": what,
+                **_pair(values_of(features, a, simulator), values_of(features, b, simulator), **kw),
+            }
+    if {"student_best_of_1", "base_best_of_1", "teacher"} <= names:
+        out["gap_closed"] = {
+            "what": "(student best-of-1 - base best-of-1) / (teacher best-of-k - base best-of-1)",
+            "interval": asdict(
+                gap_closed(
+                    values_of(features, "student_best_of_1", simulator),
+                    values_of(features, "base_best_of_1", simulator),
+                    values_of(features, "teacher", simulator),
+                    **kw,
+                )
+            ),
+        }
+    return out
+
+
+def by_kind(
+    features: Sequence[dict], explainers: Sequence[Explainer], simulator: str, n_resamples: int = 2000, seed: int = 0
+) -> dict:
+    """Per feature kind (e.g. planted vs mlp) when the eval mixes kinds: every explainer's mean (with its
+    bootstrap CI) and the headline comparisons on that kind's features alone; empty for one kind."""
+    kinds = sorted({f["kind"] for f in features})
+    if len(kinds) < 2:
+        return {}
+    kw = dict(n_resamples=n_resamples, seed=seed)
+    out = {}
+    for kind in kinds:
+        sub = [f for f in features if f["kind"] == kind]
+        out[kind] = {
+            "n_features": len(sub),
+            "mean": {e.name: asdict(bootstrap_ci(values_of(sub, e.name, simulator), "mean", **kw)) for e in explainers},
+            "comparisons": comparisons(sub, explainers, simulator, **kw),
+        }
+    return out
+
+
+def reliability(
+    features: Sequence[dict], explainers: Sequence[Explainer], simulator: str, n_resamples: int = 2000, seed: int = 0
+) -> dict:
+    """Split-half reliability: r across features between the selection-split and report-split scores of
+    explanations no selection chose, per explainer and pooled over them (module doc)."""
+    kw = dict(n_resamples=n_resamples, seed=seed)
+    by_explainer, xs, ys = {}, [], []
+    for ex in explainers:
+        if ex.selected:
+            continue
+        x = values_of(features, ex.name, simulator, "selection_split_score")
+        y = values_of(features, ex.name, simulator, "score")
+        if any(v is not None for v in x):
+            by_explainer[ex.name] = asdict(correlation(x, y, **kw))
+            xs += x
+            ys += y
+    return {"pooled": asdict(correlation(xs, ys, **kw)), "by_explainer": by_explainer}
 
 
 def fmt(x: float | None, digits: int = 3) -> str:
@@ -208,16 +327,18 @@ def fmt_interval(i: dict | None, digits: int = 3) -> str:
     return f"{fmt(i['estimate'], digits)} [{fmt(i['low'], digits)}, {fmt(i['high'], digits)}]"
 
 
-def model_card_rows(results: dict) -> dict[str, dict[str, Any]]:
-    """The eval table in the `{row: {metric: value}}` form `neuroscribe publish --eval-results` reads."""
+def model_card_rows(results: dict, simulator: str | None = None) -> dict[str, dict[str, Any]]:
+    """The eval table in the `{row: {metric: value}}` form `neuroscribe publish --eval-results` reads
+    (primary simulator unless another is named)."""
+    simulator = simulator or results["provenance"]["simulators"][0]
     rows: dict[str, dict[str, Any]] = {}
     for ex in results["explainers"]:
-        s = results["summary"][ex["name"]]
+        s = results["summary"][simulator][ex["name"]]
         vs = s["vs_teacher"]
         rows[ex["label"]] = {
             "features": s["n"],
             "mean score [95% CI]": fmt_interval(s["mean"]),
-            "median [95% CI]": fmt_interval(s["median"]),
+            "failed": f"{s['n_failed']} ({fmt(s['failure_rate'], 2)})",
             "minus teacher [95% CI]": fmt_interval(vs["difference"]) if vs else "-",
             "win rate vs teacher": fmt(vs["win_rate"]["estimate"], 2) if vs else "-",
         }

@@ -153,3 +153,60 @@ def win_rate(
     ties = int(np.sum(outcome == 0.5))
     rate = _bootstrap(outcome, _mean, missing, confidence, n_resamples, seed)
     return WinRate(wins, len(outcome) - wins - ties, ties, rate)
+
+
+def gap_closed(
+    student: Sequence[float | None],
+    base: Sequence[float | None],
+    ceiling: Sequence[float | None],
+    confidence: float = 0.95,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> Interval:
+    """How much of the base-to-ceiling gap the student closes: mean(student - base) / mean(ceiling - base)
+    over features where all three are finite, with a percentile bootstrap over features (NaN where a
+    resample's gap is 0)."""
+    x, y, z = (
+        np.array([math.nan if v is None else float(v) for v in s], dtype=np.float64) for s in (student, base, ceiling)
+    )
+    keep = ~(np.isnan(x) | np.isnan(y) | np.isnan(z))
+    gain, gap = (x - y)[keep], (z - y)[keep]
+    if not keep.any():
+        return Interval(math.nan, math.nan, math.nan, 0, int((~keep).sum()), confidence)
+    _check(confidence, n_resamples)
+    rows = np.random.default_rng(seed).integers(0, len(gain), size=(n_resamples, len(gain)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        stats = gain[rows].mean(-1) / gap[rows].mean(-1)
+        estimate = float(gain.mean() / gap.mean()) if gap.mean() != 0 else math.nan
+    stats = stats[np.isfinite(stats)]
+    if not stats.size or math.isnan(estimate):
+        return Interval(estimate, math.nan, math.nan, len(gain), int((~keep).sum()), confidence)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(stats, [alpha, 1 - alpha])
+    return Interval(
+        estimate, min(float(low), estimate), max(float(high), estimate), len(gain), int((~keep).sum()), confidence
+    )
+
+
+def correlation(
+    x: Sequence[float | None],
+    y: Sequence[float | None],
+    confidence: float = 0.95,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> Interval:
+    """Pearson r of paired values (NaN/None pairs dropped) with a percentile bootstrap over pairs."""
+    a, b, missing = _pairs(x, y)
+    if len(a) < 3 or a.std() == 0 or b.std() == 0:
+        return Interval(math.nan, math.nan, math.nan, len(a), missing, confidence)
+    _check(confidence, n_resamples)
+    rows = np.random.default_rng(seed).integers(0, len(a), size=(n_resamples, len(a)))
+    xa, ya = a[rows], b[rows]
+    xa, ya = xa - xa.mean(-1, keepdims=True), ya - ya.mean(-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = (xa * ya).sum(-1) / np.sqrt((xa * xa).sum(-1) * (ya * ya).sum(-1))
+    r = r[np.isfinite(r)]
+    estimate = float(np.corrcoef(a, b)[0, 1])
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(r, [alpha, 1 - alpha]) if r.size else (math.nan, math.nan)
+    return Interval(estimate, min(float(low), estimate), max(float(high), estimate), len(a), missing, confidence)

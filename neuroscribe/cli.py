@@ -111,6 +111,8 @@ def inspect(
     if s["dead_features"]:
         shown = ", ".join(s["dead_features"][:10])
         typer.echo(f"dead       {shown}{' ...' if len(s['dead_features']) > 10 else ''}")
+    short = ", ".join(f"{split} {len(keys)}" for split, keys in s["insufficient"].items())
+    typer.echo(f"too few held-out exemplars to score (insufficient): {short or 'none'}")
 
 
 # ------------------------------------------------------------------------------ explain / score
@@ -248,7 +250,7 @@ def _register() -> None:
     command(distill_app, SimulatorDataConfig, _simulator_data, name="simulator-data")
     command(app, PlanConfig, _plan, name="plan")
     command(app, PublishConfig, _publish, name="publish", positional=("run_dir",))
-    command(app, EvalConfig, _eval, name="eval")
+    command(app, EvalConfig, _eval, name="eval", rename={"simulators": "simulator", "training_runs": "training_run"})
     command(app, DemoConfig, _demo, name="demo")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from neuroscribe.options import to_dict
+from neuroscribe.records import ACTIVE_FRACTION
 from neuroscribe.runs.files import fingerprint
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -72,11 +73,16 @@ class MiningConfig:
     """Activation quantile bins of the pool."""
     per_quantile: int = 3
     """Windows drawn from each quantile bin."""
-    random_k: int = 15
-    """Uniformly random windows per feature."""
+    random_k: int = 45
+    """Uniformly random windows per feature (45: 15 per split, as many as top + quantile, so the 1:1
+    top-and-random score uses every held-out exemplar)."""
+    inactive_k: int = 15
+    """Non-activating windows per feature (peak <= active_fraction x max), for detection negatives."""
+    inactive_pool: int = 30
+    """Extra uniformly sampled windows kept to find the inactive ones among (memory: features x slots)."""
     hard_negatives: int = 6
     """Windows holding one of the feature's top tokens yet peaking low (found in a second, bounded pass)."""
-    negative_ratio: float = 0.1
+    negative_ratio: float = ACTIVE_FRACTION
     """A hard negative peaks at no more than this fraction of the feature's max."""
     splits: tuple[str, ...] = field(default=("explain", "score", "test"), metadata={"sep": ","})
     """Splits, comma-separated: the first is shown to explainers, the others are held out."""
@@ -107,6 +113,9 @@ class CollectConfig:
     """Text column of the dataset."""
     window: int = 64
     """Tokens per window (the exemplar length)."""
+    context: int = 4
+    """Preceding stream tokens fed before each window, never part of the exemplar: keeps its first token off
+    the attention-sink position and gives it real left context (the corpus module documents why)."""
     max_windows: int | None = 1024
     """Stop after this many windows (0 or none: the whole corpus)."""
     batch_size: int = 16
@@ -168,6 +177,10 @@ class ExplainConfig:
     """Base seed; sample i of a prompt is drawn with seed + i."""
     split: str = "score"
     """Held-out split the candidates are scored on (score or test, never explain)."""
+    target: str = "relu"
+    """What a simulation is correlated with: relu (the polarity-applied activation above 0) or raw."""
+    allow_in_sample: bool = False
+    """Let a fine-tuned simulator score features it was trained on (every such score is marked in-sample)."""
     features: tuple[str, ...] = ()
     """Only these feature keys (repeatable); none: every live feature."""
     max_features: int | None = None
@@ -217,6 +230,10 @@ class ScoreConfig:
     """hf:MODEL, finetuned:PATH, openai:MODEL@URL or parsed:openai:MODEL@URL."""
     split: str = "score"
     """Held-out split to score on (score or test)."""
+    target: str = "relu"
+    """What a simulation is correlated with: relu (the polarity-applied activation above 0) or raw."""
+    allow_in_sample: bool = False
+    """Let a fine-tuned simulator score features it was trained on (every such score is marked in-sample)."""
     cache: str | None = None
     """sqlite cache of simulations (default OUT/cache.sqlite)."""
     dtype: str = "float32"
@@ -360,7 +377,7 @@ class PublishConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """`neuroscribe eval`: student vs teacher vs baselines on held-out features, one simulator for all."""
+    """`neuroscribe eval`: student vs teacher vs baselines on held-out features, every row scored alike."""
 
     store: str
     """Store folder written by `collect`."""
@@ -374,8 +391,28 @@ class EvalConfig:
     """A teacher backend spec, to explain afresh (best of k)."""
     teacher_results: str | None = None
     """Or: an `explain` output folder whose candidates are the teacher's."""
-    simulator: str = HF_DEFAULT
-    """hf:MODEL, finetuned:PATH, openai:MODEL@URL or parsed:openai:MODEL@URL."""
+    simulators: tuple[str, ...] = (HF_DEFAULT,)
+    """Simulators (repeat --simulator): every row is scored by each, one table per simulator. The first
+    selects the student's best-of-k and must be the one that selected the teacher's candidates."""
+    judged_rows: tuple[str, ...] = ()
+    """Rows the second and later simulators score (default: every row; a slow judge can take the headline ones)."""
+    judged_features: int | None = None
+    """Features the second and later simulators score: the first N of the held-out list (default: all)."""
+    base: str | None = None
+    """The student's starting model: its greedy best-of-1 is the 'before training' row (distillation gain)."""
+    reference: str | None = None
+    """JSONL {feature, explanation} of known-true explanations (planted rules): the ceiling row, for the
+    features it names."""
+    reference_label: str = "true explanation"
+    """How the report names the reference row."""
+    training_runs: tuple[str, ...] = ()
+    """Training run folders whose loss curves the report plots (the student's own is added if local)."""
+    calibration: str | None = None
+    """A calibration.json (planted-rule fidelity of the simulators) to open the report with."""
+    target: str = "relu"
+    """What a simulation is correlated with: relu (the polarity-applied activation above 0) or raw."""
+    allow_in_sample: bool = False
+    """Let a fine-tuned simulator score features it was trained on (every such score is marked in-sample)."""
     datasets: str | None = None
     """Another dataset folder to check for leaked features (the features file's own folder is always checked)."""
     k: int = 4
@@ -416,23 +453,72 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """`neuroscribe demo`: the whole loop on CPU with the bundled model."""
+    """`neuroscribe demo`: the whole loop on CPU with the bundled model, sized for a 2-core machine."""
 
     out: str = "runs/demo"
     """Run folder; a rerun reuses every stage found there."""
     model: str = DEFAULT_MODEL
     """Subject, teacher, simulator and student base."""
-    features: str = "mlp:4:0-9;mlp:18:0-9"
-    """Features to collect (20 neurons x 2 signs = 40 features)."""
-    windows: int = 384
-    """Corpus windows collected."""
+    features: str = "mlp:6:0-4;mlp:20:0-4"
+    """Real neurons to collect (10 neurons x 2 signs = 20 features)."""
+    windows: int = 256
+    """Corpus windows the real neurons are collected on."""
+    window: int = 24
+    """Tokens per exemplar window (real and planted)."""
+    planted_windows: int = 2000
+    """Corpus windows planted features are mined from."""
+    planted_explainer: int = 40
+    """Planted rules of the suite's explainer part in the explain run (student training data)."""
+    planted_heldout: int = 31
+    """Planted rules of the suite's held-out part (calibration and eval); the suite has 31."""
+    heldout_real: int = 3
+    """Real neurons held out for the eval (both signs of each)."""
+    simulator_steps: int = 80
+    """Optimizer steps of the fine-tuned simulator (trained once, then reused from the user cache)."""
+    simulator_lr: float = 1e-3
+    """Its learning rate (cosine schedule)."""
+    simulator_batch: int = 8
+    """Its batch size (rows of one window each)."""
+    simulator_per_rule: int = 6
+    """Top windows per training rule (each labelled with a random true phrasing) ..."""
+    simulator_random: int = 3
+    """... and random windows per rule (mostly all-zero labels)."""
+    simulator_windows: int = 2000
+    """Corpus windows the training rows are drawn from."""
+    simulator_lora_layers: str | None = None
+    """LoRA layers of the simulator ('last:N', or none: all)."""
+    calibration_wrong: int = 4
+    """Wrong explanations per held-out planted rule in the calibration."""
+    prompted_rules: int = 4
+    """Held-out planted rules the (slow) prompted simulator is calibrated on."""
+    teacher: str = "patterns:v1"
+    """Teacher spec. The default writes template phrases over the marked tokens, because the bundled 135M
+    model cannot explain (its best-of-4 scores like the null explanation); hf:, openai:, anthropic: work."""
     k: int = 4
-    """Candidates per feature."""
-    dtype: str = "bfloat16"
-    """dtype of teacher and simulator; 3-4x faster than float32 on AMX CPUs."""
+    """Teacher candidates per feature (best-of-k)."""
+    dtype: str = "auto"
+    """dtype of every local model; auto measures which is faster here (bf16 needs AMX to win)."""
+    threads: int = 0
+    """torch threads (0: measured with the dtype)."""
     prompt_style: str = "highlighted"
     """The shortest prompt: it bounds explain, training and eval time."""
-    max_exemplars: int = 8
+    max_exemplars: int = 6
     """Exemplars per explainer prompt."""
-    train_steps: int = 3
-    """SFT and DPO optimizer steps."""
+    max_tokens: int = 32
+    """Longest explanation, in tokens."""
+    threshold: float = 0.2
+    """An SFT winner must score at least this on the selection split."""
+    sft_steps: int = 16
+    """Student LoRA SFT optimizer steps."""
+    sft_lr: float = 5e-4
+    """Student learning rate (cosine): low enough to keep the model fluent."""
+    sft_batch: int = 4
+    """Student batch size."""
+    sft_lora_layers: str | None = "last:10"
+    """Student LoRA layers ('last:N' or none: all); the top layers alone halve a step's time."""
+    dpo_steps: int = 0
+    """DPO steps after SFT (0: no DPO; the report shows the student after each stage that ran)."""
+    judge_features: int = 8
+    """Held-out features the prompted second judge scores (it is ~5x slower than the fine-tuned one)."""
+    seed: int = 0
+    """Seed of every draw."""

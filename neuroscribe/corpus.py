@@ -6,9 +6,20 @@ It needs no download and no extra package, so collect works on any offline machi
 
 Windowing rule: documents are tokenised without special tokens, joined with the tokenizer's EOS
 id between them, and the stream is cut into windows of exactly `window` tokens (the tail shorter
-than a window is dropped). Each window gets the tokens the tokenizer itself prepends to a text
-(BOS for Llama; nothing for GPT-2 / SmolLM2) as a context prefix that is never part of the exemplar.
-Window ids count from 0 in stream order, so the same corpus and tokenizer give the same ids.
+than a window is dropped). Window ids count from 0 in stream order, so the same corpus and tokenizer
+give the same ids; each window records the range of documents it touches (`doc_span`), which is
+what keeps neighbouring windows of one document in one split.
+
+Context and the attention sink: every window is fed after a context that is never part of the
+exemplar: the tokens the tokenizer itself prepends to any text (Llama's BOS; nothing for GPT-2 and
+SmolLM2), then the `context` tokens that precede the window in the stream (the corpus's first window
+gets the separator instead). Without it, a model that prepends nothing would see each window's first
+real token at position 0, the attention sink, whose activations are abnormal: measured on
+SmolLM2-135M (layers 4 and 12, every neuron, both polarities, top-8 of 96 windows of 32 tokens),
+top exemplars peaked at position 0 in 0.0% of cases against the 3.1% of chance, i.e. position 0 is
+effectively never an exemplar's peak; with 4 preceding tokens the rate is 3.0% and 2.8%. A lone EOS
+or BOS token does not fix it for that model (0.6% and 0.9% at layer 4). The preceding tokens also give
+the window's first tokens their real left context.
 """
 
 from __future__ import annotations
@@ -27,6 +38,8 @@ _FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parq
 class Window:
     window_id: int
     token_ids: tuple[int, ...]
+    doc_span: tuple[int, int] = (0, 0)  # first and last document (stream index) the window touches
+    context: tuple[int, ...] = ()  # the stream tokens just before the window (fed first, never an exemplar)
 
 
 def builtin_documents() -> Iterator[str]:
@@ -83,18 +96,30 @@ def dataset_fingerprint(dataset: str = BUILTIN) -> str:
     return fingerprint({"hub_dataset": dataset})
 
 
-def iter_windows(tokenizer, documents: Iterator[str], window: int, max_windows: int | None = None) -> Iterator[Window]:
-    """Cut a document stream into `window`-token windows (see module docstring)."""
+def iter_windows(
+    tokenizer, documents: Iterator[str], window: int, max_windows: int | None = None, context: int = 0
+) -> Iterator[Window]:
+    """Cut a document stream into `window`-token windows, each with its `context` preceding tokens
+    (see module docstring)."""
     if window < 2:
         raise ValueError(f"window length must be >= 2, got {window}")
     sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    before = tuple((sep or [0]) * context)  # what precedes the first window: the separator
     buffer: list[int] = []
+    starts: list[tuple[int, int]] = []  # (offset in buffer, document index) of each document begun in it
     n = 0
-    for doc in documents:
+    for d, doc in enumerate(documents):
+        starts.append((len(buffer), d))
         buffer.extend(tokenizer(doc, add_special_tokens=False)["input_ids"] + sep)
         while len(buffer) >= window:
-            yield Window(n, tuple(buffer[:window]))
+            first = max(i for off, i in starts if off <= 0)  # the document holding the window's first token
+            last = max(i for off, i in starts if off < window)
+            yield Window(n, tuple(buffer[:window]), (first, last), before)
+            before = tuple(buffer[window - context : window]) if context else ()
             buffer = buffer[window:]
+            moved = [(off - window, i) for off, i in starts]
+            covering = max(i for off, i in moved if off <= 0)  # the document the next window starts in
+            starts = [(off, i) for off, i in moved if off > 0 or i == covering]
             n += 1
             if max_windows is not None and n >= max_windows:
                 return

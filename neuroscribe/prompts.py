@@ -3,9 +3,14 @@ inference all format exemplars through these functions, so they always see the s
 
 Bump PROMPT_VERSION on any change to the text produced here; datasets record it.
 
-Activation display scale: integers 0..9, `min(9, floor(10 * relu(a) / max_a))`. A single digit
-because SmolLM2's tokenizer splits "10" into "1", "0", so a 0..10 scale could not be read from one
-next-token distribution. Pearson r is invariant to the affine rescaling, so scores do not change.
+Activation display scale: integers 0..9, `min(9, floor(10 * relu(a) / max_a))`, except that any
+positive activation shows as at least 1, so an exemplar that peaks below a tenth of the max is still
+visibly active (OpenAI's floor would show it as all zeros). A single digit because SmolLM2's
+tokenizer splits "10" into "1", "0", so a 0..10 scale could not be read from one next-token
+distribution. Pearson r is invariant to the affine rescaling, so scores do not change.
+
+Highlighted styles mark the tokens above ACTIVE_FRACTION (a tenth) of the max, the one label rule the
+judges use; a positive exemplar that has none marks its own peak tokens instead (`active_marks`).
 
 Token display: a token's newline, tab and carriage return become the visible escapes `\\n`, `\\t`,
 `\\r` (other control and line-separator characters become `\\xNN` / `\\uNNNN`), so one exemplar
@@ -30,12 +35,11 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from neuroscribe.records import Exemplar, FeatureExemplars
+from neuroscribe.records import POSITIVE_SOURCES, Exemplar, FeatureExemplars, is_activating
 
-PROMPT_VERSION = "v1"
+PROMPT_VERSION = "v2"  # v2: weak activations display as 1, not 0
 MAX_DIGIT = 9
 STYLES: tuple[str, ...] = ("plain", "highlighted", "contrastive")
-POSITIVE_SOURCES: tuple[str, ...] = ("top", "quantile")
 SLOT = "unknown"
 
 _LOOKALIKE = str.maketrans({"<": "\u2039", ">": "\u203a", "[": "\u27e6", "]": "\u27e7"})
@@ -49,10 +53,11 @@ _NAMED_WS = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
 def normalise(values: Sequence[float], max_value: float) -> list[int]:
-    """Raw activations -> display digits 0..9 relative to `max_value` (all 0 when max_value <= 0)."""
+    """Raw activations -> display digits 0..9 relative to `max_value`; any positive activation shows as
+    at least 1 (module doc); all 0 when max_value <= 0."""
     if not max_value > 0:
         return [0 for _ in values]
-    return [min(MAX_DIGIT, math.floor(10 * max(0.0, float(a)) / max_value)) for a in values]
+    return [min(MAX_DIGIT, max(1, math.floor(10 * float(a) / max_value))) if a > 0 else 0 for a in values]
 
 
 def escape_control_text(text: str) -> str:
@@ -92,8 +97,19 @@ def clean_explanation_text(text: str) -> str:
     return escape_control_text(" ".join(text.split()))
 
 
+def active_marks(activations: Sequence[float], max_value: float, weak_peak: bool = True) -> list[bool]:
+    """Which tokens the highlighted styles mark `<<like this>>`: those above ACTIVE_FRACTION of the max (the
+    one label rule). With `weak_peak`, an exemplar that has none but does fire marks its own peak tokens
+    (>= half its peak), so a weakly firing exemplar never looks blank; negatives pass weak_peak=False."""
+    marks = [is_activating(a, max_value) for a in activations]
+    peak = max(activations, default=0.0)
+    if weak_peak and not any(marks) and peak > 0:
+        marks = [a >= 0.5 * peak for a in activations]
+    return marks
+
+
 def highlight(tokens: Sequence[str], digits: Sequence[int]) -> str:
-    """Exemplar text with each run of active tokens (digit > 0) wrapped in `<<...>>`."""
+    """Exemplar text with each run of marked tokens (digit or mark > 0) wrapped in `<<...>>`."""
     shown = display_tokens(tokens, markup_safe=True)
     out, open_run = [], False
     for tok, d in zip(shown, digits):
@@ -185,6 +201,9 @@ def explainer_messages(
     def digits(e: Exemplar) -> list[int]:
         return normalise(e.activations, max_value)
 
+    def marks(e: Exemplar, positive: bool) -> list[int]:
+        return [int(m) for m in active_marks(e.activations, max_value, weak_peak=positive)]
+
     if style == "plain":
         blocks = []
         for i, e in enumerate(positives, 1):
@@ -195,13 +214,13 @@ def explainer_messages(
             f"from 0 (inactive) to {MAX_DIGIT} (strongest).\n\n" + "\n\n".join(blocks)
         )
     else:
-        pos = "\n".join(f"{i}. {highlight(e.tokens, digits(e))}" for i, e in enumerate(positives, 1))
+        pos = "\n".join(f"{i}. {highlight(e.tokens, marks(e, True))}" for i, e in enumerate(positives, 1))
         body = (
             "In each excerpt below, the tokens where the unit is active are marked <<like this>>.\n\n"
             f"Excerpts where the unit is active:\n{pos}"
         )
         if style == "contrastive":
-            neg = "\n".join(f"{i}. {highlight(e.tokens, digits(e))}" for i, e in enumerate(negatives, 1))
+            neg = "\n".join(f"{i}. {highlight(e.tokens, marks(e, False))}" for i, e in enumerate(negatives, 1))
             body += (
                 f"\n\nSimilar excerpts where the unit stays (almost) silent:\n{neg}\n\n"
                 "Describe what the unit responds to in the first group but not in the second."

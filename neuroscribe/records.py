@@ -16,10 +16,30 @@ from typing import Any, Literal
 FeatureKind = Literal["mlp", "sae", "transcoder", "planted"]  # planted: rule-defined test features
 Split = Literal["explain", "score", "test"]
 # Where an exemplar came from when it was mined.
-Source = Literal["top", "quantile", "random", "hard_negative"]
+Source = Literal["top", "quantile", "random", "inactive", "hard_negative"]
 
 SPLITS: tuple[str, ...] = ("explain", "score", "test")
-SOURCES: tuple[str, ...] = ("top", "quantile", "random", "hard_negative")
+SOURCES: tuple[str, ...] = ("top", "quantile", "random", "inactive", "hard_negative")
+POSITIVE_SOURCES: tuple[str, ...] = ("top", "quantile")  # the "top side" of the 1:1 score
+
+# The one labelling rule (detection, fuzzing, inactive mining, hard negatives): a window or token is
+# ACTIVATING when its activation exceeds this fraction of the feature's max activation.
+ACTIVE_FRACTION = 0.1
+
+
+def is_activating(value: float, feature_max: float, fraction: float = ACTIVE_FRACTION) -> bool:
+    return feature_max > 0 and value > fraction * feature_max
+
+
+def insufficiency(n_positive: int, n_random: int) -> str:
+    """Why a held-out split cannot be scored ("" when it can): the 1:1 top-and-random score needs at
+    least one top/quantile exemplar and one random exemplar; anything less is never scored."""
+    if n_positive == 0:
+        return "insufficient: no top/quantile exemplar in the split"
+    if n_random == 0:
+        return "insufficient: no random exemplar in the split"
+    return ""
+
 
 _KEY = re.compile(r"^(mlp|sae|transcoder|planted)/L(\d+)/(\d+)([+-])$")
 
@@ -67,6 +87,7 @@ class Exemplar:
     rank: int = 0  # position within its source (0 = strongest top window)
     quantile: int = -1  # bin index for source == "quantile"
     token_ids: tuple[int, ...] = ()
+    doc_span: tuple[int, int] = (-1, -1)  # first and last corpus document the window touches (-1: unknown)
 
     def __post_init__(self) -> None:
         if len(self.tokens) != len(self.activations):
@@ -112,6 +133,14 @@ class FeatureExemplars:
     def max_activation(self) -> float:
         return self.stats.max_activation
 
+    @property
+    def reference_max(self) -> float:
+        """The max that labels and display scales are relative to: the feature's max over everything
+        collect saw, else the max over its exemplars (a store without statistics)."""
+        if self.stats.max_activation > 0:
+            return float(self.stats.max_activation)
+        return max((a for e in self.exemplars for a in e.activations), default=0.0)
+
 
 @dataclass(frozen=True)
 class Explanation:
@@ -138,23 +167,36 @@ class SimulatedExemplar:
     predicted: tuple[float, ...]
 
 
+STATUSES = ("ok", "unparsed", "undefined", "insufficient")
+
+
 @dataclass(frozen=True)
 class ScoredExplanation:
-    """An explanation with its scores on held-out exemplars.
+    """An explanation with its scores on held-out exemplars (conventions: `neuroscribe.scorers`).
 
-    `score` is the headline number (pooled Pearson r over top-and-random exemplars); NaN is kept
-    as NaN (float('nan')) and never coerced to 0.
+    `score` is the pooled Pearson r over the split's top-and-random exemplars, 1:1; NaN is kept as NaN
+    and never coerced to 0 here, and `status` says why it is NaN: "unparsed" (the explanation failed),
+    "undefined" (a constant simulation or truth), "insufficient" (the split lacks a side; `reason`).
+    `judges` holds detection / fuzzing balanced accuracies and AUROCs when they were computed.
     """
 
     explanation: Explanation
     score: float
     random_only_score: float = float("nan")
-    detection: float = float("nan")
-    fuzzing: float = float("nan")
     simulator: str = ""
     split: str = "score"
-    n_exemplars: int = 0
-    n_parse_failures: int = 0
+    status: str = "ok"
+    reason: str = ""
+    target: str = "relu"  # what the truth was: relu(activation) or the raw activation
+    protocol: str = ""  # the scoring protocol version (scorers.PROTOCOL)
+    in_sample: bool = False  # the simulator was trained on this feature's exemplars
+    n_exemplars: int = 0  # exemplars simulated
+    n_top: int = 0  # top/quantile exemplars in the score (after 1:1 balancing)
+    n_random: int = 0  # random exemplars in the score (after 1:1 balancing)
+    n_top_held: int = 0  # top/quantile exemplars the split holds
+    n_random_held: int = 0  # random exemplars the split holds
+    n_parse_failures: int = 0  # tokens whose prediction could not be read (dropped, never zeroed)
+    judges: dict = dataclasses.field(default_factory=dict)
     simulations: tuple[SimulatedExemplar, ...] = ()
 
 

@@ -1,11 +1,32 @@
 """Scorers: an explanation + a simulator (or a Yes/No judge) + a feature's held-out exemplars -> scores.
 
 Apart from both the simulators (which only predict) and `neuroscribe.scoring` (pure metrics over
-numbers), as OpenAI's neuron-explainer keeps `scoring.py` apart from `simulator.py`:
-- `simulate_and_score`: the simulation score (pooled Pearson r, top and random 1:1),
-- `cached_score`: the same through the disk cache,
-- `detection_score`, `fuzzing_score`: delphi's judges, balanced accuracy of Yes/No probabilities.
-A scorer only ever reads held-out splits (`held_out` refuses the explain split).
+numbers), as OpenAI's neuron-explainer keeps `scoring.py` apart from `simulator.py`. A scorer only
+ever reads held-out splits.
+
+The conventions behind every score (the README's scoring section says the same):
+- Target. The truth a simulation is correlated with is relu(activation) by default (`target="relu"`):
+  stored activations already carry the feature's polarity, so a `+` feature is scored on how far `a`
+  rises above 0 and a `-` feature on how far `-a` does, which is what the prompt displays and the
+  fine-tuned simulator learns. `target="raw"` keeps the signed value. Every score records its target.
+- Sides. Top side = the split's top and quantile exemplars (strongest first); random side = its
+  random exemplars. Inactive and hard-negative exemplars serve the judges only.
+- Balance. The score pools all tokens of the two sides mixed 1:1: k = min(n_top, n_random) records of
+  each, at evenly spaced positions of each side's order. The counts used and held are recorded
+  (`n_top`, `n_random`, `n_top_held`, `n_random_held`); collect's defaults make them equal.
+- Insufficient. A split without a top/quantile exemplar or without a random one is never scored:
+  NaN, status "insufficient", with the reason (no random-only fallback).
+- Failures. An unparseable explanation is NaN with status "unparsed"; a constant simulation (or a
+  constant truth) is NaN with status "undefined". Tokens a simulator could not read are dropped from
+  the score and counted, never zeroed. In a headline mean (`headline`), "unparsed" and "undefined" count
+  as 0.0, the correlation of a prediction that carries no information; "insufficient" features are
+  left out for every explainer alike, so paired comparisons always cover the same features.
+- Labels (judges). An exemplar is activating when its peak target exceeds ACTIVE_FRACTION (0.1) of the
+  feature's max (`records.is_activating`), whatever source mined it; a token likewise. Detection asks,
+  per held-out exemplar (each window once), whether the unit fires on it; fuzzing whether the marked
+  tokens are the ones it fires on. Both report balanced accuracy at P(yes) >= 0.5 and AUROC of P(yes).
+- Protocol. `PROTOCOL` names this set of conventions; it is part of every score's cache key, so a
+  changed target, balance or label rule never reuses an old score.
 """
 
 from __future__ import annotations
@@ -18,19 +39,26 @@ from collections.abc import Sequence
 
 from neuroscribe import scoring
 from neuroscribe.cache import Cache, cache_key
-from neuroscribe.prompts import POSITIVE_SOURCES, detection_messages, fuzzing_messages, normalise
+from neuroscribe.prompts import detection_messages, fuzzing_messages
 from neuroscribe.records import (
+    ACTIVE_FRACTION,
+    POSITIVE_SOURCES,
     Exemplar,
     Explanation,
     FeatureExemplars,
     ScoredExplanation,
     SimulatedExemplar,
     from_json,
+    insufficiency,
+    is_activating,
     to_json,
 )
 from neuroscribe.simulators.base import Simulator, YesNoJudge
 
-NEGATIVE_SOURCES = ("random", "hard_negative")
+PROTOCOL = "sim-v2"  # bump whenever a convention of the module doc changes
+TARGETS = ("relu", "raw")
+FAILURE_SCORE = 0.0  # what an unparsed explanation or a constant simulation counts as in a headline mean
+FUZZING_VARIANTS = ("default", "active")
 
 
 def held_out(record: FeatureExemplars, split: str) -> list[Exemplar]:
@@ -39,134 +67,352 @@ def held_out(record: FeatureExemplars, split: str) -> list[Exemplar]:
     return record.select(split=split)
 
 
-def _top_side(exemplars: Sequence[Exemplar]) -> list[Exemplar]:
-    """Top then quantile exemplars, strongest first (the order `top_and_random_score` spaces over)."""
+def top_side(exemplars: Sequence[Exemplar]) -> list[Exemplar]:
+    """Top then quantile exemplars, strongest first (the order the 1:1 balance spaces over)."""
     order = {s: i for i, s in enumerate(POSITIVE_SOURCES)}
     return sorted(
         (e for e in exemplars if e.source in POSITIVE_SOURCES), key=lambda e: (order[e.source], -e.quantile, e.rank)
     )
 
 
-def _readable(sims: Sequence[SimulatedExemplar]) -> tuple[list[list[float]], list[list[float]], int]:
-    """(true, predicted) per exemplar without the tokens whose prediction is NaN (unreadable), and
-    how many tokens were dropped; an exemplar with no readable token is left out altogether."""
+def random_side(exemplars: Sequence[Exemplar]) -> list[Exemplar]:
+    return sorted((e for e in exemplars if e.source == "random"), key=lambda e: e.rank)
+
+
+def target_values(values: Sequence[float], target: str) -> list[float]:
+    if target not in TARGETS:
+        raise ValueError(f"target {target!r}: choose one of {list(TARGETS)}")
+    return [max(0.0, float(v)) for v in values] if target == "relu" else [float(v) for v in values]
+
+
+def _readable(sims: Sequence[SimulatedExemplar], target: str) -> tuple[list[list[float]], list[list[float]], int]:
+    """(true target, predicted) per exemplar without the tokens whose prediction is NaN (unreadable),
+    and how many tokens were dropped; an exemplar with no readable token is left out altogether."""
     true, pred, failed = [], [], 0
     for s in sims:
         keep = [i for i, v in enumerate(s.predicted) if not math.isnan(v)]
         failed += len(s.predicted) - len(keep)
         if keep:
-            true.append([s.true_activations[i] for i in keep])
+            values = target_values(s.true_activations, target)
+            true.append([values[i] for i in keep])
             pred.append([s.predicted[i] for i in keep])
     return true, pred, failed
 
 
 def simulate_and_score(
-    simulator: Simulator, explanation: Explanation, record: FeatureExemplars, split: str = "score"
+    simulator: Simulator,
+    explanation: Explanation,
+    record: FeatureExemplars,
+    split: str = "score",
+    target: str = "relu",
+    in_sample: bool = False,
 ) -> ScoredExplanation:
-    """Score one explanation on the held-out `split` of its feature.
+    """Score one explanation on the held-out `split` of its feature (conventions: module doc)."""
+    return simulate_and_score_many(simulator, [explanation], record, split, target, in_sample)[0]
 
-    Top side = top + quantile exemplars, random side = random exemplars (hard negatives are for
-    detection only); `score` mixes the two 1:1 as documented in `neuroscribe.scoring`. Tokens a
-    simulator could not read (NaN predictions, e.g. from an HTTP backend) are dropped from the
-    scores, never zeroed, and counted in `n_parse_failures` (tokens); `simulations` keeps them as
-    NaN. An explanation that failed to parse (ok=False) gets a NaN score without any simulation.
-    """
-    if explanation.feature != record.feature.key:
-        raise ValueError(f"explanation is for {explanation.feature!r} but the exemplars are for {record.feature.key!r}")
+
+def simulate_and_score_many(
+    simulator: Simulator,
+    explanations: Sequence[Explanation],
+    record: FeatureExemplars,
+    split: str = "score",
+    target: str = "relu",
+    in_sample: bool = False,
+) -> list[ScoredExplanation]:
+    """`simulate_and_score` for several explanations of one feature. The simulator gets them in one
+    `simulate_many` call over the shared exemplars, so a local one batches them into one forward."""
+    for e in explanations:
+        if e.feature != record.feature.key:
+            raise ValueError(f"explanation is for {e.feature!r} but the exemplars are for {record.feature.key!r}")
     held = held_out(record, split)
-    top, rnd = _top_side(held), [e for e in held if e.source == "random"]
-    if not explanation.ok:
-        return ScoredExplanation(explanation, float("nan"), simulator=simulator.spec, split=split)
-    if not top and not rnd:
-        raise ValueError(f"feature {record.feature.key}: no top/quantile/random exemplars in split {split!r}")
-    sims = simulator.simulate(explanation.text, top + rnd)
-    if len(sims) != len(top) + len(rnd):
-        raise ValueError(
-            f"simulator {simulator.spec} returned {len(sims)} simulations for {len(top) + len(rnd)} exemplars"
-        )
-    top_true, top_pred, top_failed = _readable(sims[: len(top)])
-    rnd_true, rnd_pred, rnd_failed = _readable(sims[len(top) :])
-    return ScoredExplanation(
-        explanation=explanation,
-        score=scoring.top_and_random_score(top_true, top_pred, rnd_true, rnd_pred),
-        random_only_score=scoring.random_only_score(rnd_true, rnd_pred),
+    top, rnd = top_side(held), random_side(held)
+    base = dict(
         simulator=simulator.spec,
         split=split,
+        target=target,
+        protocol=PROTOCOL,
+        in_sample=in_sample,
+        n_top_held=len(top),
+        n_random_held=len(rnd),
+    )
+    gap = insufficiency(len(top), len(rnd))
+    if gap:
+        return [ScoredExplanation(e, math.nan, status="insufficient", reason=gap, **base) for e in explanations]
+    todo = [e for e in explanations if e.ok]
+    many = getattr(simulator, "simulate_many", None)  # any object with `simulate` is a simulator
+    texts = [e.text for e in todo]
+    runs = iter(many(texts, top + rnd) if many else [simulator.simulate(t, top + rnd) for t in texts])
+    out = []
+    for e in explanations:
+        if not e.ok:
+            out.append(ScoredExplanation(e, math.nan, status="unparsed", reason=e.error, **base))
+            continue
+        sims = next(runs)
+        if len(sims) != len(top) + len(rnd):
+            raise ValueError(
+                f"simulator {simulator.spec} returned {len(sims)} simulations for {len(top) + len(rnd)} exemplars"
+            )
+        out.append(_scored(e, sims, len(top), target, base))
+    return out
+
+
+def _scored(explanation: Explanation, sims: list[SimulatedExemplar], n_top: int, target: str,
+            base: dict) -> ScoredExplanation:
+    top_true, top_pred, top_failed = _readable(sims[:n_top], target)
+    rnd_true, rnd_pred, rnd_failed = _readable(sims[n_top:], target)
+    score = scoring.top_and_random_score(top_true, top_pred, rnd_true, rnd_pred)
+    status, reason = "ok", ""
+    if math.isnan(score):
+        status, reason = "undefined", "the simulation (or the truth) is constant over the scored tokens"
+    k = min(len(top_true), len(rnd_true))
+    return ScoredExplanation(
+        explanation,
+        score,
+        random_only_score=scoring.random_only_score(rnd_true, rnd_pred),
+        status=status,
+        reason=reason,
         n_exemplars=len(sims),
+        n_top=k,
+        n_random=k,
         n_parse_failures=top_failed + rnd_failed,
         simulations=tuple(sims),
+        **base,
     )
 
 
-def detection_score(
-    judge: YesNoJudge, explanation: Explanation, record: FeatureExemplars, split: str = "score"
-) -> float:
-    """Balanced accuracy of 'does the unit activate on this excerpt?'.
-
-    Truth comes from the exemplar's source: top/quantile are activating, random/hard_negative not.
-    """
-    held = [e for e in held_out(record, split) if e.source in POSITIVE_SOURCES + NEGATIVE_SOURCES]
-    if not explanation.ok:
-        return math.nan
-    probs = judge.yes_probabilities([detection_messages(explanation.text, e.tokens) for e in held])
-    return scoring.probability_accuracy(probs, [e.source in POSITIVE_SOURCES for e in held])
-
-
-def fuzzing_pairs(record: FeatureExemplars, split: str = "score", seed: int = 0):
-    """(exemplar, marked, truth): the truly active tokens marked (True), and as many random inactive
-    tokens of the same exemplar marked (False). Active = display digit >= 1 on the split's scale."""
-    positives = _top_side(held_out(record, split))
-    max_value = max((a for e in positives for a in e.activations), default=0.0)
-    pairs = []
-    for e in positives:
-        active = [d > 0 for d in normalise(e.activations, max_value)]
-        idle = [i for i, a in enumerate(active) if not a]
-        n = sum(active)
-        if n == 0 or len(idle) < n:
-            continue
-        decoy = set(random.Random(seed * 1_000_003 + e.window_id).sample(idle, n))
-        pairs.append((e, tuple(active), True))
-        pairs.append((e, tuple(i in decoy for i in range(len(active))), False))
-    return pairs
-
-
-def fuzzing_score(
-    judge: YesNoJudge, explanation: Explanation, record: FeatureExemplars, split: str = "score", seed: int = 0
-) -> float:
-    """Balanced accuracy of 'are the marked tokens the ones the unit activates on?' (NaN: no pairs)."""
-    pairs = fuzzing_pairs(record, split, seed)
-    if not pairs or not explanation.ok:
-        return math.nan
-    probs = judge.yes_probabilities([fuzzing_messages(explanation.text, e.tokens, m) for e, m, _ in pairs])
-    return scoring.probability_accuracy(probs, [t for _, _, t in pairs])
+def headline(scored: ScoredExplanation) -> float | None:
+    """The value a headline mean uses (module doc): the score; FAILURE_SCORE for an unparsed explanation
+    or a constant simulation; None (left out for everyone) for an insufficient feature."""
+    if scored.status == "insufficient":
+        return None
+    return scored.score if scored.status == "ok" else FAILURE_SCORE
 
 
 def _held_out_fingerprint(record: FeatureExemplars, split: str) -> str:
-    rows = [(e.window_id, e.source, e.tokens, e.activations) for e in record.select(split=split)]
+    rows = [(e.window_id, e.source, e.rank, e.tokens, e.activations) for e in record.select(split=split)]
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:24]
 
 
 def cached_score(
-    simulator, explanation: Explanation, record: FeatureExemplars, split: str, cache: Cache | None, stage: str = "score"
+    simulator: Simulator,
+    explanation: Explanation,
+    record: FeatureExemplars,
+    split: str,
+    cache: Cache | None,
+    stage: str = "score",
+    target: str = "relu",
+    in_sample: bool = False,
 ) -> ScoredExplanation:
-    """simulate_and_score, looked up in / stored to the disk cache."""
-    if cache is None or not explanation.ok:
-        return simulate_and_score(simulator, explanation, record, split)
-    key = cache_key(
-        "simulate",
-        simulator.spec,
-        {
-            "explanation": explanation.text,
-            "feature": record.feature.key,
-            "split": split,
-            "held_out": _held_out_fingerprint(record, split),
-        },
-    )
-    hit = cache.get(key)
-    if hit is not None:
-        cache.record_hit(key, kind="simulate", model=simulator.spec, stage=stage)
-        return ScoredExplanation(**{**from_json(ScoredExplanation, hit).__dict__, "explanation": explanation})
-    scored = simulate_and_score(simulator, explanation, record, split)
-    n_tokens = sum(len(s.predicted) for s in scored.simulations)
-    cache.put(key, to_json(scored), kind="simulate", model=simulator.spec, stage=stage, tokens_in=n_tokens)
-    return scored
+    """simulate_and_score, looked up in / stored to the disk cache (keyed by the protocol, target,
+    simulator spec, explanation text, feature, split and the held-out exemplars' content)."""
+    return cached_scores(simulator, [explanation], record, split, cache, stage, target, in_sample)[0]
+
+
+def cached_scores(
+    simulator: Simulator,
+    explanations: Sequence[Explanation],
+    record: FeatureExemplars,
+    split: str,
+    cache: Cache | None,
+    stage: str = "score",
+    target: str = "relu",
+    in_sample: bool = False,
+) -> list[ScoredExplanation]:
+    """`cached_score` for several explanations of one feature: hits come from the cache, and every
+    miss is simulated in one `simulate_and_score_many` call."""
+    if cache is None:
+        return simulate_and_score_many(simulator, explanations, record, split, target, in_sample)
+    held = _held_out_fingerprint(record, split)
+
+    def key_of(e: Explanation) -> str:
+        return cache_key(
+            "simulate",
+            simulator.spec,
+            {"protocol": PROTOCOL, "target": target, "explanation": e.text, "feature": record.feature.key,
+             "split": split, "held_out": held},
+        )
+
+    out: list[ScoredExplanation | None] = [None] * len(explanations)
+    misses = []
+    for i, e in enumerate(explanations):
+        hit = cache.get(key_of(e)) if e.ok else None
+        if hit is None:
+            misses.append(i)
+            continue
+        cache.record_hit(key_of(e), kind="simulate", model=simulator.spec, stage=stage)
+        scored = from_json(ScoredExplanation, hit)
+        out[i] = ScoredExplanation(**{**scored.__dict__, "explanation": e, "in_sample": in_sample})
+    ident = [(e.text, e.ok) for e in explanations]
+    unique = sorted({ident[i]: i for i in reversed(misses)}.values())  # one simulation per distinct text
+    fresh = dict(zip(unique, simulate_and_score_many(
+        simulator, [explanations[i] for i in unique], record, split, target, in_sample)))
+    for i in unique:
+        scored = fresh[i]
+        if explanations[i].ok:
+            n_tokens = sum(len(s.predicted) for s in scored.simulations)
+            cache.put(key_of(explanations[i]), to_json(scored), kind="simulate", model=simulator.spec, stage=stage,
+                      tokens_in=n_tokens)
+    first = {ident[i]: fresh[i] for i in unique}
+    for i in misses:
+        if out[i] is None:
+            same = first[ident[i]]
+            out[i] = same if i in fresh else ScoredExplanation(**{**same.__dict__, "explanation": explanations[i]})
+    return out  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------- judges
+
+
+def _active_tokens(e: Exemplar, fmax: float, target: str) -> list[bool]:
+    return [is_activating(a, fmax) for a in target_values(e.activations, target)]
+
+
+def detection_items(record: FeatureExemplars, split: str, target: str = "relu") -> list[tuple[Exemplar, bool]]:
+    """(exemplar, activating?) for every held-out window of the split, once each, labelled by its own peak."""
+    fmax, seen, out = record.reference_max, set(), []
+    for e in held_out(record, split):
+        if e.window_id in seen:
+            continue
+        seen.add(e.window_id)
+        out.append((e, any(_active_tokens(e, fmax, target))))
+    return out
+
+
+def _judged(probs: Sequence[float], truth: Sequence[bool]) -> tuple[float, float]:
+    return scoring.probability_accuracy(probs, truth), scoring.auroc(probs, truth)
+
+
+def detection_score(
+    judge: YesNoJudge, explanation: Explanation, record: FeatureExemplars, split: str = "score", target: str = "relu"
+) -> dict[str, float]:
+    """{detection, detection_auroc}: does the unit fire on this excerpt? (NaN without both classes)."""
+    items = detection_items(record, split, target)
+    if not explanation.ok or not items:
+        return {"detection": math.nan, "detection_auroc": math.nan}
+    probs = judge.yes_probabilities([detection_messages(explanation.text, e.tokens) for e, _ in items])
+    acc, auc = _judged(probs, [y for _, y in items])
+    return {"detection": acc, "detection_auroc": auc}
+
+
+def _decoy_runs(active: Sequence[bool], rng: random.Random) -> tuple[bool, ...] | None:
+    """The true active runs' lengths placed at random elsewhere, off the true active tokens (None when
+    they do not fit)."""
+    runs, i = [], 0
+    while i < len(active):
+        if active[i]:
+            j = i
+            while j < len(active) and active[j]:
+                j += 1
+            runs.append(j - i)
+            i = j
+        else:
+            i += 1
+    taken = list(active)
+    marks = [False] * len(active)
+    for length in sorted(runs, reverse=True):
+        starts = [s for s in range(len(active) - length + 1) if not any(taken[s : s + length])]
+        if not starts:
+            return None
+        s = rng.choice(starts)
+        for t in range(max(0, s - 1), min(len(active), s + length + 1)):
+            taken[t] = True  # the run and its neighbours: decoy runs never merge into one
+        for t in range(s, s + length):
+            marks[t] = True
+    return tuple(marks)
+
+
+def fuzzing_items(
+    record: FeatureExemplars, split: str = "score", seed: int = 0, variant: str = "default", target: str = "relu"
+) -> list[tuple[Exemplar, tuple[bool, ...], bool]]:
+    """(exemplar, marked tokens, truth) pairs for delphi's fuzzing, each seeded by the window id.
+
+    default: every activating exemplar with its true active tokens marked (True), and every
+    non-activating one with as many random tokens marked as activating exemplars mark on average (False).
+    active: every activating exemplar twice, truly marked (True) and with decoy runs of the same
+    lengths placed off its active tokens (False).
+    """
+    if variant not in FUZZING_VARIANTS:
+        raise ValueError(f"fuzzing variant {variant!r}: choose one of {list(FUZZING_VARIANTS)}")
+    fmax = record.reference_max
+    items = detection_items(record, split, target)
+    positives = [(e, tuple(_active_tokens(e, fmax, target))) for e, y in items if y]
+    out: list[tuple[Exemplar, tuple[bool, ...], bool]] = [(e, marks, True) for e, marks in positives]
+    if variant == "default":
+        mean = round(sum(sum(m) for _, m in positives) / len(positives)) if positives else 0
+        for e, y in items:
+            if not y and mean and len(e.tokens) >= mean:
+                chosen = set(random.Random(seed * 1_000_003 + e.window_id).sample(range(len(e.tokens)), mean))
+                out.append((e, tuple(i in chosen for i in range(len(e.tokens))), False))
+    else:
+        for e, marks in positives:
+            decoy = _decoy_runs(marks, random.Random(seed * 1_000_003 + e.window_id))
+            if decoy is not None:
+                out.append((e, decoy, False))
+    return out
+
+
+def fuzzing_score(
+    judge: YesNoJudge,
+    explanation: Explanation,
+    record: FeatureExemplars,
+    split: str = "score",
+    seed: int = 0,
+    variant: str = "default",
+    target: str = "relu",
+) -> dict[str, float]:
+    """{fuzzing[_active], fuzzing[_active]_auroc}: are the marked tokens the ones the unit fires on?"""
+    name = "fuzzing" if variant == "default" else "fuzzing_active"
+    items = fuzzing_items(record, split, seed, variant, target)
+    if not explanation.ok or not items:
+        return {name: math.nan, f"{name}_auroc": math.nan}
+    probs = judge.yes_probabilities([fuzzing_messages(explanation.text, e.tokens, m) for e, m, _ in items])
+    acc, auc = _judged(probs, [t for _, _, t in items])
+    return {name: acc, f"{name}_auroc": auc}
+
+
+def judge_scores(
+    judge: YesNoJudge,
+    explanation: Explanation,
+    record: FeatureExemplars,
+    split: str = "score",
+    seed: int = 0,
+    target: str = "relu",
+) -> dict[str, float]:
+    """Detection and both fuzzing variants, balanced accuracy and AUROC each."""
+    return {
+        **detection_score(judge, explanation, record, split, target),
+        **fuzzing_score(judge, explanation, record, split, seed, "default", target),
+        **fuzzing_score(judge, explanation, record, split, seed, "active", target),
+    }
+
+
+# ---------------------------------------------------------------------------------- in-sample guard
+
+
+def in_sample_features(simulator: Simulator, keys: Sequence[str], allow: bool = False, where: str = "") -> set[str]:
+    """The features of `keys` the simulator was trained on. Refused (one error naming them and the
+    simulator) unless `allow`, in which case every output marks them in-sample."""
+    trained = set(getattr(simulator, "trained_features", ()) or ())
+    seen = [k for k in keys if k in trained]
+    if seen and not allow:
+        raise ValueError(
+            f"{where or 'scoring'}: simulator {simulator.spec} was trained on {len(seen)} of these "
+            f"features (e.g. {seen[:3]}); its scores there are in-sample. Score other features, or "
+            "pass --allow-in-sample to mark them in-sample"
+        )
+    return set(seen)
+
+
+__all__ = [
+    "ACTIVE_FRACTION",
+    "FAILURE_SCORE",
+    "PROTOCOL",
+    "TARGETS",
+    "cached_score",
+    "detection_score",
+    "fuzzing_score",
+    "headline",
+    "in_sample_features",
+    "judge_scores",
+    "simulate_and_score",
+]

@@ -14,8 +14,11 @@ Conventions (every caller relies on them):
 Top-and-random balancing: OpenAI mixes held-out top and random records 1:1. When the two
 sides have different counts, both are cut to k = min(n_top, n_random) records, picked at
 evenly spaced positions of each side's order (index floor(i * n / k)), so a top side ordered
-strongest-first keeps strong and weak records alike. When one side is empty the score is the
-pooled correlation of the other side alone (there is nothing to balance against).
+strongest-first keeps strong and weak records alike. When one side is empty the score is NaN:
+a top-only or random-only correlation is another quantity, and callers report such a split as
+insufficient rather than score it.
+
+AUROC (`auroc`) is scikit-learn's roc_auc_score of the yes-probabilities; NaN without both classes.
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ def top_and_random_score(top_true: Records, top_pred: Records, random_true: Reco
     if len(top_true) != len(top_pred) or len(random_true) != len(random_pred):
         raise ValueError("top_and_random_score: each side needs as many predicted records as true ones")
     if not top_true or not random_true:
-        return pooled_correlation(list(top_true) + list(random_true), list(top_pred) + list(random_pred))
+        return float("nan")
     k = min(len(top_true), len(random_true))
     top_keep = balanced_indices(len(top_true), k)
     rnd_keep = balanced_indices(len(random_true), k)
@@ -112,8 +115,17 @@ def probability_accuracy(probs: Sequence[float], truth: Sequence[bool], threshol
     return balanced_accuracy([bool(v >= threshold) for v in p], truth)
 
 
-detection_score = probability_accuracy
-fuzzing_score = probability_accuracy
+def auroc(probs: Sequence[float], truth: Sequence[bool]) -> float:
+    """Area under the ROC curve of yes-probabilities against boolean truth; NaN when a class is absent."""
+    from sklearn.metrics import roc_auc_score
+
+    p = _as_finite(probs, "probs")
+    y = np.asarray([bool(t) for t in truth])
+    if p.shape != y.shape:
+        raise ValueError(f"auroc: {p.size} probabilities vs {y.size} labels")
+    if y.all() or not y.any():
+        return float("nan")
+    return float(roc_auc_score(y, p))
 
 
 def expected_value(weights: Sequence[float] | Mapping[int | str, float], log: bool = False) -> float:

@@ -98,3 +98,34 @@ def _config(family: str, vocab: int, hidden: int, layers: int, intermediate: int
     if family == "gemma":
         return Gemma2Config(head_dim=16, **kwargs)
     raise ValueError(f"unknown tiny model family {family!r}")
+
+
+def build_sentencepiece_tokenizer(out_dir: str | Path, vocab_size: int = 400, texts: list[str] | None = None):
+    """A Llama-2-style tokenizer built offline: Metaspace pieces (`▁the`), byte-fallback `<0xNN>` pieces for
+    characters outside the vocabulary, and Llama-2's decoder, which strips the leading space of a
+    sequence's first piece (so decoding a lone `▁the` gives "the")."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from neuroscribe.corpus import builtin_documents
+
+    texts = texts or [d for _, d in zip(range(300), builtin_documents())]
+    base = Tokenizer(models.BPE(unk_token="<unk>"))
+    base.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
+    base.train_from_iterator(texts, trainer)
+    spec = json.loads(base.to_str())
+    vocab = dict(spec["model"]["vocab"])
+    for b in range(256):
+        vocab.setdefault(f"<0x{b:02X}>", len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in spec["model"]["merges"]]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    fast.save_pretrained(str(out_dir))
+    return fast

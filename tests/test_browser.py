@@ -83,6 +83,8 @@ def test_chromium_renders_every_feature_with_both_explanations(browser, tmp_path
             e = f["results"][name]["explanation"]
             shown = html.escape(e["text"], quote=False) if e["ok"] else "unparseable"
             assert shown in dom, (name, e["text"])
+        word = PLANTED[results["features"].index(f)]  # a planted feature shows its true rule beside the rest
+        assert f'true explanation: <b>the word "{word}"</b>' in dom
     # the planted word is shaded at full strength, both as truth and as the teacher's simulation
     assert dom.count('class="t9"') >= len(PLANTED) and dom.count('class="s9"') >= len(PLANTED)
 

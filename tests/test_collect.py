@@ -17,6 +17,7 @@ from neuroscribe.distill.mining import Miner, MiningConfig
 from neuroscribe.corpus import context_prefix, iter_documents, iter_windows
 from neuroscribe.features import ActivationReader, FeatureSpecError, parse_feature_spec
 from neuroscribe.models import load_model
+from neuroscribe.records import ACTIVE_FRACTION
 from neuroscribe.runs.store import ExemplarStore
 
 SMALL = MiningConfig(top_k=6, pool=16, quantiles=3, per_quantile=1, random_k=4, hard_negatives=2, negative_ratio=0.3)
@@ -53,11 +54,11 @@ def _all_window_acts(model_dir, spec, n_windows=96, window=16):
     """Brute force: every window's activations for every feature, no mining."""
     model, tok = load_model(str(model_dir))
     groups = parse_feature_spec(spec, model)
-    windows = list(iter_windows(tok, iter_documents(), window, n_windows))
+    windows = list(iter_windows(tok, iter_documents(), window, n_windows, context=4))
     prefix = context_prefix(tok)
     with ActivationReader(model, groups) as reader:
-        ids = torch.tensor([prefix + list(w.token_ids) for w in windows])
-        acts = torch.cat([reader.read(ids[i : i + 8]) for i in range(0, len(ids), 8)])[:, len(prefix) :]
+        ids = torch.tensor([prefix + list(w.context) + list(w.token_ids) for w in windows])
+        acts = torch.cat([reader.read(ids[i : i + 8]) for i in range(0, len(ids), 8)])[:, len(prefix) + 4 :]
         return reader.features, windows, acts
 
 
@@ -129,9 +130,13 @@ def test_every_source_follows_its_definition(store, tiny_llama):
                 top_tok = set(rec.top_tokens)
                 assert top_tok & set(e.tokens), "a hard negative contains one of the feature's top tokens"
                 assert e.window_id not in top_ids
+            if e.source == "inactive":  # real non-activating text, by the one label rule
+                assert e.max_activation <= ACTIVE_FRACTION * fmax + 1e-6
         assert len(rec.stats.quantile_boundaries) == SMALL.quantiles
         assert list(rec.stats.quantile_boundaries) == sorted(rec.stats.quantile_boundaries)
-    assert sources == {"top", "quantile", "random", "hard_negative"}
+        random_ids = [e.window_id for e in rec.select(sources=["random"])]
+        assert len(random_ids) == len(set(random_ids)) == SMALL.random_k  # top windows are not dropped from it
+    assert sources == {"top", "quantile", "random", "inactive", "hard_negative"}
 
 
 def test_dead_features_are_recorded(tiny_llama, tmp_path):
@@ -165,7 +170,7 @@ def test_memory_does_not_grow_with_the_corpus(tiny_llama):
         tensors = [v for slot in ("top", "pool", "random") for v in miner.state()[slot].values() if v is not None]
         sizes.append((sum(t.numel() for t in tensors), len(miner.window_tokens)))
     assert sizes[0][0] == sizes[1][0]
-    bound = len(groups[0].feature_ids()) * (SMALL.top_k + SMALL.pool + SMALL.random_k)
+    bound = len(groups[0].feature_ids()) * (SMALL.top_k + SMALL.pool + SMALL.random_k + SMALL.inactive_pool)
     assert sizes[1][1] <= bound
 
 
@@ -388,9 +393,11 @@ def test_sae_and_sparsify_features_collect(tiny_llama, tmp_path):
     e = rec.select(sources=["top"])[0]
     seen = {}  # block 1's output before the final norm (hidden_states[-1] has the norm applied)
     handle = model.model.layers[1].register_forward_hook(lambda m, a, out: seen.setdefault("h", out))
+    (w,) = [w for w in iter_windows(tok, iter_documents(), 16, 32, context=4) if w.window_id == e.window_id]
+    context = context_prefix(tok) + list(w.context)  # every window is read after its preceding tokens
     with torch.no_grad():
-        model(torch.tensor([list(e.token_ids)]))
+        model(torch.tensor([context + list(e.token_ids)]))
     handle.remove()
     hidden = seen["h"][0] if isinstance(seen["h"], tuple) else seen["h"]
-    expected = enc.encode(hidden)[0, :, rec.feature.index]
+    expected = enc.encode(hidden)[0, len(context) :, rec.feature.index]
     assert torch.allclose(torch.tensor(e.activations), expected, atol=1e-5)

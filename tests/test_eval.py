@@ -1,9 +1,8 @@
-"""neuroscribe eval: held-out checks, best-of-k selection, baselines, statistics wiring, outputs, reruns.
-
-The pipeline tests run the real stages on a tiny random Llama (collect -> explain -> distill build
--> a real PEFT LoRA adapter as student -> eval). The baseline-ordering test uses planted features
-and a rule-following simulator (see `QuotedWordSimulator` for why that one is a test double).
-"""
+"""eval: held-out features only, every row scored alike on `test`, headline conventions (failures count
+0, insufficient features left out for all), paired comparisons, reliability, several simulators, the
+teacher-run checks, outputs and reruns. The pipeline is real (tiny Llama: collect -> explain -> distill
+build -> a real PEFT LoRA adapter as student). The ordering tests use planted word features with a
+test-double simulator (see QuotedWordSimulator for why)."""
 
 from __future__ import annotations
 
@@ -15,21 +14,30 @@ import statistics
 
 import numpy as np
 import pytest
-from neuroscribe.distill.collect import CollectConfig, collect
-from neuroscribe.distill.datasets import DistillConfig, build_datasets
-from neuroscribe.distill.explain import ExplainConfig, explain
-from neuroscribe.distill.mining import MiningConfig
-from neuroscribe.eval.benchmark import EvalConfig, best_or_first, evaluate, top_tokens_explanation
+from neuroscribe.distill.collect import collect
+from neuroscribe.distill.datasets import build_datasets
+from neuroscribe.distill.explain import explain
+from neuroscribe.eval.benchmark import best_or_first, evaluate, top_tokens_explanation
 from neuroscribe.eval.heldout import LeakageError
 from test_datasets import candidate, write_scored_dir
 
+from neuroscribe.configs import CollectConfig, DistillConfig, EvalConfig, ExplainConfig, MiningConfig
 from neuroscribe.records import Exemplar, FeatureExemplars, FeatureId, FeatureStats, SimulatedExemplar
 from neuroscribe.runs.datasets import read_heldout
 from neuroscribe.runs.eval import read_results
 from neuroscribe.runs.store import ExemplarStore, write_store
 
-MINING = MiningConfig(top_k=6, pool=16, quantiles=3, per_quantile=1, random_k=3, hard_negatives=1)
-EXPLAINERS = ["teacher", "student_best_of_k", "student_best_of_1", "baseline_top_tokens", "baseline_random_feature"]
+MINING = MiningConfig(top_k=6, pool=16, quantiles=3, per_quantile=1, random_k=9, inactive_k=3, hard_negatives=1)
+EXPLAINERS = [
+    "teacher",
+    "teacher_best_of_1",
+    "student_best_of_k",
+    "student_best_of_1",
+    "base_best_of_1",
+    "baseline_top_tokens",
+    "baseline_random_feature",
+    "baseline_null",
+]
 
 
 # --------------------------------------------------------------------------- a real tiny pipeline
@@ -37,7 +45,7 @@ EXPLAINERS = ["teacher", "student_best_of_k", "student_best_of_1", "baseline_top
 
 @pytest.fixture(scope="module")
 def pipeline(tiny_llama, tmp_path_factory):
-    """collect -> explain (teacher = tiny Llama, k=3) -> distill build (3 features held out) -> LoRA student."""
+    """collect -> explain (teacher = tiny Llama, k=3) -> distill build (2 units held out) -> LoRA student."""
     root = tmp_path_factory.mktemp("evalpipe")
     store = collect(
         CollectConfig(
@@ -45,7 +53,7 @@ def pipeline(tiny_llama, tmp_path_factory):
             model=str(tiny_llama),
             features=("mlp:1:0-3",),
             window=12,
-            max_windows=64,
+            max_windows=96,
             batch_size=16,
             mining=MINING,
             progress=False,
@@ -78,7 +86,15 @@ def pipeline(tiny_llama, tmp_path_factory):
     heldout = read_heldout(root / "data")  # the two listed units, both polarities
     student = root / "student"
     _lora_adapter(tiny_llama, student, dataset=root / "data")
-    return {"root": root, "store": store, "keys": keys, "heldout": heldout, "student": student, "spec": spec}
+    return {
+        "root": root,
+        "store": store,
+        "keys": keys,
+        "heldout": heldout,
+        "student": student,
+        "spec": spec,
+        "base": str(tiny_llama),
+    }
 
 
 def _lora_adapter(base, out, dataset) -> None:
@@ -93,6 +109,8 @@ def _lora_adapter(base, out, dataset) -> None:
     model.save_pretrained(str(out))
     AutoTokenizer.from_pretrained(str(base)).save_pretrained(str(out))
     (out / "neuroscribe_run.json").write_text(json.dumps({"kind": "sft", "dataset": str(dataset)}))
+    log = [{"step": s, "loss": 2.0 / s} for s in (1, 2, 3)]
+    (out / "trainer_state.json").write_text(json.dumps({"log_history": log}))
 
 
 def _cfg(p, out, **kw) -> EvalConfig:
@@ -102,7 +120,8 @@ def _cfg(p, out, **kw) -> EvalConfig:
         student=str(p["student"]),
         out=str(out),
         teacher_results=str(p["root"] / "explain"),
-        simulator=p["spec"],
+        simulators=(p["spec"],),
+        base=p["base"],
         k=3,
         max_tokens=12,
         detection=True,
@@ -119,25 +138,30 @@ def evaluated(pipeline, tmp_path_factory):
     return evaluate(_cfg(pipeline, out))
 
 
+def _scores(f: dict, name: str, sim: str) -> dict:
+    return f["results"][name]["scores"][sim]
+
+
 def test_eval_covers_exactly_the_held_out_features_on_the_test_split(evaluated, pipeline):
-    res = evaluated.results
+    res, sim = evaluated.results, pipeline["spec"]
     assert [f["feature"] for f in res["features"]] == read_heldout(pipeline["root"] / "data") == pipeline["heldout"]
     assert [e["name"] for e in res["explainers"]] == EXPLAINERS
     store = ExemplarStore(pipeline["store"])
     for f in res["features"]:
         record = store.get(f["feature"])
-        test_windows = {e.window_id for e in record.select("test") if e.source != "hard_negative"}
-        assert {e["window_id"] for e in f["exemplars"]} == test_windows
+        test_rows = {(e.window_id, e.source) for e in record.select("test", ["top", "quantile", "random"])}
+        assert {(e["window_id"], e["source"]) for e in f["exemplars"]} == test_rows
         assert set(f["results"]) == set(EXPLAINERS)
         for r in f["results"].values():
-            if r["explanation"]["ok"]:  # every explainer is simulated on the same test exemplars
-                assert r["score"] is None or -1 <= r["score"] <= 1
-                assert [p is not None and len(p) for p in r["predicted"]] == [len(e["tokens"]) for e in f["exemplars"]]
-            else:
-                assert r["score"] is None and r["predicted"] == [None] * len(f["exemplars"])
+            s = r["scores"][sim]
+            if s["status"] == "ok":  # every explainer is simulated on the same test exemplars
+                assert -1 <= s["score"] <= 1 and s["headline"] == s["score"]
+                assert [len(p) for p in s["predicted"]] == [len(e["tokens"]) for e in f["exemplars"]]
+            elif s["status"] in ("unparsed", "undefined"):
+                assert s["score"] is None and s["headline"] == 0.0  # a failure counts 0 in the headline
 
 
-def test_best_of_k_selects_on_score_and_best_of_1_is_the_first_sample(evaluated):
+def test_best_of_k_selects_on_score_and_best_of_1_is_greedy(evaluated):
     for f in evaluated.results["features"]:
         best, first = f["results"]["student_best_of_k"], f["results"]["student_best_of_1"]
         cands = best["candidates"]
@@ -145,14 +169,15 @@ def test_best_of_k_selects_on_score_and_best_of_1_is_the_first_sample(evaluated)
         finite = [c["selection_score"] for c in cands if c["ok"] and c["selection_score"] is not None]
         if finite:
             assert best["selection_score"] == max(finite)
-        assert first["explanation"]["sample_index"] == 0 and first["explanation"]["text"] == cands[0]["text"]
-        # the teacher's winner is the best of its run's candidates on `score`
+        assert first["candidates"] == [] and first["explanation"]["sample_index"] == 0  # its own greedy request
         teacher = f["results"]["teacher"]
         scores = [c["selection_score"] for c in teacher["candidates"] if c["ok"] and c["selection_score"] is not None]
         assert teacher["selection_score"] == max(scores)
+        t_first = f["results"]["teacher_best_of_1"]["explanation"]
+        assert t_first["sample_index"] == 0 and t_first["text"] == teacher["candidates"][0]["text"]
 
 
-def test_baselines_come_from_the_explain_split_and_from_another_feature(evaluated, pipeline):
+def test_baselines_come_from_the_explain_split_another_feature_and_nothing(evaluated, pipeline):
     store = ExemplarStore(pipeline["store"])
     teacher_text = {f["feature"]: f["results"]["teacher"]["explanation"]["text"] for f in evaluated.results["features"]}
     for f in evaluated.results["features"]:
@@ -166,29 +191,70 @@ def test_baselines_come_from_the_explain_split_and_from_another_feature(evaluate
         assert other_key != f["feature"]
         if other_key in teacher_text:
             assert other["text"] == teacher_text[other_key]
+        null = f["results"]["baseline_null"]["explanation"]
+        assert null["text"] == "" and null["explainer"] == "baseline:null" and null["ok"]
 
 
-def test_summary_statistics_match_the_per_feature_scores(evaluated):
-    res = evaluated.results
+def test_summary_statistics_use_the_headline_convention(evaluated, pipeline):
+    res, sim = evaluated.results, pipeline["spec"]
     for name in EXPLAINERS:
-        scores = [f["results"][name]["score"] for f in res["features"]]
-        finite = [s for s in scores if s is not None]
-        s = res["summary"][name]
-        assert (s["n"], s["n_missing"]) == (len(finite), len(scores) - len(finite))
-        if finite:
-            assert s["mean"]["estimate"] == pytest.approx(statistics.fmean(finite))
-            assert s["median"]["estimate"] == pytest.approx(statistics.median(finite))
+        rows = [_scores(f, name, sim) for f in res["features"]]
+        values = [r["headline"] for r in rows if r["status"] != "insufficient"]
+        s = res["summary"][sim][name]
+        assert s["n"] == len(values) and s["n_failed"] == sum(r["status"] in ("unparsed", "undefined") for r in rows)
+        assert s["n_insufficient"] == sum(r["status"] == "insufficient" for r in rows)
+        if values:
+            assert s["mean"]["estimate"] == pytest.approx(statistics.fmean(values))
+            assert s["median"]["estimate"] == pytest.approx(statistics.median(values))
             assert s["mean"]["low"] <= s["mean"]["estimate"] <= s["mean"]["high"]
+            assert s["failure_rate"] == pytest.approx(s["n_failed"] / len(values))
         if name != "teacher":
-            pairs = [(f["results"][name]["score"], f["results"]["teacher"]["score"]) for f in res["features"]]
+            pairs = [
+                (_scores(f, name, sim)["headline"], _scores(f, "teacher", sim)["headline"]) for f in res["features"]
+            ]
             pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
             vs = s["vs_teacher"]
-            assert vs["wins"] + vs["ties"] + vs["losses"] == len(pairs)
+            assert vs["wins"] + vs["ties"] + vs["losses"] == len(pairs) == s["n"]  # the same features, always
             if pairs:
                 assert vs["difference"]["estimate"] == pytest.approx(statistics.fmean(a - b for a, b in pairs))
-    assert res["summary"]["teacher"]["vs_teacher"] is None
-    assert set(res["summary"]["teacher"]["by_layer"]) == {str(f["layer"]) for f in res["features"]}
-    assert any(res["summary"][n]["detection"] for n in EXPLAINERS)  # asked for, so computed
+    assert res["summary"][sim]["teacher"]["vs_teacher"] is None
+    assert set(res["summary"][sim]["teacher"]["by_layer"]) == {str(f["layer"]) for f in res["features"]}
+    judged = [n for n in EXPLAINERS if any(f["results"][n]["explanation"]["ok"] for f in res["features"])]
+    assert judged
+    for name in judged:  # asked for, so computed wherever an explanation parsed
+        assert {"detection", "detection_auroc", "fuzzing", "fuzzing_active"} <= set(res["summary"][sim][name]["judges"])
+
+
+def test_comparisons_reliability_and_the_answer_paragraph(evaluated, pipeline):
+    res, sim = evaluated.results, pipeline["spec"]
+    comp = res["comparisons"][sim]
+    gain = comp["distillation_gain"]
+    pairs = [
+        (_scores(f, "student_best_of_1", sim)["headline"], _scores(f, "base_best_of_1", sim)["headline"])
+        for f in res["features"]
+    ]
+    pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+    assert gain["difference"]["estimate"] == pytest.approx(statistics.fmean(a - b for a, b in pairs))
+    assert {"student_vs_teacher_best_of_1", "student_vs_teacher_best_of_k", "gap_closed"} <= set(comp)
+    rel = res["reliability"][sim]
+    assert set(rel["by_explainer"]) <= {
+        "teacher_best_of_1",
+        "student_best_of_1",
+        "base_best_of_1",
+        "baseline_top_tokens",
+        "baseline_random_feature",
+        "baseline_null",
+    }
+    for f in res["features"]:  # unselected rows are also scored on `score`; selected ones are not re-used
+        assert (
+            _scores(f, "student_best_of_1", sim)["selection_split_score"] is not None
+            or _scores(f, "student_best_of_1", sim)["status"] != "ok"
+        )
+        assert _scores(f, "student_best_of_k", sim)["selection_split_score"] is None
+    report = (evaluated.out / "report.md").read_text()
+    opening = report.split("\n\n")[1]
+    assert opening.startswith("**Did the student get better?**") and "base model" in opening
+    assert "Split-half reliability" in opening
 
 
 def test_outputs_are_strict_json_a_report_plots_and_the_model_card_table(evaluated):
@@ -202,28 +268,28 @@ def test_outputs_are_strict_json_a_report_plots_and_the_model_card_table(evaluat
     report = (out / "report.md").read_text()
     for needle in (
         "student best-of-3",
-        "baseline: random other feature",
+        "baseline: null explanation",
         "minus teacher",
-        "plots/student_vs_teacher.png",
+        "plots/student_vs_base.png",
+        "plots/training_loss.png",
         "browser.html",
         "`score`",
         "`test`",
+        "failed (rate)",
     ):
         assert needle in report, needle
-    for name in ("score_distributions", "student_vs_teacher", "score_by_layer"):
+    for name in ("score_distributions", "student_vs_base", "score_by_layer", "training_loss"):
         image = imread(out / "plots" / f"{name}.png")
         assert image.shape[0] > 300 and image.shape[1] > 300 and image[..., :3].std() > 0.05, name
     md, js = eval_table(out / "eval_table.md"), eval_table(out / "eval_table.json")
     for table in (md, js):
         assert "student best-of-3" in table and "mean score [95% CI]" in table and table.startswith("|")
     cost = evaluated.results["cost"]
-    n = len(evaluated.results["features"])  # k = 3 samples per feature, one call each
+    n = len(evaluated.results["features"])  # k = 3 samples per feature plus one greedy, one call each
     assert cost["student_best_of_k"]["fresh_calls"] == 3 * n and cost["student_best_of_1"]["fresh_calls"] == n
-    assert cost["student_best_of_k"]["tokens_in_per_explanation"] == pytest.approx(
-        3 * cost["student_best_of_1"]["tokens_in_per_explanation"], rel=0.01
-    )
     assert cost["student_best_of_1"]["latency_s_per_explanation"] > 0
     assert cost["student_best_of_k"]["usd_per_explanation"] == 0.0  # a local model
+    assert evaluated.results["training"][str(evaluated.results["config"]["student"])][0] == [1, 2.0]
 
 
 def test_rerun_generates_and_simulates_nothing(evaluated, pipeline, tmp_path):
@@ -234,33 +300,37 @@ def test_rerun_generates_and_simulates_nothing(evaluated, pipeline, tmp_path):
     for a, b in zip(again.results["features"], evaluated.results["features"]):
         for name in EXPLAINERS:
             assert a["results"][name]["explanation"] == b["results"][name]["explanation"]
-            assert a["results"][name]["score"] == b["results"][name]["score"]
+            assert a["results"][name]["scores"] == b["results"][name]["scores"]
 
 
 def test_a_fresh_teacher_spec_explains_best_of_k_itself_even_for_one_feature(pipeline, tmp_path):
+    import dataclasses
+
     from neuroscribe.eval.benchmark import eval_command
 
     one = tmp_path / "one.txt"
     one.write_text(pipeline["heldout"][0] + "\n")
     lines: list[str] = []
-    kw = {k: v for k, v in vars(_cfg(pipeline, tmp_path / "fresh")).items()}
-    kw.update(
+    cfg = dataclasses.replace(
+        _cfg(pipeline, tmp_path / "fresh"),
         features=str(one),
         datasets=str(pipeline["root"] / "data"),
         teacher=pipeline["spec"],
         teacher_results=None,
         k=2,
         detection=False,
+        base=None,
     )
-    res = eval_command(echo=lines.append, **kw).results
+    res = eval_command(cfg, echo=lines.append).results
     assert res["provenance"]["teacher"] == pipeline["spec"]
     assert res["cost"]["teacher"]["fresh_calls"] == 2 and res["cost"]["teacher"]["latency_s_per_explanation"] > 0
-    assert [e["name"] for e in res["explainers"]][:2] == ["teacher", "student_best_of_k"]
+    assert [e["name"] for e in res["explainers"]][:3] == ["teacher", "teacher_best_of_1", "student_best_of_k"]
     (f,) = res["features"]
     assert len(f["results"]["teacher"]["candidates"]) == 2
     # one feature: no other feature to borrow an explanation from, so that baseline is absent, not faked
-    assert "baseline_random_feature" not in f["results"] and res["summary"]["baseline_random_feature"]["n"] == 0
-    assert any(line.startswith("student best-of-2") and "minus teacher" in line for line in lines), lines
+    assert "baseline_random_feature" not in f["results"]
+    assert res["summary"][pipeline["spec"]]["baseline_random_feature"]["n"] == 0
+    assert any("student best-of-2" in line and "minus teacher" in line for line in lines), lines
     assert (tmp_path / "fresh" / "report.md").exists() and (tmp_path / "fresh" / "browser.html").exists()
 
 
@@ -312,7 +382,7 @@ def test_a_student_trained_on_another_dataset_is_checked_against_it(pipeline, tm
 
 def test_bad_teacher_results_and_configs_are_refused(pipeline, tmp_path):
     with pytest.raises(ValueError, match="exactly one"):
-        evaluate(_cfg(pipeline, tmp_path / "o", teacher=pipeline["spec"]))
+        _cfg(pipeline, tmp_path / "o", teacher=pipeline["spec"])
     bad = tmp_path / "teacher_on_test"
     write_scored_dir(bad, {k: [candidate(k, "x", 0.5)] for k in pipeline["heldout"]}, split="test")
     with pytest.raises(ValueError, match="field split is 'test'"):
@@ -321,6 +391,18 @@ def test_bad_teacher_results_and_configs_are_refused(pipeline, tmp_path):
     write_scored_dir(partial, {pipeline["heldout"][0]: [candidate(pipeline["heldout"][0], "x", 0.5)]})
     with pytest.raises(KeyError, match=re.escape(pipeline["heldout"][1])):
         evaluate(_cfg(pipeline, tmp_path / "o", teacher_results=str(partial)))
+
+
+def test_a_teacher_run_about_another_store_or_simulator_is_refused(pipeline, tmp_path):
+    every = {k: [candidate(k, "x", 0.5)] for k in pipeline["heldout"]}
+    elsewhere = tmp_path / "elsewhere"
+    write_scored_dir(elsewhere, every, simulator=pipeline["spec"], store_fingerprint="0123456789abcdef")
+    with pytest.raises(ValueError, match=r"store_fingerprint is 0123456789abcdef .* same store"):
+        evaluate(_cfg(pipeline, tmp_path / "o", teacher_results=str(elsewhere)))
+    other_sim = tmp_path / "other_sim"
+    write_scored_dir(other_sim, every, simulator="finetuned:/some/simulator#abc")
+    with pytest.raises(ValueError, match=r"field simulator is 'finetuned:/some/simulator#abc' .* first --simulator"):
+        evaluate(_cfg(pipeline, tmp_path / "o", teacher_results=str(other_sim)))
 
 
 # --------------------------------------------------------------------------- planted ordering
@@ -332,16 +414,15 @@ FILLER = ("the", "a", "of", "and", "we", "saw", "near", "old", "small", "it", "w
 class QuotedWordSimulator:
     """TEST DOUBLE: predicts 9 on every token whose word the explanation names in double quotes, else 0.
 
-    Why a double: no simulator that runs on this machine can read an explanation. The prompted
-    SmolLM2-135M simulator is nearly flat (FIELD-NOTES); measured on word features here, the true
-    explanation 'the token " class"' scored 0.21 against 0.17-0.21 for other features'
-    explanations, and for '(' the true one lost. An ordering test on it would test noise. This
-    simulator follows the rule an ideal one would on these planted word features, so the ordering
-    of explainers is known in advance and the test checks that eval builds the baselines from the
-    right data and wires explanations, scores and paired statistics to the right explainer.
+    Why a double: no simulator that runs on this machine reads an explanation perfectly; the prompted
+    SmolLM2-135M simulator is nearly flat (FIELD-NOTES), so an ordering test on it would test noise.
+    This one follows the rule an ideal simulator would on these planted word features, so the order
+    of the rows is known in advance and the test checks that eval builds baselines from the right data
+    and wires explanations, scores and paired statistics to the right row.
     """
 
-    spec = "test:quoted-word"
+    def __init__(self, spec: str = "test:quoted-word", weight: float = 9.0):
+        self.spec, self.weight = spec, weight
 
     def simulate(self, explanation, exemplars):
         words = {q.strip().lower() for q in re.findall(r'"([^"]*)"', explanation)}
@@ -350,13 +431,13 @@ class QuotedWordSimulator:
                 e.window_id,
                 e.source,
                 tuple(e.activations),
-                tuple(9.0 if t.strip().lower() in words else 0.0 for t in e.tokens),
+                tuple(self.weight if t.strip().lower() in words else 0.0 for t in e.tokens),
             )
             for e in exemplars
         ]
 
 
-def planted_records(words=PLANTED, seed=0) -> list[FeatureExemplars]:
+def planted_records(words=PLANTED, seed=0, no_random_in_test: int | None = None) -> list[FeatureExemplars]:
     """Feature i fires (4.0) on the word words[i] only. Every window holds every OTHER planted word,
     so an explanation of another feature predicts something (a finite, wrong score)."""
     rng = random.Random(seed)
@@ -364,6 +445,8 @@ def planted_records(words=PLANTED, seed=0) -> list[FeatureExemplars]:
     for i, word in enumerate(words):
         exemplars = []
         for split, n_top, n_random in (("explain", 4, 2), ("score", 3, 3), ("test", 3, 3)):
+            if split == "test" and i == no_random_in_test:
+                n_random = 0
             for r in range(n_top + n_random):
                 tokens = [" " + rng.choice(FILLER) for _ in range(10)]
                 planted = [w for w in words if w != word] + ([word] * rng.randint(1, 2) if r < n_top else [])
@@ -385,60 +468,108 @@ def planted_records(words=PLANTED, seed=0) -> list[FeatureExemplars]:
     return records
 
 
-def planted_setup(root, words=PLANTED):
-    """A store of planted features, the teacher's candidates (the true explanation and a wrong one),
-    and a datasets folder holding them all out."""
-    records = planted_records(words)
+def planted_setup(root, words=PLANTED, unparsed: int | None = None, no_random_in_test: int | None = None):
+    """A store of planted features, the teacher's candidates (the true explanation and a wrong one; for
+    feature `unparsed` only an unparseable reply), reference explanations, and a dataset folder holding
+    them all out."""
+    records = planted_records(words, no_random_in_test=no_random_in_test)
     store = write_store(root / "store", records, {"model": "planted-words"})
     keys = [r.feature.key for r in records]
     cands = {
         k: [candidate(k, f'the word "{w}"', 0.9, 0), candidate(k, "words about the weather", 0.1, 1)]
         for k, w in zip(keys, words)
     }
-    write_scored_dir(root / "teacher", cands, store=str(store))
+    if unparsed is not None:
+        cands[keys[unparsed]] = [candidate(keys[unparsed], "garbage", 0.5, 0, ok=False)]
+    write_scored_dir(root / "teacher", cands, store=str(store), simulator="test:quoted-word")
     data = root / "data"
     data.mkdir()
     (data / "build.json").write_text(
         json.dumps({"splits": {"train": ["mlp/L9/0+"], "validation": [], "heldout": keys}})
     )
     (data / "heldout.txt").write_text("".join(k + "\n" for k in keys))
+    (root / "truth.jsonl").write_text(
+        "".join(json.dumps({"feature": k, "explanation": f'the word "{w}"'}) + "\n" for k, w in zip(keys, words))
+    )
     return store, keys
 
 
-def planted_eval(root, tiny_llama, **kw):
-    store, keys = planted_setup(root)
+def planted_eval(root, tiny_llama, simulators=None, **kw):
+    setup = {k: kw.pop(k) for k in ("unparsed", "no_random_in_test") if k in kw}
+    store, keys = planted_setup(root, **setup)
     cfg = EvalConfig(
         store=str(store),
         features=str(root / "data" / "heldout.txt"),
         student=str(tiny_llama),
         out=str(root / "eval"),
         teacher_results=str(root / "teacher"),
-        simulator="unused",
+        simulators=("unused",),
         k=2,
         max_tokens=8,
         n_resamples=500,
+        reference=str(root / "truth.jsonl"),
         progress=False,
         **kw,
     )
-    return evaluate(cfg, simulator=QuotedWordSimulator())
+    return evaluate(cfg, simulators=simulators or [QuotedWordSimulator()])
 
 
-def test_planted_features_order_true_explanation_above_the_random_feature_baseline(tiny_llama, tmp_path):
+def test_planted_features_order_the_rows_as_the_truth_says(tiny_llama, tmp_path):
     res = planted_eval(tmp_path, tiny_llama, report=False).results
+    sim = "test:quoted-word"
     for f, word in zip(res["features"], PLANTED):
         r = f["results"]
         assert r["teacher"]["explanation"]["text"] == f'the word "{word}"'
-        assert r["teacher"]["score"] == pytest.approx(1.0)
+        assert r["teacher"]["scores"][sim]["score"] == pytest.approx(1.0)
+        assert r["reference"]["scores"][sim]["score"] == pytest.approx(1.0)
         assert r["baseline_top_tokens"]["explanation"]["text"] == f'the token " {word}"'
-        assert r["baseline_top_tokens"]["score"] == pytest.approx(1.0)
+        assert r["baseline_top_tokens"]["scores"][sim]["score"] == pytest.approx(1.0)
         other = r["baseline_random_feature"]
         assert other["explanation"]["text"] != r["teacher"]["explanation"]["text"]
-        assert other["score"] is not None and other["score"] < 0.2
-    s = res["summary"]
+        assert other["scores"][sim]["score"] is not None and other["scores"][sim]["score"] < 0.2
+        assert r["baseline_null"]["scores"][sim]["status"] == "undefined"  # says nothing: a constant prediction
+    s = res["summary"][sim]
     rnd = s["baseline_random_feature"]["vs_teacher"]
     assert rnd["difference"]["high"] < 0 and rnd["losses"] == len(PLANTED) and rnd["win_rate"]["estimate"] == 0
     assert s["baseline_top_tokens"]["vs_teacher"]["ties"] == len(PLANTED)
     assert s["teacher"]["mean"]["low"] > s["baseline_random_feature"]["mean"]["high"]
+    assert s["baseline_null"]["mean"]["estimate"] == 0.0 and s["baseline_null"]["n_failed"] == len(PLANTED)
+    oracle = res["comparisons"][sim]["oracle_vs_null"]["difference"]
+    assert oracle["estimate"] == pytest.approx(1.0) and oracle["low"] > 0
+
+
+def test_a_failed_explanation_counts_zero_and_an_insufficient_feature_is_left_out_for_everyone(tiny_llama, tmp_path):
+    res = planted_eval(tmp_path, tiny_llama, report=False, unparsed=1, no_random_in_test=2).results
+    sim = "test:quoted-word"
+    s = res["summary"][sim]
+    teacher = [f["results"]["teacher"]["scores"][sim] for f in res["features"]]
+    assert teacher[1]["status"] == "unparsed" and teacher[1]["headline"] == 0.0
+    assert teacher[2]["status"] == "insufficient" and teacher[2]["headline"] is None
+    assert "no random exemplar" in res["features"][2]["insufficient"]
+    assert (
+        s["teacher"]["n_failed"] == 1 and s["teacher"]["n_insufficient"] == 1 and s["teacher"]["n"] == len(PLANTED) - 1
+    )
+    assert s["teacher"]["mean"]["estimate"] == pytest.approx((len(PLANTED) - 2) / (len(PLANTED) - 1))
+    for name, row in s.items():  # paired comparisons always cover the same features
+        assert row["n_insufficient"] == 1, name
+        if row["vs_teacher"]:
+            assert row["vs_teacher"]["difference"]["n"] == len(PLANTED) - 1
+
+
+def test_every_simulator_gets_a_table_and_the_first_selects(tiny_llama, tmp_path):
+    judge = QuotedWordSimulator("test:half-weight", weight=4.5)
+    res = planted_eval(tmp_path, tiny_llama, simulators=[QuotedWordSimulator(), judge]).results
+    assert res["provenance"]["simulators"] == ["test:quoted-word", "test:half-weight"]
+    assert res["provenance"]["selection_simulator"] == "test:quoted-word"
+    assert (
+        set(res["summary"])
+        == set(res["comparisons"])
+        == set(res["reliability"])
+        == set(res["provenance"]["simulators"])
+    )
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "## Scored by `test:quoted-word` (selects best-of-k)" in report
+    assert "## Scored by `test:half-weight` (second judge)" in report
 
 
 def test_top_tokens_baseline_reads_only_the_explain_split():
@@ -473,22 +604,24 @@ def test_best_or_first_prefers_the_highest_finite_score_then_the_first_sample():
 @pytest.mark.slow
 def test_smollm2_student_and_simulator_end_to_end(tmp_path):
     """The real bundled model as student and simulator, on 2 planted features with k=2."""
-    words = PLANTED[:2]
-    store, keys = planted_setup(tmp_path, words)
+    store, keys = planted_setup(tmp_path, PLANTED[:2])
+    sim = "hf:smollm2-135m-instruct"
+    meta = json.loads((tmp_path / "teacher" / "meta.json").read_text())
+    (tmp_path / "teacher" / "meta.json").write_text(json.dumps({**meta, "simulator": sim}))
     cfg = EvalConfig(
         store=str(store),
         features=str(tmp_path / "data" / "heldout.txt"),
         student="smollm2-135m-instruct",
         out=str(tmp_path / "eval"),
         teacher_results=str(tmp_path / "teacher"),
-        simulator="hf:smollm2-135m-instruct",
+        simulators=(sim,),
         k=2,
         max_tokens=24,
         n_resamples=200,
         progress=False,
     )
     res = evaluate(cfg).results
-    assert res["provenance"]["student"] == "hf:smollm2-135m-instruct"
+    assert res["provenance"]["student"] == sim
     oks = [
         f["results"][n]
         for f in res["features"]
@@ -497,7 +630,8 @@ def test_smollm2_student_and_simulator_end_to_end(tmp_path):
     ]
     assert oks, "SmolLM2 wrote no parseable explanation"
     for r in oks:
-        assert r["explanation"]["text"] and r["explanation"]["explainer"] == "hf:smollm2-135m-instruct"
-        assert r["score"] is None or math.isfinite(r["score"])
-        assert all(p is not None and all(0 <= v <= 9 for v in p) for p in r["predicted"])
+        assert r["explanation"]["text"] and r["explanation"]["explainer"] == sim
+        s = r["scores"][sim]
+        assert s["score"] is None or math.isfinite(s["score"])
+        assert all(p is not None and all(0 <= v <= 9 for v in p) for p in s["predicted"])
     assert (tmp_path / "eval" / "browser.html").exists() and (tmp_path / "eval" / "report.md").exists()

@@ -17,7 +17,7 @@ from neuroscribe.distill.score import ScoreConfig, score
 
 from neuroscribe.runs.store import ExemplarStore
 
-MINING = MiningConfig(top_k=6, pool=16, quantiles=3, per_quantile=1, random_k=3, hard_negatives=1)
+MINING = MiningConfig(top_k=6, pool=16, quantiles=3, per_quantile=1, random_k=9, inactive_k=3, hard_negatives=1)
 
 
 @pytest.fixture(scope="module")
@@ -96,11 +96,13 @@ def test_every_feature_gets_k_scored_candidates_on_held_out_exemplars(explained,
         for c in cands:
             assert c["split"] == "score" and c["explanation"]["raw"]
             sims = c["simulations"]
-            if c["explanation"]["ok"]:
+            if c["status"] == "insufficient":  # a split without both sides is never simulated
+                assert not sims and math.isnan(c["score"]) and c["reason"].startswith("insufficient")
+            elif c["explanation"]["ok"]:
                 assert sims and not {s["window_id"] for s in sims} & explain_windows
                 assert len(sims) == c["n_exemplars"]
             else:
-                assert math.isnan(c["score"]) and c["explanation"]["error"]
+                assert math.isnan(c["score"]) and c["explanation"]["error"] and c["status"] == "unparsed"
     meta = json.loads((explained / "meta.json").read_text())
     assert meta["k"] == 4 and meta["n_candidates"] == len(rows) and meta["prompt_version"]
     assert meta["n_candidates"] + meta["n_duplicates_dropped"] == 4 * len(store.keys())

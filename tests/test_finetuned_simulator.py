@@ -207,6 +207,22 @@ def test_simulate_reads_the_class_logits_at_each_tokens_own_position(tiny):
     assert max(abs(x - y) for s, o in zip(fast, other) for x, y in zip(s.predicted, o.predicted)) > 1e-6
 
 
+def test_simulate_many_batches_headers_and_agrees_with_one_at_a_time(tiny):
+    """k explanations of different lengths (left-padded headers) over the same exemplars, in one call,
+    give what k separate `simulate` calls give."""
+    model, tok = tiny
+    fmt = SimulatorFormat.for_tokenizer(tok)
+    exemplars = exemplars_of(tok)
+    texts = ["commas", "numbers in tables of data and their units", "x"]
+    sim = FinetunedSimulator(model, tok, fmt, batch_size=2)
+    many = sim.simulate_many(texts, exemplars)
+    for text, got in zip(texts, many):
+        want = sim.simulate(text, exemplars)
+        assert [s.window_id for s in got] == [e.window_id for e in exemplars]
+        assert max(abs(x - y) for a, b in zip(got, want) for x, y in zip(a.predicted, b.predicted)) < 1e-4
+    assert max(abs(x - y) for a, b in zip(many[0], many[1]) for x, y in zip(a.predicted, b.predicted)) > 1e-6
+
+
 def test_predictions_map_back_to_subject_tokens_of_another_tokenizer(tiny, smol_tok):
     """Exemplars tokenised by SmolLM2 (the subject), simulated by the tiny Llama (512-token BPE)."""
     model, tok = tiny

@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from neuroscribe.distill.planted import KIND, RULES, explanations_of, planted_features, word_rule
+from neuroscribe.distill.planted import (
+    FAMILIES, KIND, RULES, explanations_of, planted_features, simulator_rows, word_rule,
+)
+from neuroscribe.distill.planted_rules import PARTS, split_suite, suite
 
 from neuroscribe.corpus import builtin_documents
 from neuroscribe.records import SPLITS
@@ -72,7 +75,8 @@ def test_exemplars_are_shaped_like_collects(features, tok):
     rules, feats = features
     docs = list(builtin_documents())
     for i, feature in enumerate(feats):
-        assert feature.feature.kind == KIND and feature.feature.index == i
+        assert feature.feature == rules[i].feature and feature.feature.kind == KIND
+        assert feature.feature.layer == FAMILIES.index(rules[i].family)
         for source, n in (("top", 9), ("random", 9)):
             chosen = feature.select(sources=[source])
             assert len(chosen) == n
@@ -86,3 +90,49 @@ def test_exemplars_are_shaped_like_collects(features, tok):
     assert any("".join(e.tokens) in d for d in docs)  # tokens join back to the corpus text exactly
     assert tok.convert_tokens_to_ids(tok.tokenize("".join(e.tokens))) == list(e.token_ids)
     assert explanations_of(rules)[feats[4].feature.key] == 'the word "object"'
+
+
+def test_the_suite_covers_every_family_with_distinct_true_explanations():
+    rules = suite()
+    assert len(rules) >= 150
+    assert {r.family for r in rules} == set(FAMILIES) - {""}
+    assert len({r.feature.key for r in rules}) == len(rules)  # stable keys never collide
+    assert len({r.explanation for r in rules}) == len(rules)
+    assert all(len(r.all_phrasings) >= 1 and r.explanation == r.all_phrasings[0] for r in rules)
+
+
+def test_split_suite_is_disjoint_covers_families_and_ignores_order():
+    rules = suite()
+    parts = split_suite(rules)
+    names = {p: {r.name for r in parts[p]} for p in PARTS}
+    assert sum(map(len, names.values())) == len(rules)
+    assert not (names["simulator"] & names["explainer"] or names["simulator"] & names["heldout"]
+                or names["explainer"] & names["heldout"])
+    for family in {r.family for r in rules}:
+        if sum(r.family == family for r in rules) >= 3:
+            assert all(any(r.family == family for r in parts[p]) for p in PARTS), family
+    shuffled = split_suite(list(reversed(rules)))
+    assert {p: {r.name for r in shuffled[p]} for p in PARTS} == names  # the deal depends on names only
+    assert {r.name for r in split_suite(rules, seed=1)["heldout"]} != names["heldout"]
+
+
+def test_a_rules_feature_key_does_not_depend_on_the_suite():
+    rule = word_rule("object")
+    assert rule.feature == word_rule("object").feature
+    assert rule.feature.key.startswith("planted/L1/")  # family "word" is layer 1
+
+
+def test_simulator_rows_label_each_window_by_its_own_rule(tok):
+    rules = [RULES["digits"], RULES["comma"], word_rule("object")]
+    rows = simulator_rows(tok, rules, window=16, max_windows=600, per_rule=3, n_random=2, others=1, seed=0)
+    assert len(rows) == len(rules) * (3 + 2) * 2  # each window under its own rule and one other
+    by_key = {r.feature.key: r for r in rules}
+    for row in rows:
+        rule = by_key[row["feature"]]
+        assert row["explanation"] in rule.all_phrasings
+        chars = {"digits": r"\d", "comma": ",", "word:object": r"(?i)object"}[rule.name]
+        if rule.name != "word:object":
+            assert [a > 0 for a in row["activations"]] == [bool(re.search(chars, t)) for t in row["tokens"]]
+        assert row["classes"] == [10 if a > 0 else 0 for a in row["activations"]]
+    own = rows[::2]
+    assert all(any(a > 0 for a in r["activations"]) for r in own[:3])  # a rule's top windows fire

@@ -48,7 +48,7 @@ def user_text(messages) -> str:
 
 
 def test_normalise_maps_to_single_digits():
-    assert prompts.normalise([-1, 0, 0.05, 0.5, 0.95, 1.0], 1.0) == [0, 0, 0, 5, 9, 9]
+    assert prompts.normalise([-1, 0, 0.05, 0.5, 0.95, 1.0], 1.0) == [0, 0, 1, 5, 9, 9]  # weak but positive: 1
     assert prompts.normalise([3.0, 1.0], 0.0) == [0, 0]
 
 

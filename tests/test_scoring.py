@@ -71,11 +71,10 @@ def test_top_and_random_mixes_one_to_one():
     assert got != pytest.approx(scoring.pooled_correlation(top_true + rnd_true, top_pred + rnd_pred))
 
 
-def test_top_and_random_with_one_side_empty_scores_the_other():
+def test_top_and_random_with_one_side_empty_is_undefined_not_a_one_sided_score():
     top_true, top_pred = [[0, 1, 5]], [[1, 2, 8]]
-    assert scoring.top_and_random_score(top_true, top_pred, [], []) == pytest.approx(
-        scoring.pearson([0, 1, 5], [1, 2, 8])
-    )
+    assert math.isnan(scoring.top_and_random_score(top_true, top_pred, [], []))
+    assert math.isnan(scoring.top_and_random_score([], [], top_true, top_pred))
 
 
 def test_random_only_score_is_pooled_over_random_records():
@@ -98,7 +97,8 @@ def test_probability_accuracy_thresholds_yes_probabilities():
     probs, truth = [0.9, 0.6, 0.4, 0.1], [True, False, True, False]
     assert scoring.probability_accuracy(probs, truth) == pytest.approx(0.5)  # 0.6 -> yes (wrong), 0.4 -> no
     assert scoring.probability_accuracy(probs, truth, threshold=0.3) == pytest.approx(0.75)
-    assert scoring.detection_score(probs, truth) == scoring.fuzzing_score(probs, truth)
+    assert scoring.auroc(probs, truth) == pytest.approx(0.75)  # 3 of the 4 (yes, no) pairs ordered right
+    assert math.isnan(scoring.auroc([0.2, 0.9], [True, True]))  # one class only
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         scoring.probability_accuracy([1.5], [True])
 

@@ -11,7 +11,14 @@ import pytest
 from neuroscribe import scoring
 from neuroscribe.prompts import detection_messages
 from neuroscribe.records import Exemplar, Explanation, FeatureExemplars, FeatureId
-from neuroscribe.scorers import detection_score, fuzzing_pairs, fuzzing_score, simulate_and_score
+from neuroscribe.scorers import (
+    detection_items,
+    detection_score,
+    fuzzing_items,
+    fuzzing_score,
+    simulate_and_score,
+    target_values,
+)
 from neuroscribe.simulators.allatonce import LocalSimulator, digit_token_ids, single_token_ids
 
 FEATURE = FeatureId("mlp", 2, 11)
@@ -112,9 +119,9 @@ class RecordingSimulator(LocalSimulator):
 
     seen: list[Exemplar]
 
-    def simulate(self, explanation, exemplars):
+    def simulate_many(self, explanations, exemplars):
         self.seen = list(getattr(self, "seen", [])) + list(exemplars)
-        return super().simulate(explanation, exemplars)
+        return super().simulate_many(explanations, exemplars)
 
 
 def test_simulate_and_score_uses_only_held_out_exemplars(tiny):
@@ -127,19 +134,19 @@ def test_simulate_and_score_uses_only_held_out_exemplars(tiny):
     assert not seen & {e.window_id for e in record.exemplars if e.split != "score"}
     assert scored.n_exemplars == len(scored.simulations) == 6 and scored.simulator == "hf:tiny"
     assert [s.source for s in scored.simulations] == ["top", "top", "quantile", "quantile", "random", "random"]
-    # The headline numbers are exactly the pure scoring functions over the simulations.
+    # The headline numbers are exactly the pure scoring functions over the simulations, against
+    # relu(activation) by default and the signed activation with target="raw".
     top, rnd = scored.simulations[:4], scored.simulations[4:]
-    expect = scoring.top_and_random_score(
-        [s.true_activations for s in top],
-        [s.predicted for s in top],
-        [s.true_activations for s in rnd],
-        [s.predicted for s in rnd],
-    )
-    assert scored.score == expect or (math.isnan(expect) and math.isnan(scored.score))
+    assert any(a < 0 for s in scored.simulations for a in s.true_activations), "the fixture has negative values"
+    for target, result in (("relu", scored), ("raw", simulate_and_score(sim, explanation(), record, "score", "raw"))):
+        truth = [target_values(s.true_activations, target) for s in result.simulations]
+        pred = [s.predicted for s in result.simulations]
+        expect = scoring.top_and_random_score(truth[:4], pred[:4], truth[4:], pred[4:])
+        assert result.score == pytest.approx(expect) and result.target == target and result.status == "ok"
+        assert result.random_only_score == pytest.approx(scoring.random_only_score(truth[4:], pred[4:]), nan_ok=True)
+    assert scored.score != pytest.approx(simulate_and_score(sim, explanation(), record, "score", "raw").score)
+    assert (scored.n_top, scored.n_random, scored.n_top_held, scored.n_random_held) == (2, 2, 4, 2)
     assert -1.0 <= scored.score <= 1.0
-    assert scored.random_only_score == pytest.approx(
-        scoring.random_only_score([s.true_activations for s in rnd], [s.predicted for s in rnd]), nan_ok=True
-    )
 
 
 def test_simulate_and_score_guards(tiny):
@@ -150,18 +157,46 @@ def test_simulate_and_score_guards(tiny):
     with pytest.raises(ValueError, match="exemplars are for"):
         simulate_and_score(sim, Explanation("mlp/L0/1+", "x", "test"), record)
     failed = simulate_and_score(sim, explanation(ok=False), record)
-    assert math.isnan(failed.score) and failed.simulations == ()
+    assert math.isnan(failed.score) and failed.simulations == () and failed.status == "unparsed"
+    no_random = FeatureExemplars(record.feature, tuple(e for e in record.exemplars if e.source != "random"))
+    lacking = simulate_and_score(sim, explanation(), no_random)
+    assert lacking.status == "insufficient" and "no random exemplar" in lacking.reason and math.isnan(lacking.score)
+    assert lacking.simulations == (), "an insufficient split is never simulated, let alone scored one-sided"
 
 
-def test_fuzzing_pairs_mark_active_tokens_and_same_count_of_decoys():
+def test_judges_label_by_activation_not_by_source():
     record = make_record()
-    pairs = fuzzing_pairs(record, "score", seed=3)
-    assert pairs and pairs == fuzzing_pairs(record, "score", seed=3)
-    assert {e.split for e, _, _ in pairs} == {"score"} and {e.source for e, _, _ in pairs} <= {"top", "quantile"}
-    for (e, real, t1), (e2, decoy, t2) in zip(pairs[::2], pairs[1::2]):
-        assert e is e2 and t1 and not t2
-        assert sum(real) == sum(decoy) > 0 and not any(a and b for a, b in zip(real, decoy))
-        assert all(e.activations[i] > 0 for i, m in enumerate(real) if m)
+    fmax = record.reference_max
+    items = detection_items(record, "score")
+    assert len({e.window_id for e, _ in items}) == len(items)  # each window once
+    for e, activating in items:
+        assert activating == (max(e.activations) > 0.1 * fmax)  # whatever source mined it
+    assert any(e.source == "random" and y for e, y in items) or any(e.source == "top" and not y for e, y in items)
+
+
+def test_fuzzing_default_and_active_variants():
+    record = make_record()
+    fmax = record.reference_max
+    default = fuzzing_items(record, "score", seed=3)
+    assert default and default == fuzzing_items(record, "score", seed=3)
+    positives = [(e, m) for e, m, t in default if t]
+    assert all(m[i] == (e.activations[i] > 0.1 * fmax) for e, m in positives for i in range(len(m)))
+    mean = round(sum(sum(m) for _, m in positives) / len(positives))
+    for e, marks, truth in default:
+        if not truth:  # a non-activating exemplar with as many random tokens marked as positives mark
+            assert max(e.activations) <= 0.1 * fmax and sum(marks) == mean
+    active = fuzzing_items(record, "score", seed=3, variant="active")
+    decoys = [(e, m) for e, m, t in active if not t]
+    truths = {e.window_id: m for e, m, t in active if t}
+    assert decoys
+    for e, decoy in decoys:
+        real = truths[e.window_id]
+        assert sum(decoy) == sum(real) and not any(a and b for a, b in zip(real, decoy))
+
+        def runs(m):
+            return sorted(len(r) for r in "".join("1" if x else "0" for x in m).split("0") if r)
+
+        assert runs(decoy) == runs(real), "decoys keep the shape of the true runs"
 
 
 def test_detection_and_fuzzing_return_balanced_accuracies(tiny):
@@ -169,8 +204,20 @@ def test_detection_and_fuzzing_return_balanced_accuracies(tiny):
     sim = LocalSimulator(*tiny, batch_size=4)
     probs = sim.yes_probabilities([[{"role": "user", "content": "Is this a test?"}]] * 2)
     assert len(probs) == 2 and all(0.0 < p < 1.0 for p in probs) and probs[0] == pytest.approx(probs[1])
-    for score in (detection_score(sim, explanation(), record), fuzzing_score(sim, explanation(), record)):
-        assert 0.0 <= score <= 1.0
+    scores = {
+        **detection_score(sim, explanation(), record),
+        **fuzzing_score(sim, explanation(), record),
+        **fuzzing_score(sim, explanation(), record, variant="active"),
+    }
+    assert set(scores) == {
+        "detection",
+        "detection_auroc",
+        "fuzzing",
+        "fuzzing_auroc",
+        "fuzzing_active",
+        "fuzzing_active_auroc",
+    }
+    assert all(0.0 <= v <= 1.0 for v in scores.values() if not math.isnan(v))
     with pytest.raises(ValueError, match="held-out split"):
         detection_score(sim, explanation(), record, split="explain")
 
@@ -193,7 +240,10 @@ def test_unreadable_predictions_are_dropped_and_counted_not_zeroed(tiny):
     scored = simulate_and_score(LossySimulator(*tiny), explanation(), record)
     n_nan = sum(math.isnan(v) for s in scored.simulations for v in s.predicted)
     assert n_nan > 0 and scored.n_parse_failures == n_nan
-    keep = [[(t, p) for t, p in zip(s.true_activations, s.predicted) if not math.isnan(p)] for s in scored.simulations]
+    keep = [
+        [(t, p) for t, p in zip(target_values(s.true_activations, "relu"), s.predicted) if not math.isnan(p)]
+        for s in scored.simulations
+    ]
     top, rnd = [k for k in keep[:4] if k], [k for k in keep[4:] if k]
     expect = scoring.top_and_random_score(
         [[t for t, _ in k] for k in top],

@@ -113,6 +113,10 @@ def test_random_candidates_vary_and_seed_is_stable(scored, planted, tmp_path):
     assert len(set(ra["explanation"])) > len(set(rows_of(a.out_dir, "stage2")["train"]["explanation"]))
 
 
+def planted_by_key(planted) -> dict:
+    return {f.feature.key: f for f in planted[1]}
+
+
 def losses(run) -> list[float]:
     state = json.loads((Path(run) / "trainer_state.json").read_text())
     return [e["loss"] for e in state["log_history"] if "loss" in e]
@@ -160,17 +164,21 @@ def test_tiny_recipe_trains_and_writes_a_loadable_run(run):
         assert (out / name).exists(), name
     fmt = read_simulator_file(out)
     assert list(fmt.class_token_ids) == info["class_token_ids"] and fmt.run_id == info["run_id"]
+    build = json.loads((Path(info["dataset"]) / "build.json").read_text())
+    trained = set(build["splits"]["train"]) | set(build["splits"]["validation"])
+    assert set(fmt.trained_features) == trained and not trained & set(build["splits"]["heldout"])
+    assert set(fmt.trained_splits) == {"explain", "score", "test"}  # every split of those features was seen
     assert "Per-token activation simulator" in (out / "README.md").read_text()
 
 
-def test_finetuned_spec_scores_held_out_features_through_score(run, scored, data_dir, tmp_path):
+def test_finetuned_spec_scores_held_out_features_through_score(run, scored, data_dir, planted, tmp_path):
     from neuroscribe.distill.score import ScoreConfig, score
 
     from neuroscribe.simulators import load_simulator
 
     out, info = run
     heldout = (data_dir / "heldout.txt").read_text().split()
-    rules = dict(zip((f"planted/L0/{i}+" for i in range(len(RULE_NAMES))), (RULES[n] for n in RULE_NAMES)))
+    rules = {RULES[n].feature.key: RULES[n] for n in RULE_NAMES}
     lines = [json.dumps({"feature": k, "explanation": rules[k].explanation}) for k in heldout]
     (tmp_path / "expl.jsonl").write_text("\n".join(lines) + "\n")
     result = score(
@@ -184,7 +192,10 @@ def test_finetuned_spec_scores_held_out_features_through_score(run, scored, data
         )
     )
     assert [s.explanation.feature for s in result] == heldout
-    assert all(math.isfinite(s.score) and s.n_exemplars == 4 and s.n_parse_failures == 0 for s in result)
+    for s in result:  # every test exemplar is simulated, none unreadable
+        n_test = len(planted_by_key(planted)[s.explanation.feature].select("test"))
+        assert s.status == "ok" and math.isfinite(s.score) and s.n_parse_failures == 0
+        assert s.n_exemplars == n_test == s.n_top_held + s.n_random_held > 0
     summary = json.loads((tmp_path / "scored" / "summary.json").read_text())
     assert summary["simulator"] == f"finetuned:{out}#{info['run_id'][:12]}"
     sim = load_simulator(f"finetuned:{out}#{info['run_id'][:8]}", dtype="bfloat16")  # a pinned run loads ...

@@ -46,6 +46,31 @@ class ExplainerArguments(ScriptArguments):
         default=False,
         metadata={"help": "Replace a finished run in output_dir (without it, a finished run is never trained over)."},
     )
+    lora_layers: str | None = field(
+        default=None,
+        metadata={"help": "LoRA on these decoder layers only: 'last:N' or a comma list of indices (default: all)."},
+    )
+
+
+def peft_config(model_args: ModelConfig, script_args: ExplainerArguments, model_dir: str):
+    """TRL's LoRA config from the recipe, restricted to `script_args.lora_layers` (None without --use_peft)."""
+    from transformers import AutoConfig
+    from trl import get_peft_config
+
+    cfg = get_peft_config(model_args)
+    spec = script_args.lora_layers
+    if cfg is None or not spec:
+        return cfg
+    n_layers = AutoConfig.from_pretrained(model_dir).num_hidden_layers
+    if spec.startswith("last:"):
+        layers = list(range(max(0, n_layers - int(spec[5:])), n_layers))
+    else:
+        layers = [int(x) for x in spec.split(",")]
+    bad = [i for i in layers if not 0 <= i < n_layers]
+    if bad or not layers:
+        raise ValueError(f"lora_layers: {spec!r} names layers outside 0..{n_layers - 1}")
+    cfg.layers_to_transform = layers
+    return cfg
 
 
 def config_class(kind: str):

@@ -16,7 +16,8 @@ import sys
 def main(script_args, training_args, model_args, source=None, callbacks=None) -> dict:
     """Train, save and write the run card; returns the run info (empty on non-main ranks)."""
     from neuroscribe.train import pipeline
-    from trl import SFTTrainer, get_peft_config, get_quantization_config
+    from neuroscribe.train.args import peft_config
+    from trl import SFTTrainer, get_quantization_config
 
     # seed -> logging -> data -> tokenizer
     run = pipeline.prepare(script_args, training_args, model_args)
@@ -29,7 +30,7 @@ def main(script_args, training_args, model_args, source=None, callbacks=None) ->
         train_dataset=run.train,
         eval_dataset=run.eval,
         processing_class=run.tokenizer,
-        peft_config=get_peft_config(model_args),
+        peft_config=peft_config(model_args, script_args, run.model_dir),
         quantization_config=get_quantization_config(model_args),
         callbacks=callbacks,
     )

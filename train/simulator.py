@@ -64,12 +64,13 @@ def check_training_args(training_args, model_args) -> None:
     training_args.label_names = ["labels"]
 
 
-def load_model(model_dir: str, model_args, training_args):
+def load_model(model_dir: str, model_args, training_args, script_args):
     """The causal LM to train: a saved LoRA simulator keeps training its adapter; else LoRA or full."""
     from neuroscribe.train.pipeline import resolve_model_dir
     from peft import PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
-    from trl import get_peft_config
+
+    from neuroscribe.train.args import peft_config
 
     kwargs = {
         "dtype": model_args.dtype,
@@ -87,7 +88,7 @@ def load_model(model_dir: str, model_args, training_args):
         model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need grads
     if adapter.exists():
         return PeftModel.from_pretrained(model, model_dir, is_trainable=True)
-    return get_peft_model(model, get_peft_config(model_args)) if model_args.use_peft else model
+    return get_peft_model(model, peft_config(model_args, script_args, base_dir)) if model_args.use_peft else model
 
 
 def simulator_format(model_dir: str, tokenizer, base_model: str, dataset) -> SimulatorFormat:
@@ -133,7 +134,7 @@ def main(script_args, training_args, model_args, source=None, callbacks=None) ->
     # format: class ids, and the features this simulator must never score afterwards
     fmt = simulator_format(run.model_dir, run.tokenizer, model_args.model_name_or_path, run.dataset)
     # model
-    model = load_model(run.model_dir, model_args, training_args)
+    model = load_model(run.model_dir, model_args, training_args, script_args)
     # trainer
     trainer = Trainer(
         model=model,

@@ -6,6 +6,7 @@ Specs:
   openai:MODEL@URL[,URL...]              OpenAI-compatible servers, e.g. openai:smollm2@http://127.0.0.1:8000/v1
   anthropic:MODEL                        Anthropic Messages API (ANTHROPIC_API_KEY)
   vllm:MODEL                             vLLM offline engine (optional, GPU)
+  patterns:v1                            no LLM: template phrases over the prompt's marked tokens
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ __all__ = [
     "sample_seed",
 ]
 
-KINDS = ("hf", "openai", "anthropic", "vllm")
+KINDS = ("hf", "openai", "anthropic", "vllm", "patterns")
 _REMOTE_OPTS = {"base_urls", "max_concurrency", "retry", "budget", "allow_plain_http"}
 
 
@@ -59,7 +60,7 @@ def parse_spec(spec: str) -> BackendSpec:
     kind = kind.strip().lower()
     example = (
         "e.g. hf:smollm2-135m-instruct, openai:gpt-4o-mini, openai:MODEL@http://127.0.0.1:8000/v1, "
-        "anthropic:MODEL, vllm:MODEL"
+        "anthropic:MODEL, vllm:MODEL, patterns:v1"
     )
     if not sep or kind not in KINDS or not rest.strip():
         raise ValueError(f"backend spec {spec!r}: expected KIND:MODEL with KIND one of {', '.join(KINDS)} ({example})")
@@ -86,6 +87,10 @@ def load_backend(
             opts = {**limits.options(budget), **opts}
         elif budget is not None:
             opts = {"budget": budget, **opts}
+    if parsed.kind == "patterns":
+        from neuroscribe.backends.patterns import PatternBackend
+
+        return PatternBackend(parsed.model, cache, **opts)
     if parsed.kind in ("hf", "vllm"):
         stray = _REMOTE_OPTS & set(opts)
         if stray:

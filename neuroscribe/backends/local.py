@@ -1,5 +1,10 @@
 """Local transformers backend: batched chat generation and prompt logprobs from one forward pass.
 
+Prefix sharing: requests with the same prompt (best-of-k's k samples) share one prefill. A batch's
+distinct prompts are left-padded and run once up to their last token; that cache is gathered to one
+row per request and `generate` continues from it, so a prompt's tokens are computed once however
+many samples are drawn from it (`benchmarks/explain.py` measures the gain).
+
 Reproducibility guarantee: every request samples from its own torch.Generator seeded with
 `seed + sample_index` (seed 0 when the params give none), inside a logits processor that picks each
 row's token with that row's generator. So the random stream of sample i never depends on which other
@@ -15,6 +20,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from neuroscribe.backends.base import Backend, ChatRequest, Completion, PositionLogprobs, sample_seed
+from neuroscribe.models import cache_kwarg
 
 
 class _PerRowSampler:
@@ -107,6 +113,7 @@ class TransformersBackend(Backend):
         width = max(len(p) for p in prompts)
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        cache = self._shared_prefill(prompts, input_ids, attention)
         seeds = [sample_seed(r.params, r.sample_index) for r in requests]
         generators = [
             torch.Generator().manual_seed(r.sample_index if s is None else s) for r, s in zip(requests, seeds)
@@ -125,6 +132,7 @@ class TransformersBackend(Backend):
             attention_mask=attention,
             generation_config=config,
             logits_processor=LogitsProcessorList([sampler]),
+            **({} if cache is None else {cache_kwarg(self.lm): cache}),
         )
         completions = []
         for row, request in enumerate(requests):
@@ -138,6 +146,19 @@ class TransformersBackend(Backend):
                 text, finish = text[:cut], "stop"
             completions.append(Completion(text, len(prompts[row]), len(kept) + (ended is not None), False, finish))
         return completions
+
+    def _shared_prefill(self, prompts: list[list[int]], input_ids: torch.Tensor, attention: torch.Tensor):
+        """The KV cache of every row's prompt but its last token, each distinct prompt computed once
+        (module doc); None when no prompt repeats (then `generate`'s own prefill is as cheap)."""
+        first: dict[tuple[int, ...], int] = {}
+        rows = [first.setdefault(tuple(p), i) for i, p in enumerate(prompts)]
+        if len(first) == len(prompts) or input_ids.shape[1] < 2:
+            return None
+        unique = sorted(first.values())
+        out = self.lm(input_ids=input_ids[unique, :-1], attention_mask=attention[unique, :-1], use_cache=True)
+        cache = out.past_key_values
+        cache.batch_select_indices(torch.tensor([unique.index(r) for r in rows], device=self.device))
+        return cache
 
     @torch.no_grad()
     def _prompt_logprobs(self, prompt: str, top_k: int) -> tuple[list[PositionLogprobs], int]:

@@ -6,10 +6,12 @@ A store is a folder:
 - `features.parquet` — one row per feature: `feature` (key, e.g. "mlp/L3/127+"), `kind`, `layer`,
   `index`, `polarity`, `dead`, `max_activation`, `mean`, `variance`, `skewness`, `kurtosis`,
   `n_tokens`, `frac_active`, `quantile_boundaries` (list<float64>), `top_tokens` (list<string>).
-- `exemplars.parquet` — one row per exemplar: `feature`, `layer`, `kind`, `split` (explain|score|test),
-  `source` (top|quantile|random|hard_negative), `rank`, `quantile`, `window_id`, `tokens`
-  (list<string>, control strings escaped), `token_ids` (list<int32>), `activations` (list<float32>,
-  raw, polarity applied).
+- `exemplars.parquet` — one row per (feature, source, window): `feature`, `layer`, `kind`, `split`
+  (explain|score|test), `source` (top|quantile|random|inactive|hard_negative), `rank`, `quantile`,
+  `window_id`, `doc_first`/`doc_last` (the corpus documents the window touches), `tokens`
+  (list<string>, control strings escaped, joining back to the window's text), `token_ids`
+  (list<int32>), `activations` (list<float32>, raw, polarity applied). A window may appear under
+  several sources of one feature (a random window that is also a top one); it then has one split.
 Both Parquet files load with `datasets.load_dataset("parquet", data_files=...)` as well.
 """
 
@@ -24,10 +26,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from neuroscribe.records import Exemplar, FeatureExemplars, FeatureId, FeatureStats
+from neuroscribe.records import (
+    POSITIVE_SOURCES, SPLITS, Exemplar, FeatureExemplars, FeatureId, FeatureStats, insufficiency,
+)
 from neuroscribe.runs.files import disk_error, file_digest, read_json, write_json
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 META, FEATURES, EXEMPLARS = "meta.json", "features.parquet", "exemplars.parquet"
 
 FEATURE_SCHEMA = pa.schema([
@@ -40,8 +44,10 @@ FEATURE_SCHEMA = pa.schema([
 EXEMPLAR_SCHEMA = pa.schema([
     ("feature", pa.string()), ("layer", pa.int32()), ("kind", pa.string()), ("split", pa.string()),
     ("source", pa.string()), ("rank", pa.int32()), ("quantile", pa.int32()), ("window_id", pa.int64()),
+    ("doc_first", pa.int64()), ("doc_last", pa.int64()),
     ("tokens", pa.list_(pa.string())), ("token_ids", pa.list_(pa.int32())), ("activations", pa.list_(pa.float32())),
 ])
+SCALARS = ("feature", "layer", "kind", "split", "source", "rank", "quantile", "window_id", "doc_first", "doc_last")
 
 
 class StoreError(ValueError):
@@ -56,8 +62,7 @@ def list_column(matrix: np.ndarray, value_type: pa.DataType) -> pa.Array:
 
 
 def exemplar_table(scalars: dict[str, list], tokens: pa.Array, token_ids: pa.Array, activations: pa.Array) -> pa.Table:
-    cols = {name: pa.array(scalars[name], type=EXEMPLAR_SCHEMA.field(name).type)
-            for name in ("feature", "layer", "kind", "split", "source", "rank", "quantile", "window_id")}
+    cols = {name: pa.array(scalars[name], type=EXEMPLAR_SCHEMA.field(name).type) for name in SCALARS}
     cols.update(tokens=tokens, token_ids=token_ids, activations=activations)
     return pa.table(cols, schema=EXEMPLAR_SCHEMA)
 
@@ -81,6 +86,7 @@ def write_store(path: str | Path, records: Iterable[FeatureExemplars], meta: dic
         "feature": [f.key for f, _ in rows], "layer": [f.layer for f, _ in rows], "kind": [f.kind for f, _ in rows],
         "split": [e.split for _, e in rows], "source": [e.source for _, e in rows], "rank": [e.rank for _, e in rows],
         "quantile": [e.quantile for _, e in rows], "window_id": [e.window_id for _, e in rows],
+        "doc_first": [e.doc_span[0] for _, e in rows], "doc_last": [e.doc_span[1] for _, e in rows],
     }
     table = exemplar_table(
         scalars,
@@ -178,7 +184,7 @@ class ExemplarStore:
             Exemplar(
                 tokens=tuple(r["tokens"]), activations=tuple(r["activations"]), window_id=r["window_id"],
                 source=r["source"], split=r["split"], rank=r["rank"], quantile=r["quantile"],
-                token_ids=tuple(r["token_ids"]),
+                token_ids=tuple(r["token_ids"]), doc_span=(r["doc_first"], r["doc_last"]),
             )
             for r in self._exemplars().take(self._rows_of.get(key, np.array([], dtype=np.int64))).to_pylist()
         )
@@ -207,4 +213,22 @@ class ExemplarStore:
             "path": str(self.path), "model": self.meta.get("model"), "features": len(self._features),
             "dead": len(dead), "dead_features": dead, "exemplars": table.num_rows, "by_split": by_split,
             "by_source": by_source, "features_by_layer": layers, "windows_seen": self.meta.get("windows_seen"),
+            "insufficient": self.insufficient(),
         }
+
+    def insufficient(self) -> dict[str, dict[str, str]]:
+        """Per held-out split, the live features it cannot score -> why (`records.insufficiency`)."""
+        table = self._exemplars()
+        counts = table.group_by(["feature", "split", "source"]).aggregate([("window_id", "count")]).to_pylist()
+        by: dict[tuple[str, str], dict[str, int]] = {}
+        for r in counts:
+            by.setdefault((r["feature"], r["split"]), {})[r["source"]] = r["window_id_count"]
+        splits = [s for s in self.meta.get("mining", {}).get("splits", SPLITS)[1:]]
+        out: dict[str, dict[str, str]] = {s: {} for s in splits}
+        for key in self.keys():
+            for split in splits:
+                n = by.get((key, split), {})
+                reason = insufficiency(sum(n.get(s, 0) for s in POSITIVE_SOURCES), n.get("random", 0))
+                if reason:
+                    out[split][key] = reason
+        return out

@@ -19,18 +19,19 @@ fuzzing (`neuroscribe.scorers`).
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Sequence
 
 import torch
 
 from neuroscribe import scoring
 from neuroscribe.corpus import context_prefix
+from neuroscribe.models import cache_kwarg
 from neuroscribe.prompts import SimulatorPrompt, simulator_prompt
 from neuroscribe.records import Exemplar, SimulatedExemplar
 from neuroscribe.simulators.base import Simulator, simulated
 
 MODES = ("shared_prefix", "full")
+MIN_SHARED_PREFIX = 32  # tokens: below this a copied cache saves less than it costs
 
 
 def _tokenizer_name(tokenizer) -> str:
@@ -61,11 +62,6 @@ def digit_token_ids(tokenizer) -> list[int]:
     return single_token_ids(tokenizer, [str(d) for d in range(10)])
 
 
-def _cache_kwarg(decoder) -> str:
-    """transformers renamed `past_key_values` to `cache` during 5.x; accept either."""
-    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
-
-
 class LocalSimulator(Simulator):
     """All-at-once simulator on a local transformers model (any causal LM, PEFT-wrapped included).
 
@@ -83,6 +79,7 @@ class LocalSimulator(Simulator):
         self.context_ids = context_prefix(tokenizer)
         self.pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
         self._yes_no: tuple[list[int], list[int]] | None = None
+        self._seen_prefix: tuple[list[int], object] | None = None  # (ids, KV cache) of the first prefix
 
     # ------------------------------------------------------------------ all-at-once simulation
 
@@ -103,6 +100,16 @@ class LocalSimulator(Simulator):
         if self.mode == "full":
             return [self._full_digit_logits(prefix_ids, ids, readers) for ids, readers in bodies]
         return self._shared_prefix_digit_logits(prefix_ids, bodies)
+
+    def digit_logits_many(
+        self, prefixes: list[list[int]], bodies: list[tuple[list[int], list[int]]]
+    ) -> list[list[torch.Tensor]]:
+        """`digit_logits` for several prefixes over the same bodies ([prefix][body]): every prefix in one
+        left-padded forward, then all (prefix, body) rows in large batches, each reading its prefix's KV."""
+        self._check_length(max(map(len, prefixes)) + max(len(ids) for ids, _ in bodies))
+        if self.mode == "full" or len(prefixes) == 1:
+            return [self.digit_logits(p, bodies) for p in prefixes]
+        return self._batched_prefix_digit_logits(prefixes, bodies)
 
     def _check_length(self, n_tokens: int) -> None:
         """Learned absolute positions (GPT-2's n_positions) cannot extrapolate: fail with the numbers."""
@@ -161,10 +168,8 @@ class LocalSimulator(Simulator):
     def _shared_prefix_digit_logits(self, prefix_ids: list[int], bodies) -> list[torch.Tensor]:
         decoder, device = self.model.get_decoder(), self.model.device
         n_prefix = len(prefix_ids)
-        cache_kwarg = _cache_kwarg(decoder)
-        prefix_out = decoder(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True)
-        prefix_cache = prefix_out.get("cache", None)
-        prefix_cache = prefix_out.get("past_key_values") if prefix_cache is None else prefix_cache
+        cache_name = cache_kwarg(decoder)
+        prefix_cache = self._prefix_cache(decoder, prefix_ids, cache_name)
         out: list[torch.Tensor | None] = [None] * len(bodies)
         order = sorted(range(len(bodies)), key=lambda i: len(bodies[i][0]))  # similar lengths share a batch
         for start in range(0, len(order), self.batch_size):
@@ -180,11 +185,76 @@ class LocalSimulator(Simulator):
             cache.batch_repeat_interleave(len(batch))
             positions = torch.arange(n_prefix, n_prefix + width, device=device).expand(len(batch), width)
             hidden = decoder(
-                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_kwarg: cache}
+                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_name: cache}
             ).last_hidden_state
             for row, i in enumerate(batch):
                 out[i] = self._digit_head(hidden[row, bodies[i][1]], self.digit_ids)
         return out  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _batched_prefix_digit_logits(self, prefixes: list[list[int]], bodies) -> list[list[torch.Tensor]]:
+        decoder, device = self.model.get_decoder(), self.model.device
+        cache_name = cache_kwarg(decoder)
+        width_p = max(len(p) for p in prefixes)
+        prefix_ids = torch.full((len(prefixes), width_p), self.pad_id, dtype=torch.long, device=device)
+        prefix_mask = torch.zeros_like(prefix_ids)
+        for j, p in enumerate(prefixes):
+            prefix_ids[j, width_p - len(p) :] = torch.tensor(p, device=device)
+            prefix_mask[j, width_p - len(p) :] = 1
+        out = decoder(
+            input_ids=prefix_ids,
+            attention_mask=prefix_mask,
+            position_ids=(prefix_mask.cumsum(1) - 1).clamp(min=0),
+            use_cache=True,
+        )
+        prefix_cache = out.get("cache", None) or out.get("past_key_values")
+        pairs = [(j, i) for i in sorted(range(len(bodies)), key=lambda i: len(bodies[i][0])) for j in range(len(prefixes))]
+        result: list[list[torch.Tensor | None]] = [[None] * len(bodies) for _ in prefixes]
+        rows_per_batch = self.batch_size * len(prefixes)
+        for start in range(0, len(pairs), rows_per_batch):
+            batch = pairs[start : start + rows_per_batch]
+            width = max(len(bodies[i][0]) for _, i in batch)
+            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long, device=device)
+            mask = torch.zeros((len(batch), width_p + width), dtype=torch.long, device=device)
+            positions = torch.zeros((len(batch), width), dtype=torch.long, device=device)
+            for row, (j, i) in enumerate(batch):
+                n = len(bodies[i][0])
+                ids[row, :n] = torch.tensor(bodies[i][0], device=device)
+                mask[row, :width_p] = prefix_mask[j]
+                mask[row, width_p : width_p + n] = 1
+                positions[row] = torch.arange(len(prefixes[j]), len(prefixes[j]) + width, device=device)
+            cache = copy.deepcopy(prefix_cache)  # the forward appends to it in place
+            cache.batch_select_indices(torch.tensor([j for j, _ in batch], device=device))
+            hidden = decoder(
+                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_name: cache}
+            ).last_hidden_state
+            for row, (j, i) in enumerate(batch):
+                result[j][i] = self._digit_head(hidden[row, bodies[i][1]], self.digit_ids)
+        return result  # type: ignore[return-value]
+
+    def _prefix_cache(self, decoder, prefix_ids: list[int], cache_name: str):
+        """The KV cache of `prefix_ids`. The longest start it shares with the first prefix this simulator
+        saw (the instructions and few-shot examples, for the prompted format) is computed once and copied,
+        so each new explanation only runs its own header."""
+        device = self.model.device
+        seen = self._seen_prefix
+        common = 0
+        if seen is not None:
+            limit = min(len(seen[0]), len(prefix_ids) - 1)
+            while common < limit and seen[0][common] == prefix_ids[common]:
+                common += 1
+        if common < MIN_SHARED_PREFIX:
+            out = decoder(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True)
+            cache = out.get("cache", None) or out.get("past_key_values")
+            if seen is None:
+                self._seen_prefix = (list(prefix_ids), copy.deepcopy(cache))
+            return cache
+        cache = copy.deepcopy(seen[1])
+        cache.crop(common - len(seen[0]))
+        rest = torch.tensor([prefix_ids[common:]], device=device)
+        positions = torch.arange(common, len(prefix_ids), device=device)[None]
+        decoder(input_ids=rest, position_ids=positions, use_cache=True, **{cache_name: cache})
+        return cache
 
     # ------------------------------------------------------------------ yes/no judgements
 

@@ -2,7 +2,7 @@
 
 A simulator reads an explanation and predicts a feature's activation at every token of held-out
 exemplars: `simulate(explanation, exemplars) -> list[SimulatedExemplar]`, one per exemplar, in input
-order, `predicted` as long as the exemplar. A token whose prediction could not be read is NaN:
+order, `predicted` as long as the exemplar (`simulate_many` does several explanations at once). A token whose prediction could not be read is NaN:
 failures stay explicit and are dropped (never zeroed) by the scorers.
 
 Rules enforced here, once, for every implementation:
@@ -42,6 +42,7 @@ class Simulator(ABC):
     """Predicts per-token activations from an explanation. `spec` names it in caches and reports."""
 
     spec: str = ""
+    trained_features: tuple[str, ...] = ()  # a fine-tuned simulator names the features it was trained on
 
     def simulate(self, explanation: str, exemplars: Sequence[Exemplar]) -> list[SimulatedExemplar]:
         refuse_explain_split(exemplars)
@@ -49,9 +50,20 @@ class Simulator(ABC):
             return []
         return self._simulate(explanation, list(exemplars))
 
+    def simulate_many(self, explanations: Sequence[str], exemplars: Sequence[Exemplar]) -> list[list[SimulatedExemplar]]:
+        """`simulate` for each explanation over the same exemplars (best-of-k's k candidates of one
+        feature); a local simulator overrides `_simulate_many` to batch them."""
+        refuse_explain_split(exemplars)
+        if not exemplars or not explanations:
+            return [[] for _ in explanations]
+        return self._simulate_many(list(explanations), list(exemplars))
+
     @abstractmethod
     def _simulate(self, explanation: str, exemplars: list[Exemplar]) -> list[SimulatedExemplar]:
         """Predictions for held-out exemplars (already checked, never empty)."""
+
+    def _simulate_many(self, explanations: list[str], exemplars: list[Exemplar]) -> list[list[SimulatedExemplar]]:
+        return [self.simulate(e, exemplars) for e in explanations]  # a subclass's own `simulate` counts
 
 
 class YesNoJudge(Protocol):

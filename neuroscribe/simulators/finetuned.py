@@ -37,6 +37,11 @@ class FinetunedSimulator(LocalSimulator):
         self.format = fmt
         self.digit_ids = list(fmt.class_token_ids)  # the head rows the inherited read-out uses
 
+    @property
+    def trained_features(self) -> tuple[str, ...]:
+        """Features whose exemplars this simulator was trained on: it never scores them unmarked."""
+        return self.format.trained_features
+
     def class_logits(self, explanation: str, encoded: Sequence[EncodedText]) -> list[torch.Tensor]:
         """[n_simulator_tokens, 11] logits per encoded text (empty texts give an empty tensor)."""
         todo = [i for i, e in enumerate(encoded) if e.ids]
@@ -47,6 +52,23 @@ class FinetunedSimulator(LocalSimulator):
         for i, lg in zip(todo, self.digit_logits(prefix_ids(self.tokenizer, explanation), bodies)):
             out[i] = lg.float().cpu()
         return out
+
+    def _simulate_many(self, explanations: list[str], exemplars: list[Exemplar]) -> list[list[SimulatedExemplar]]:
+        """Every explanation's header in one batch, then all (header, exemplar) rows batched together."""
+        encoded = [encode_text(self.tokenizer, e.tokens) for e in exemplars]
+        todo = [i for i, e in enumerate(encoded) if e.ids]
+        logits = [[torch.zeros((0, N_CLASSES)) for _ in encoded] for _ in explanations]
+        if todo:
+            bodies = [(list(encoded[i].ids), list(range(len(encoded[i].ids)))) for i in todo]
+            prefixes = [prefix_ids(self.tokenizer, x) for x in explanations]
+            for j, per_body in enumerate(self.digit_logits_many(prefixes, bodies)):
+                for i, lg in zip(todo, per_body):
+                    logits[j][i] = lg.float().cpu()
+        return [
+            [simulated(e, subject_predictions(enc, expected_classes(lg).tolist())) for e, enc, lg in
+             zip(exemplars, encoded, per_explanation)]
+            for per_explanation in logits
+        ]
 
     def _simulate(self, explanation: str, exemplars: list[Exemplar]) -> list[SimulatedExemplar]:
         """Expected class (0..10) at every SUBJECT token of every exemplar, in input order."""

@@ -66,10 +66,8 @@ def activation_classes(activations: Sequence[float], max_activation: float) -> l
 
 
 def feature_max(record: FeatureExemplars) -> float:
-    """max_a of the label rule: the feature's collected max, else the max over its exemplars."""
-    if record.stats.max_activation > 0:
-        return float(record.stats.max_activation)
-    return max((a for e in record.exemplars for a in e.activations), default=0.0)
+    """max_a of the label rule (`FeatureExemplars.reference_max`)."""
+    return record.reference_max
 
 
 def class_token_ids(tokenizer) -> tuple[int, ...]:

@@ -1,0 +1,114 @@
+"""The demo's inputs: one store of real neurons and planted features, their held-out list and truths,
+and the fine-tuned simulator (trained once per configuration, then reused from the user cache).
+
+Planted rules come from `distill.planted_rules.split_suite`: the simulator trains on its `simulator`
+part; `explainer` rules join the explain run and the student's data; `heldout` rules are never
+trained on by anything: they calibrate the simulator and are the eval's known-answer features.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+from neuroscribe.configs import DemoConfig
+from neuroscribe.distill.planted import PlantedRule, planted_features, simulator_rows
+from neuroscribe.distill.planted_rules import split_suite, suite
+from neuroscribe.records import FeatureExemplars, FeatureId
+from neuroscribe.runs.files import fingerprint, write_json, write_text
+from neuroscribe.runs.store import ExemplarStore, write_store
+
+TRUTH, HELDOUT_LIST = "truth.jsonl", "heldout.txt"
+PLANTED_TOP, PLANTED_RANDOM = 12, 9  # per planted feature: 4 top + 3 random exemplars per split
+
+
+def planted_parts(cfg: DemoConfig) -> dict[str, list[PlantedRule]]:
+    """The suite's three parts; the explainer and held-out parts capped as `cfg` says (first in order)."""
+    parts = split_suite(suite())
+    return {
+        "simulator": parts["simulator"],
+        "explainer": parts["explainer"][: cfg.planted_explainer],
+        "heldout": parts["heldout"][: cfg.planted_heldout],
+    }
+
+
+def live_planted(tokenizer, rules: list[PlantedRule], cfg: DemoConfig) -> list[tuple[PlantedRule, FeatureExemplars]]:
+    """Planted features of `rules` on the corpus; rules that never fire are dropped."""
+    feats = planted_features(
+        tokenizer, rules, window=cfg.window, n_top=PLANTED_TOP, n_random=PLANTED_RANDOM, max_windows=cfg.planted_windows
+    )
+    return [(r, f) for r, f in zip(rules, feats) if not f.dead]
+
+
+def heldout_real_units(store: ExemplarStore, n_units: int, seed: int) -> list[str]:
+    """Both polarities of `n_units` live real units drawn with `seed` (a unit is held out whole)."""
+    units = sorted({(f.kind, f.layer, f.index) for f in map(FeatureId.parse, store.keys())})
+    picked = random.Random(seed).sample(units, min(n_units, len(units)))
+    return [FeatureId(*u, p).key for u in sorted(picked) for p in (1, -1)]
+
+
+def build_store(real: Path, out: Path, tokenizer, parts: dict[str, list[PlantedRule]], cfg: DemoConfig) -> dict:
+    """Write `out`: the real store's features plus the planted ones of the explainer and held-out parts,
+    `truth.jsonl` (every planted feature's true explanation) and `heldout.txt`. Returns a summary."""
+    real_store = ExemplarStore(real)
+    explainer = live_planted(tokenizer, parts["explainer"], cfg)
+    heldout = live_planted(tokenizer, parts["heldout"], cfg)
+    records = list(real_store.features(include_dead=True)) + [f for _, f in explainer + heldout]
+    meta = {**real_store.meta, "planted": {"explainer": len(explainer), "heldout": len(heldout),
+                                            "window": cfg.window, "windows": cfg.planted_windows}}
+    meta.pop("schema_version", None)
+    meta.pop("fingerprint", None)
+    held_real = heldout_real_units(real_store, cfg.heldout_real, cfg.seed)
+    write_store(out / "store", records, meta, overwrite=True)
+    write_text(out / TRUTH, "".join(
+        json.dumps({"feature": f.feature.key, "explanation": r.explanation, "rule": r.name, "family": r.family}) + "\n"
+        for r, f in explainer + heldout
+    ))
+    held = [f.feature.key for _, f in heldout] + [k for k in held_real if k in real_store.keys()]
+    random.Random(cfg.seed).shuffle(held)  # the prompted judge scores the first `judge_features`: a mix
+    write_text(out / HELDOUT_LIST, "".join(f"{k}\n" for k in held))
+    return {"real": len(real_store), "planted_explainer": len(explainer), "planted_heldout": len(heldout),
+            "heldout_real": len(held_real)}
+
+
+def read_truth(out: Path) -> dict[str, dict]:
+    """Feature key -> its truth.jsonl row (explanation, rule, family)."""
+    from neuroscribe.runs.files import read_jsonl
+
+    return {row["feature"]: row for _, row in read_jsonl(out / TRUTH)}
+
+
+def simulator_settings(cfg: DemoConfig, rules: list[PlantedRule]) -> dict:
+    """Everything that changes the trained simulator: the key of its cache folder."""
+    return {"model": cfg.model, "rules": [(r.name, r.pattern, r.group, r.all_phrasings) for r in rules],
+            "window": cfg.window, "windows": cfg.simulator_windows, "per_rule": cfg.simulator_per_rule,
+            "n_random": cfg.simulator_random, "steps": cfg.simulator_steps, "lr": cfg.simulator_lr,
+            "batch": cfg.simulator_batch, "lora_layers": cfg.simulator_lora_layers, "seed": cfg.seed}
+
+
+def simulator_data(tokenizer, rules: list[PlantedRule], heldout: list[str], cfg: DemoConfig, out: Path) -> Path:
+    """The planted-rule training rows as a `distill simulator-data` folder; `heldout` keys are listed in
+    its heldout.txt, so training refuses any row of theirs."""
+    from neuroscribe.distill.simulator_data import write_simulator_dataset
+
+    rows = simulator_rows(tokenizer, rules, window=cfg.window, max_windows=cfg.simulator_windows,
+                          per_rule=cfg.simulator_per_rule, n_random=cfg.simulator_random, seed=cfg.seed)
+    return write_simulator_dataset(out, {"stage1": {"train": rows, "validation": []}}, heldout,
+                                   {"scored_dir": f"planted rules ({len(rules)})"}, overwrite=True)
+
+
+def simulator_cache(cache_root: Path, cfg: DemoConfig, rules: list[PlantedRule]) -> tuple[Path, Path]:
+    """(the finished simulator's folder, the folder it trains in): a run is renamed into place only once
+    complete, so a half-trained one is never reused; an interrupted one resumes from its checkpoint."""
+    done = cache_root / "demo-simulators" / fingerprint(simulator_settings(cfg, rules))
+    return done, done.with_name(done.name + ".training")
+
+
+def finish_simulator(training: Path, done: Path, settings: dict) -> Path:
+    write_json(training / "demo-settings.json", settings)
+    for ckpt in training.glob("checkpoint-*"):
+        shutil.rmtree(ckpt)
+    training.replace(done)
+    return done

@@ -1,0 +1,1 @@
+"""Run folders: every file a stage writes, each read and written by one module here."""

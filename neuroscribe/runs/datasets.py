@@ -1,0 +1,115 @@
+"""Dataset folders: written by `distill build` (explainer data) and `distill simulator-data`
+(simulator data); read by the training entry points, eval's leak check and the demo.
+
+  {config}/{split}.parquet  config sft | chat | preference (build) or stage1 | stage2 (simulator data);
+                            split train | validation; every row has a `feature` column
+  heldout.txt               features reserved for evaluation, one key per line (`#` comments allowed);
+                            no split of the folder contains them
+  build.json                the build's config, inputs (with their fingerprints), feature splits
+                            {train, validation, heldout}, row counts, score statistics
+  README.md                 the dataset card (its `configs` make `load_dataset(FOLDER, config)` work)
+
+The folder is built in a sibling `.building` folder and moved into place, so it is never half written.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from neuroscribe.records import FeatureId
+from neuroscribe.runs.files import RunFileError, field, read_json, write_json, write_text
+
+BUILD, HELDOUT = "build.json", "heldout.txt"
+TRAINING_SPLITS = ("train", "validation")  # validation steers training, so it is no held-out evidence
+CONFIGS = ("sft", "chat", "preference", "stage1", "stage2")
+
+
+def heldout_file(path: str | Path) -> Path:
+    """A held-out list: the file itself, or `heldout.txt` inside a dataset folder."""
+    path = Path(path)
+    file = path / HELDOUT if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no held-out feature list (expected `heldout.txt` from `neuroscribe "
+                                "distill build`)")
+    return file
+
+
+def read_heldout(path: str | Path, allow_empty: bool = False) -> list[str]:
+    """Feature keys of a held-out list (file or dataset folder), in order, duplicates dropped."""
+    file = heldout_file(path)
+    keys: list[str] = []
+    for n, line in enumerate(file.read_text().splitlines(), 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            key = FeatureId.parse(text).key
+        except ValueError as err:
+            raise RunFileError(f"{file}:{n}: {err}") from None
+        if key not in keys:
+            keys.append(key)
+    if not keys and not allow_empty:
+        raise RunFileError(f"{file}: lists no features")
+    return keys
+
+
+def read_build(folder: str | Path) -> dict | None:
+    """build.json of a dataset folder, or None when the folder has none (a Hub dataset, say)."""
+    path = Path(folder) / BUILD
+    return read_json(path) if path.is_file() else None
+
+
+def feature_splits(folder: str | Path) -> dict[str, list[str]]:
+    """build.json's {train, validation, heldout} feature lists."""
+    path = Path(folder) / BUILD
+    splits = field(read_json(path, "a dataset folder's build record"), "splits", path, dict)
+    return {k: list(splits.get(k, [])) for k in ("train", *TRAINING_SPLITS[1:], "heldout")}
+
+
+def training_features(folder: str | Path) -> dict[str, str]:
+    """Every feature a dataset folder offers for training -> where it was found (build.json's splits
+    and the `feature` column of every train/validation Parquet file)."""
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    seen: dict[str, str] = {}
+    build = folder / BUILD
+    if build.is_file():
+        for split, keys in feature_splits(folder).items():
+            if split in TRAINING_SPLITS:
+                for key in keys:
+                    seen.setdefault(key, f"{build} (splits.{split})")
+    parquets = [folder / c / f"{s}.parquet" for c in CONFIGS for s in TRAINING_SPLITS]
+    for path in (p for p in parquets if p.is_file()):
+        for key in set(pq.read_table(path, columns=["feature"]).column("feature").to_pylist()):
+            seen.setdefault(key, str(path))
+    if not build.is_file() and not any(p.is_file() for p in parquets):
+        raise FileNotFoundError(f"{folder}: not a neuroscribe dataset folder (no {BUILD}, no Parquet splits); "
+                                "cannot check which features were trained on")
+    return seen
+
+
+def write_dataset_folder(out: str | Path, fill: Callable[[Path], None], heldout: list[str], build: dict,
+                         card: Callable[[Path], None], overwrite: bool = False) -> Path:
+    """Build the folder aside (`fill(tmp)` writes the Parquet files), add heldout.txt, build.json and the
+    card, then move it into place. A non-empty `out` is replaced only with `overwrite`."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} already exists and is not empty; pass --overwrite to replace it")
+    tmp = out.with_name(out.name + ".building")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        fill(tmp)
+        write_text(tmp / HELDOUT, "".join(f"{k}\n" for k in heldout))
+        write_json(tmp / BUILD, build)
+        card(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.replace(out)
+    return out

@@ -1,0 +1,151 @@
+"""The explain run folder: written by `neuroscribe explain`, read by distill, eval and `score`.
+
+  meta.json         the ExplainConfig, teacher and simulator specs, prompt version, store fingerprint,
+                    counts, `status` ("complete" | "partial") and `failed_features` {key: reason}
+  candidates.jsonl  one `to_json(ScoredExplanation)` per line, store feature order then sample index;
+                    written last: its presence means the run finished (completely or partially)
+  usage.json        LLM calls, cache hits, tokens and cost per stage for this run
+  parts/config.json the fingerprint of the configuration the parts belong to
+  parts/rank{r}.jsonl  per-rank progress, one line per finished (or failed) feature; a rerun of the
+                    same configuration skips finished features and retries failed ones
+
+Readers: `read_explain_run` (everything) and `read_parts` (resume). Writers: `PartsLog`, `write_run`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from neuroscribe.records import ScoredExplanation, from_json
+from neuroscribe.runs.files import RunFileError, field, read_json, read_jsonl, write_json, write_text
+
+META, CANDIDATES, USAGE, PARTS = "meta.json", "candidates.jsonl", "usage.json", "parts"
+REQUIRED_META = ("store", "teacher", "simulator", "prompt_style", "prompt_version", "k", "split")
+
+
+@dataclass(frozen=True)
+class ExplainRun:
+    """An explain run as read back: its meta and every candidate, grouped by feature key (store order)."""
+
+    path: Path
+    meta: dict
+    by_feature: dict[str, tuple[ScoredExplanation, ...]]
+
+    @property
+    def candidates(self) -> list[ScoredExplanation]:
+        return [c for group in self.by_feature.values() for c in group]
+
+
+def read_explain_run(folder: str | Path) -> ExplainRun:
+    """Read and check an explain run; every problem names its file (and line, and field)."""
+    path = Path(folder)
+    meta = read_json(path / META, "expected the output folder of `neuroscribe explain`")
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise RunFileError(f"{path / META}: missing field(s) {missing}")
+    cand_path = path / CANDIDATES
+    if not cand_path.is_file():
+        raise FileNotFoundError(f"{cand_path}: missing (the explain run in {path} did not finish; rerun it)")
+    by_feature: dict[str, list[ScoredExplanation]] = {}
+    for n, row in read_jsonl(cand_path):
+        where = f"{cand_path}:{n}"
+        try:
+            cand = from_json(ScoredExplanation, row)
+        except (TypeError, ValueError, KeyError) as err:
+            raise RunFileError(f"{where}: not a scored candidate ({err})") from None
+        if not isinstance(cand.explanation.feature, str) or not cand.explanation.feature:
+            raise RunFileError(f"{where}: field explanation.feature must be a feature key")
+        by_feature.setdefault(cand.explanation.feature, []).append(cand)
+    return ExplainRun(path, meta, {k: tuple(v) for k, v in by_feature.items()})
+
+
+def is_complete(folder: str | Path) -> bool:
+    path = Path(folder)
+    if not (path / CANDIDATES).is_file() or not (path / META).is_file():
+        return False
+    return read_json(path / META).get("status", "complete") == "complete"
+
+
+# ------------------------------------------------------------------------------ progress
+
+
+def start_parts(folder: Path, config_fingerprint: str, overwrite: bool) -> Path:
+    """The parts folder for this configuration: earlier parts of the same configuration are resumed,
+    parts of another one are refused (or, with `overwrite`, discarded)."""
+    parts = folder / PARTS
+    stamp = parts / "config.json"
+    if parts.exists():
+        saved = read_json(stamp).get("fingerprint") if stamp.is_file() else None
+        if saved != config_fingerprint:
+            if not overwrite:
+                raise FileExistsError(
+                    f"{parts} holds progress of a different explain configuration (fingerprint {saved}, this run "
+                    f"{config_fingerprint}); pass --overwrite to discard it, or use another --out")
+            shutil.rmtree(parts)
+    parts.mkdir(parents=True, exist_ok=True)
+    write_json(stamp, {"fingerprint": config_fingerprint})
+    return parts
+
+
+def read_parts(folder: Path) -> tuple[dict[str, list[dict]], dict[str, str]]:
+    """(finished features -> candidate rows, failed features -> reason); a later line wins, so a
+    feature that failed and was retried counts as finished. A torn last line is ignored."""
+    done: dict[str, list[dict]] = {}
+    failed: dict[str, str] = {}
+    for path in sorted((folder / PARTS).glob("rank*.jsonl")):
+        for _, row in read_jsonl(path, torn_tail_ok=True):
+            key = row["feature"]
+            if row.get("error"):
+                done.pop(key, None)
+                failed[key] = row["error"]
+            else:
+                failed.pop(key, None)
+                done[key] = row["candidates"]
+    return done, failed
+
+
+class PartsLog:
+    """Appends one line per feature to this rank's part file, flushed and fsynced before returning."""
+
+    def __init__(self, folder: Path, rank: int):
+        self.file = open(folder / PARTS / f"rank{rank}.jsonl", "a")
+
+    def finished(self, key: str, candidates: list[dict]) -> None:
+        self._write({"feature": key, "candidates": candidates})
+
+    def failed(self, key: str, reason: str) -> None:
+        self._write({"feature": key, "error": reason, "candidates": []})
+
+    def _write(self, row: dict) -> None:
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> "PartsLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def write_run(folder: Path, rows: list[dict], meta: dict, usage: dict) -> None:
+    """meta.json, usage.json, then candidates.jsonl (the marker) — each atomically."""
+    write_json(folder / META, meta, allow_nan=True)
+    write_json(folder / USAGE, usage)
+    write_text(folder / CANDIDATES, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_usage(folder: str | Path) -> dict:
+    path = Path(folder) / USAGE
+    return read_json(path) if path.is_file() else {}
+
+
+def meta_field(run: ExplainRun, name: str, kind=None):
+    return field(run.meta, name, run.path / META, kind)
