@@ -1,26 +1,38 @@
-# The human interface. `make demo` and `make test` each set up .venv first (scripts/setup.sh).
+# The human interface. `make demo` and `make test` each set up .venv first (scripts/setup.sh):
+# the demo's set-up is torch + neuroscribe + the bundled model; the tests' adds the test tools,
+# deepspeed and a llama.cpp server build.
 export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup setup-test setup-demo demo test test-fast lint bench clean
 
-setup:
-	@bash scripts/setup.sh
+setup setup-test:
+	@bash scripts/setup.sh test
 
-demo: setup
+setup-demo:
+	@bash scripts/setup.sh demo
+
+demo: setup-demo
 	.venv/bin/neuroscribe demo
 
-test: setup
+test: setup-test
 	@bash scripts/system_deps.sh
+	.venv/bin/python -m ruff check .
+	.venv/bin/python -m ruff format --check .
 	.venv/bin/python -m pytest -q $(PYTEST_ARGS)
 
-test-fast: setup
+test-fast: setup-test
 	.venv/bin/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-bench: setup
+lint: setup-test
+	.venv/bin/python -m ruff check .
+	.venv/bin/python -m ruff format --check .
+
+bench: setup-test
 	.venv/bin/python benchmarks/collect.py
 	.venv/bin/python benchmarks/simulate.py
+	.venv/bin/python benchmarks/explain.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -20,9 +20,9 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch
-from neuroscribe.distill.collect import CollectConfig, collect
 
 from neuroscribe.corpus import context_prefix, iter_documents, iter_windows
+from neuroscribe.distill.collect import CollectConfig, collect
 from neuroscribe.models import load_model
 
 
@@ -32,8 +32,10 @@ def plain_forward_seconds(model, tok, windows: int, window: int, batch: int) -> 
     start = time.perf_counter()
     with torch.no_grad():
         for i in range(0, len(ws), batch):
-            ids = torch.tensor([prefix + list(w.token_ids) for w in ws[i : i + batch]])
+            ids = torch.tensor([prefix + list(w.token_ids) for w in ws[i : i + batch]], device=model.device)
             model(input_ids=ids, use_cache=False)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -44,9 +46,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--features", default="mlp:3,12,21,29")
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    model, tok = load_model("smollm2-135m-instruct", args.dtype)
+    model, tok = load_model("smollm2-135m-instruct", args.dtype, args.device)
     plain_forward_seconds(model, tok, args.batch_size, args.window, args.batch_size)  # warm-up
     plain = plain_forward_seconds(model, tok, args.windows, args.window, args.batch_size)
     del model
@@ -59,6 +62,7 @@ def main() -> None:
             batch_size=args.batch_size,
             shard_windows=args.windows,
             dtype=args.dtype,
+            device=args.device,
             progress=False,
         )
         start = time.perf_counter()
@@ -68,7 +72,9 @@ def main() -> None:
     t = meta["timings"]
     n_features = sum(g["n_units"] * len(g["polarities"]) for g in meta["groups"])
     tokens = args.windows * args.window
-    print(f"features {n_features}, windows {args.windows} x {args.window} tokens, dtype {args.dtype}, 1 thread")
+    print(
+        f"features {n_features}, windows {args.windows} x {args.window} tokens, {args.dtype} on {args.device}, 1 thread"
+    )
     print(f"plain forward          {plain:7.2f} s  ({tokens / plain:6.0f} tok/s)")
     print(f"collect mining pass    {t['mine_s']:7.2f} s  ratio {t['mine_s'] / plain:.2f}  (target <= 1.3)")
     print(f"hard-negative pass     {t['hard_negatives_s']:7.2f} s")

@@ -1,6 +1,6 @@
 """Benchmark the all-at-once simulator's prefix-shared batched path.
 
-Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/simulate.py [--dtype bf16] [--exemplars 20]
+Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/simulate.py [--dtype float32] [--device cpu] [--exemplars 20]
 
 Workload: one explanation, N held-out exemplars of T tokens each (real windows of the builtin
 corpus tokenised by the model's tokenizer; random activations, which the timing ignores). One
@@ -49,7 +49,8 @@ def timed(fn) -> float:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=DEFAULT_MODEL)
-    ap.add_argument("--dtype", default="bf16", help="one dtype for every measurement (bf16 ~3-4x fp32 here)")
+    ap.add_argument("--dtype", default="float32", help="one dtype for every measurement (fp32 is fastest on AMD CPUs)")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--exemplars", type=int, default=20)
     ap.add_argument("--tokens", type=int, default=64, help="tokens per exemplar")
     ap.add_argument("--batch-size", type=int, default=8)
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         print("warning: set OMP_NUM_THREADS=1 (2 threads is up to 10x slower on this machine)")
     torch.manual_seed(0)
 
-    model, tok = load_model(args.model, dtype=args.dtype)
+    model, tok = load_model(args.model, dtype=args.dtype, device=args.device)
     exemplars = corpus_exemplars(tok, args.exemplars, args.tokens)
     fast = LocalSimulator(model, tok, batch_size=args.batch_size, mode="shared_prefix")
     full = LocalSimulator(model, tok, mode="full")
@@ -71,11 +72,14 @@ def main(argv: list[str] | None = None) -> None:
     naive_tokens = len(prompts) * n_prefix + sum(body_lens)
 
     width = int(statistics.median(body_lens))
-    ids = torch.randint(100, len(tok) - 100, (args.batch_size, width))
+    ids = torch.randint(100, len(tok) - 100, (args.batch_size, width), device=model.device)
 
     def plain_forward():
         with torch.inference_mode():
-            return model(input_ids=ids).logits
+            logits = model(input_ids=ids).logits
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        return logits
 
     fast.simulate(EXPLANATION, exemplars[:2])  # warm-up: allocator, kernels
     plain_forward()
@@ -99,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     plain_tps = args.batch_size * width / t_plain
     sim_tps = shared_tokens / t_fast
 
-    print(f"model {args.model}  dtype {args.dtype}  threads {torch.get_num_threads()}")
+    print(f"model {args.model}  dtype {args.dtype}  device {args.device}  threads {torch.get_num_threads()}")
     print(
         f"workload: {len(exemplars)} exemplars x {args.tokens} tokens; prompt prefix {n_prefix} tokens, "
         f"body {min(body_lens)}-{max(body_lens)} tokens"

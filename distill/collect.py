@@ -15,6 +15,7 @@ Multi-process:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -86,7 +87,7 @@ def collect(cfg: CollectConfig) -> Path:
     refuse_existing(out, META, cfg.overwrite, "an exemplar store")
     dist = distributed.current()
     model, tok = load_model(cfg.model, cfg.dtype, cfg.device)
-    groups = parse_feature_spec(list(cfg.features), model, cfg.polarity)
+    groups = parse_feature_spec(_fitted_bases(cfg, model, tok, out, dist), model, cfg.polarity)
     content = dataset_fingerprint(cfg.dataset)
     key = cfg.fingerprint(content)
     with OutputLock(out, dist.rank), ActivationReader(model, groups) as reader:
@@ -129,6 +130,39 @@ def collect(cfg: CollectConfig) -> Path:
     return out
 
 
+def _fitted_bases(cfg: CollectConfig, model, tok, out: Path, dist) -> list[str]:
+    """The feature spec with each control-basis item (`neuroscribe.bases`) replaced by `basis:FILE`, the
+    basis fitted on the first `basis_fit_windows` corpus windows (rank 0) and saved in `OUT/bases/`."""
+    from neuroscribe.bases import BASIS_KINDS, fit_basis, parse_basis_spec
+
+    items = [s.strip() for part in cfg.features for s in part.split(";") if s.strip()]
+    out_items = []
+    for item in items:
+        if item.partition(":")[0] not in BASIS_KINDS:
+            out_items.append(item)
+            continue
+        spec = parse_basis_spec(item)
+        path = out / "bases" / spec.file_name
+        if dist.is_main and not path.exists():
+            prefix = context_prefix(tok)
+            windows = list(
+                iter_windows(
+                    tok, iter_documents(cfg.dataset, cfg.text_field), cfg.window, cfg.basis_fit_windows, cfg.context
+                )
+            )
+            batches = (
+                torch.tensor(
+                    [prefix + list(w.context) + list(w.token_ids) for w in windows[i : i + cfg.batch_size]],
+                    device=cfg.device,
+                )
+                for i in range(0, len(windows), cfg.batch_size)
+            )
+            fit_basis(spec, model, batches, cfg.mining.seed).save(path)
+        out_items.append(f"basis:{path}")
+    dist.barrier()
+    return out_items
+
+
 def _resume(miner: Miner, ckpt: Path, cfg: CollectConfig, key: str) -> None:
     if not ckpt.exists():
         return
@@ -145,8 +179,18 @@ def _resume(miner: Miner, ckpt: Path, cfg: CollectConfig, key: str) -> None:
 
 
 def _mine(cfg, dist: distributed.Dist, tok, forward, miner: Miner, ckpt: Path, key: str) -> int:
-    """Forward the shards of this rank; returns the number of windows in the whole corpus."""
+    """Forward the shards of this rank; returns the number of windows in the whole corpus. A run that
+    fails before its first checkpoint leaves no empty state folder."""
     ckpt.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return _mine_shards(cfg, dist, tok, forward, miner, ckpt, key)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            ckpt.parent.rmdir()  # only when empty
+        raise
+
+
+def _mine_shards(cfg, dist: distributed.Dist, tok, forward, miner: Miner, ckpt: Path, key: str) -> int:
     done_now, n_windows = 0, 0
     bar = tqdm(
         total=cfg.max_windows, desc=f"collect[rank {dist.rank}]", unit="win", disable=not cfg.progress or dist.rank != 0

@@ -68,8 +68,8 @@ def explain(cfg: ExplainConfig) -> Path:
     dist = distributed.current()
     store = ExemplarStore(cfg.store)
     keys = feature_keys(store, cfg.features, cfg.max_features)
-    with OutputLock(out, dist.rank):
-        cache = Cache(cfg.cache or out / "cache.sqlite")
+    # the cache is closed (and removed again if empty) on any exit
+    with OutputLock(out, dist.rank), Cache(cfg.cache or out / "cache.sqlite") as cache:
         budget = cfg.limits.budget()  # one budget for every HTTP call of the run
         teacher = _teacher(cfg, cache, budget)
         simulator = load_simulator(cfg.simulator, cache, dtype=cfg.dtype, limits=cfg.limits, budget=budget)

@@ -65,8 +65,9 @@ class PlantedRule:
 
 def word_rule(word: str) -> PlantedRule:
     """The whole word `word`, any case."""
-    return PlantedRule(f"word:{word}", f'the word "{word}"', rf"\b{re.escape(word)}\b", flags=re.IGNORECASE,
-                       family="word")
+    return PlantedRule(
+        f"word:{word}", f'the word "{word}"', rf"\b{re.escape(word)}\b", flags=re.IGNORECASE, family="word"
+    )
 
 
 RULES: dict[str, PlantedRule] = {  # a small classic set, used by tests and the simulator benchmark
@@ -75,21 +76,33 @@ RULES: dict[str, PlantedRule] = {  # a small classic set, used by tests and the 
         PlantedRule("digits", "digits and numbers", r"\d+", family="shape"),
         PlantedRule("parentheses", "the text inside parentheses", r"\(([^()]+)\)", group=1, family="span"),
         PlantedRule("double_quotes", "text inside double quotation marks", r'"([^"\n]+)"', group=1, family="span"),
-        PlantedRule("sentence_end", "the full stop or question mark that ends a sentence",
-                    r"(?<=[a-z)\]*])[.?!](?=\s|$)", family="punctuation"),
-        PlantedRule("capitalised", "capitalised words (starting with an upper-case letter)", r"\b[A-Z][a-z]+\b",
-                    family="morphology"),
+        PlantedRule(
+            "sentence_end",
+            "the full stop or question mark that ends a sentence",
+            r"(?<=[a-z)\]*])[.?!](?=\s|$)",
+            family="punctuation",
+        ),
+        PlantedRule(
+            "capitalised",
+            "capitalised words (starting with an upper-case letter)",
+            r"\b[A-Z][a-z]+\b",
+            family="morphology",
+        ),
         PlantedRule("after_the", 'the word right after "the"', r"\b[Tt]he\s+([A-Za-z]+)", group=1, family="position"),
         PlantedRule("comma", "commas", r",", family="punctuation"),
         PlantedRule("ing_words", 'words ending in "-ing"', r"\b[A-Za-z]+ing\b", family="morphology"),
-        PlantedRule("snake_case", "identifiers with underscores, like snake_case names", r"\b\w+_\w+\b", family="shape"),
+        PlantedRule(
+            "snake_case", "identifiers with underscores, like snake_case names", r"\b\w+_\w+\b", family="shape"
+        ),
         PlantedRule("colon", "colons", r":", family="punctuation"),
         PlantedRule("long_words", "long words of ten or more letters", r"\b[a-zA-Z]{10,}\b", family="morphology"),
-        PlantedRule("acronyms", "words written in all capital letters, such as acronyms", r"\b[A-Z]{2,}\b",
-                    family="morphology"),
+        PlantedRule(
+            "acronyms", "words written in all capital letters, such as acronyms", r"\b[A-Z]{2,}\b", family="morphology"
+        ),
         PlantedRule("asterisks", "words emphasised between asterisks", r"\*([^*\s][^*]*)\*", group=1, family="span"),
-        PlantedRule("after_a", 'the word right after "a" or "an"', r"\b[Aa]n?\s+([A-Za-z]+)", group=1,
-                    family="position"),
+        PlantedRule(
+            "after_a", 'the word right after "a" or "an"', r"\b[Aa]n?\s+([A-Za-z]+)", group=1, family="position"
+        ),
     )
 }
 
@@ -107,8 +120,9 @@ class PlantedWindow:
         return tuple(self.text[s:e] for s, e in self.spans)
 
 
-def corpus_windows(tokenizer, window: int = 32, max_windows: int | None = None,
-                   dataset: str = BUILTIN) -> Iterator[PlantedWindow]:
+def corpus_windows(
+    tokenizer, window: int = 32, max_windows: int | None = None, dataset: str = BUILTIN
+) -> Iterator[PlantedWindow]:
     """Windows of `window` tokens, each inside one document, numbered in stream order."""
     from neuroscribe.simulators.finetuned_format import contiguous_spans
 
@@ -117,8 +131,9 @@ def corpus_windows(tokenizer, window: int = 32, max_windows: int | None = None,
         enc = tokenizer(doc, add_special_tokens=False, return_offsets_mapping=True)
         spans = contiguous_spans([tuple(o) for o in enc["offset_mapping"]], len(doc))
         for start in range(0, len(spans) - window + 1, window):
-            yield PlantedWindow(n, d, doc, tuple(spans[start : start + window]),
-                                tuple(enc["input_ids"][start : start + window]))
+            yield PlantedWindow(
+                n, d, doc, tuple(spans[start : start + window]), tuple(enc["input_ids"][start : start + window])
+            )
             n += 1
             if max_windows is not None and n >= max_windows:
                 return
@@ -146,13 +161,29 @@ def rule_activations(rule: PlantedRule, windows: Sequence[PlantedWindow]) -> dic
 
 
 def _exemplar(w: PlantedWindow, acts: np.ndarray, source: str, split: str, rank: int) -> Exemplar:
-    return Exemplar(w.tokens, tuple(float(a) for a in acts), w.window_id, source=source, split=split, rank=rank,
-                    token_ids=w.token_ids, doc_span=(w.doc, w.doc))
+    return Exemplar(
+        w.tokens,
+        tuple(float(a) for a in acts),
+        w.window_id,
+        source=source,
+        split=split,
+        rank=rank,
+        token_ids=w.token_ids,
+        doc_span=(w.doc, w.doc),
+    )
 
 
-def planted_features(tokenizer, rules: Iterable[PlantedRule] | None = None, window: int = 32, n_top: int = 12,
-                     n_random: int = 12, max_windows: int | None = 3000, seed: int = 0,
-                     dataset: str = BUILTIN, windows: Sequence[PlantedWindow] | None = None) -> list[FeatureExemplars]:
+def planted_features(
+    tokenizer,
+    rules: Iterable[PlantedRule] | None = None,
+    window: int = 32,
+    n_top: int = 12,
+    n_random: int = 12,
+    max_windows: int | None = 3000,
+    seed: int = 0,
+    dataset: str = BUILTIN,
+    windows: Sequence[PlantedWindow] | None = None,
+) -> list[FeatureExemplars]:
     """One FeatureExemplars per rule (module doc): n_top top and n_random random windows per rule."""
     from .finalize import deal_groups, group_windows
 
@@ -168,22 +199,29 @@ def planted_features(tokenizer, rules: Iterable[PlantedRule] | None = None, wind
     for rule in rules:
         acts = rule_activations(rule, windows)
         all_acts = np.concatenate([acts[w.window_id] for w in windows]).astype(np.float64)
-        top = sorted((w for w in windows if acts[w.window_id].max() > 0),
-                     key=lambda w: (-float(acts[w.window_id].sum()), w.window_id))[:n_top]
+        top = sorted(
+            (w for w in windows if acts[w.window_id].max() > 0),
+            key=lambda w: (-float(acts[w.window_id].sum()), w.window_id),
+        )[:n_top]
         rnd = random.Random(f"{seed}:{rule.name}").sample(windows, min(n_random, len(windows)))
         picked = [("top", w) for w in top] + [("random", w) for w in rnd]
         wids = [w.window_id for _, w in picked]
-        groups = group_windows(wids, {w: (by_id[w].doc, by_id[w].doc) for w in wids},
-                               {w: by_id[w].token_ids for w in wids})
+        groups = group_windows(
+            wids, {w: (by_id[w].doc, by_id[w].doc) for w in wids}, {w: by_id[w].token_ids for w in wids}
+        )
         split_of = deal_groups(groups, [s for s, _ in picked], len(SPLITS))
         ranks = {"top": 0, "random": 0}
         exemplars = []
         for (source, w), g in zip(picked, groups):
             exemplars.append(_exemplar(w, acts[w.window_id], source, SPLITS[split_of[g]], ranks[source]))
             ranks[source] += 1
-        stats = FeatureStats(max_activation=float(all_acts.max()), mean=float(all_acts.mean()),
-                             variance=float(all_acts.var()), n_tokens=int(all_acts.size),
-                             frac_active=float((all_acts > 0).mean()))
+        stats = FeatureStats(
+            max_activation=float(all_acts.max()),
+            mean=float(all_acts.mean()),
+            variance=float(all_acts.var()),
+            n_tokens=int(all_acts.size),
+            frac_active=float((all_acts > 0).mean()),
+        )
         out.append(FeatureExemplars(rule.feature, tuple(exemplars), stats, dead=not top))
     return out
 
@@ -193,9 +231,17 @@ def explanations_of(rules: Sequence[PlantedRule]) -> dict[str, str]:
     return {r.feature.key: r.explanation for r in rules}
 
 
-def simulator_rows(tokenizer, rules: Sequence[PlantedRule], window: int = 32, max_windows: int | None = 3000,
-                   per_rule: int = 8, n_random: int = 4, others: int = 0, seed: int = 0,
-                   dataset: str = BUILTIN) -> list[dict]:
+def simulator_rows(
+    tokenizer,
+    rules: Sequence[PlantedRule],
+    window: int = 32,
+    max_windows: int | None = 3000,
+    per_rule: int = 8,
+    n_random: int = 4,
+    others: int = 0,
+    seed: int = 0,
+    dataset: str = BUILTIN,
+) -> list[dict]:
     """Training rows (`distill.simulator_data.feature_rows` layout) for a fine-tuned simulator: per rule,
     `per_rule` of its top windows and `n_random` random ones, each labelled under the rule itself (a
     random true phrasing) and under `others` other rules (their phrasing and their own labels, mostly 0)."""
@@ -207,16 +253,27 @@ def simulator_rows(tokenizer, rules: Sequence[PlantedRule], window: int = 32, ma
     rows = []
     for rule in rules:
         acts = by_rule[rule.name]
-        top = sorted((w for w in windows if acts[w.window_id].max() > 0),
-                     key=lambda w: (-float(acts[w.window_id].sum()), w.window_id))[:per_rule]
+        top = sorted(
+            (w for w in windows if acts[w.window_id].max() > 0),
+            key=lambda w: (-float(acts[w.window_id].sum()), w.window_id),
+        )[:per_rule]
         chosen = top + rng.sample(windows, min(n_random, len(windows)))
         for w in chosen:
             for labeller in [rule] + rng.sample([r for r in rules if r is not rule], min(others, len(rules) - 1)):
                 a = by_rule[labeller.name][w.window_id]
-                rows.append({
-                    "feature": labeller.feature.key, "stage": "stage1", "explanation": rng.choice(labeller.all_phrasings),
-                    "explanation_score": float("nan"), "window_id": w.window_id, "split": "explain", "source": "planted",
-                    "tokens": list(w.tokens), "activations": [float(x) for x in a],
-                    "classes": activation_classes(a, labeller.activation), "max_activation": labeller.activation,
-                })
+                rows.append(
+                    {
+                        "feature": labeller.feature.key,
+                        "stage": "stage1",
+                        "explanation": rng.choice(labeller.all_phrasings),
+                        "explanation_score": float("nan"),
+                        "window_id": w.window_id,
+                        "split": "explain",
+                        "source": "planted",
+                        "tokens": list(w.tokens),
+                        "activations": [float(x) for x in a],
+                        "classes": activation_classes(a, labeller.activation),
+                        "max_activation": labeller.activation,
+                    }
+                )
     return rows

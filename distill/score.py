@@ -63,8 +63,8 @@ def score(cfg: ScoreConfig) -> list[ScoredExplanation]:
     unknown = sorted({e.feature for e in items} - set(store.keys(include_dead=True)))
     if unknown:
         raise KeyError(f"{cfg.explanations}: feature(s) {unknown[:5]} are not in the store {cfg.store}")
-    with OutputLock(out, dist.rank):
-        db = Cache(cfg.cache or out / "cache.sqlite")
+    # the cache is closed (and removed again if empty) on any exit
+    with OutputLock(out, dist.rank), Cache(cfg.cache or out / "cache.sqlite") as db:
         sim = load_simulator(cfg.simulator, db, dtype=cfg.dtype, limits=cfg.limits)
         in_sample = in_sample_features(
             sim, [e.feature for e in items], cfg.allow_in_sample, f"score --simulator {cfg.simulator}"

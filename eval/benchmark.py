@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -94,6 +95,13 @@ class Row:
     candidates: tuple[ScoredExplanation, ...] = ()
 
 
+def drawn(keys: list[str], n: int | None, seed: int, purpose: str) -> set[str] | None:
+    """`n` of `keys` drawn with `seed` (None: all of them), the same for every explainer row."""
+    if n is None or n >= len(keys):
+        return None
+    return set(random.Random(f"{seed}:{purpose}").sample(sorted(keys), n))
+
+
 class Scorer:
     """Every eval simulator over one cache; the first (primary) one also selects best-of-k winners."""
 
@@ -103,7 +111,9 @@ class Scorer:
                 f"--detection needs a local simulator (hf:MODEL) first; {simulators[0].spec} cannot answer Yes/No"
             )
         self.simulators, self.cache, self.cfg, self.in_sample = simulators, cache, cfg, in_sample
-        self.judged_keys = None if cfg.judged_features is None else set(keys[: cfg.judged_features])
+        self.judged_keys = drawn(keys, cfg.judged_features, cfg.seed, "judged")
+        self.split_half_keys = drawn(keys, cfg.reliability_features, cfg.seed, "split-half")
+        self.seconds: dict[str, float] = {}  # report-split scoring per simulator, and the split-half re-scoring
 
     @property
     def primary(self):
@@ -118,8 +128,16 @@ class Scorer:
 
     def score_many(self, explanations, record: FeatureExemplars, split: str) -> list[ScoredExplanation]:
         """The primary simulator's scores of several explanations of one feature, simulated together."""
-        return cached_scores(self.primary, list(explanations), record, split, self.cache, stage="eval-simulate",
-                             target=self.cfg.target, in_sample=record.feature.key in self.in_sample)
+        return cached_scores(
+            self.primary,
+            list(explanations),
+            record,
+            split,
+            self.cache,
+            stage="eval-simulate",
+            target=self.cfg.target,
+            in_sample=record.feature.key in self.in_sample,
+        )
 
     def _judges(self, explanation: Explanation, record: FeatureExemplars) -> dict:
         judge = self.primary
@@ -152,8 +170,20 @@ class Scorer:
     def _scores(self, sim, explanations: list[Explanation], record: FeatureExemplars, split: str) -> list:
         if not explanations:
             return []
-        return cached_scores(sim, explanations, record, split, self.cache, stage="eval-simulate",
-                             target=self.cfg.target, in_sample=record.feature.key in self.in_sample)
+        start = time.perf_counter()
+        out = cached_scores(
+            sim,
+            explanations,
+            record,
+            split,
+            self.cache,
+            stage="eval-simulate",
+            target=self.cfg.target,
+            in_sample=record.feature.key in self.in_sample,
+        )
+        part = f"{sim.spec} on {split}"
+        self.seconds[part] = self.seconds.get(part, 0.0) + time.perf_counter() - start
+        return out
 
     def outcomes(self, record: FeatureExemplars, rows: list[Row]) -> dict[str, Outcome]:
         """Every row of one feature, scored on the report split by the primary simulator and by every
@@ -168,12 +198,22 @@ class Scorer:
                 if self.cfg.detection and sim is self.primary and r.chosen.ok:
                     s = dataclasses.replace(s, judges=self._judges(r.chosen, record))
                 reported[r.name][sim.spec] = s
-        unselected = [r for r in rows if not r.selected]
-        other = dict(zip((r.name for r in unselected),
-                         self._scores(self.primary, [r.chosen for r in unselected], record, SELECTION_SPLIT)))
+        unselected = [
+            r for r in rows if not r.selected and (self.split_half_keys is None or key in self.split_half_keys)
+        ]
+        other = dict(
+            zip(
+                (r.name for r in unselected),
+                self._scores(self.primary, [r.chosen for r in unselected], record, SELECTION_SPLIT),
+            )
+        )
         return {
-            r.name: Outcome(reported[r.name], r.selection_score, r.candidates,
-                            {self.primary.spec: other[r.name]} if r.name in other else {})
+            r.name: Outcome(
+                reported[r.name],
+                r.selection_score,
+                r.candidates,
+                {self.primary.spec: other[r.name]} if r.name in other else {},
+            )
             for r in rows
         }
 
@@ -303,8 +343,9 @@ def explainer_list(cfg: EvalConfig, teacher: _Side) -> list[Explainer]:
     ]
 
 
-def _outcomes(record: FeatureExemplars, sides: dict[str, _Side], pool: dict, references: dict, scorer: Scorer,
-              cfg: EvalConfig) -> dict[str, Outcome]:
+def _outcomes(
+    record: FeatureExemplars, sides: dict[str, _Side], pool: dict, references: dict, scorer: Scorer, cfg: EvalConfig
+) -> dict[str, Outcome]:
     """Every explainer's reported explanation for one feature, scored on the report split."""
     key = record.feature.key
     rows: list[Row] = []
@@ -404,6 +445,7 @@ def evaluate(cfg: EvalConfig, simulators: list | None = None) -> EvalOutputs:
                 for k in tqdm(keys, desc=f"eval: score on {REPORT_SPLIT}", unit="feat", disable=not cfg.progress)
             ]
             timings["score"] = time.perf_counter() - t
+            timings["score_parts"] = scorer.seconds
             explainers = explainer_list(cfg, sides["teacher"])
             results = strict(
                 _results(cfg, store, features_file, keys, sides, sims, features, explainers, cache, in_sample)

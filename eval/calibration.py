@@ -23,8 +23,10 @@ from neuroscribe.scorers import cached_scores
 
 from .results import fmt
 
-NOTE = ("True-vs-wrong: each held-out planted feature's test exemplars scored under its rule's true explanation "
-        "and under other rules' explanations; win rate = share of (feature, wrong) pairs the true one wins.")
+NOTE = (
+    "True-vs-wrong: each held-out planted feature's test exemplars scored under its rule's true explanation "
+    "and under other rules' explanations; win rate = share of (feature, wrong) pairs the true one wins."
+)
 
 
 def fidelity(true: Sequence[float], wrong: Sequence[Sequence[float]]) -> dict:
@@ -38,9 +40,13 @@ def fidelity(true: Sequence[float], wrong: Sequence[Sequence[float]]) -> dict:
         rank1 += bool(ws) and all(beats)
     finite = lambda xs: [x for x in xs if x is not None and math.isfinite(x)]  # noqa: E731
     flat_wrong = finite([w for ws in wrong for w in ws])
-    return {"win_rate": wins / pairs if pairs else None, "rank1": rank1, "n_rules": len(true),
-            "mean_true": statistics.fmean(finite(true)) if finite(true) else None,
-            "mean_wrong": statistics.fmean(flat_wrong) if flat_wrong else None}
+    return {
+        "win_rate": wins / pairs if pairs else None,
+        "rank1": rank1,
+        "n_rules": len(true),
+        "mean_true": statistics.fmean(finite(true)) if finite(true) else None,
+        "mean_wrong": statistics.fmean(flat_wrong) if flat_wrong else None,
+    }
 
 
 def headline(calibration: dict) -> str:
@@ -48,14 +54,23 @@ def headline(calibration: dict) -> str:
     return "; ".join(
         f"{spec}: true beats wrong in {c['win_rate']:.2f} of pairs, ranks first for {c['rank1']}/{c['n_rules']} "
         f"rules (true {fmt(c['mean_true'])}, wrong {fmt(c['mean_wrong'])})"
-        if c["win_rate"] is not None else f"{spec}: no rule scored"
+        if c["win_rate"] is not None
+        else f"{spec}: no rule scored"
         for spec, c in calibration["simulators"].items()
     )
 
 
-def calibrate(simulators: Sequence, features: Sequence[FeatureExemplars], explanations: Sequence[str],
-              names: Sequence[str], split: str = "test", n_wrong: int | None = None, seed: int = 0, cache=None,
-              limit: dict[str, int] | None = None) -> dict:
+def calibrate(
+    simulators: Sequence,
+    features: Sequence[FeatureExemplars],
+    explanations: Sequence[str],
+    names: Sequence[str],
+    split: str = "test",
+    n_wrong: int | None = None,
+    seed: int = 0,
+    cache=None,
+    limit: dict[str, int] | None = None,
+) -> dict:
     """Calibration of every simulator on planted `features` with their true `explanations` (module doc).
     `limit` caps the features a slow simulator is run on (spec -> count: the first ones, in order)."""
     rng = random.Random(seed)
@@ -66,7 +81,7 @@ def calibrate(simulators: Sequence, features: Sequence[FeatureExemplars], explan
     for sim in simulators:
         n = min(len(features), (limit or {}).get(sim.spec, len(features)))
 
-        def scores(i: int) -> list[float]:  # the true explanation, then the wrong ones: one batched call
+        def scores(i: int, sim=sim) -> list[float]:  # the true explanation, then the wrong ones: one call
             key = features[i].feature.key
             es = [Explanation(key, explanations[j], "calibration", prompt_style="reference") for j in [i, *others[i]]]
             return [s.score for s in cached_scores(sim, es, features[i], split, cache, stage="calibration")]
@@ -74,7 +89,8 @@ def calibrate(simulators: Sequence, features: Sequence[FeatureExemplars], explan
         rows = []
         for i in range(n):
             true, *wrong = scores(i)
-            rows.append({"rule": names[i], "feature": features[i].feature.key, "true_score": true,
-                         "wrong_scores": wrong})
+            rows.append(
+                {"rule": names[i], "feature": features[i].feature.key, "true_score": true, "wrong_scores": wrong}
+            )
         out[sim.spec] = {**fidelity([r["true_score"] for r in rows], [r["wrong_scores"] for r in rows]), "rules": rows}
     return {"split": split, "note": NOTE, "simulators": out}

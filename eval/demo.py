@@ -1,5 +1,7 @@
 """`neuroscribe demo`: the whole loop on a CPU with the bundled SmolLM2-135M-Instruct as subject,
-teacher, simulator and LoRA student, on real neurons beside planted features whose answer is known.
+simulator and LoRA student, on real neurons beside planted features whose answer is known. The
+default teacher is `patterns:v1` (LLM-free templates over the marked tokens): the 135M model cannot
+explain (the README says what that means for the numbers).
 
 1. collect: real MLP neurons of SmolLM2 on the builtin corpus;
 2. plant: planted features of the suite's explainer and held-out rules join the store
@@ -78,16 +80,29 @@ def _run(cmd: list[str], log: Path, threads: int) -> None:
         raise RuntimeError(f"{' '.join(cmd)} failed (exit {res.returncode}); log {log}:\n{tail}")
 
 
-def _check_config(out: Path, cfg: DemoConfig) -> None:
-    """A run folder holds one configuration: a rerun with other settings is refused, never mixed in."""
+def _train(entry: str, recipe: Path, flags: dict[str, object], log: Path, threads: int) -> None:
+    """`python -m neuroscribe.train.<entry> --config <recipe> --flag value ...` (None values left out)."""
+    cmd = [sys.executable, "-m", f"neuroscribe.train.{entry}", "--config", str(recipe)]
+    for name, value in flags.items():
+        if value is not None:
+            cmd += [f"--{name}", str(value)]
+    _run(cmd, log, threads)
+
+
+def _check_config(out: Path, cfg: DemoConfig) -> dict:
+    """A run folder holds one configuration: the first run records it in demo.json before any stage, and
+    a rerun with other settings is refused, never mixed in."""
     path = out / DEMO_FILE
     want = {k: v for k, v in to_dict(cfg).items() if k != "out"}
     if path.exists():
         had = read_json(path).get("config", {})
         diff = sorted(k for k in want if k in had and had[k] != want[k])
         if diff:
-            raise ValueError(f"{path}: field config differs from this run's ({', '.join(diff)}); "
-                             f"use another --out or remove {out}")
+            raise ValueError(
+                f"{path}: field config differs from this run's ({', '.join(diff)}); use another --out or remove {out}"
+            )
+    else:
+        write_json(path, {"config": want, "status": "running"})
     return want
 
 
@@ -118,49 +133,67 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     config = _check_config(out, cfg)
     dtype, threads = _compute(cfg)
-    console.print(f"compute: {dtype}, {threads} torch thread(s) (measured on this CPU)" if cfg.dtype == "auto"
-                  else f"compute: {dtype}, {threads} torch thread(s)")
+    measured = " (measured on this CPU)" if cfg.dtype == "auto" else ""
+    console.print(f"compute: {dtype}, {threads} torch thread(s){measured}")
     recipes, logs = recipes_dir(), out / "logs"
     logs.mkdir(exist_ok=True)
     real, store, scored, distill = out / "real", out / "store", out / "scored", out / "distill"
-    sft, eval_dir, cache_path = out / "sft", out / "eval", out / "cache.sqlite"
-    calibration = out / "calibration.json"
+    sft, cache_path, calibration = out / "sft", out / "cache.sqlite", out / "calibration.json"
     tok = load_tokenizer(cfg.model)
     parts = demo_data.planted_parts(cfg)
     sim_done, sim_training = demo_data.simulator_cache(cache_dir(), cfg, parts["simulator"])
-    finetuned = f"finetuned:{sim_done}"
-    prompted = f"hf:{cfg.model}"
+    finetuned, prompted = f"finetuned:{sim_done}", f"hf:{cfg.model}"
+    heldout_list = out / demo_data.HELDOUT_LIST
     timer = StageTimer()
 
     def do_collect() -> str:
         if not (real / "meta.json").exists():
-            collect(CollectConfig(out=str(real), model=cfg.model, features=(cfg.features,), window=cfg.window,
-                                  max_windows=cfg.windows, dtype=dtype, mining=MiningConfig(top_k=12, per_quantile=1,
-                                                                                            random_k=12)))
+            mining = MiningConfig(top_k=12, per_quantile=1, random_k=12)
+            collect(
+                CollectConfig(
+                    out=str(real),
+                    model=cfg.model,
+                    features=(cfg.features,),
+                    window=cfg.window,
+                    max_windows=cfg.windows,
+                    dtype=dtype,
+                    mining=mining,
+                )
+            )
         s = ExemplarStore(real).summary()
         return f"{s['features']} real features ({s['dead']} dead), {s['exemplars']} exemplars"
 
     def do_plant() -> str:
-        if not (out / demo_data.HELDOUT_LIST).exists():
-            counts = demo_data.build_store(real, out, tok, parts, cfg)
-            write_json(out / "plant.json", counts)
+        if not heldout_list.exists():
+            write_json(out / "plant.json", demo_data.build_store(real, out, tok, parts, cfg))
         c = read_json(out / "plant.json")
-        return (f"{c['planted_explainer']} planted training + {c['planted_heldout']} held-out planted features; "
-                f"{c['heldout_real']} real features held out")
+        return (
+            f"{c['planted_explainer']} planted training + {c['planted_heldout']} held-out planted features; "
+            f"{c['heldout_real']} real features held out"
+        )
 
     def do_simulator() -> str:
         if (sim_done / "simulator.json").exists():
             return f"reused {sim_done}"
-        data = demo_data.simulator_data(tok, parts["simulator"], read_heldout(out / demo_data.HELDOUT_LIST), cfg,
-                                        out / "simulator-data")
-        _run([sys.executable, "-m", "neuroscribe.train.simulator", "--config", str(recipes / "tiny/simulator.yaml"),
-              "--model_name_or_path", cfg.model, "--dataset_name", str(data), "--output_dir", str(sim_training),
-              "--max_steps", str(cfg.simulator_steps), "--learning_rate", str(cfg.simulator_lr),
-              "--lr_scheduler_type", "cosine", "--warmup_steps", "0.05",
-              "--per_device_train_batch_size", str(cfg.simulator_batch), "--save_steps", "20",
-              "--save_total_limit", "1", "--logging_steps", "5", "--seed", str(cfg.seed)]
-             + (["--lora_layers", cfg.simulator_lora_layers] if cfg.simulator_lora_layers else []),
-             logs / "simulator.log", threads)
+        data = demo_data.simulator_data(
+            tok, parts["simulator"], read_heldout(heldout_list), cfg, out / "simulator-data"
+        )
+        flags = {
+            "model_name_or_path": cfg.model,
+            "dataset_name": data,
+            "output_dir": sim_training,
+            "max_steps": cfg.simulator_steps,
+            "learning_rate": cfg.simulator_lr,
+            "lr_scheduler_type": "cosine",
+            "warmup_steps": 0.05,
+            "per_device_train_batch_size": cfg.simulator_batch,
+            "save_steps": 20,
+            "save_total_limit": 1,
+            "logging_steps": 5,
+            "seed": cfg.seed,
+            "lora_layers": cfg.simulator_lora_layers,
+        }
+        _train("simulator", recipes / "tiny/simulator.yaml", flags, logs / "simulator.log", threads)
         demo_data.finish_simulator(sim_training, sim_done, demo_data.simulator_settings(cfg, parts["simulator"]))
         return f"{len(parts['simulator'])} planted rules, {cfg.simulator_steps} steps -> {sim_done}"
 
@@ -170,16 +203,21 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> Path:
         from .calibration import calibrate, headline
 
         if not calibration.exists():
-            s = ExemplarStore(store)
-            truth = demo_data.read_truth(out)
-            held = [k for k in read_heldout(out / demo_data.HELDOUT_LIST) if k in truth]
-            feats = [s.get(k) for k in held]
+            s, truth = ExemplarStore(store), demo_data.read_truth(out)
+            held = [k for k in read_heldout(heldout_list) if k in truth]
             cache = Cache(cache_path)
             try:
                 sims = [load_simulator(spec, cache, dtype=dtype) for spec in (finetuned, prompted)]
-                result = calibrate(sims, feats, [truth[k]["explanation"] for k in held],
-                                   [truth[k]["rule"] for k in held], n_wrong=cfg.calibration_wrong, seed=cfg.seed,
-                                   cache=cache, limit={sims[1].spec: cfg.prompted_rules})
+                result = calibrate(
+                    sims,
+                    [s.get(k) for k in held],
+                    [truth[k]["explanation"] for k in held],
+                    [truth[k]["rule"] for k in held],
+                    n_wrong=cfg.calibration_wrong,
+                    seed=cfg.seed,
+                    cache=cache,
+                    limit={sims[1].spec: cfg.prompted_rules},
+                )
             finally:
                 cache.close()
             write_json(calibration, result)
@@ -187,77 +225,162 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> Path:
 
     def do_explain() -> str:
         if not (scored / "meta.json").exists() or read_json(scored / "meta.json").get("status") != "complete":
-            explain(ExplainConfig(store=str(store), out=str(scored), teacher=cfg.teacher, simulator=finetuned, k=cfg.k,
-                                  prompt_style=cfg.prompt_style, max_exemplars=cfg.max_exemplars,
-                                  max_tokens=cfg.max_tokens, dtype=dtype, cache=str(cache_path), seed=cfg.seed))
+            explain(
+                ExplainConfig(
+                    store=str(store),
+                    out=str(scored),
+                    teacher=cfg.teacher,
+                    simulator=finetuned,
+                    k=cfg.k,
+                    prompt_style=cfg.prompt_style,
+                    max_exemplars=cfg.max_exemplars,
+                    max_tokens=cfg.max_tokens,
+                    dtype=dtype,
+                    cache=str(cache_path),
+                    seed=cfg.seed,
+                )
+            )
         meta = read_json(scored / "meta.json")
-        return (f"{meta['n_candidates']} candidates for {meta['n_features']} features, mean best score "
-                f"{meta['mean_best_score_in_sample']:.3f} (in-sample: the split that selected them)")
+        return (
+            f"{meta['n_candidates']} candidates for {meta['n_features']} features, mean best score "
+            f"{meta['mean_best_score_in_sample']:.3f} (in-sample: the split that selected them)"
+        )
 
     def do_distill() -> str:
         if not (distill / "build.json").exists():
-            build_datasets(DistillConfig(str(scored), str(distill), threshold=cfg.threshold, min_margin=0.1,
-                                         heldout_file=str(out / demo_data.HELDOUT_LIST), validation_fraction=0.1,
-                                         max_exemplars=cfg.max_exemplars, seed=cfg.seed))
+            build_datasets(
+                DistillConfig(
+                    str(scored),
+                    str(distill),
+                    threshold=cfg.threshold,
+                    min_margin=0.1,
+                    heldout_file=str(heldout_list),
+                    validation_fraction=0.1,
+                    max_exemplars=cfg.max_exemplars,
+                    seed=cfg.seed,
+                )
+            )
         build = read_json(distill / "build.json")
         rows, splits = build["rows"], build["splits"]
-        return (f"{rows['sft']['train']} SFT / {rows['preference']['train']} preference training rows from "
-                f"{len(splits['train'])} features; {len(splits['heldout'])} held out")
+        return (
+            f"{rows['sft']['train']} SFT / {rows['preference']['train']} preference training rows from "
+            f"{len(splits['train'])} features; {len(splits['heldout'])} held out"
+        )
 
     def do_sft() -> str:
         if not (sft / "adapter_config.json").exists():
-            _run([sys.executable, "-m", "neuroscribe.train.sft", "--config", str(recipes / "tiny/sft.yaml"),
-                  "--model_name_or_path", cfg.model, "--dataset_name", str(distill), "--output_dir", str(sft),
-                  "--max_steps", str(cfg.sft_steps), "--save_steps", str(cfg.sft_steps),
-                  "--per_device_train_batch_size", str(cfg.sft_batch), "--learning_rate", str(cfg.sft_lr),
-                  "--lr_scheduler_type", "cosine", "--warmup_steps", "0.1", "--logging_steps", "1",
-                  "--seed", str(cfg.seed)] + (["--lora_layers", cfg.sft_lora_layers] if cfg.sft_lora_layers else []),
-                 logs / "sft.log", threads)
+            flags = {
+                "model_name_or_path": cfg.model,
+                "dataset_name": distill,
+                "output_dir": sft,
+                "max_steps": cfg.sft_steps,
+                "save_steps": cfg.sft_steps,
+                "per_device_train_batch_size": cfg.sft_batch,
+                "learning_rate": cfg.sft_lr,
+                "lr_scheduler_type": "cosine",
+                "warmup_steps": 0.1,
+                "logging_steps": 1,
+                "seed": cfg.seed,
+                "lora_layers": cfg.sft_lora_layers,
+            }
+            _train("sft", recipes / "tiny/sft.yaml", flags, logs / "sft.log", threads)
         return f"LoRA SFT, {cfg.sft_steps} steps at lr {cfg.sft_lr} -> {sft}"
 
-    def do_eval() -> str:
-        from neuroscribe.eval.benchmark import EvalConfig, evaluate
-        from neuroscribe.runs.eval import read_results
+    def do_dpo() -> str:
+        """DPO on the merged SFT student (the preference pairs of the same explain run)."""
+        merged, dpo = out / "sft-merged", out / "dpo"
+        pairs = read_json(distill / "build.json")["rows"]["preference"]["train"]
+        if not pairs:
+            return "skipped: the explain run gave no preference pair (no candidates differing by >= 0.1)"
+        if not (merged / "config.json").exists():
+            _run(
+                [sys.executable, "-m", "neuroscribe.cli", "publish", str(sft), "--merge", "--dry-run", str(merged)],
+                logs / "merge.log",
+                threads,
+            )
+        if not (dpo / "adapter_config.json").exists():
+            flags = {
+                "model_name_or_path": merged,
+                "dataset_name": distill,
+                "output_dir": dpo,
+                "max_steps": cfg.dpo_steps,
+                "save_steps": cfg.dpo_steps,
+                "per_device_train_batch_size": cfg.sft_batch,
+                "learning_rate": cfg.sft_lr / 5,
+                "lr_scheduler_type": "cosine",
+                "logging_steps": 1,
+                "seed": cfg.seed,
+            }
+            _train("dpo", recipes / "tiny/dpo.yaml", flags, logs / "dpo.log", threads)
+        return f"LoRA DPO, {cfg.dpo_steps} steps on the merged SFT student -> {dpo}"
 
-        from .report import answer
+    def eval_stage(student: Path, folder: Path, runs: tuple[Path, ...]) -> Callable[[], str]:
+        def do_eval() -> str:
+            from neuroscribe.runs.eval import read_results
 
-        if not (eval_dir / "results.json").exists():
-            evaluate(EvalConfig(store=str(store), features=str(distill / "heldout.txt"), student=str(sft),
-                                out=str(eval_dir), teacher_results=str(scored), simulators=(finetuned, prompted),
-                                judged_rows=JUDGED_ROWS, judged_features=cfg.judge_features, base=cfg.model,
-                                reference=str(out / demo_data.TRUTH), reference_label="the planted rule",
-                                training_runs=(str(sft),), calibration=str(calibration), k=1, dtype=dtype,
-                                max_tokens=cfg.max_tokens, cache=str(cache_path), seed=cfg.seed))
-        return answer(read_results(eval_dir))
+            from .benchmark import EvalConfig, evaluate
+            from .report import answer
 
-    stages = [("collect", do_collect), ("plant", do_plant), ("train simulator", do_simulator),
-              ("calibrate", do_calibrate), ("explain + score", do_explain), ("distill", do_distill),
-              ("train student (SFT)", do_sft)]
+            if not (student / "adapter_config.json").exists():
+                return f"skipped: no student at {student}"
+
+            if not (folder / "results.json").exists():
+                evaluate(
+                    EvalConfig(
+                        store=str(store),
+                        features=str(distill / "heldout.txt"),
+                        student=str(student),
+                        out=str(folder),
+                        teacher_results=str(scored),
+                        simulators=(finetuned, prompted),
+                        judged_rows=JUDGED_ROWS,
+                        judged_features=cfg.judge_features,
+                        reliability_features=cfg.reliability_features,
+                        base=cfg.model,
+                        reference=str(out / demo_data.TRUTH),
+                        reference_label="the planted rule",
+                        training_runs=tuple(map(str, runs)),
+                        calibration=str(calibration),
+                        k=1,
+                        dtype=dtype,
+                        max_tokens=cfg.max_tokens,
+                        cache=str(cache_path),
+                        seed=cfg.seed,
+                    )
+                )
+            return answer(read_results(folder))
+
+        return do_eval
+
+    stages = [
+        ("collect", do_collect),
+        ("plant", do_plant),
+        ("train simulator", do_simulator),
+        ("calibrate", do_calibrate),
+        ("explain + score", do_explain),
+        ("distill", do_distill),
+        ("train student (SFT)", do_sft),
+        ("eval + report (SFT student)", eval_stage(sft, out / "eval", (sft,))),
+    ]
     if cfg.dpo_steps:
-        stages.append(("train student (DPO)", lambda: _dpo(cfg, out, recipes, logs, threads)))
-    stages.append(("eval + report", do_eval))
+        stages += [
+            ("train student (DPO)", do_dpo),
+            ("eval + report (DPO student)", eval_stage(out / "dpo", out / "eval-dpo", (sft, out / "dpo"))),
+        ]
     started = time.perf_counter()
     for name, fn in stages:
         timer.run(name, fn)
     timer.print()
-    write_json(out / DEMO_FILE, {"config": config, "compute": {"dtype": dtype, "threads": threads},
-                                 "stages": [{"stage": n, "seconds": s, "result": r} for n, s, r in timer.rows],
-                                 "total_seconds": time.perf_counter() - started})
-    console.print(f"[bold]Report:[/bold] {eval_dir / 'report.md'}   [bold]Browser:[/bold] {eval_dir / 'browser.html'}")
+    write_json(
+        out / DEMO_FILE,
+        {
+            "config": config,
+            "status": "complete",
+            "compute": {"dtype": dtype, "threads": threads},
+            "stages": [{"stage": n, "seconds": s, "result": r} for n, s, r in timer.rows],
+            "total_seconds": time.perf_counter() - started,
+        },
+    )
+    reports = "   ".join(f"{f / 'report.md'}" for f in (out / "eval", out / "eval-dpo") if (f / "report.md").exists())
+    console.print(f"[bold]Report:[/bold] {reports}   [bold]Browser:[/bold] {out / 'eval' / 'browser.html'}")
     return out
-
-
-def _dpo(cfg: DemoConfig, out: Path, recipes: Path, logs: Path, threads: int) -> str:
-    """DPO on the merged SFT student, evaluated in its own folder (`eval-dpo`) beside the SFT one."""
-    merged, dpo = out / "sft-merged", out / "dpo"
-    if not (merged / "config.json").exists():
-        _run([sys.executable, "-m", "neuroscribe.cli", "publish", str(out / "sft"), "--merge", "--dry-run",
-              str(merged)], logs / "merge.log", threads)
-    if not (dpo / "adapter_config.json").exists():
-        _run([sys.executable, "-m", "neuroscribe.train.dpo", "--config", str(recipes / "tiny/dpo.yaml"),
-              "--model_name_or_path", str(merged), "--dataset_name", str(out / "distill"), "--output_dir", str(dpo),
-              "--max_steps", str(cfg.dpo_steps), "--save_steps", str(cfg.dpo_steps),
-              "--per_device_train_batch_size", str(cfg.sft_batch), "--learning_rate", str(cfg.sft_lr / 5),
-              "--lr_scheduler_type", "cosine", "--logging_steps", "2", "--seed", str(cfg.seed)],
-             logs / "dpo.log", threads)
-    return f"LoRA DPO {cfg.dpo_steps} steps -> {dpo}"

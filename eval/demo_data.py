@@ -56,21 +56,37 @@ def build_store(real: Path, out: Path, tokenizer, parts: dict[str, list[PlantedR
     explainer = live_planted(tokenizer, parts["explainer"], cfg)
     heldout = live_planted(tokenizer, parts["heldout"], cfg)
     records = list(real_store.features(include_dead=True)) + [f for _, f in explainer + heldout]
-    meta = {**real_store.meta, "planted": {"explainer": len(explainer), "heldout": len(heldout),
-                                            "window": cfg.window, "windows": cfg.planted_windows}}
+    meta = {
+        **real_store.meta,
+        "planted": {
+            "explainer": len(explainer),
+            "heldout": len(heldout),
+            "window": cfg.window,
+            "windows": cfg.planted_windows,
+        },
+    }
     meta.pop("schema_version", None)
     meta.pop("fingerprint", None)
     held_real = heldout_real_units(real_store, cfg.heldout_real, cfg.seed)
     write_store(out / "store", records, meta, overwrite=True)
-    write_text(out / TRUTH, "".join(
-        json.dumps({"feature": f.feature.key, "explanation": r.explanation, "rule": r.name, "family": r.family}) + "\n"
-        for r, f in explainer + heldout
-    ))
-    held = [f.feature.key for _, f in heldout] + [k for k in held_real if k in real_store.keys()]
-    random.Random(cfg.seed).shuffle(held)  # the prompted judge scores the first `judge_features`: a mix
+    write_text(
+        out / TRUTH,
+        "".join(
+            json.dumps({"feature": f.feature.key, "explanation": r.explanation, "rule": r.name, "family": r.family})
+            + "\n"
+            for r, f in explainer + heldout
+        ),
+    )
+    live_real = set(real_store.keys())
+    held = [f.feature.key for _, f in heldout] + [k for k in held_real if k in live_real]
+    random.Random(cfg.seed).shuffle(held)
     write_text(out / HELDOUT_LIST, "".join(f"{k}\n" for k in held))
-    return {"real": len(real_store), "planted_explainer": len(explainer), "planted_heldout": len(heldout),
-            "heldout_real": len(held_real)}
+    return {
+        "real": len(real_store),
+        "planted_explainer": len(explainer),
+        "planted_heldout": len(heldout),
+        "heldout_real": len(held_real),
+    }
 
 
 def read_truth(out: Path) -> dict[str, dict]:
@@ -82,10 +98,19 @@ def read_truth(out: Path) -> dict[str, dict]:
 
 def simulator_settings(cfg: DemoConfig, rules: list[PlantedRule]) -> dict:
     """Everything that changes the trained simulator: the key of its cache folder."""
-    return {"model": cfg.model, "rules": [(r.name, r.pattern, r.group, r.all_phrasings) for r in rules],
-            "window": cfg.window, "windows": cfg.simulator_windows, "per_rule": cfg.simulator_per_rule,
-            "n_random": cfg.simulator_random, "steps": cfg.simulator_steps, "lr": cfg.simulator_lr,
-            "batch": cfg.simulator_batch, "lora_layers": cfg.simulator_lora_layers, "seed": cfg.seed}
+    return {
+        "model": cfg.model,
+        "rules": [(r.name, r.pattern, r.group, r.all_phrasings) for r in rules],
+        "window": cfg.window,
+        "windows": cfg.simulator_windows,
+        "per_rule": cfg.simulator_per_rule,
+        "n_random": cfg.simulator_random,
+        "steps": cfg.simulator_steps,
+        "lr": cfg.simulator_lr,
+        "batch": cfg.simulator_batch,
+        "lora_layers": cfg.simulator_lora_layers,
+        "seed": cfg.seed,
+    }
 
 
 def simulator_data(tokenizer, rules: list[PlantedRule], heldout: list[str], cfg: DemoConfig, out: Path) -> Path:
@@ -93,10 +118,22 @@ def simulator_data(tokenizer, rules: list[PlantedRule], heldout: list[str], cfg:
     its heldout.txt, so training refuses any row of theirs."""
     from neuroscribe.distill.simulator_data import write_simulator_dataset
 
-    rows = simulator_rows(tokenizer, rules, window=cfg.window, max_windows=cfg.simulator_windows,
-                          per_rule=cfg.simulator_per_rule, n_random=cfg.simulator_random, seed=cfg.seed)
-    return write_simulator_dataset(out, {"stage1": {"train": rows, "validation": []}}, heldout,
-                                   {"scored_dir": f"planted rules ({len(rules)})"}, overwrite=True)
+    rows = simulator_rows(
+        tokenizer,
+        rules,
+        window=cfg.window,
+        max_windows=cfg.simulator_windows,
+        per_rule=cfg.simulator_per_rule,
+        n_random=cfg.simulator_random,
+        seed=cfg.seed,
+    )
+    return write_simulator_dataset(
+        out,
+        {"stage1": {"train": rows, "validation": []}},
+        heldout,
+        {"scored_dir": f"planted rules ({len(rules)})"},
+        overwrite=True,
+    )
 
 
 def simulator_cache(cache_root: Path, cfg: DemoConfig, rules: list[PlantedRule]) -> tuple[Path, Path]:

@@ -197,8 +197,9 @@ def reference_explanations(path: str | Path, keys: list[str], label: str) -> dic
     from neuroscribe.distill.score import read_explanations
 
     by_key = {e.feature: e for e in read_explanations(path)}
-    found = {k: Explanation(k, by_key[k].text, f"reference:{label}", prompt_style="reference") for k in keys
-             if k in by_key}
+    found = {
+        k: Explanation(k, by_key[k].text, f"reference:{label}", prompt_style="reference") for k in keys if k in by_key
+    }
     if not found:
         raise KeyError(f"{path}: names none of the {len(keys)} eval features")
     return found

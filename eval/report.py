@@ -20,6 +20,11 @@ from neuroscribe.runs.eval import BROWSER, REPORT, TABLE_JSON, TABLE_MD
 from .results import COMPARISONS, fmt, fmt_interval, model_card_rows
 
 _cell = markdown.cell
+KIND_NAMES = {
+    "planted": "planted features (known answer)",
+    "mlp": "real MLP-neuron features",
+    "sae": "real SAE features",
+}
 
 
 def _primary(results: dict) -> str:
@@ -71,6 +76,23 @@ def answer(results: dict) -> str:
         lines.append(
             "**Did the student get better?** No base model row was evaluated (`--base`), so the "
             "distillation gain is not measured here."
+        )
+    for kind, part in results.get("by_kind", {}).get(sim, {}).items():
+        g = part["comparisons"].get("distillation_gain")
+        if g:
+            d = g["difference"]
+            what = KIND_NAMES.get(kind, kind)
+            lines.append(f"On the {d['n']} held-out {what} alone: {fmt_interval(d)} ({_verdict(d)}).")
+    for judge in results["provenance"]["simulators"][1:]:
+        g = results.get("comparisons", {}).get(judge, {}).get("distillation_gain")
+        if g:
+            d = g["difference"]
+            lines.append(f"Judged by `{judge}` on the {d['n']} features it scored: {fmt_interval(d)} ({_verdict(d)}).")
+    student = results["summary"][sim].get("student_best_of_1")
+    if student and student.get("parse_failure_rate") is not None:
+        lines.append(
+            f"The student's explanations failed to parse for {student['n_unparsed']} of {student['n']} features "
+            f"({fmt(100 * student['parse_failure_rate'], 1)}%)."
         )
     for name in ("student_vs_teacher_best_of_1", "student_vs_teacher_best_of_k"):
         c = comp.get(name)

@@ -15,8 +15,9 @@ results.json (schema 2; strict JSON: an undefined score, NaN in memory, is writt
                 selection_score}], scores {simulator: {score, headline, status, reason, random_only_score,
                 selection_split_score (null when selection used that split), judges, n_top, n_random,
                 n_parse_failures, in_sample, predicted (per exemplar: the per-token values, null if none)}}}}
-  summary       {simulator: {explainer: {n, n_failed, failure_rate, n_insufficient, mean, median (Intervals
-                of the headline value), vs_teacher {difference, wins, losses, ties, win_rate} or null,
+  summary       {simulator: {explainer: {n, n_failed, failure_rate, n_unparsed, parse_failure_rate,
+                n_insufficient, mean, median (Intervals of the headline value), vs_teacher {difference, wins,
+                losses, ties, win_rate} or null,
                 by_layer {layer: Interval}, judges {name: Interval}}}}
   comparisons   {simulator: {name: {a, b, what, difference (Interval of a - b, paired by feature), wins,
                 losses, ties, win_rate}}} and `gap_closed` (Interval) where the rows exist
@@ -210,10 +211,13 @@ def summarise(
         statuses = values_of(features, ex.name, simulator, "status")
         n_insufficient = sum(s == "insufficient" for s in statuses)
         n_failed = sum(s in ("unparsed", "undefined") for s in statuses)
+        n_unparsed = sum(s == "unparsed" for s in statuses)
         scored = len(values) - n_insufficient
         entry: dict[str, Any] = {
             "n": sum(v is not None for v in values),
             "n_failed": n_failed,
+            "n_unparsed": n_unparsed,  # explanations the parser refused (a subset of n_failed)
+            "parse_failure_rate": n_unparsed / scored if scored else None,
             "n_insufficient": n_insufficient,
             "failure_rate": n_failed / scored if scored else None,
             "mean": asdict(bootstrap_ci(values, "mean", **kw)),

@@ -63,6 +63,7 @@ class Cache:
     def __init__(self, path: str | Path, run_id: str | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._created = not self.path.exists()  # closed with nothing in it: removed again (nothing left behind)
         self.run_id = run_id or uuid.uuid4().hex
         self._lock = threading.Lock()
         try:
@@ -167,7 +168,13 @@ class Cache:
 
     def close(self) -> None:
         with self._lock:
+            empty = self._created and not any(
+                self._db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() for table in ("entries", "calls")
+            )
             self._db.close()
+        if empty:  # a command that failed (or did nothing) before its first call leaves no cache file
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
 
     def __enter__(self) -> Cache:
         return self

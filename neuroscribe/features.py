@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from neuroscribe.bases import BASIS_KINDS
 from neuroscribe.models import decoder_layers
 from neuroscribe.records import FeatureId
 
@@ -100,8 +101,13 @@ def parse_feature_spec(spec: str | Sequence[str], model, polarity: str = "auto")
                 groups.append(FeatureGroup("mlp", layer, tuple(idx), pols))
         elif kind in ("sae", "transcoder"):
             groups.append(_encoder_group(kind, rest, model, polarity, item))
+        elif kind == "basis":
+            groups.append(_basis_group(rest, polarity, item))
         else:
-            raise FeatureSpecError(f"features {item!r}: unknown kind {kind!r} (mlp, sae or transcoder)")
+            raise FeatureSpecError(
+                f"features {item!r}: unknown kind {kind!r} (mlp, sae, transcoder, or a control basis "
+                "random/pca/ica, which collect fits into basis:FILE)"
+            )
     return groups
 
 
@@ -126,6 +132,15 @@ def _encoder_group(kind: str, rest: str, model, polarity: str, item: str) -> Fea
     return FeatureGroup(enc.kind, enc.site.layer, tuple(idx), pols, encoder_path=path)
 
 
+def _basis_group(path: str, polarity: str, item: str) -> FeatureGroup:
+    """A fitted control basis (`neuroscribe.bases`): every direction, both signs unless positive only."""
+    from neuroscribe.bases import load_basis
+
+    basis = load_basis(path)
+    pols = (1,) if polarity == "positive" else (1, -1)
+    return FeatureGroup(basis.kind, basis.spec.layer, tuple(range(basis.d_latent)), pols, encoder_path=path)
+
+
 class _StopForward(Exception):
     """Raised by the deepest hook: layers after it are not needed, so they are not computed."""
 
@@ -147,6 +162,12 @@ class ActivationReader:
         for gi, g in enumerate(self.groups):
             if g.kind == "mlp":
                 module, side = _down_proj(layers[g.layer]), "pre"
+            elif g.kind in BASIS_KINDS:
+                from neuroscribe.bases import hook_point, load_basis
+
+                basis = load_basis(g.encoder_path).to(next(model.parameters()).device)
+                self._encoders[gi] = basis
+                module, side = hook_point(model, basis.spec.layer, basis.spec.site)
             else:
                 from neuroscribe.saes import load_sparse_encoder, resolve_hook_module
 

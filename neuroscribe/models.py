@@ -172,7 +172,8 @@ def _load_adapter(path: str, dtype: torch.dtype, device: str):
 
     base = json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
     model, _ = load_model(base, dtype, device)
-    model = PeftModel.from_pretrained(model, path).eval()
+    # inference only: the adapter is folded into this private copy of the base (no LoRA matmuls per token)
+    model = PeftModel.from_pretrained(model, path).merge_and_unload().eval()
     tok = load_tokenizer(path) if (Path(path) / "tokenizer_config.json").exists() else load_tokenizer(base)
     return model, tok
 

@@ -156,8 +156,9 @@ def simulate_and_score_many(
     return out
 
 
-def _scored(explanation: Explanation, sims: list[SimulatedExemplar], n_top: int, target: str,
-            base: dict) -> ScoredExplanation:
+def _scored(
+    explanation: Explanation, sims: list[SimulatedExemplar], n_top: int, target: str, base: dict
+) -> ScoredExplanation:
     top_true, top_pred, top_failed = _readable(sims[:n_top], target)
     rnd_true, rnd_pred, rnd_failed = _readable(sims[n_top:], target)
     score = scoring.top_and_random_score(top_true, top_pred, rnd_true, rnd_pred)
@@ -228,8 +229,14 @@ def cached_scores(
         return cache_key(
             "simulate",
             simulator.spec,
-            {"protocol": PROTOCOL, "target": target, "explanation": e.text, "feature": record.feature.key,
-             "split": split, "held_out": held},
+            {
+                "protocol": PROTOCOL,
+                "target": target,
+                "explanation": e.text,
+                "feature": record.feature.key,
+                "split": split,
+                "held_out": held,
+            },
         )
 
     out: list[ScoredExplanation | None] = [None] * len(explanations)
@@ -244,14 +251,24 @@ def cached_scores(
         out[i] = ScoredExplanation(**{**scored.__dict__, "explanation": e, "in_sample": in_sample})
     ident = [(e.text, e.ok) for e in explanations]
     unique = sorted({ident[i]: i for i in reversed(misses)}.values())  # one simulation per distinct text
-    fresh = dict(zip(unique, simulate_and_score_many(
-        simulator, [explanations[i] for i in unique], record, split, target, in_sample)))
+    fresh = dict(
+        zip(
+            unique,
+            simulate_and_score_many(simulator, [explanations[i] for i in unique], record, split, target, in_sample),
+        )
+    )
     for i in unique:
         scored = fresh[i]
         if explanations[i].ok:
             n_tokens = sum(len(s.predicted) for s in scored.simulations)
-            cache.put(key_of(explanations[i]), to_json(scored), kind="simulate", model=simulator.spec, stage=stage,
-                      tokens_in=n_tokens)
+            cache.put(
+                key_of(explanations[i]),
+                to_json(scored),
+                kind="simulate",
+                model=simulator.spec,
+                stage=stage,
+                tokens_in=n_tokens,
+            )
     first = {ident[i]: fresh[i] for i in unique}
     for i in misses:
         if out[i] is None:

@@ -11,10 +11,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
-from neuroscribe.distill.collect import CollectConfig, EmptyDatasetError, collect
-from neuroscribe.distill.mining import Miner, MiningConfig
 
 from neuroscribe.corpus import context_prefix, iter_documents, iter_windows
+from neuroscribe.distill.collect import CollectConfig, EmptyDatasetError, collect
+from neuroscribe.distill.mining import Miner, MiningConfig
 from neuroscribe.features import ActivationReader, FeatureSpecError, parse_feature_spec
 from neuroscribe.models import load_model
 from neuroscribe.records import ACTIVE_FRACTION

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 from builders import build_sentencepiece_tokenizer
-from neuroscribe.distill.collect import collect
-from neuroscribe.distill.finalize import TokenText
 
 from neuroscribe.configs import CollectConfig, MiningConfig
+from neuroscribe.distill.collect import collect
+from neuroscribe.distill.finalize import TokenText
 from neuroscribe.records import Exemplar, Explanation, FeatureExemplars, FeatureId, FeatureStats
 from neuroscribe.runs.store import ExemplarStore
 
@@ -199,10 +199,9 @@ def test_top_exemplars_of_the_bundled_model_peak_at_position_0_at_chance(tmp_pat
 
 
 def test_hard_negative_candidates_stay_bounded_as_the_corpus_grows(tiny_llama):
+    from neuroscribe.corpus import iter_documents, iter_windows
     from neuroscribe.distill.mining import Miner
     from neuroscribe.distill.negatives import hard_negatives
-
-    from neuroscribe.corpus import iter_documents, iter_windows
     from neuroscribe.features import ActivationReader, parse_feature_spec
     from neuroscribe.models import load_model
 
@@ -248,9 +247,8 @@ def _simulator_folder(tiny_llama, tmp_path, trained: tuple[str, ...]) -> Path:
 
 
 def test_a_fine_tuned_simulator_never_grades_what_it_was_trained_on_unmarked(store_small, tiny_llama, tmp_path):
-    from neuroscribe.distill.score import score
-
     from neuroscribe.configs import ScoreConfig
+    from neuroscribe.distill.score import score
 
     keys = store_small.keys()
     folder = _simulator_folder(tiny_llama, tmp_path, tuple(keys[:2]))
@@ -298,7 +296,9 @@ def test_a_changed_protocol_or_target_never_reuses_a_cached_score(tiny_llama, tm
         monkeypatch.setattr(scorers, "PROTOCOL", "sim-test-next")
         again = scorers.cached_score(sim, e, record, "score", cache)
         assert cache.usage().calls == 3 and again.protocol == "sim-test-next"
-        assert math.isclose(again.score, first.score, rel_tol=1e-4)  # recomputed (the shared prefix KV may differ in the last bits)
+        assert math.isclose(
+            again.score, first.score, rel_tol=1e-4
+        )  # recomputed (the shared prefix KV may differ in the last bits)
 
 
 # --------------------------------------------------------------------------- distill splits by unit

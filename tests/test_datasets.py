@@ -12,6 +12,7 @@ import random
 import re
 
 import pytest
+
 from neuroscribe.distill.datasets import (
     DistillConfig,
     build_command,
@@ -20,7 +21,6 @@ from neuroscribe.distill.datasets import (
     preference_pairs,
     split_features,
 )
-
 from neuroscribe.prompts import PROMPT_VERSION, explainer_messages, parse_explanation
 from neuroscribe.records import (
     Exemplar,

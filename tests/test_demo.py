@@ -1,4 +1,6 @@
-"""The demo's wiring, end to end on a tiny random model (the real demo uses SmolLM2; see README)."""
+"""The demo's wiring, end to end on a tiny random Llama (the real demo uses SmolLM2; numbers in the
+README). A random model explains and simulates nothing, so this checks stages, files and reuse, not
+scores: the calibration and headline computations have their own tests (test_calibration, test_eval)."""
 
 from __future__ import annotations
 
@@ -8,29 +10,94 @@ import time
 import pytest
 
 
-@pytest.mark.slow
-def test_demo_runs_every_stage_and_a_rerun_reuses_everything(tiny_llama, tmp_path):
-    from neuroscribe.eval.demo import DemoConfig, run_demo
+def tiny_demo(model, out, **overrides):
+    from neuroscribe.configs import DemoConfig
 
-    cfg = DemoConfig(
-        out=tmp_path / "demo",
-        model=str(tiny_llama),
-        features="mlp:0-1:0-5",
-        windows=96,
+    settings = dict(
+        out=str(out),
+        model=str(model),
+        features="mlp:0-1:0-2",
+        windows=64,
+        window=16,
+        planted_windows=300,
+        planted_explainer=6,
+        planted_heldout=4,
+        heldout_real=1,
+        simulator_steps=2,
+        simulator_batch=2,
+        simulator_per_rule=1,
+        simulator_random=1,
+        simulator_windows=300,
+        calibration_wrong=2,
+        prompted_rules=1,
         k=2,
         dtype="float32",
+        threads=1,
         max_exemplars=4,
-        train_steps=1,
+        max_tokens=8,
+        threshold=-1.0,
+        sft_steps=1,
+        sft_batch=1,
+        judge_features=2,
+        reliability_features=2,
     )
+    return DemoConfig(**{**settings, **overrides})
+
+
+@pytest.mark.slow
+def test_demo_runs_every_stage_and_a_rerun_reuses_everything(tiny_llama, tmp_path, monkeypatch):
+    from neuroscribe.eval.demo import run_demo
+
+    monkeypatch.setenv("NEUROSCRIBE_CACHE", str(tmp_path / "user-cache"))
+    cfg = tiny_demo(tiny_llama, tmp_path / "demo", dpo_steps=1)
     run_demo(cfg)
-    ev = cfg.out / "eval"
-    for name in ("results.json", "report.md", "browser.html"):
-        assert (ev / name).stat().st_size > 0, name
-    assert list((ev / "plots").glob("*.png"))
-    results = json.loads((ev / "results.json").read_text())
-    held = (cfg.out / "distill" / "heldout.txt").read_text().split()
+    out = tmp_path / "demo"
+    pairs = json.loads((out / "distill" / "build.json").read_text())["rows"]["preference"]["train"]
+    evals = [out / "eval", out / "eval-dpo"] if pairs else [out / "eval"]  # DPO runs when it has pairs
+    assert (out / "eval-dpo" / "report.md").exists() == bool(pairs) == (out / "dpo" / "adapter_config.json").exists()
+    for ev in evals:  # the student after SFT (and after DPO), each reported
+        for name in ("results.json", "report.md", "browser.html"):
+            assert (ev / name).stat().st_size > 0, ev / name
+        assert {p.name for p in (ev / "plots").glob("*.png")} >= {"calibration.png", "training_loss.png"}
+    results = json.loads((out / "eval" / "results.json").read_text())
+    held = (out / "distill" / "heldout.txt").read_text().split()
     assert sorted(f["feature"] for f in results["features"]) == sorted(held)
-    assert (cfg.out / "dpo" / "adapter_config.json").exists()
+    truth = {json.loads(line)["feature"] for line in (out / "truth.jsonl").read_text().splitlines()}
+    planted_held = [k for k in held if k.startswith("planted/")]
+    assert planted_held and set(planted_held) <= truth  # known-answer features are in the eval
+    training = json.loads((out / "distill" / "build.json").read_text())["splits"]["train"]
+    assert not set(training) & set(held)
+    calibration = json.loads((out / "calibration.json").read_text())
+    sims = calibration["simulators"]  # the fine-tuned and the prompted simulator, each on the held-out rules
+    assert len(sims) == 2 and all(v["rules"] and v["n_rules"] == len(v["rules"]) for v in sims.values())
+    report = (out / "eval" / "report.md").read_text()
+    assert report.startswith("# ") and "**Did the student get better?**" in report
+    demo = json.loads((out / "demo.json").read_text())
+    assert demo["status"] == "complete" and [s["stage"] for s in demo["stages"]][:3] == [
+        "collect",
+        "plant",
+        "train simulator",
+    ]
+    simulators = list((tmp_path / "user-cache" / "demo-simulators").iterdir())
+    assert len(simulators) == 1 and (simulators[0] / "simulator.json").exists()  # finished, then renamed
+
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "demo.json"}
     start = time.perf_counter()
-    run_demo(cfg)  # every stage finds its output; eval re-reads its cache
+    run_demo(cfg)  # every stage finds its output, nothing is rewritten
     assert time.perf_counter() - start < 60
+    after = {p: p.stat().st_mtime_ns for p in before}
+    changed = [str(p) for p in before if after[p] != before[p] and "cache.sqlite" not in p.name]
+    assert not changed
+    assert json.loads((out / "demo.json").read_text())["stages"][2]["result"].startswith("reused ")
+
+
+def test_a_rerun_with_other_settings_is_refused_before_any_stage(tiny_llama, tmp_path, monkeypatch):
+    from neuroscribe.eval.demo import run_demo
+
+    monkeypatch.setenv("NEUROSCRIBE_CACHE", str(tmp_path / "user-cache"))
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "demo.json").write_text(json.dumps({"config": {"k": 9, "sft_steps": 1}, "status": "running"}))
+    with pytest.raises(ValueError, match=r"demo\.json: field config differs.*\(k\)"):
+        run_demo(tiny_demo(tiny_llama, out))
+    assert sorted(p.name for p in out.iterdir()) == ["demo.json"]  # nothing started

@@ -14,14 +14,14 @@ import statistics
 
 import numpy as np
 import pytest
+from test_datasets import candidate, write_scored_dir
+
+from neuroscribe.configs import CollectConfig, DistillConfig, EvalConfig, ExplainConfig, MiningConfig
 from neuroscribe.distill.collect import collect
 from neuroscribe.distill.datasets import build_datasets
 from neuroscribe.distill.explain import explain
 from neuroscribe.eval.benchmark import best_or_first, evaluate, top_tokens_explanation
 from neuroscribe.eval.heldout import LeakageError
-from test_datasets import candidate, write_scored_dir
-
-from neuroscribe.configs import CollectConfig, DistillConfig, EvalConfig, ExplainConfig, MiningConfig
 from neuroscribe.records import Exemplar, FeatureExemplars, FeatureId, FeatureStats, SimulatedExemplar
 from neuroscribe.runs.datasets import read_heldout
 from neuroscribe.runs.eval import read_results
@@ -259,6 +259,7 @@ def test_comparisons_reliability_and_the_answer_paragraph(evaluated, pipeline):
 
 def test_outputs_are_strict_json_a_report_plots_and_the_model_card_table(evaluated):
     from matplotlib.image import imread
+
     from neuroscribe.train.cards import eval_table
 
     out = evaluated.out

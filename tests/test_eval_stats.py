@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from neuroscribe.eval.stats import bootstrap_ci, finite, paired_difference, win_rate
 
 

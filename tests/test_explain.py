@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from neuroscribe.distill.collect import CollectConfig, collect
 from neuroscribe.distill.explain import ExplainConfig, explain
 from neuroscribe.distill.mining import MiningConfig
 from neuroscribe.distill.score import ScoreConfig, score
-
 from neuroscribe.runs.store import ExemplarStore
 
 MINING = MiningConfig(top_k=6, pool=16, quantiles=3, per_quantile=1, random_k=9, inactive_k=3, hard_negatives=1)

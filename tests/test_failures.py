@@ -17,11 +17,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from neuroscribe.distill.collect import collect
-from neuroscribe.distill.explain import explain
 from servers import SERVER_MODEL, Proxy, dead_url, llama_server  # noqa: F401  (session fixture)
 
 from neuroscribe.configs import CallLimits, CollectConfig, ExplainConfig, MiningConfig
+from neuroscribe.distill.collect import collect
+from neuroscribe.distill.explain import explain
 from neuroscribe.prompts import explainer_messages
 from neuroscribe.runs.files import OutputInUse, OutputLock
 from neuroscribe.runs.store import ExemplarStore
@@ -150,9 +150,8 @@ def test_collect_fingerprints_the_dataset_content(tiny_llama, tmp_path):
 
 
 def test_eval_refuses_to_replace_an_existing_report(tmp_path):
-    from neuroscribe.eval.benchmark import evaluate
-
     from neuroscribe.configs import EvalConfig
+    from neuroscribe.eval.benchmark import evaluate
 
     out = tmp_path / "eval"
     out.mkdir()
@@ -432,6 +431,50 @@ def test_bad_store_files_get_one_line_naming_the_file(store, tmp_path):
     pq.write_table(pa.table({"x": [1]}), bad / "features.parquet")
     (bad / "meta.json").write_text((Path(store) / "meta.json").read_text())
     assert "features.parquet: column(s)" in one_error_line(cli("inspect", str(bad)))
+    feats = pq.read_table(Path(store) / "features.parquet")
+    i = feats.column_names.index("max_activation")
+    as_text = feats.set_column(i, "max_activation", pa.array([str(v) for v in feats["max_activation"].to_pylist()]))
+    pq.write_table(as_text, bad / "features.parquet")
+    pq.write_table(pq.read_table(Path(store) / "exemplars.parquet"), bad / "exemplars.parquet")
+    line = one_error_line(cli("inspect", str(bad)))
+    assert "features.parquet: field max_activation has type string, expected" in line
+    (bad / "features.parquet").write_bytes(b"PAR1" + b"\x00" * 64 + b"PAR1")  # garbled: Arrow's message spans lines
+    assert "features.parquet: not a readable Parquet file" in one_error_line(cli("inspect", str(bad)))
+
+
+def test_a_command_that_fails_before_doing_anything_leaves_no_cache_or_state_folder(store, tiny_llama, tmp_path):
+    ok = tmp_path / "ok.jsonl"
+    ok.write_text(json.dumps({"feature": ExemplarStore(store).keys()[0], "explanation": "x"}) + "\n")
+    res = cli(
+        "score",
+        "--explanations",
+        str(ok),
+        "--store",
+        str(store),
+        "--out",
+        str(tmp_path / "s"),
+        "--simulator",
+        f"hf:{tmp_path / 'no-such-model'}",
+    )
+    assert res.returncode != 0
+    assert not (tmp_path / "s").exists(), "no cache.sqlite, no empty folder"
+    text = tmp_path / "corpus.jsonl"
+    text.write_text(json.dumps({"body": "words " * 50}) + "\n")
+    res = cli(
+        "collect",
+        "--model",
+        str(tiny_llama),
+        "--features",
+        "mlp:0:0-1",
+        "--dataset",
+        str(text),
+        "--text-field",
+        "text",
+        "--out",
+        str(tmp_path / "c"),
+    )
+    assert res.returncode != 0
+    assert not (tmp_path / "c" / ".collect").exists() and not (tmp_path / "c").exists()
 
 
 def test_bad_explanations_recipes_and_caches_get_one_line(store, tiny_llama, tmp_path):

@@ -11,9 +11,8 @@ import math
 
 import pytest
 import torch
-from neuroscribe.distill.planted import RULES, planted_features
-from neuroscribe.train.simulator_loss import ClassCrossEntropy, SimulatorCollator
 
+from neuroscribe.distill.planted import RULES, planted_features
 from neuroscribe.records import Exemplar
 from neuroscribe.runs.simulator import read_simulator_file, write_simulator_file
 from neuroscribe.simulators.finetuned import FinetunedSimulator
@@ -32,6 +31,7 @@ from neuroscribe.simulators.finetuned_format import (
     simulator_labels,
     training_example,
 )
+from neuroscribe.train.simulator_loss import ClassCrossEntropy, SimulatorCollator
 
 
 @pytest.fixture(scope="module")

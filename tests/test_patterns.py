@@ -7,11 +7,11 @@ tokenizer), so the teacher sees exactly what an LLM teacher would.
 from __future__ import annotations
 
 import pytest
-from neuroscribe.distill.planted import RULES, PlantedRule, planted_features, word_rule
 
 from neuroscribe.backends import ChatRequest, SamplingParams, load_backend
 from neuroscribe.backends.patterns import Run, active_runs, candidates
 from neuroscribe.cache import Cache
+from neuroscribe.distill.planted import RULES, PlantedRule, planted_features, word_rule
 from neuroscribe.prompts import explainer_messages, parse_explanation
 
 
@@ -24,8 +24,13 @@ def smol_tok():
 
 @pytest.fixture(scope="module")
 def prompts(smol_tok):
-    rules = [word_rule("exception"), RULES["after_the"], RULES["comma"], RULES["digits"],
-             PlantedRule("ly", 'adverbs ending in "-ly"', r"\b[a-z]+ly\b", family="morphology")]
+    rules = [
+        word_rule("exception"),
+        RULES["after_the"],
+        RULES["comma"],
+        RULES["digits"],
+        PlantedRule("ly", 'adverbs ending in "-ly"', r"\b[a-z]+ly\b", family="morphology"),
+    ]
     feats = planted_features(smol_tok, rules, window=24, n_top=12, n_random=6, max_windows=1500)
     return {r.name: explainer_messages(f, "highlighted", max_exemplars=6) for r, f in zip(rules, feats)} | {
         "plain:" + r.name: explainer_messages(f, "plain", max_exemplars=6) for r, f in zip(rules, feats)
@@ -40,7 +45,9 @@ def test_the_top_candidate_names_what_the_marks_show(prompts):
     assert any(t == 'the character ","' for _, t in candidates(active_runs(prompts["comma"][-1]["content"]))[:3])
     assert top("digits") in ("digits and numbers", "numbers and digits")
     assert top("plain:word:exception") == 'the word "exception"'  # the plain style's digit lines too
-    assert any(t == 'the word right after "the"' for _, t in candidates(active_runs(prompts["after_the"][-1]["content"]))[:4])
+    assert any(
+        t == 'the word right after "the"' for _, t in candidates(active_runs(prompts["after_the"][-1]["content"]))[:4]
+    )
     assert any(t == 'words ending in "-ly"' for _, t in candidates(active_runs(prompts["ly"][-1]["content"]))[:4])
 
 

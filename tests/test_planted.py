@@ -5,12 +5,18 @@ from __future__ import annotations
 import re
 
 import pytest
-from neuroscribe.distill.planted import (
-    FAMILIES, KIND, RULES, explanations_of, planted_features, simulator_rows, word_rule,
-)
-from neuroscribe.distill.planted_rules import PARTS, split_suite, suite
 
 from neuroscribe.corpus import builtin_documents
+from neuroscribe.distill.planted import (
+    FAMILIES,
+    KIND,
+    RULES,
+    explanations_of,
+    planted_features,
+    simulator_rows,
+    word_rule,
+)
+from neuroscribe.distill.planted_rules import PARTS, split_suite, suite
 from neuroscribe.records import SPLITS
 
 
@@ -106,8 +112,11 @@ def test_split_suite_is_disjoint_covers_families_and_ignores_order():
     parts = split_suite(rules)
     names = {p: {r.name for r in parts[p]} for p in PARTS}
     assert sum(map(len, names.values())) == len(rules)
-    assert not (names["simulator"] & names["explainer"] or names["simulator"] & names["heldout"]
-                or names["explainer"] & names["heldout"])
+    assert not (
+        names["simulator"] & names["explainer"]
+        or names["simulator"] & names["heldout"]
+        or names["explainer"] & names["heldout"]
+    )
     for family in {r.family for r in rules}:
         if sum(r.family == family for r in rules) >= 3:
             assert all(any(r.family == family for r in parts[p]) for p in PARTS), family

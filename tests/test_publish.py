@@ -18,12 +18,12 @@ import pytest
 import torch
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.hf_api import CommitInfo, GitRefInfo, GitRefs, RepoUrl
-from neuroscribe.train import sft
-from neuroscribe.train.args import parse_args
-from neuroscribe.train.publish import publish, publish_command
 from test_datasets import distilled_dataset
 
 from neuroscribe.configs import PublishConfig
+from neuroscribe.train import sft
+from neuroscribe.train.args import parse_args
+from neuroscribe.train.publish import publish, publish_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,8 +127,11 @@ def test_dry_run_adapter_folder_loads_back_and_generates(lora_run, tmp_path):
     assert not any(f.endswith(("training_args.bin", ".pt")) or f.startswith("checkpoint") for f in files)
     card = ModelCard.load(tmp_path / "repo" / "README.md")
     assert card.data.library_name == "peft" and "0.4321" in card.text and "me/explainer" in card.text
-    model, tok = load_model(str(tmp_path / "repo"))  # base named in adapter_config + the adapter
-    assert type(model).__name__.startswith("PeftModel")
+    model, tok = load_model(str(tmp_path / "repo"))  # base named in adapter_config + the adapter, folded in
+    base, _ = load_model(json.loads((tmp_path / "repo" / "adapter_config.json").read_text())["base_model_name_or_path"])
+    ids = torch.tensor([tok("the adapter changes this")["input_ids"]])
+    with torch.no_grad():
+        assert not torch.allclose(model(ids).logits, base(ids).logits, atol=1e-6), "the adapter was applied"
     assert isinstance(generate(model, tok), str)
 
 

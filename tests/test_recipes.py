@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from neuroscribe.train.args import make_parser, parse_args, parse_recipe, recipe_kind
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -136,7 +136,6 @@ def test_simulate_and_score_uses_only_held_out_exemplars(tiny):
     assert [s.source for s in scored.simulations] == ["top", "top", "quantile", "quantile", "random", "random"]
     # The headline numbers are exactly the pure scoring functions over the simulations, against
     # relu(activation) by default and the signed activation with target="raw".
-    top, rnd = scored.simulations[:4], scored.simulations[4:]
     assert any(a < 0 for s in scored.simulations for a in s.true_activations), "the fixture has negative values"
     for target, result in (("relu", scored), ("raw", simulate_and_score(sim, explanation(), record, "score", "raw"))):
         truth = [target_values(s.true_activations, target) for s in result.simulations]

@@ -14,15 +14,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from neuroscribe.distill.planted import RULES, planted_features
-from neuroscribe.distill.simulator_data import SimulatorDataConfig, build_simulator_data, simulator_data_command
-from neuroscribe.train import simulator
-from neuroscribe.train.args import parse_args, recipe_kind
 from test_datasets import candidate, rows_of, write_scored_dir
 
+from neuroscribe.distill.planted import RULES, planted_features
+from neuroscribe.distill.simulator_data import SimulatorDataConfig, build_simulator_data, simulator_data_command
 from neuroscribe.runs.simulator import read_simulator_file
 from neuroscribe.runs.train import RUN_INFO
 from neuroscribe.simulators.finetuned_format import activation_classes
+from neuroscribe.train import simulator
+from neuroscribe.train.args import parse_args, recipe_kind
 
 ROOT = Path(__file__).resolve().parents[1]
 RULE_NAMES = ("digits", "comma", "colon", "parentheses", "capitalised", "after_the", "ing_words", "long_words")
@@ -173,7 +173,6 @@ def test_tiny_recipe_trains_and_writes_a_loadable_run(run):
 
 def test_finetuned_spec_scores_held_out_features_through_score(run, scored, data_dir, planted, tmp_path):
     from neuroscribe.distill.score import ScoreConfig, score
-
     from neuroscribe.simulators import load_simulator
 
     out, info = run
@@ -229,9 +228,8 @@ def test_resume_and_stage_two_continue_the_run(run, tiny_llama, data_dir, tmp_pa
 
 
 def test_publish_carries_simulator_json_and_the_simulator_card(run, tmp_path):
-    from neuroscribe.train.publish import publish
-
     from neuroscribe.simulators import load_simulator
+    from neuroscribe.train.publish import publish
 
     folder = publish(run[0], dry_run=tmp_path / "merged", merge=True).folder
     assert (folder / "simulator.json").exists() and not (folder / "adapter_config.json").exists()

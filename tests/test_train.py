@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from neuroscribe.train import dpo, sft
-from neuroscribe.train.args import parse_args
-from neuroscribe.train.pipeline import load_training_dataset
 from test_datasets import distilled_dataset
 
 from neuroscribe.runs.train import RUN_INFO
+from neuroscribe.train import dpo, sft
+from neuroscribe.train.args import parse_args
+from neuroscribe.train.pipeline import load_training_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -306,8 +306,9 @@ def test_deepspeed_trainer_runs_on_gpu(strategy, tiny_llama, data_dir, tmp_path)
 
 def test_ranks_that_do_not_form_a_group_are_stopped(monkeypatch, tmp_path):
     """Two processes launched without use_cpu on a CPU each see world size 1: two solo runs, one output_dir."""
-    from neuroscribe.train.pipeline import setup_logging
     from trl import SFTConfig
+
+    from neuroscribe.train.pipeline import setup_logging
 
     args = SFTConfig(output_dir=str(tmp_path), bf16=False, report_to=[])
     monkeypatch.setenv("WORLD_SIZE", "2")

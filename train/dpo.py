@@ -17,9 +17,10 @@ import sys
 def main(script_args, training_args, model_args, source=None, callbacks=None) -> dict:
     """Train, save and write the run card; returns the run info (empty on non-main ranks)."""
     import torch
+    from trl import DPOTrainer, get_quantization_config
+
     from neuroscribe.train import pipeline
     from neuroscribe.train.args import peft_config
-    from trl import DPOTrainer, get_quantization_config
 
     # seed -> logging -> data -> tokenizer
     run = pipeline.prepare(script_args, training_args, model_args)

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neuroscribe.train.args import RecipeSource, redacted_recipe_text
-
 from neuroscribe.runs import datasets as dataset_files
 from neuroscribe.runs.files import guard_output
 from neuroscribe.runs.train import is_finished, last_complete_checkpoint, write_run_info
+from neuroscribe.train.args import RecipeSource, redacted_recipe_text
 
 logger = logging.getLogger("neuroscribe.train")
 LLAMA3_PAD = "<|finetune_right_pad_id|>"  # Llama-3.1 reserves this; padding with eos works too

@@ -21,13 +21,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from neuroscribe.train.args import redacted_recipe_text
-from neuroscribe.train.cards import eval_table, model_card
-
 from neuroscribe.configs import PublishConfig
 from neuroscribe.runs.files import guard_output
 from neuroscribe.runs.simulator import SIMULATOR_FILE
 from neuroscribe.runs.train import read_run_info, write_run_info
+from neuroscribe.train.args import redacted_recipe_text
+from neuroscribe.train.cards import eval_table, model_card
 
 PUBLISHED = (
     "config.json",

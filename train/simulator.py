@@ -66,11 +66,11 @@ def check_training_args(training_args, model_args) -> None:
 
 def load_model(model_dir: str, model_args, training_args, script_args):
     """The causal LM to train: a saved LoRA simulator keeps training its adapter; else LoRA or full."""
-    from neuroscribe.train.pipeline import resolve_model_dir
     from peft import PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from neuroscribe.train.args import peft_config
+    from neuroscribe.train.pipeline import resolve_model_dir
 
     kwargs = {
         "dtype": model_args.dtype,
@@ -124,9 +124,10 @@ def _save_format_callback(fmt):
 
 def main(script_args, training_args, model_args, source=None, callbacks=None) -> dict:
     """Train, save (weights + tokenizer + simulator.json) and write the run card; returns the run info."""
+    from transformers import Trainer
+
     from neuroscribe.train import pipeline
     from neuroscribe.train.simulator_loss import ClassCrossEntropy, SimulatorCollator
-    from transformers import Trainer
 
     # seed -> logging -> data -> tokenizer
     check_training_args(training_args, model_args)
@@ -170,6 +171,7 @@ def main(script_args, training_args, model_args, source=None, callbacks=None) ->
 def simulator_card(info: dict, eval_markdown: str | None = None, repo_id: str | None = None):
     """Card for a simulator run folder (built from run facts only, never from secrets)."""
     from huggingface_hub import ModelCard, ModelCardData
+
     from neuroscribe.train.cards import hub_id
 
     base = hub_id(info.get("simulator_base_model") or info.get("base_model"))

@@ -27,10 +27,15 @@ from neuroscribe.backends.base import Backend, ChatRequest, Completion
 VERSION = "v1"
 _RUN = re.compile(r"<<(.*?)>>", re.S)
 _LINE = re.compile(r"^\d+\.\s(.*)$")
-_ENCLOSERS = {"(": (")", "the text inside parentheses"), "[": ("]", "the text inside square brackets"),
-              "{": ("}", "the text inside curly braces"), '"': ('"', "text inside double quotation marks"),
-              "'": ("'", "text inside single quotation marks"), "`": ("`", "text inside backticks"),
-              "*": ("*", "words emphasised between asterisks")}
+_ENCLOSERS = {
+    "(": (")", "the text inside parentheses"),
+    "[": ("]", "the text inside square brackets"),
+    "{": ("}", "the text inside curly braces"),
+    '"': ('"', "text inside double quotation marks"),
+    "'": ("'", "text inside single quotation marks"),
+    "`": ("`", "text inside backticks"),
+    "*": ("*", "words emphasised between asterisks"),
+}
 
 
 @dataclass(frozen=True)
@@ -79,8 +84,13 @@ def _plain_runs(prompt: str) -> list[Run]:
             j = i
             while j < len(tokens) and tokens[j][1] > 0:
                 j += 1
-            runs.append(Run("".join(t for t, _ in tokens[i:j]), "".join(t for t, _ in tokens[:i]),
-                            "".join(t for t, _ in tokens[j:])))
+            runs.append(
+                Run(
+                    "".join(t for t, _ in tokens[i:j]),
+                    "".join(t for t, _ in tokens[:i]),
+                    "".join(t for t, _ in tokens[j:]),
+                )
+            )
             i = j
         tokens.clear()
 
@@ -133,10 +143,16 @@ def candidates(runs: Sequence[Run]) -> list[tuple[float, str]]:
         add("numbers and digits", _share(runs, lambda r: any(c.isdigit() for c in r.word)), 1)
     if _share(runs, lambda r: r.word[:1].isupper()) >= 0.6:
         caps = _share(runs, lambda r: len(r.word) > 1 and r.word.isupper())
-        add("words written in capital letters" if caps >= 0.6 else "capitalised words",
-            _share(runs, lambda r: r.word[:1].isupper()), 1)
+        add(
+            "words written in capital letters" if caps >= 0.6 else "capitalised words",
+            _share(runs, lambda r: r.word[:1].isupper()),
+            1,
+        )
     alpha = [r.word.lower() for r in runs if r.word.isalpha() and len(r.word) > 3]
-    for template, cut in (('words ending in "-{}"', lambda w, n: w[-n:]), ('words starting with "{}-"', lambda w, n: w[:n])):
+    for template, cut in (
+        ('words ending in "-{}"', lambda w, n: w[-n:]),
+        ('words starting with "{}-"', lambda w, n: w[:n]),
+    ):
         affixes = Counter(a for w in alpha for a in {cut(w, n) for n in (2, 3, 4)})
         if affixes:  # the most shared affix; the longest of equally shared ones
             affix, count = max(affixes.items(), key=lambda kv: (kv[1], len(kv[0])))
@@ -153,8 +169,12 @@ def candidates(runs: Sequence[Run]) -> list[tuple[float, str]]:
         if nxt and not nxt.isalnum() and count >= 2:
             add(f'the word right before "{nxt}"', count / len(runs), 2)
     for opener, (closer, text) in _ENCLOSERS.items():
-        inside = _share(runs, lambda r, o=opener, c=closer: o in r.before[-40:] and c in r.after[:40]
-                        and r.before.rfind(o) > r.before.rfind(c))
+        inside = _share(
+            runs,
+            lambda r, o=opener, c=closer: (
+                o in r.before[-40:] and c in r.after[:40] and r.before.rfind(o) > r.before.rfind(c)
+            ),
+        )
         if inside >= 0.5:
             add(text, inside, 2)
     return [(s, t) for t, (s, _) in sorted(out.items(), key=lambda kv: (-kv[1][0], -kv[1][1], kv[0]))]

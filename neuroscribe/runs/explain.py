@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neuroscribe.records import ScoredExplanation, from_json
-from neuroscribe.runs.files import RunFileError, field, read_json, read_jsonl, write_json, write_text
+from neuroscribe.runs.files import RunFileError, disk_error, field, read_json, read_jsonl, write_json, write_text
 
 META, CANDIDATES, USAGE, PARTS = "meta.json", "candidates.jsonl", "usage.json", "parts"
 REQUIRED_META = ("store", "teacher", "simulator", "prompt_style", "prompt_version", "k", "split")
@@ -121,9 +121,12 @@ class PartsLog:
         self._write({"feature": key, "error": reason, "candidates": []})
 
     def _write(self, row: dict) -> None:
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        try:
+            self.file.write(json.dumps(row) + "\n")
+            self.file.flush()
+            os.fsync(self.file.fileno())
+        except OSError as err:
+            raise disk_error(err, Path(self.file.name)) from None
 
     def close(self) -> None:
         self.file.close()

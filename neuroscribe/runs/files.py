@@ -194,9 +194,21 @@ class OutputLock:
             self._fd = None
             raise OutputInUse(f"{self.folder} is in use by another neuroscribe process (lock {self.path}); "
                                "wait for it to finish or choose another output folder") from None
+        if not self._still_linked():  # the holder removed the file as we locked it: lock the new one
+            os.close(self._fd)
+            self._fd, created = None, self._created
+            self.__enter__()
+            self._created = created
+            return self
         os.ftruncate(self._fd, 0)
         os.write(self._fd, f"{os.getpid()}\n".encode())
         return self
+
+    def _still_linked(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino == os.fstat(self._fd).st_ino
+        except FileNotFoundError:
+            return False
 
     def __exit__(self, *exc) -> None:
         if self._fd is not None:

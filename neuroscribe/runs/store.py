@@ -128,10 +128,15 @@ def _read_table(path: Path, schema: pa.Schema) -> pa.Table:
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as err:
-        raise StoreError(f"{path}: not a readable Parquet file ({err})") from None
+        reason = " ".join(str(err).split())  # Arrow's messages span lines; the error is one
+        raise StoreError(f"{path}: not a readable Parquet file ({reason})") from None
     missing = [name for name in schema.names if name not in table.column_names]
     if missing:
         raise StoreError(f"{path}: column(s) {missing} missing (not a neuroscribe store of schema {SCHEMA_VERSION})")
+    for name in schema.names:  # a column of another type would fail far from here, without the file's name
+        want, got = schema.field(name).type, table.schema.field(name).type
+        if got != want and not (pa.types.is_integer(want) and pa.types.is_integer(got)):
+            raise StoreError(f"{path}: field {name} has type {got}, expected {want}")
     return table
 
 

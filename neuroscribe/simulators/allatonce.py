@@ -208,7 +208,9 @@ class LocalSimulator(Simulator):
             use_cache=True,
         )
         prefix_cache = out.get("cache", None) or out.get("past_key_values")
-        pairs = [(j, i) for i in sorted(range(len(bodies)), key=lambda i: len(bodies[i][0])) for j in range(len(prefixes))]
+        pairs = [
+            (j, i) for i in sorted(range(len(bodies)), key=lambda i: len(bodies[i][0])) for j in range(len(prefixes))
+        ]
         result: list[list[torch.Tensor | None]] = [[None] * len(bodies) for _ in prefixes]
         rows_per_batch = self.batch_size * len(prefixes)
         for start in range(0, len(pairs), rows_per_batch):

@@ -2,8 +2,9 @@
 
 A simulator reads an explanation and predicts a feature's activation at every token of held-out
 exemplars: `simulate(explanation, exemplars) -> list[SimulatedExemplar]`, one per exemplar, in input
-order, `predicted` as long as the exemplar (`simulate_many` does several explanations at once). A token whose prediction could not be read is NaN:
-failures stay explicit and are dropped (never zeroed) by the scorers.
+order, `predicted` as long as the exemplar (`simulate_many` does several explanations at once). A token
+whose prediction could not be read is NaN: failures stay explicit and are dropped (never zeroed) by
+the scorers.
 
 Rules enforced here, once, for every implementation:
 - a simulator never sees the explain split (`refuse_explain_split`);
@@ -50,7 +51,9 @@ class Simulator(ABC):
             return []
         return self._simulate(explanation, list(exemplars))
 
-    def simulate_many(self, explanations: Sequence[str], exemplars: Sequence[Exemplar]) -> list[list[SimulatedExemplar]]:
+    def simulate_many(
+        self, explanations: Sequence[str], exemplars: Sequence[Exemplar]
+    ) -> list[list[SimulatedExemplar]]:
         """`simulate` for each explanation over the same exemplars (best-of-k's k candidates of one
         feature); a local simulator overrides `_simulate_many` to batch them."""
         refuse_explain_split(exemplars)

@@ -65,8 +65,10 @@ class FinetunedSimulator(LocalSimulator):
                 for i, lg in zip(todo, per_body):
                     logits[j][i] = lg.float().cpu()
         return [
-            [simulated(e, subject_predictions(enc, expected_classes(lg).tolist())) for e, enc, lg in
-             zip(exemplars, encoded, per_explanation)]
+            [
+                simulated(e, subject_predictions(enc, expected_classes(lg).tolist()))
+                for e, enc, lg in zip(exemplars, encoded, per_explanation)
+            ]
             for per_explanation in logits
         ]
 

@@ -1,0 +1,120 @@
+"""Are neurons (or an SAE's latents) more explainable than random, PCA and ICA directions?
+
+Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bases.py [--layer 6] [--n 8] [--sae PATH]
+     [--teacher patterns:v1] [--simulator finetuned:PATH]
+
+One `collect` over the same corpus windows reads, at one layer: N MLP neurons, N random, N PCA and N ICA
+directions of the MLP hidden layer (`neuroscribe.bases`; fitted on the first windows), each in both
+signs, and an SAE's first N latents when `--sae` is given. Every feature is explained by the same
+teacher (best-of-k, selected on the `score` split) and its winner re-scored on `test` by the same
+simulator. Printed per basis: mean test score with its 95% bootstrap interval, and the null
+explanation's mean (the simulator's prior). The default simulator is the demo's fine-tuned one when
+`neuroscribe demo` has trained it, else the prompted bundled model (flat: expect little separation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from neuroscribe.cache import Cache
+from neuroscribe.configs import CollectConfig, ExplainConfig, MiningConfig
+from neuroscribe.distill.collect import collect
+from neuroscribe.distill.explain import explain
+from neuroscribe.eval.stats import bootstrap_ci
+from neuroscribe.models import DEFAULT_MODEL, cache_dir
+from neuroscribe.records import Explanation, FeatureId, best_candidate
+from neuroscribe.runs.explain import read_explain_run
+from neuroscribe.runs.store import ExemplarStore
+from neuroscribe.scorers import cached_scores
+from neuroscribe.simulators import load_simulator
+
+
+def default_simulator() -> str:
+    runs = sorted((cache_dir() / "demo-simulators").glob("*/simulator.json"), key=lambda p: p.stat().st_mtime)
+    return f"finetuned:{runs[-1].parent}" if runs else f"hf:{DEFAULT_MODEL}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--layer", type=int, default=6)
+    ap.add_argument("--n", type=int, default=8, help="directions per basis (each in both signs)")
+    ap.add_argument("--sae", default=None, help="an SAE folder at the same layer, to compare as well")
+    ap.add_argument("--windows", type=int, default=256)
+    ap.add_argument("--teacher", default="patterns:v1")
+    ap.add_argument("--simulator", default=None)
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    if os.environ.get("OMP_NUM_THREADS") != "1":
+        print("warning: set OMP_NUM_THREADS=1 for comparable numbers")
+    out = Path(args.out or tempfile.mkdtemp(prefix="bench-bases-"))
+    n, layer = args.n, args.layer
+    spec = [f"mlp:{layer}:0-{n - 1}", f"random:{layer}:{n}", f"pca:{layer}:{n}", f"ica:{layer}:{n}"]
+    if args.sae:
+        spec.append(f"sae:{args.sae}:0-{n - 1}")
+    if not (out / "store" / "meta.json").exists():
+        collect(
+            CollectConfig(
+                out=str(out / "store"),
+                model=args.model,
+                features=(";".join(spec),),
+                window=24,
+                max_windows=args.windows,
+                polarity="both",
+                mining=MiningConfig(top_k=12, per_quantile=1, random_k=12),
+                progress=False,
+            )
+        )
+    simulator = args.simulator or default_simulator()
+    cache_path = out / "cache.sqlite"
+    if not (out / "scored" / "meta.json").exists():
+        explain(
+            ExplainConfig(
+                store=str(out / "store"),
+                out=str(out / "scored"),
+                teacher=args.teacher,
+                simulator=simulator,
+                k=args.k,
+                prompt_style="highlighted",
+                max_exemplars=6,
+                max_tokens=32,
+                cache=str(cache_path),
+                progress=False,
+            )
+        )
+    store, run = ExemplarStore(out / "store"), read_explain_run(out / "scored")
+    cache = Cache(cache_path)
+    sim = load_simulator(simulator, cache)
+    by_basis: dict[str, dict[str, list]] = {}
+    for key, candidates in run.by_feature.items():
+        record = store.get(key)
+        winner = best_candidate(candidates) or candidates[0]
+        null = Explanation(key, "", "baseline:null", prompt_style="baseline")
+        test = cached_scores(sim, [winner.explanation, null], record, "test", cache)
+        row = by_basis.setdefault(FeatureId.parse(key).kind, {"winner": [], "null": []})
+        row["winner"].append(test[0].score if math.isfinite(test[0].score) else 0.0)  # a failure counts 0 (eval)
+        row["null"].append(test[1].score if math.isfinite(test[1].score) else 0.0)
+    cache.close()
+    print(f"model {args.model}, layer {layer}, {n} directions per basis x 2 signs, {args.windows} windows")
+    print(f"teacher {args.teacher} (best of {args.k} on `score`), simulator {simulator}; scores on `test`")
+    print(f"{'basis':8} {'features':>8}  {'mean test score [95% CI]':28} {'null':>6}")
+    table = {}
+    for basis in ("mlp", "random", "pca", "ica", "sae"):
+        if basis not in by_basis:
+            continue
+        ci = bootstrap_ci(by_basis[basis]["winner"], "mean", n_resamples=2000, seed=0)
+        null = bootstrap_ci(by_basis[basis]["null"], "mean", n_resamples=200, seed=0)
+        table[basis] = {"n": ci.n, "mean": ci.estimate, "low": ci.low, "high": ci.high, "null": null.estimate}
+        print(f"{basis:8} {ci.n:>8}  {ci.estimate:.3f} [{ci.low:.3f}, {ci.high:.3f}]{'':8} {null.estimate:6.3f}")
+    (out / "bases.json").write_text(json.dumps(table, indent=1))
+    print(f"(table in {out / 'bases.json'})")
+
+
+if __name__ == "__main__":
+    main()

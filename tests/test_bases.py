@@ -1,0 +1,99 @@
+"""Control bases (random / PCA / ICA directions): the fitted directions, and collect storing each
+direction's projection like any other feature, on a real tiny Llama."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_collect import SMALL
+
+from neuroscribe.bases import BasisSpecError, fit_directions, load_basis, parse_basis_spec
+from neuroscribe.configs import CollectConfig
+from neuroscribe.distill.collect import collect
+from neuroscribe.features import _down_proj
+from neuroscribe.models import decoder_layers, load_model
+from neuroscribe.runs.store import ExemplarStore
+
+
+def _samples(n=400, d=12, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    sources = rng.laplace(size=(n, d))  # non-Gaussian, so ICA has something to find
+    mixing = rng.standard_normal((d, d)) * np.linspace(3, 0.3, d)
+    x = sources @ mixing.T
+    return x - x.mean(axis=0)
+
+
+@pytest.mark.parametrize("kind", ["random", "pca", "ica"])
+def test_directions_are_unit_length_and_pca_and_random_orthonormal(kind):
+    w = fit_directions(kind, _samples(), 5, seed=1)
+    assert w.shape == (5, 12)
+    assert np.allclose(np.linalg.norm(w, axis=1), 1.0, atol=1e-5)
+    if kind != "ica":
+        assert np.allclose(w @ w.T, np.eye(5), atol=1e-5)
+
+
+def test_pca_finds_the_top_singular_direction_and_random_depends_on_the_seed():
+    x = _samples()
+    top = np.linalg.svd(x, full_matrices=False)[2][0]
+    assert abs(float(fit_directions("pca", x, 3)[0] @ top)) == pytest.approx(1.0, abs=1e-6)
+    assert not np.allclose(fit_directions("random", x, 3, seed=1), fit_directions("random", x, 3, seed=2))
+    with pytest.raises(BasisSpecError, match="only 12 dimensions"):
+        fit_directions("pca", x, 13)
+
+
+def test_spec_errors_name_the_item():
+    assert parse_basis_spec("ica:3.resid_post:8").site == "resid_post"
+    assert parse_basis_spec("pca:3:8").site == "mlp_hidden"
+    with pytest.raises(BasisSpecError, match=r"'pca:3'.*KIND:LAYER\[.SITE\]:N"):
+        parse_basis_spec("pca:3")
+    with pytest.raises(BasisSpecError, match="site 'nowhere'"):
+        parse_basis_spec("pca:3.nowhere:8")
+
+
+def test_collect_stores_each_direction_as_the_projection_of_the_hook_activation(tiny_llama, tmp_path):
+    cfg = CollectConfig(
+        out=str(tmp_path / "store"),
+        model=str(tiny_llama),
+        features=("mlp:0:0-3;pca:0:4;random:0:4;ica:0.resid_post:3",),
+        window=16,
+        max_windows=64,
+        batch_size=8,
+        shard_windows=64,
+        mining=SMALL,
+        basis_fit_windows=32,
+        context=0,  # windows read alone, so one exemplar is recomputed from its own tokens below
+        progress=False,
+    )
+    store = ExemplarStore(collect(cfg))
+    kinds = {k.split("/")[0] for k in store.keys(include_dead=True)}
+    assert kinds == {"mlp", "pca", "random", "ica"}
+    assert {"pca/L0/0+", "pca/L0/0-", "random/L0/3+", "ica/L0/2-"} <= set(store.keys(include_dead=True))
+    bases = sorted(p.name for p in (tmp_path / "store" / "bases").iterdir())
+    assert bases == [
+        "ica-L0-resid_post-3.safetensors",
+        "pca-L0-mlp_hidden-4.safetensors",
+        "random-L0-mlp_hidden-4.safetensors",
+    ]
+    assert any(
+        g["kind"] == "pca" and g["encoder_path"].endswith("pca-L0-mlp_hidden-4.safetensors")
+        for g in store.meta["groups"]
+    )
+
+    # the top exemplar of each sign of pca/L0/1, recomputed by hand from the MLP hidden activation
+    basis = load_basis(tmp_path / "store" / "bases" / "pca-L0-mlp_hidden-4.safetensors")
+    model, _ = load_model(str(tiny_llama))
+    prefix = store.meta["context_prefix_ids"]
+
+    def projection(token_ids) -> np.ndarray:
+        seen = []
+        handle = _down_proj(decoder_layers(model)[0]).register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+        with torch.no_grad():
+            model(input_ids=torch.tensor([prefix + list(token_ids)]), use_cache=False)
+        handle.remove()
+        hidden = seen[0][0, len(prefix) :].float()
+        return ((hidden - basis.mean) @ basis.directions[1]).numpy()
+
+    for key, sign in (("pca/L0/1+", 1), ("pca/L0/1-", -1)):
+        ex = store.get(key).exemplars[0]
+        assert np.allclose(ex.activations, sign * projection(ex.token_ids), atol=1e-4), key
