@@ -119,10 +119,10 @@ def main(argv: list[str] | None = None) -> None:
     # (a) teacher generation
     backend = load_backend(f"hf:{args.model}", None, loaded=(model, tok), batch_size=args.batch_size)
     requests = [ChatRequest(tuple(messages[k]), params, sample_index=i) for k in keys for i in range(args.k)]
-    plain_generate(model, tok, [tok.apply_chat_template(messages[keys[0]], add_generation_prompt=True)], 1, 1)
+    prompt_ids = [backend._chat_ids(ChatRequest(tuple(messages[k]), params)) for k in keys]  # the same token ids
+    plain_generate(model, tok, prompt_ids[:1], 1, 1)  # warm-up
     t_backend, completions = timed(lambda: backend.generate(requests))
     backend_tokens = sum(c.tokens_out for c in completions)
-    prompt_ids = [tok.apply_chat_template(messages[k], add_generation_prompt=True) for k in keys]
     t_plain, plain_tokens = plain_generate(model, tok, prompt_ids, args.k, args.batch_size)
     gen_fraction = (backend_tokens / t_backend) / (plain_tokens / t_plain)
 

@@ -8,16 +8,24 @@ dtype throughout. Prints
   (a) speed-up of the shared-prefix batched path over the naive one (each exemplar its own
       forward with the full prompt and full-vocabulary logits), target >= 3x;
   (b) simulator throughput in prompt tokens/s (shared prefix counted once) as a fraction of a
-      plain batched forward's tokens/s on the same model, target >= 0.6.
+      plain batched forward's tokens/s on the same model, target >= 0.6;
+  (c) with --server (needs llama-cpp-python, the test set-up): the reference implementation's path,
+      one echo + logprobs request per all-at-once prompt to an OpenAI-compatible llama.cpp server on
+      127.0.0.1 (the bundled GGUF, 1 thread), through `EchoLogprobSimulator`: scored exemplars per
+      second of the local path over that one (target >= 30x), and the largest difference of the two
+      paths' expected values (tolerance 0.75 on the 0..9 scale: the server computes in Q4_1, the
+      local path on the de-quantised fp32 copy).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -55,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tokens", type=int, default=64, help="tokens per exemplar")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=5, help="interleaved timed runs; the best of each is used")
+    ap.add_argument("--server", action="store_true", help="also time the reference echo path on llama.cpp")
     args = ap.parse_args(argv)
     if os.environ.get("OMP_NUM_THREADS") != "1":
         print("warning: set OMP_NUM_THREADS=1 (2 threads is up to 10x slower on this machine)")
@@ -116,6 +125,60 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"(b) simulator {sim_tps:.0f} prompt tokens/s = {sim_tps / plain_tps:.2f} of a plain batched forward "
         f"(target >= 0.6)"
+    )
+    if args.server:
+        reference_path(fast, exemplars, t_fast)
+
+
+def reference_path(fast: LocalSimulator, exemplars, t_fast: float) -> None:
+    """(c): the same explanation and exemplars through llama.cpp's echo logprobs, one request each."""
+    import socket
+    import subprocess
+    import tempfile
+    import urllib.request
+
+    from neuroscribe.backends import load_backend
+    from neuroscribe.models import llama_server_command
+    from neuroscribe.simulators.http import EchoLogprobSimulator
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = llama_server_command(port)
+    log = Path(tempfile.mkdtemp(prefix="llama-server-")) / "server.log"
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(url + "/models", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise SystemExit(f"llama.cpp server exited; log {log}") from None
+                time.sleep(0.2)
+        served = EchoLogprobSimulator(load_backend(f"openai:smollm2@{url}", None), top_k=10)
+        served.simulate(EXPLANATION, exemplars[:1])  # warm-up
+        start = time.perf_counter()
+        remote = served.simulate(EXPLANATION, exemplars)
+        t_server = time.perf_counter() - start
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    local = fast.simulate(EXPLANATION, exemplars)
+    diffs = [
+        abs(a - b)
+        for s, r in zip(remote, local)
+        for a, b in zip(s.predicted, r.predicted)
+        if not (math.isnan(a) or math.isnan(b))
+    ]
+    n = len(exemplars)
+    print(f"reference echo path (llama.cpp, one request per prompt): {t_server:.2f} s for {n} exemplars")
+    print(
+        f"(c) local {n / t_fast:.1f} vs reference {n / t_server:.2f} scored exemplars/s: "
+        f"{t_server / t_fast:.1f}x (target >= 30); max |local - reference| expected value "
+        f"{max(diffs):.3f} over {len(diffs)} tokens (tolerance 0.75)"
     )
 
 

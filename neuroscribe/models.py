@@ -216,3 +216,31 @@ def decoder_layers(model) -> list:
         if obj is not None:
             return list(obj)
     raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
+
+
+def llama_server_command(port: int, spec: str = DEFAULT_MODEL) -> list[str]:
+    """argv of llama-cpp-python's OpenAI-compatible server on 127.0.0.1:`port` serving the bundled
+    GGUF with one thread and prompt logprobs at every position (the echo path needs them)."""
+    import sys
+
+    return [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(bundled_gguf(spec)),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_threads",
+        "1",
+        "--n_threads_batch",
+        "1",
+        "--logits_all",
+        "true",
+        "--n_ctx",
+        "2048",
+        "--verbose",
+        "false",
+    ]

@@ -41,7 +41,7 @@ def insufficiency(n_positive: int, n_random: int) -> str:
     return ""
 
 
-_KEY = re.compile(r"^(mlp|sae|transcoder|planted)/L(\d+)/(\d+)([+-])$")
+_KEY = re.compile(r"^(mlp|sae|transcoder|planted|random|pca|ica)/L(\d+)/(\d+)([+-])$")
 
 
 @dataclass(frozen=True, order=True)

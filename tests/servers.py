@@ -17,7 +17,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -57,31 +56,11 @@ def start_llama_server(log_dir: Path) -> str:
     """Start (once) the llama.cpp server on a free port; return its base URL."""
     if "url" in _RUNNING:
         return _RUNNING["url"]  # type: ignore[return-value]
-    from neuroscribe.models import bundled_gguf
+    from neuroscribe.models import llama_server_command
 
     port = free_port()
     log = log_dir / "server.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "llama_cpp.server",
-        "--model",
-        str(bundled_gguf("smollm2-135m-instruct")),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--n_threads",
-        "1",
-        "--n_threads_batch",
-        "1",
-        "--logits_all",
-        "true",
-        "--n_ctx",
-        "2048",
-        "--verbose",
-        "false",
-    ]
+    cmd = llama_server_command(port)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)

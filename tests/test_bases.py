@@ -13,6 +13,7 @@ from neuroscribe.configs import CollectConfig
 from neuroscribe.distill.collect import collect
 from neuroscribe.features import _down_proj
 from neuroscribe.models import decoder_layers, load_model
+from neuroscribe.records import FeatureId
 from neuroscribe.runs.store import ExemplarStore
 
 
@@ -69,6 +70,7 @@ def test_collect_stores_each_direction_as_the_projection_of_the_hook_activation(
     kinds = {k.split("/")[0] for k in store.keys(include_dead=True)}
     assert kinds == {"mlp", "pca", "random", "ica"}
     assert {"pca/L0/0+", "pca/L0/0-", "random/L0/3+", "ica/L0/2-"} <= set(store.keys(include_dead=True))
+    assert FeatureId.parse("ica/L0/2-") == FeatureId("ica", 0, 2, -1)  # every later stage parses these keys
     bases = sorted(p.name for p in (tmp_path / "store" / "bases").iterdir())
     assert bases == [
         "ica-L0-resid_post-3.safetensors",
