@@ -158,7 +158,10 @@ def reference_path(fast: LocalSimulator, exemplars, t_fast: float) -> None:
                 if proc.poll() is not None:
                     raise SystemExit(f"llama.cpp server exited; log {log}") from None
                 time.sleep(0.2)
-        served = EchoLogprobSimulator(load_backend(f"openai:smollm2@{url}", None), top_k=10)
+        from neuroscribe.configs import CallLimits
+
+        limits = CallLimits(timeout=900.0, concurrency=1)  # one request at a time, none cut off while it runs
+        served = EchoLogprobSimulator(load_backend(f"openai:smollm2@{url}", None, limits), top_k=10)
         served.simulate(EXPLANATION, exemplars[:1])  # warm-up
         start = time.perf_counter()
         remote = served.simulate(EXPLANATION, exemplars)
