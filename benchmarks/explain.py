@@ -46,16 +46,21 @@ def timed(fn):
     return time.perf_counter() - start, out
 
 
+def left_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(input ids, attention mask, width) of `rows` padded on the left to the longest."""
+    width = max(map(len, rows))
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask, width
+
+
 def plain_generate(model, tok, prompts: list[list[int]], k: int, batch: int) -> tuple[float, int]:
     """(seconds, generated tokens up to each row's EOS) of `model.generate` over every prompt k times."""
     rows = [p for p in prompts for _ in range(k)]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     n_tokens, start = 0, time.perf_counter()
     for i in range(0, len(rows), batch):
-        chunk = rows[i : i + batch]
-        width = max(map(len, chunk))
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in chunk])
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in chunk])
+        ids, mask, width = left_padded(rows[i : i + batch], pad)
         with torch.inference_mode():
             out = model.generate(
                 input_ids=ids,
@@ -76,10 +81,7 @@ def plain_forward(model, tok, sequences: list[list[int]], batch: int) -> float:
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     start = time.perf_counter()
     for i in range(0, len(sequences), batch):
-        chunk = sequences[i : i + batch]
-        width = max(map(len, chunk))
-        ids = torch.tensor([[pad] * (width - len(s)) + s for s in chunk])
-        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in chunk])
+        ids, mask, _ = left_padded(sequences[i : i + batch], pad)
         with torch.inference_mode():
             model(input_ids=ids, attention_mask=mask)
     return time.perf_counter() - start

@@ -128,16 +128,7 @@ class Scorer:
 
     def score_many(self, explanations, record: FeatureExemplars, split: str) -> list[ScoredExplanation]:
         """The primary simulator's scores of several explanations of one feature, simulated together."""
-        return cached_scores(
-            self.primary,
-            list(explanations),
-            record,
-            split,
-            self.cache,
-            stage="eval-simulate",
-            target=self.cfg.target,
-            in_sample=record.feature.key in self.in_sample,
-        )
+        return self._scores(self.primary, list(explanations), record, split)
 
     def _judges(self, explanation: Explanation, record: FeatureExemplars) -> dict:
         judge = self.primary
