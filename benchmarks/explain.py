@@ -1,7 +1,7 @@
 """Explain at the cost of batched generation: the teacher's throughput, the scoring's, and the whole
 explain + score stage against a one-feature-at-a-time run of the same work.
 
-Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/explain.py [--features 8] [--k 4] [--dtype float32]
+Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/explain.py [--features 4] [--k 4] [--dtype float32]
 
 Workload: N live features of a small `collect` run of the bundled model (MLP neurons, builtin corpus),
 the demo's prompt (highlighted, 6 exemplars), k samples per feature at temperature 1, 32 new tokens
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--dtype", default="float32", help="one dtype throughout (float32 is fastest on AMD CPUs)")
-    ap.add_argument("--features", type=int, default=8)
+    ap.add_argument("--features", type=int, default=4)
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=8)
     args = ap.parse_args(argv)

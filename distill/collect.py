@@ -4,9 +4,8 @@ Work is cut into shards of `shard_windows` consecutive windows. After each shard
 checkpointed (atomically) under OUT/.collect/, so a killed run resumes from its last finished shard
 and ends with the same store as an uninterrupted run. Under `accelerate launch` (or torchrun) rank r
 takes shards r, r+W, ...; rank 0 merges the ranks' states, which is exact for every exemplar (see
-mining.py; summary moments agree to float64 rounding), mines hard negatives and writes the store.
-
-Then rank 0 finds hard negatives (`negatives`) and turns the state into the store's tables (`finalize`).
+mining.py; summary moments agree to float64 rounding; hard negatives, found in the same pass, are
+the exception, see negatives.py) and turns the state into the store's tables (`finalize`).
 
 Multi-process:
     accelerate launch --config_file recipes/accelerate_configs/ddp.yaml --num_processes 2 \
@@ -35,11 +34,10 @@ from neuroscribe.features import ActivationReader, parse_feature_spec
 from neuroscribe.models import load_model
 from neuroscribe.options import to_dict
 from neuroscribe.runs.files import OutputLock, disk_error, guard_output, refuse_existing
-from neuroscribe.runs.store import META, write_tables
+from neuroscribe.runs.store import META, output_table, write_tables
 
 from .finalize import finalize
-from .mining import Miner
-from .negatives import hard_negatives
+from .mining import STATE_VERSION, Miner
 
 STATE_DIR = ".collect"
 
@@ -119,12 +117,24 @@ def collect(cfg: CollectConfig) -> Path:
                     f"dataset {cfg.dataset!r} gave no window of {cfg.window} tokens (field {cfg.text_field!r})"
                 )
             t0 = time.perf_counter()
-            negatives = hard_negatives(miner, _windows(cfg, tok), forward, cfg.batch_size, cfg.progress)
-            timings["hard_negatives_s"] = time.perf_counter() - t0
-            features_table, exemplars_table = finalize(miner, tok, negatives)
-            timings["finalize_s"] = time.perf_counter() - t0 - timings["hard_negatives_s"]
+            features_table, exemplars_table = finalize(miner, tok)
+            timings["finalize_s"] = time.perf_counter() - t0
+            outputs = None
+            if cfg.output_side:
+                from .outputs import describe_outputs
+
+                reader.close()  # its hooks would cut the steered forward passes short
+                t0 = time.perf_counter()
+                fmax = dict(
+                    zip(
+                        features_table.column("feature").to_pylist(),
+                        features_table.column("max_activation").to_pylist(),
+                    )
+                )
+                outputs = output_table(describe_outputs(model, tok, groups, fmax, cfg.output_tokens, cfg.steer))
+                timings["output_side_s"] = time.perf_counter() - t0
             meta = _meta(cfg, tok, groups, prefix, n_windows, dist.world, key, content)
-            write_tables(out, features_table, exemplars_table, {**meta, "timings": timings}, overwrite=True)
+            write_tables(out, features_table, exemplars_table, {**meta, "timings": timings}, True, outputs)
             shutil.rmtree(state_dir, ignore_errors=True)
         dist.barrier()
     return out
@@ -167,11 +177,11 @@ def _resume(miner: Miner, ckpt: Path, cfg: CollectConfig, key: str) -> None:
     if not ckpt.exists():
         return
     saved = torch.load(ckpt, weights_only=False)
-    if saved["fingerprint"] != key:
+    if saved["fingerprint"] != key or saved["miner"].get("version") != STATE_VERSION:
         if not cfg.overwrite:
             raise FileExistsError(
-                f"{ckpt} is a checkpoint of a different collect configuration or dataset content; pass "
-                "--overwrite to discard it"
+                f"{ckpt} is a checkpoint of a different collect configuration, dataset content or neuroscribe "
+                "version; pass --overwrite to discard it"
             )
         ckpt.unlink()
         return

@@ -8,15 +8,12 @@ Per feature, the windows each source keeps, in this order (a window may sit in s
   random window that is also a top window is KEPT, so the random sample stays unbiased);
 - inactive: the first inactive_k windows of the whole uniform sample (random_k + inactive_pool) that
   peak at or below ACTIVE_FRACTION x the feature's max: real non-activating text;
-- hard_negative: the pass in `negatives`.
+- hard_negative: the candidates of `negatives` that pass its rule.
 
-Splits. Within a feature, windows that touch a common document, or that hold identical token ids,
-form one group, and a group always lands in one split, so neighbouring windows of one document and
-duplicated text can never sit in explain and test at once. Groups are dealt in the source order above
-(strongest first), each to the split where it leaves the per-source counts most even (`deal_groups`), so
-every split gets strong and weak windows and as many random windows as top/quantile ones, as far as
-the groups allow. A feature whose windows all come from one document ends up with one split only: the
-scorers then call it insufficient instead of scoring it on a split without positives.
+Splits follow the one rule of `splits` (groups of windows sharing a document or identical tokens,
+dealt strongest source first so every split gets strong and weak windows and as many random windows
+as top/quantile ones, as far as the groups allow). Every step is vectorised over features: no
+Python loop runs per exemplar row.
 
 Token text is cut from the decoded window, so tokens join back to the text exactly, word spaces of
 SentencePiece-style tokenizers included (`TokenText`).
@@ -24,7 +21,7 @@ SentencePiece-style tokenizers included (`TokenText`).
 
 from __future__ import annotations
 
-from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -33,8 +30,9 @@ import torch
 from neuroscribe.records import ACTIVE_FRACTION, FeatureStats
 from neuroscribe.runs.store import FEATURE_SCHEMA, exemplar_table, feature_row, list_column
 
-from .mining import Miner, moment_stats
-from .negatives import HardNegatives, top_token_ids
+from .mining import Miner, Slots, moment_stats, top_tokens
+from .negatives import hard_negative_slots
+from .splits import assign_splits
 
 _LOOKALIKE = str.maketrans("<>[]", "‹›⟦⟧")
 _BROKEN = "\ufffd"  # what a lone byte of a multi-byte character decodes to
@@ -95,197 +93,161 @@ class TokenText:
         return tuple(out)
 
 
-def group_windows(wids: list[int], docs: dict[int, tuple[int, int]], tokens: dict[int, tuple[int, ...]]) -> list[int]:
-    """Group index of each window (first-seen order): windows sharing a document or identical token ids
-    are one group (union-find over the feature's own windows, so it costs nothing per corpus window)."""
-    parent = list(range(len(wids)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def union(a: int, b: int) -> None:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-
-    by_content: dict[tuple[int, ...], int] = {}
-    spans = sorted(range(len(wids)), key=lambda i: docs[wids[i]])
-    reach, last = -1, -1
-    for i in spans:  # interval sweep: overlapping document ranges chain into one group
-        first_doc, last_doc = docs[wids[i]]
-        if last >= 0 and first_doc <= reach:
-            union(last, i)
-        if last_doc > reach:
-            reach = last_doc
-        last = i
-    for i, w in enumerate(wids):
-        seen = by_content.setdefault(tokens[w], i)
-        if seen != i:
-            union(seen, i)
-    roots: dict[int, int] = {}
-    return [roots.setdefault(find(i), len(roots)) for i in range(len(wids))]
+SOURCES = ("top", "quantile", "random", "inactive", "hard_negative")  # the order rows are dealt in
 
 
-def deal_groups(group: list[int], sources: list[str], n_splits: int) -> list[int]:
-    """Split index of each group: groups in first-seen order (strongest first), each to the split where
-    its rows leave every source's counts most even (relative to that source's total); ties go round
-    robin, so singleton groups are dealt like a stride."""
-    totals = Counter(sources)
-    rows: dict[int, Counter] = {}
-    for g, s in zip(group, sources):
-        rows.setdefault(g, Counter())[s] += 1
-    load = [Counter() for _ in range(n_splits)]
-    out, turn = [], 0
-    for g in range(len(rows)):
-        order = [(turn + j) % n_splits for j in range(n_splits)]
-        costs = {i: sum((load[i][s] + n) / totals[s] for s, n in rows[g].items()) for i in order}
-        best = min(order, key=lambda i: (costs[i], order.index(i)))
-        load[best].update(rows[g])
-        out.append(best)
-        turn = (best + 1) % n_splits
-    return out
+@dataclass
+class _Picked:
+    """Rows one source keeps, all features at once: feature column, sort position within the feature's
+    rows of this source, quantile bin (-1: none), which slots hold the activations and the slot index."""
+
+    col: np.ndarray
+    pos: np.ndarray
+    quantile: np.ndarray
+    slots: Slots
+    slot: np.ndarray
+
+    @classmethod
+    def of(cls, mask: torch.Tensor, order: torch.Tensor, slots: Slots, pos=None, quantile=None) -> _Picked:
+        col, i = mask.nonzero(as_tuple=True)
+        pos = i if pos is None else pos[col, i]
+        q = torch.full_like(i, -1) if quantile is None else quantile[col, i]
+        return cls(col.numpy(), pos.numpy(), q.numpy(), slots, order[col, i].numpy())
 
 
-def _feature_selection(miner: Miner, negatives: HardNegatives):
-    """Per feature, the windows each source keeps (module doc), in order: yields
-    (col, [(source, quantile, window id, act ref)], quantile boundaries). An act ref is
-    ("top"|"pool"|"random", slot) into the miner's tensors, or ("neg", i)."""
+def _select(miner: Miner, fmax: torch.Tensor, hard: tuple[np.ndarray, np.ndarray]) -> tuple[list[_Picked], list]:
+    """Per source, the rows each feature keeps (module doc), and each feature's quantile boundaries."""
     cfg = miner.config
+    inf = float("inf")
     top_order, top_keys = miner.top.ordered()
+    top_ok = top_keys > 0
+    top_ids = torch.where(top_ok, miner.top.ids.gather(1, top_order), torch.full_like(top_order, -2))
+    # activating pool in priority order, minus top windows; cut by activation rank into quantile bins
     pool_order, pool_keys = miner.pool.ordered()
+    pool_ids = miner.pool.ids.gather(1, pool_order)
+    pool_max = miner.pool.maxes.gather(1, pool_order)
+    valid = (pool_keys != inf) & ~(pool_ids.unsqueeze(2) == top_ids.unsqueeze(1)).any(2)
+    n_valid = valid.sum(1, keepdim=True)
+    by_act = torch.argsort(torch.where(valid, pool_max, torch.full_like(pool_max, inf)), dim=1, stable=True)
+    act_rank = torch.empty_like(by_act).scatter_(1, by_act, torch.arange(by_act.shape[1]).expand_as(by_act))
+    starts = [n_valid * q // cfg.quantiles for q in range(cfg.quantiles + 1)]  # bin q: ranks [starts[q], starts[q+1])
+    qbin = sum((act_rank >= s).long() for s in starts[1:-1])
+    in_bin = [valid & (qbin == q) for q in range(cfg.quantiles)]
+    quant = torch.zeros_like(valid)
+    for member in in_bin:
+        quant |= member & (member.cumsum(1) <= cfg.per_quantile)
+    sorted_max = pool_max.gather(1, by_act).tolist()
+    first = torch.cat(starts, 1).tolist()  # [F, quantiles + 1]
+    boundaries = [  # each non-empty bin's lowest max
+        tuple(sorted_max[f][at[q]] for q in range(cfg.quantiles) if at[q + 1] > at[q]) for f, at in enumerate(first)
+    ]
+    # the uniform sample: random = its first random_k; inactive = its first inactive_k quiet windows
     rand_order, rand_keys = miner.random.ordered()
-    top_ids, pool_ids, rand_ids = (
-        s.ids.gather(1, o).tolist()
-        for s, o in ((miner.top, top_order), (miner.pool, pool_order), (miner.random, rand_order))
-    )
-    pool_max = miner.pool.maxes.gather(1, pool_order).tolist()
-    rand_max = miner.random.maxes.gather(1, rand_order).tolist()
-    fmax = miner.top.keys.max(1).values.tolist()
-    top_order, pool_order, rand_order = top_order.tolist(), pool_order.tolist(), rand_order.tolist()
-    top_keys, pool_keys, rand_keys = top_keys.tolist(), pool_keys.tolist(), rand_keys.tolist()
-    for col in range(len(miner.features)):
-        picked = [("top", -1, w, ("top", s)) for w, k, s in zip(top_ids[col], top_keys[col], top_order[col]) if k > 0]
-        in_top = {w for _, _, w, _ in picked}
-        # activating pool, lowest priority first; cut by activation rank into quantile bins
-        pool = [
-            (m, i)
-            for i, (w, k, m) in enumerate(zip(pool_ids[col], pool_keys[col], pool_max[col]))
-            if k != float("inf") and w not in in_top
-        ]
-        by_act = sorted(pool)
-        bins = [
-            by_act[len(by_act) * q // cfg.quantiles : len(by_act) * (q + 1) // cfg.quantiles]
-            for q in range(cfg.quantiles)
-        ]
-        boundaries = tuple(b[0][0] for b in bins if b)
-        for q, members in enumerate(bins):
-            for i in sorted(i for _, i in members)[: cfg.per_quantile]:  # i is the priority order
-                picked.append(("quantile", q, pool_ids[col][i], ("pool", pool_order[col][i])))
-        uniform = [
-            (w, s, m)
-            for w, k, s, m in zip(rand_ids[col], rand_keys[col], rand_order[col], rand_max[col])
-            if k != float("inf")
-        ]
-        picked += [("random", -1, w, ("random", s)) for w, s, _ in uniform[: cfg.random_k]]
-        quiet = [(w, s) for w, s, m in uniform if fmax[col] > 0 and m <= ACTIVE_FRACTION * fmax[col]]
-        picked += [("inactive", -1, w, ("random", s)) for w, s in quiet[: cfg.inactive_k]]
-        picked += [("hard_negative", -1, w, ("neg", i)) for i, w in enumerate(negatives.windows.get(col, []))]
-        yield col, picked, boundaries
+    uniform = rand_keys != inf
+    rand_max = miner.random.maxes.gather(1, rand_order)
+    quiet = uniform & (fmax > 0).unsqueeze(1) & (rand_max <= ACTIVE_FRACTION * fmax[:, None])
+    hard_col, hard_slot = hard
+    hard_pos = np.arange(len(hard_col)) - np.searchsorted(hard_col, hard_col)
+    picked = [
+        _Picked.of(top_ok, top_order, miner.top),
+        _Picked.of(quant, pool_order, miner.pool, pos=qbin * miner.pool.k + torch.arange(miner.pool.k), quantile=qbin),
+        _Picked.of(uniform & (uniform.cumsum(1) <= cfg.random_k), rand_order, miner.random),
+        _Picked.of(quiet & (quiet.cumsum(1) <= cfg.inactive_k), rand_order, miner.random),
+        _Picked(hard_col, hard_pos, np.full(len(hard_col), -1), miner.hard, hard_slot),
+    ]
+    return picked, boundaries
 
 
-def finalize(miner: Miner, tok, negatives: HardNegatives) -> tuple[pa.Table, pa.Table]:
+def finalize(miner: Miner, tok) -> tuple[pa.Table, pa.Table]:
     """Turn mining state into the store's (features, exemplars) tables (module doc)."""
     cfg = miner.config
     stats = {k: v.tolist() for k, v in moment_stats(miner.moments).items()}
-    fmax = miner.top.keys.max(1).values.tolist()
+    fmax_t = miner.top.keys.max(1).values.float()
+    fmax = fmax_t.tolist()
     n_tok = miner.moments[:, 0].long().tolist()
     n_active = miner.n_active.tolist()
     text = TokenText(tok)
-    tops = top_token_ids(miner, 5)
-    tokens = {**{w: x.token_ids for w, x in negatives.held.items()}, **miner.window_tokens}
-    docs = {**{w: x.doc_span for w, x in negatives.held.items()}, **miner.window_docs}
-    names = ("feature", "layer", "kind", "split", "source", "rank", "quantile", "window_id", "doc_first", "doc_last")
-    scalars: dict[str, list] = {k: [] for k in names}
-    refs: list[tuple[str, int, int]] = []
+    window_ids = np.array(sorted(miner.window_tokens), dtype=np.int64)
+    token_matrix = np.array([miner.window_tokens[int(w)] for w in window_ids], dtype=np.int32).reshape(
+        len(window_ids), miner.window
+    )
+    picked, boundaries = _select(miner, fmax_t, hard_negative_slots(miner, window_ids, token_matrix))
+    src = np.concatenate([np.full(len(p.col), i) for i, p in enumerate(picked)])
+    col = np.concatenate([p.col for p in picked])
+    slots = [p.slots for p in picked]
+    slot = np.concatenate([p.slot for p in picked])
+    wid_all = np.concatenate([p.slots.ids.numpy()[p.col, p.slot] for p in picked])
+    keep = ~np.array([not m > 0 for m in fmax])[col]  # a dead feature keeps no exemplar
+    order = np.lexsort((np.concatenate([p.pos for p in picked]), src, col))
+    order = order[keep[order]]
+    src, col, slot, wid = src[order], col[order], slot[order], wid_all[order]
+    quantile = np.concatenate([p.quantile for p in picked])[order]
+    row = np.searchsorted(window_ids, wid)
+    docs = np.array([miner.window_docs[int(w)] for w in window_ids], dtype=np.int64).reshape(-1, 2)
+    _, content = np.unique(token_matrix, axis=0, return_inverse=True)
+    content = content.reshape(-1)
+    split = assign_splits(col, docs[row, 0], docs[row, 1], content[row], src, len(cfg.splits))
+    segment = np.flatnonzero(np.r_[True, (col[1:] != col[:-1]) | (src[1:] != src[:-1])])
+    rank = np.arange(len(col)) - np.repeat(segment, np.diff(np.r_[segment, len(col)]))
+    acts = torch.zeros(len(col), miner.window, dtype=torch.float32)
+    for i, s in enumerate(slots):
+        at = np.flatnonzero(src == i)
+        if len(at):
+            acts[torch.from_numpy(at)] = s.acts[torch.from_numpy(col[at]), torch.from_numpy(slot[at])]
+    features = miner.features
+    tops = top_tokens(miner.top, 5).tolist()
     feature_rows = []
-    for col, picked, boundaries in _feature_selection(miner, negatives):
-        fid = miner.features[col]
-        dead = not fmax[col] > 0
-        if dead:
-            picked, boundaries = [], ()
-        group = group_windows([w for _, _, w, _ in picked], docs, tokens)
-        split_of = deal_groups(group, [source for source, *_ in picked], len(cfg.splits))
-        rank_in: Counter = Counter()
-        for (source, quantile, wid, (kind, slot)), g in zip(picked, group):
-            values = (
-                fid.key,
-                fid.layer,
-                fid.kind,
-                cfg.splits[split_of[g]],
-                source,
-                rank_in[source],
-                quantile,
-                wid,
-                docs[wid][0],
-                docs[wid][1],
-            )
-            rank_in[source] += 1
-            for name, value in zip(names, values):
-                scalars[name].append(value)
-            refs.append((kind, col, slot))
+    for c, fid in enumerate(features):
+        dead = not fmax[c] > 0
         stats_col = FeatureStats(
-            max_activation=max(fmax[col], 0.0),
-            mean=stats["mean"][col],
-            variance=stats["variance"][col],
-            skewness=stats["skewness"][col],
-            kurtosis=stats["kurtosis"][col],
-            n_tokens=n_tok[col],
-            frac_active=n_active[col] / max(n_tok[col], 1),
-            quantile_boundaries=tuple(boundaries),
+            max_activation=max(fmax[c], 0.0),
+            mean=stats["mean"][c],
+            variance=stats["variance"][c],
+            skewness=stats["skewness"][c],
+            kurtosis=stats["kurtosis"][c],
+            n_tokens=n_tok[c],
+            frac_active=n_active[c] / max(n_tok[c], 1),
+            quantile_boundaries=() if dead else boundaries[c],
         )
-        feature_rows.append(feature_row(fid, stats_col, dead, () if dead else text(tops[col])))
-    acts = _gather_acts(miner, negatives, refs)
-    wids = np.array(scalars["window_id"], dtype=np.int64)
-    unique = np.unique(wids)
-    token_matrix = np.array([tokens[int(w)] for w in unique], dtype=np.int32).reshape(len(unique), miner.window)
-    row_of = np.searchsorted(unique, wids)
+        feature_rows.append(feature_row(fid, stats_col, dead, () if dead else text([t for t in tops[c] if t >= 0])))
+    per_col = pa.array(np.asarray(col, dtype=np.int32))
+    scalars = {
+        "feature": _decode(per_col, [f.key for f in features]),
+        "layer": np.array([f.layer for f in features], dtype=np.int32)[col],
+        "kind": _decode(per_col, [f.kind for f in features]),
+        "split": _decode(pa.array(split.astype(np.int32)), list(cfg.splits)),
+        "source": _decode(pa.array(src.astype(np.int32)), list(SOURCES)),
+        "rank": rank.astype(np.int32),
+        "quantile": quantile.astype(np.int32),
+        "window_id": wid,
+        "doc_first": docs[row, 0],
+        "doc_last": docs[row, 1],
+    }
     pieces, index = _piece_index(text, token_matrix)
-    flat = index[row_of].reshape(-1)
-    offsets = pa.array(np.arange(0, len(wids) * miner.window + 1, miner.window, dtype=np.int32))
+    flat = index[row].reshape(-1)
+    offsets = pa.array(np.arange(0, len(wid) * miner.window + 1, miner.window, dtype=np.int32))
     exemplars = exemplar_table(
         scalars,
         pa.ListArray.from_arrays(offsets, pa.array(pieces, pa.string()).take(pa.array(flat))),
-        list_column(token_matrix[row_of], pa.int32()),
-        list_column(acts, pa.float32()),
+        list_column(token_matrix[row], pa.int32()),
+        list_column(acts.numpy(), pa.float32()),
     )
     return pa.Table.from_pylist(feature_rows, FEATURE_SCHEMA), exemplars
+
+
+def _decode(indices: pa.Array, values: list[str]) -> pa.Array:
+    """A string column from small-integer codes, without a Python string per row."""
+    return pa.DictionaryArray.from_arrays(indices, pa.array(values, pa.string())).dictionary_decode()
 
 
 def _piece_index(text: TokenText, token_matrix: np.ndarray) -> tuple[list[str], np.ndarray]:
     """(a table of token texts, [windows, T] indices into it): one text per vocabulary id, vectorised,
     plus the windows whose byte-fallback tokens need their own incremental cut (appended to the table)."""
     vocab, index = np.unique(token_matrix, return_inverse=True)
-    index = index.reshape(token_matrix.shape).astype(np.int64)
+    index = index.reshape(token_matrix.shape).astype(np.int32)
     pieces = [text.piece(int(i)) for i in vocab]
     broken = np.isin(token_matrix, [int(i) for i, p in zip(vocab, pieces) if _BROKEN in p])
     for row in np.flatnonzero(broken.any(axis=1)):
         index[row] = np.arange(len(pieces), len(pieces) + token_matrix.shape[1])
         pieces.extend(text(token_matrix[row].tolist()))
     return pieces, index
-
-
-def _gather_acts(miner: Miner, negatives: HardNegatives, refs: list[tuple[str, int, int]]) -> np.ndarray:
-    out = torch.zeros(len(refs), miner.window, dtype=torch.float32)
-    for kind, slots in (("top", miner.top), ("pool", miner.pool), ("random", miner.random)):
-        idx = [i for i, r in enumerate(refs) if r[0] == kind]
-        if idx:
-            cols = torch.tensor([refs[i][1] for i in idx])
-            which = torch.tensor([refs[i][2] for i in idx])
-            out[torch.tensor(idx)] = slots.acts[cols, which]
-    for i, (kind, col, j) in enumerate(refs):
-        if kind == "neg":
-            out[i] = negatives.acts[col][j]
-    return out.numpy()

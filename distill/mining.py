@@ -5,10 +5,13 @@ Per feature the miner keeps, as fixed-size tensors:
 - a pool of activating windows (max > 0) sampled uniformly, later cut into activation quantiles,
 - a uniform sample of all windows (the random exemplars, and a spare `inactive_pool` of them from
   which the inactive exemplars are drawn once the feature's max is known),
-- running moments of every token's activation.
-Both samples are bottom-k by a priority that depends only on (seed, window id, feature), so the
-result does not depend on batch size, shard order or the number of ranks: merging two miners'
-states gives exactly the state one miner would reach over the union of their windows.
+- running moments of every token's activation,
+- hard-negative candidates (`negatives`): windows that hold one of the feature's top tokens *so far*
+  and peak low, bottom-k by priority; found in this same pass, so collect reads the corpus once.
+The samples are bottom-k by a priority that depends only on (seed, window id, feature), so they do
+not depend on batch size, shard order or the number of ranks: merging two miners' states gives
+exactly the state one miner would reach over the union of their windows. Hard-negative candidates
+are the exception: which windows qualify depends on the top tokens known when the window is read.
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ import torch
 
 from neuroscribe.configs import MiningConfig
 from neuroscribe.records import FeatureId
+
+STATE_VERSION = 2  # of a checkpointed miner state; an older one is refused, not misread
+HARD_WATCH = 6  # top tokens so far a hard-negative candidate may hold (the store's rule then keeps 3)
+HARD_CANDIDATES = 3  # candidate slots per hard negative wanted (some fail the final top-token rule)
 
 
 def _mix64(x: int) -> int:
@@ -50,17 +57,25 @@ class Slots:
     is proportional to how many candidates get in, not to the size of the state.
     """
 
-    def __init__(self, n_features: int, k: int, window: int, largest: bool, extra: bool = False):
+    def __init__(self, n_features: int, k: int, window: int, largest: bool, extra: bool = False, peaks: bool = False):
         self.fill = float("-inf") if largest else float("inf")
         self.largest, self.k = largest, k
         self.keys = torch.full((n_features, k), self.fill, dtype=torch.float64)
         self.ids = torch.full((n_features, k), -1, dtype=torch.int64)
         self.acts = torch.zeros(n_features, k, window, dtype=torch.float32)
         self.maxes = torch.zeros(n_features, k, dtype=torch.float32) if extra else None
+        self.peaks = torch.full((n_features, k), -1, dtype=torch.int64) if peaks else None  # token id at the peak
 
-    def offer(self, keys: torch.Tensor, ids: torch.Tensor, acts_of, maxes: torch.Tensor | None = None) -> None:
-        """Offer B candidates per feature: keys/ids [F, B]; acts_of(rows, cols) -> [n, T] for candidate
-        (feature row, candidate column) pairs."""
+    def offer(
+        self,
+        keys: torch.Tensor,
+        ids: torch.Tensor,
+        acts_of,
+        maxes: torch.Tensor | None = None,
+        peaks: torch.Tensor | None = None,
+    ) -> None:
+        """Offer B candidates per feature: keys/ids (and maxes, peak token ids) [F, B]; acts_of(rows, cols)
+        -> [n, T] for candidate (feature row, candidate column) pairs."""
         worst = self.keys.min(1, keepdim=True).values if self.largest else self.keys.max(1, keepdim=True).values
         better = (keys >= worst) if self.largest else (keys <= worst)
         rows = better.any(dim=1).nonzero().flatten()
@@ -81,10 +96,12 @@ class Slots:
         self.acts[feat, slot] = acts_of(feat, cand)
         if self.maxes is not None:
             self.maxes[feat, slot] = maxes[feat, cand]
+        if self.peaks is not None:
+            self.peaks[feat, slot] = peaks[feat, cand]
 
     def absorb(self, other: Slots) -> None:
         """Merge another miner's slots (same features) into these."""
-        self.offer(other.keys, other.ids, lambda f, c: other.acts[f, c], other.maxes)
+        self.offer(other.keys, other.ids, lambda f, c: other.acts[f, c], other.maxes, other.peaks)
 
     def ordered(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(slot order best first [F, k], keys in that order), ties by lower window id."""
@@ -92,10 +109,27 @@ class Slots:
         return order, self.keys.gather(1, order)
 
     def state(self) -> dict:
-        return {"keys": self.keys, "ids": self.ids, "acts": self.acts, "maxes": self.maxes}
+        return {"keys": self.keys, "ids": self.ids, "acts": self.acts, "maxes": self.maxes, "peaks": self.peaks}
 
     def load(self, state: dict) -> None:
         self.keys, self.ids, self.acts, self.maxes = state["keys"], state["ids"], state["acts"], state["maxes"]
+        self.peaks = state["peaks"]
+
+
+def top_tokens(top: Slots, n: int) -> torch.Tensor:
+    """[F, n] the most frequent peak tokens of each feature's top windows, ties to the stronger window,
+    -1 where a feature has fewer (only windows that activate count). Vectorised over features."""
+    order, keys = top.ordered()
+    tok = top.peaks.gather(1, order)
+    valid = keys > 0
+    same = (tok.unsqueeze(2) == tok.unsqueeze(1)) & valid.unsqueeze(1)  # [F, k, k]
+    count = same.sum(2)
+    earlier = torch.tril(torch.ones(top.k, top.k, dtype=torch.bool), diagonal=-1)
+    first = valid & ~(same & earlier).any(2)  # the strongest window of each distinct token
+    score = torch.where(first, count * (top.k + 1) + (top.k - torch.arange(top.k)), torch.full_like(count, -1))
+    best, pos = score.topk(min(n, top.k), dim=1)
+    out = torch.where(best >= 0, tok.gather(1, pos), torch.full_like(pos, -1))
+    return torch.nn.functional.pad(out, (0, n - out.shape[1]), value=-1)
 
 
 class Miner:
@@ -104,9 +138,10 @@ class Miner:
     def __init__(self, features: list[FeatureId], window: int, config: MiningConfig):
         self.features, self.window, self.config = features, window, config
         F = len(features)
-        self.top = Slots(F, config.top_k, window, largest=True)
+        self.top = Slots(F, config.top_k, window, largest=True, peaks=True)
         self.pool = Slots(F, config.pool, window, largest=False, extra=True)
         self.random = Slots(F, config.random_k + config.inactive_pool, window, largest=False, extra=True)
+        self.hard = Slots(F, HARD_CANDIDATES * config.hard_negatives, window, largest=False, extra=True)
         self.moments = torch.zeros(F, 5, dtype=torch.float64)  # n, sum a, a^2, a^3, a^4
         self.n_active = torch.zeros(F, dtype=torch.int64)
         self.window_tokens: dict[int, tuple[int, ...]] = {}
@@ -133,15 +168,30 @@ class Miner:
         B = len(window_ids)
         ids = torch.tensor(window_ids, dtype=torch.int64).expand(len(self.features), B)
         by_feature = acts.permute(2, 0, 1).contiguous()  # [F, B, T]: candidate rows are contiguous
-        maxes = by_feature.amax(dim=2)  # [F, B]
+        maxes, at = by_feature.max(dim=2)  # [F, B]; `at` is the first peak position
+        tokens = torch.tensor(token_ids, dtype=torch.int64)  # [B, T]
+        peaks = tokens.gather(1, at.T).T  # [F, B] token id at each candidate's peak
         per_pair = lambda f, c: by_feature[f, c]  # noqa: E731  [n, T]
-        prio = window_priorities(self.config.seed, window_ids, len(self.features))
-        self.top.offer(maxes.to(torch.float64), ids, per_pair)
-        pool_prio = torch.where(maxes > 0, prio[0], torch.full_like(prio[0], float("inf")))
+        prio = window_priorities(self.config.seed, window_ids, len(self.features), streams=3)
+        never = float("inf")
+        self.top.offer(maxes.to(torch.float64), ids, per_pair, peaks=peaks)
+        pool_prio = torch.where(maxes > 0, prio[0], torch.full_like(prio[0], never))
         self.pool.offer(pool_prio, ids, per_pair, maxes)
         self.random.offer(prio[1], ids, per_pair, maxes)
+        if self.config.hard_negatives > 0:
+            self.hard.offer(self._hard_priorities(prio[2], maxes, tokens), ids, per_pair, maxes)
         self.window_tokens.update(zip(window_ids, token_ids))
         self.window_docs.update(zip(window_ids, doc_spans or [(w, w) for w in window_ids]))
+
+    def _hard_priorities(self, prio: torch.Tensor, maxes: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """[F, B] priority of each window as a hard-negative candidate, inf where it is none: it must hold
+        one of the feature's `HARD_WATCH` top tokens so far and peak at <= negative_ratio x the max so far
+        (the max only grows, so a window that passes now still passes at the end)."""
+        watch = top_tokens(self.top, HARD_WATCH)  # [F, W]
+        holds = torch.stack([torch.isin(watch, row) & (watch >= 0) for row in tokens], 2).any(1)  # [F, B]
+        limit = self.config.negative_ratio * self.top.keys.max(1, keepdim=True).values.float()
+        ok = holds & (maxes <= limit) & (limit > 0)
+        return torch.where(ok, prio, torch.full_like(prio, float("inf")))
 
     def _raise_non_finite(self, acts: torch.Tensor, window_ids: list[int]) -> None:
         b, t, f = (~torch.isfinite(acts)).nonzero()[0].tolist()
@@ -152,12 +202,15 @@ class Miner:
 
     def prune_tokens(self) -> None:
         """Forget token ids of windows no slot refers to (keeps memory bounded)."""
-        keep = set(torch.cat([self.top.ids, self.pool.ids, self.random.ids], 1).flatten().tolist())
+        keep = set(torch.cat([s.ids for s in self.slots()], 1).flatten().tolist())
         self.window_tokens = {w: t for w, t in self.window_tokens.items() if w in keep}
         self.window_docs = {w: d for w, d in self.window_docs.items() if w in keep}
 
+    def slots(self) -> tuple[Slots, ...]:
+        return self.top, self.pool, self.random, self.hard
+
     def absorb(self, other: Miner) -> None:
-        for mine, theirs in ((self.top, other.top), (self.pool, other.pool), (self.random, other.random)):
+        for mine, theirs in zip(self.slots(), other.slots()):
             mine.absorb(theirs)
         self.moments += other.moments
         self.n_active += other.n_active
@@ -170,6 +223,8 @@ class Miner:
             "top": self.top.state(),
             "pool": self.pool.state(),
             "random": self.random.state(),
+            "hard": self.hard.state(),
+            "version": STATE_VERSION,
             "moments": self.moments,
             "n_active": self.n_active,
             "window_tokens": self.window_tokens,
@@ -178,6 +233,12 @@ class Miner:
         }
 
     def load(self, state: dict) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"a collect checkpoint of another neuroscribe version (state {state.get('version')}, this one "
+                f"reads {STATE_VERSION}); pass --overwrite to discard it"
+            )
+        self.hard.load(state["hard"])
         self.top.load(state["top"])
         self.pool.load(state["pool"])
         self.random.load(state["random"])

@@ -185,13 +185,12 @@ def planted_features(
     windows: Sequence[PlantedWindow] | None = None,
 ) -> list[FeatureExemplars]:
     """One FeatureExemplars per rule (module doc): n_top top and n_random random windows per rule."""
-    from .finalize import deal_groups, group_windows
+    from .splits import assign_splits
 
     rules = list(RULES.values() if rules is None else rules)
     windows = list(windows) if windows is not None else list(corpus_windows(tokenizer, window, max_windows, dataset))
     if not windows:
         raise ValueError(f"planted: no window of {window} tokens in {dataset}")
-    by_id = {w.window_id: w for w in windows}
     keys = [r.feature.key for r in rules]
     if len(set(keys)) != len(keys):
         raise ValueError("planted: two rules map to one feature key; rename one")
@@ -205,15 +204,20 @@ def planted_features(
         )[:n_top]
         rnd = random.Random(f"{seed}:{rule.name}").sample(windows, min(n_random, len(windows)))
         picked = [("top", w) for w in top] + [("random", w) for w in rnd]
-        wids = [w.window_id for _, w in picked]
-        groups = group_windows(
-            wids, {w: (by_id[w].doc, by_id[w].doc) for w in wids}, {w: by_id[w].token_ids for w in wids}
+        docs = np.array([w.doc for _, w in picked], dtype=np.int64)
+        content = {}
+        split_of = assign_splits(
+            np.zeros(len(picked), np.int64),
+            docs,
+            docs,
+            np.array([content.setdefault(w.token_ids, len(content)) for _, w in picked], dtype=np.int64),
+            np.array([source == "random" for source, _ in picked], dtype=np.int64),
+            len(SPLITS),
         )
-        split_of = deal_groups(groups, [s for s, _ in picked], len(SPLITS))
         ranks = {"top": 0, "random": 0}
         exemplars = []
-        for (source, w), g in zip(picked, groups):
-            exemplars.append(_exemplar(w, acts[w.window_id], source, SPLITS[split_of[g]], ranks[source]))
+        for (source, w), split in zip(picked, split_of):
+            exemplars.append(_exemplar(w, acts[w.window_id], source, SPLITS[split], ranks[source]))
             ranks[source] += 1
         stats = FeatureStats(
             max_activation=float(all_acts.max()),

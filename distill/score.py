@@ -107,6 +107,21 @@ def score(cfg: ScoreConfig) -> list[ScoredExplanation]:
                 "protocol": PROTOCOL,
                 "usage": {k: v.__dict__ for k, v in db.stages().items()},
             }
-            run_files.write_run(out, ordered, summary)
+            interventions = None
+            if cfg.intervention:
+                from dataclasses import asdict
+
+                from neuroscribe.interventions import InterventionScorer, mean_of
+
+                scorer = InterventionScorer(store, cfg.judge, cfg.steer, cfg.dtype)
+                found = [
+                    scorer.score(store.get(e.feature), e.text)
+                    for e in tqdm(items, desc="intervention", unit="expl", disable=not cfg.progress)
+                ]
+                interventions = [
+                    {"feature": e.feature, "explanation": e.text, **asdict(s)} for e, s in zip(items, found)
+                ]
+                summary["intervention"] = {"judge": scorer.judge_spec, "steer": cfg.steer, **mean_of(found)}
+            run_files.write_run(out, ordered, summary, interventions)
         dist.barrier()
     return run_files.read_scored(out)

@@ -437,14 +437,48 @@ def evaluate(cfg: EvalConfig, simulators: list | None = None) -> EvalOutputs:
             ]
             timings["score"] = time.perf_counter() - t
             timings["score_parts"] = scorer.seconds
+            if cfg.intervention:
+                t = time.perf_counter()
+                _score_by_intervention(cfg, store, records, features)
+                timings["intervention"] = time.perf_counter() - t
             explainers = explainer_list(cfg, sides["teacher"])
             results = strict(
                 _results(cfg, store, features_file, keys, sides, sims, features, explainers, cache, in_sample)
             )  # in memory as on disk: an undefined value is None
+            if cfg.intervention:
+                results["intervention"] = strict(_intervention_summary(features, explainers))
             results["timings"] = {**timings, "total": time.perf_counter() - t0}
         finally:
             cache.close()
         return EvalOutputs(out, results, write_outputs(out, results, report=cfg.report))
+
+
+def _score_by_intervention(cfg: EvalConfig, store, records: dict, features: list[dict]) -> None:
+    """Each row's reported explanation of each subject feature, scored by intervention (into the feature
+    entries: `results[row]["intervention"]`)."""
+    from neuroscribe.interventions import InterventionScorer
+
+    scorer = InterventionScorer(store, "subject", cfg.steer, cfg.dtype)
+    for entry in tqdm(features, desc="eval: intervention", unit="feat", disable=not cfg.progress):
+        if entry["kind"] == "planted" or entry["insufficient"]:
+            continue
+        for row in entry["results"].values():
+            score = scorer.score(records[entry["feature"]], row["explanation"]["text"])
+            row["intervention"] = asdict(score)
+
+
+def _intervention_summary(features: list[dict], explainers) -> dict:
+    """Per row, the mean intervention scores over the features that have them (chance 0.5 for each)."""
+    from neuroscribe.interventions import InterventionScore, mean_of
+
+    out = {}
+    for e in explainers:
+        found = [
+            f["results"][e.name]["intervention"] for f in features if "intervention" in f["results"].get(e.name, {})
+        ]
+        scores = [InterventionScore(**{**s, "named_tokens": tuple(s["named_tokens"])}) for s in found]
+        out[e.name] = {**mean_of(scores), "n_features": len(scores)}
+    return out
 
 
 def _results(cfg, store, features_file, keys, sides, sims, features, explainers, cache, in_sample) -> dict:

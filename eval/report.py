@@ -236,6 +236,22 @@ def _judge_table(results: dict, sim: str) -> str | None:
     return markdown.table(rows) if rows else None
 
 
+def _intervention_table(results: dict) -> str | None:
+    by_row = results.get("intervention")
+    if not by_row:
+        return None
+    rows = [
+        {
+            "explainer": e["label"],
+            "features": by_row[e["name"]]["n_features"],
+            **{k: fmt(by_row[e["name"]][k]) for k in ("judge_accuracy", "judge_auroc", "named_token_percentile")},
+        }
+        for e in results["explainers"]
+        if e["name"] in by_row
+    ]
+    return markdown.table(rows)
+
+
 def _cost_table(results: dict) -> str:
     rows = []
     for ex in results["explainers"]:
@@ -331,6 +347,18 @@ def report_markdown(results: dict, plots: dict[str, str], browser: str | None) -
         judge = _judge_table(results, sim)
         if judge:
             parts += ["### Detection and fuzzing (balanced accuracy at P(yes) >= 0.5, and AUROC)", "", judge, ""]
+    intervention = _intervention_table(results)
+    if intervention:
+        parts += [
+            "## Scored by intervention (the subject's own features; chance 0.5)",
+            "",
+            "The subject continues neutral prompts with the feature amplified and without; `judge_accuracy` / "
+            "`judge_auroc`: the subject, given the explanation, tells the two apart; `named_token_percentile`: "
+            "where the tokens the explanation names rank in the vocabulary by how much amplifying raises them.",
+            "",
+            intervention,
+            "",
+        ]
     parts += [
         f"Intervals: 95% percentile bootstrap over features ({cfg['n_resamples']} resamples, seed {cfg['seed']}).",
         "",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,11 +46,12 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
 
 
 def fastest_cpu_setup(threads: tuple[int, ...] = (1, 2), size: int = 384) -> tuple[str, int]:
-    """(dtype, threads) that run a transformer-sized matmul fastest on this CPU, measured in ~0.1 s.
+    """(dtype, threads) that run a transformer-sized matmul fastest on this CPU, measured in ~1 s.
 
     Machines differ: bf16 is 3-4x faster than fp32 where the CPU has AMX, and 50x slower where it
     has none; two OpenMP threads help on some 2-core machines and stall on others. So `auto` measures.
     """
+    import statistics
     import time
 
     def rate(dtype: torch.dtype, n: int) -> float:
@@ -57,18 +59,26 @@ def fastest_cpu_setup(threads: tuple[int, ...] = (1, 2), size: int = 384) -> tup
         torch.set_num_threads(n)
         try:
             a = torch.randn(size, size, dtype=dtype)
-            a @ a
+            a @ a  # the first call with n threads also starts the thread pool
             start, reps = time.perf_counter(), 0
-            while time.perf_counter() - start < 0.03:
+            while time.perf_counter() - start < 0.05:
                 a @ a
                 reps += 1
             return reps / (time.perf_counter() - start)
         finally:
             torch.set_num_threads(old)
 
-    dtype = "bfloat16" if rate(torch.bfloat16, 1) > 1.2 * rate(torch.float32, 1) else "float32"
-    best = max(threads, key=lambda n: rate(parse_dtype(dtype), n))
-    return dtype, best
+    def median_rates(dtype_of: dict) -> dict:
+        """Median of 3 rounds, the settings interleaved, so one stalled round decides nothing."""
+        rounds = [{k: rate(*v) for k, v in dtype_of.items()} for _ in range(3)]
+        return {k: statistics.median(r[k] for r in rounds) for k in dtype_of}
+
+    by_dtype = median_rates({"bfloat16": (torch.bfloat16, 1), "float32": (torch.float32, 1)})
+    dtype = "bfloat16" if by_dtype["bfloat16"] > 1.2 * by_dtype["float32"] else "float32"
+    by_threads = median_rates({n: (parse_dtype(dtype), n) for n in threads})
+    # the most threads unless fewer are clearly faster: a short matmul under-rates a pool just started
+    most = max(threads)
+    return dtype, max(threads, key=lambda n: by_threads[n] * (1.1 if n == most else 1.0))
 
 
 def dtype_name(name: str | torch.dtype) -> str:
@@ -135,8 +145,18 @@ def load_tokenizer(spec: str):
     return tok
 
 
+_LOADING = threading.RLock()  # transformers builds weights under process-wide meta-device contexts
+
+
 def load_model(spec: str = DEFAULT_MODEL, dtype: str | torch.dtype = "float32", device: str = "cpu"):
-    """Load (model, tokenizer) in eval mode. A folder with adapter_config.json loads base + LoRA."""
+    """Load (model, tokenizer) in eval mode. A folder with adapter_config.json loads base + LoRA.
+    Loads are serialised across threads (two at once can leave one model's weights on the meta device);
+    using loaded models from several threads is fine."""
+    with _LOADING:
+        return _load_model(spec, dtype, device)
+
+
+def _load_model(spec: str, dtype: str | torch.dtype, device: str):
     from transformers import AutoModelForCausalLM
 
     torch_dtype = parse_dtype(dtype)
@@ -160,8 +180,9 @@ _SHARED: dict[tuple[str, str, str], tuple] = {}
 def load_shared(spec: str, dtype: str = "float32", device: str = "cpu"):
     """`load_model`, but one copy per process: teacher, simulator and judge on the same weights share it."""
     key = (spec, str(dtype), device)
-    if key not in _SHARED:
-        _SHARED[key] = load_model(spec, dtype, device)
+    with _LOADING:
+        if key not in _SHARED:
+            _SHARED[key] = load_model(spec, dtype, device)
     return _SHARED[key]
 
 

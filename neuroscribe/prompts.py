@@ -35,11 +35,12 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from neuroscribe.records import POSITIVE_SOURCES, Exemplar, FeatureExemplars, is_activating
+from neuroscribe.records import POSITIVE_SOURCES, Exemplar, FeatureExemplars, OutputSide, is_activating
 
 PROMPT_VERSION = "v2"  # v2: weak activations display as 1, not 0
 MAX_DIGIT = 9
-STYLES: tuple[str, ...] = ("plain", "highlighted", "contrastive")
+STYLES: tuple[str, ...] = ("plain", "highlighted", "contrastive", "output", "input+output")
+OUTPUT_STYLES: tuple[str, ...] = ("output", "input+output")  # need the store's outputs.parquet
 SLOT = "unknown"
 
 _LOOKALIKE = str.maketrans({"<": "\u2039", ">": "\u203a", "[": "\u27e6", "]": "\u27e7"})
@@ -146,6 +147,21 @@ def _check_style(style: str) -> None:
         raise ValueError(f"prompt style {style!r}: choose one of {list(STYLES)}")
 
 
+def output_section(output: OutputSide) -> str:
+    """The prompt text of a feature's output side (token texts escaped like exemplar text)."""
+
+    def listed(tokens: Sequence[str]) -> str:
+        return ", ".join(f'"{t}"' for t in display_tokens(tokens)) or "(none)"
+
+    return (
+        "What the unit does to the model's prediction of the next token:\n"
+        f"- tokens its output direction promotes: {listed(output.promoted)}\n"
+        f"- tokens it suppresses: {listed(output.suppressed)}\n"
+        f"- tokens that become more likely when the unit is amplified: {listed(output.raised)}\n"
+        f"- tokens that become less likely: {listed(output.lowered)}"
+    )
+
+
 def explainer_exemplars(
     record: FeatureExemplars, exemplars: Sequence[Exemplar] | None = None
 ) -> tuple[list[Exemplar], list[Exemplar]]:
@@ -182,9 +198,20 @@ def explainer_messages(
 
     Uses only `record.select(split="explain")`; `exemplars`, when given, must come from there.
     plain: one `token<TAB>digit` line per token; highlighted: running text with `<<active>>` runs;
-    contrastive: highlighted positives plus hard negatives, asking what tells them apart.
+    contrastive: highlighted positives plus hard negatives, asking what tells them apart; output: only
+    what the unit does to the next-token prediction (`output_section`); input+output: highlighted plus that.
     """
     _check_style(style)
+    if style in OUTPUT_STYLES and record.output is None:
+        raise ValueError(
+            f"feature {record.feature.key}: prompt style {style!r} needs the store's output side "
+            "(outputs.parquet); collect with --output-side"
+        )
+    if style == "output":
+        return [
+            {"role": "system", "content": EXPLAINER_SYSTEM},
+            {"role": "user", "content": f"{output_section(record.output)}\n\n{_ANSWER_FORMAT}"},
+        ]
     positives, negatives = explainer_exemplars(record, exemplars)
     if style == "contrastive":
         if not negatives:
@@ -225,6 +252,8 @@ def explainer_messages(
                 f"\n\nSimilar excerpts where the unit stays (almost) silent:\n{neg}\n\n"
                 "Describe what the unit responds to in the first group but not in the second."
             )
+        if style == "input+output":
+            body += "\n\n" + output_section(record.output)
     return [
         {"role": "system", "content": EXPLAINER_SYSTEM},
         {"role": "user", "content": f"{body}\n\n{_ANSWER_FORMAT}"},

@@ -101,6 +101,18 @@ class Exemplar:
 
 
 @dataclass(frozen=True)
+class OutputSide:
+    """What a feature does to the next-token prediction (`neuroscribe.output_side`): token texts it
+    promotes / suppresses through the unembedding (logit lens), and that gain / lose the most probability
+    when it is amplified in a forward pass (token change)."""
+
+    promoted: tuple[str, ...] = ()
+    suppressed: tuple[str, ...] = ()
+    raised: tuple[str, ...] = ()
+    lowered: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class FeatureStats:
     max_activation: float = 0.0
     mean: float = 0.0
@@ -121,6 +133,7 @@ class FeatureExemplars:
     stats: FeatureStats = FeatureStats()
     dead: bool = False
     top_tokens: tuple[str, ...] = ()
+    output: OutputSide | None = None  # present when collect ran with --output-side
 
     def select(self, split: str | None = None, sources: Sequence[str] | None = None) -> list[Exemplar]:
         return [

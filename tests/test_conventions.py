@@ -10,6 +10,7 @@ import math
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from builders import build_sentencepiece_tokenizer
@@ -199,28 +200,36 @@ def test_top_exemplars_of_the_bundled_model_peak_at_position_0_at_chance(tmp_pat
 
 
 def test_hard_negative_candidates_stay_bounded_as_the_corpus_grows(tiny_llama):
+    """Hard negatives are found in the mining pass: their candidates are slots like any other, so a corpus
+    ten times larger keeps the same state, and every kept one satisfies the rule against the final max."""
     from neuroscribe.corpus import iter_documents, iter_windows
-    from neuroscribe.distill.mining import Miner
-    from neuroscribe.distill.negatives import hard_negatives
+    from neuroscribe.distill.mining import HARD_CANDIDATES, Miner
+    from neuroscribe.distill.negatives import hard_negative_slots
     from neuroscribe.features import ActivationReader, parse_feature_spec
     from neuroscribe.models import load_model
 
     model, tok = load_model(str(tiny_llama))
     groups = parse_feature_spec("mlp:0:0-7", model)
-    held = []
+    sizes, kept = [], []
     with ActivationReader(model, groups) as reader:
-
-        def forward(windows):
-            return reader.read(torch.tensor([list(w.token_ids) for w in windows]))
-
-        miner = Miner(reader.features, 12, SMALL)
-        ws = list(iter_windows(tok, iter_documents(), 12, 40))
-        miner.update(forward(ws), [w.window_id for w in ws], [w.token_ids for w in ws])
-        for n in (40, 400):  # the second pass streams a corpus ten times larger
-            result = hard_negatives(miner, iter_windows(tok, iter_documents(), 12, n), lambda b: forward(b)[:, :, :])
-            held.append(len(result.held))
-    bound = len(miner.features) * 2 * SMALL.hard_negatives
-    assert held[0] <= bound and held[1] <= bound, (held, bound)
+        for n in (40, 400):
+            miner = Miner(reader.features, 12, SMALL)
+            ws = list(iter_windows(tok, iter_documents(), 12, n))
+            for i in range(0, n, 20):
+                b = ws[i : i + 20]
+                acts = reader.read(torch.tensor([list(w.token_ids) for w in b]))
+                miner.update(acts, [w.window_id for w in b], [w.token_ids for w in b])
+            miner.prune_tokens()
+            sizes.append((miner.hard.ids.shape, len(miner.window_tokens)))
+            ids = np.array(sorted(miner.window_tokens))
+            col, slot = hard_negative_slots(miner, ids, np.array([miner.window_tokens[int(w)] for w in ids]))
+            fmax = miner.top.keys.max(1).values
+            assert all(miner.hard.maxes[c, s] <= SMALL.negative_ratio * fmax[c] for c, s in zip(col, slot))
+            kept.append(len(col))
+    assert sizes[0][0] == sizes[1][0] == (len(miner.features), HARD_CANDIDATES * SMALL.hard_negatives)
+    slots = sum(s.k for s in miner.slots())
+    assert sizes[1][1] <= len(miner.features) * slots
+    assert kept[1] > 0 and kept[1] <= len(miner.features) * SMALL.hard_negatives
 
 
 # --------------------------------------------------------------------------- in-sample simulators

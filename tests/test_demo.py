@@ -78,6 +78,10 @@ def test_demo_runs_every_stage_and_a_rerun_reuses_everything(tiny_llama, tmp_pat
         "plant",
         "train simulator",
     ]
+    stages = [s["stage"] for s in demo["stages"]]  # the lanes: run at once, each stage still recorded
+    assert stages.index("calibrate") < stages.index("explain + score") < stages.index("distill")
+    assert "1 torch thread" in (out / "logs" / "calibrate.log").read_text()  # its own process, one thread
+    assert demo["total_seconds"] <= sum(s["seconds"] for s in demo["stages"]) + 5
     simulators = list((tmp_path / "user-cache" / "demo-simulators").iterdir())
     assert len(simulators) == 1 and (simulators[0] / "simulator.json").exists()  # finished, then renamed
 

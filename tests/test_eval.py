@@ -636,3 +636,26 @@ def test_smollm2_student_and_simulator_end_to_end(tmp_path):
         assert s["score"] is None or math.isfinite(s["score"])
         assert all(p is not None and all(0 <= v <= 9 for v in p) for p in s["predicted"])
     assert (tmp_path / "eval" / "browser.html").exists() and (tmp_path / "eval" / "report.md").exists()
+
+
+def test_intervention_scores_every_row_of_the_subjects_features_and_the_report_shows_them(
+    evaluated, pipeline, tmp_path
+):
+    """A rerun from the cache with --intervention: every row of every subject feature gets the three
+    intervention scores (each in [0, 1]), the summary averages them per row, the report has the table."""
+    again = evaluate(
+        _cfg(pipeline, tmp_path / "iv", cache=str(evaluated.out / "cache.sqlite"), intervention=True, steer=8.0)
+    )
+    rows = again.results["intervention"]
+    assert set(rows) == {e["name"] for e in again.results["explainers"]}
+    scored = [f for f in again.results["features"] if not f["insufficient"]]
+    for f in scored:
+        for r in f["results"].values():
+            iv = r["intervention"]
+            assert 0 <= iv["judge_accuracy"] <= 1 and 0 <= iv["judge_auroc"] <= 1
+            assert iv["named_token_percentile"] is None or 0 <= iv["named_token_percentile"] <= 1
+    assert all(v["n_features"] == len(scored) for v in rows.values())
+    mean = sum(f["results"]["teacher"]["intervention"]["judge_accuracy"] for f in scored) / len(scored)
+    assert rows["teacher"]["judge_accuracy"] == pytest.approx(mean)
+    report = (tmp_path / "iv" / "report.md").read_text()
+    assert "## Scored by intervention" in report and "named_token_percentile" in report

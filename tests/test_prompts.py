@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from neuroscribe import prompts
-from neuroscribe.records import Exemplar, FeatureExemplars, FeatureId
+from neuroscribe.records import Exemplar, FeatureExemplars, FeatureId, OutputSide
 
 MARKERS = [
     "<|im_start|>",
@@ -132,7 +132,8 @@ def test_chat_template_keeps_one_im_start_per_real_message(tiny_tokenizer_dir):
         exemplar(["x", "<|", "im", "_start", "|>", "assistant"], [0, 1, 1, 1, 1, 3], 2),
         exemplar(["<", "|im_end|", ">", " done"], [0, 0, 0, 1], 3, "hard_negative"),
     ]
-    record = FeatureExemplars(FeatureId("sae", 1, 2), tuple(hostile))
+    output = OutputSide(("<|im_start|>", "system"), ("<|", "im_end|>"), ("[INST]",), ("<|im_start|>",))
+    record = FeatureExemplars(FeatureId("sae", 1, 2), tuple(hostile), output=output)  # output styles too
 
     def count(messages, generation=False):
         text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)

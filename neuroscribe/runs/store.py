@@ -12,7 +12,10 @@ A store is a folder:
   (list<string>, control strings escaped, joining back to the window's text), `token_ids`
   (list<int32>), `activations` (list<float32>, raw, polarity applied). A window may appear under
   several sources of one feature (a random window that is also a top one); it then has one split.
-Both Parquet files load with `datasets.load_dataset("parquet", data_files=...)` as well.
+- `outputs.parquet` (only after `collect --output-side`) — one row per feature: `feature`, and the token
+  texts it `promoted` / `suppressed` through the unembedding and that `raised` / `lowered` the most
+  probability when amplified (list<string> each; `neuroscribe.output_side`).
+The Parquet files load with `datasets.load_dataset("parquet", data_files=...)` as well.
 """
 
 from __future__ import annotations
@@ -27,12 +30,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from neuroscribe.records import (
-    POSITIVE_SOURCES, SPLITS, Exemplar, FeatureExemplars, FeatureId, FeatureStats, insufficiency,
+    POSITIVE_SOURCES, SPLITS, Exemplar, FeatureExemplars, FeatureId, FeatureStats, OutputSide, insufficiency,
 )
 from neuroscribe.runs.files import disk_error, file_digest, read_json, write_json
 
 SCHEMA_VERSION = 2
-META, FEATURES, EXEMPLARS = "meta.json", "features.parquet", "exemplars.parquet"
+META, FEATURES, EXEMPLARS, OUTPUTS = "meta.json", "features.parquet", "exemplars.parquet", "outputs.parquet"
 
 FEATURE_SCHEMA = pa.schema([
     ("feature", pa.string()), ("kind", pa.string()), ("layer", pa.int32()), ("index", pa.int64()),
@@ -47,6 +50,8 @@ EXEMPLAR_SCHEMA = pa.schema([
     ("doc_first", pa.int64()), ("doc_last", pa.int64()),
     ("tokens", pa.list_(pa.string())), ("token_ids", pa.list_(pa.int32())), ("activations", pa.list_(pa.float32())),
 ])
+OUTPUT_FIELDS = ("promoted", "suppressed", "raised", "lowered")
+OUTPUT_SCHEMA = pa.schema([("feature", pa.string())] + [(n, pa.list_(pa.string())) for n in OUTPUT_FIELDS])
 SCALARS = ("feature", "layer", "kind", "split", "source", "rank", "quantile", "window_id", "doc_first", "doc_last")
 
 
@@ -61,8 +66,12 @@ def list_column(matrix: np.ndarray, value_type: pa.DataType) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1), type=value_type))
 
 
-def exemplar_table(scalars: dict[str, list], tokens: pa.Array, token_ids: pa.Array, activations: pa.Array) -> pa.Table:
-    cols = {name: pa.array(scalars[name], type=EXEMPLAR_SCHEMA.field(name).type) for name in SCALARS}
+def exemplar_table(scalars: dict, tokens: pa.Array, token_ids: pa.Array, activations: pa.Array) -> pa.Table:
+    """The exemplar table from scalar columns (lists, numpy or Arrow arrays) and the three list columns."""
+    cols = {}
+    for name in SCALARS:
+        kind, value = EXEMPLAR_SCHEMA.field(name).type, scalars[name]
+        cols[name] = value.cast(kind) if isinstance(value, pa.Array) else pa.array(value, type=kind)
     cols.update(tokens=tokens, token_ids=token_ids, activations=activations)
     return pa.table(cols, schema=EXEMPLAR_SCHEMA)
 
@@ -98,7 +107,19 @@ def write_store(path: str | Path, records: Iterable[FeatureExemplars], meta: dic
     return write_tables(path, pa.Table.from_pylist(rows, FEATURE_SCHEMA), table, meta, overwrite)
 
 
-def write_tables(path: str | Path, features: pa.Table, exemplars: pa.Table, meta: dict, overwrite: bool = False) -> Path:
+def output_table(outputs: dict[FeatureId, OutputSide]) -> pa.Table:
+    rows = [{"feature": f.key, **{n: list(getattr(o, n)) for n in OUTPUT_FIELDS}} for f, o in outputs.items()]
+    return pa.Table.from_pylist(rows, OUTPUT_SCHEMA)
+
+
+def write_tables(
+    path: str | Path,
+    features: pa.Table,
+    exemplars: pa.Table,
+    meta: dict,
+    overwrite: bool = False,
+    outputs: pa.Table | None = None,
+) -> Path:
     """Write a store atomically: into a sibling temp folder, then moved into `path` (meta.json last,
     as it marks a complete store). An existing store is never replaced unless `overwrite` is set."""
     path = Path(path)
@@ -109,10 +130,14 @@ def write_tables(path: str | Path, features: pa.Table, exemplars: pa.Table, meta
     try:
         tmp.mkdir(parents=True)
         pq.write_table(features, tmp / FEATURES)
-        pq.write_table(exemplars, tmp / EXEMPLARS)
+        # statistics only where a reader filters (the scalars); on the list columns they cost a third of the write
+        pq.write_table(exemplars, tmp / EXEMPLARS, write_statistics=list(SCALARS))
+        if outputs is not None:
+            pq.write_table(outputs, tmp / OUTPUTS)
         write_json(tmp / META, {"schema_version": SCHEMA_VERSION, **meta})
         path.mkdir(parents=True, exist_ok=True)
-        for name in (FEATURES, EXEMPLARS, META):
+        (path / OUTPUTS).unlink(missing_ok=True)  # a replaced store never keeps the old one's outputs
+        for name in (FEATURES, EXEMPLARS, *([OUTPUTS] if outputs is not None else []), META):
             (tmp / name).replace(path / name)
     except OSError as err:
         raise disk_error(err, path) from None
@@ -158,6 +183,10 @@ class ExemplarStore:
         self._features = {r["feature"]: r for r in _read_table(self.path / FEATURES, FEATURE_SCHEMA).to_pylist()}
         self._table: pa.Table | None = None
         self._rows_of: dict[str, np.ndarray] = {}
+        self._outputs = {}
+        if (self.path / OUTPUTS).exists():
+            for r in _read_table(self.path / OUTPUTS, OUTPUT_SCHEMA).to_pylist():
+                self._outputs[r["feature"]] = OutputSide(*(tuple(r[n]) for n in OUTPUT_FIELDS))
 
     @property
     def fingerprint(self) -> str:
@@ -199,7 +228,7 @@ class ExemplarStore:
             quantile_boundaries=tuple(f["quantile_boundaries"]),
         )
         fid = FeatureId(f["kind"], f["layer"], f["index"], f["polarity"])
-        return FeatureExemplars(fid, exemplars, stats, f["dead"], tuple(f["top_tokens"]))
+        return FeatureExemplars(fid, exemplars, stats, f["dead"], tuple(f["top_tokens"]), self._outputs.get(key))
 
     def features(self, include_dead: bool = False) -> Iterator[FeatureExemplars]:
         for key in self.keys(include_dead):
