@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from neuroscribe.output_side import feature_writer, logit_lens, token_change
+from neuroscribe.output_side import feature_writer, logit_lens, steer_amount, token_change
 from neuroscribe.records import FeatureId, OutputSide
 
 from .finalize import TokenText
@@ -21,7 +21,7 @@ def describe_outputs(
     for group in groups:
         writer = feature_writer(model, group)
         features = group.feature_ids()
-        amounts = [steer * (max_activation.get(f.key, 0.0) or 1.0) for f in features]
+        amounts = [steer_amount(steer, max_activation.get(f.key, 0.0)) for f in features]
         promoted, suppressed = logit_lens(model, writer, k)
         raised, lowered = token_change(model, tok, writer, amounts, k)
         for i, fid in enumerate(features):

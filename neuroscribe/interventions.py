@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from sklearn.metrics import roc_auc_score
 
-from neuroscribe.output_side import NEUTRAL_PROMPTS, Writer, _added, _prompt_batch
+from neuroscribe.output_side import NEUTRAL_PROMPTS, Writer, _added, _prompt_batch, mean_next_token, steer_amount
 
 JUDGE_PROMPT = (
     "A neuron of a language model is described as: {explanation}\n\n"
@@ -76,10 +76,9 @@ def continuations(
         return texts
 
     ids, mask = _prompt_batch(tok, prompts, device)
-    weight = (mask / mask.sum()).unsqueeze(-1).float()
 
     def mean_logprobs() -> torch.Tensor:
-        return (model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1) * weight).sum((0, 1))
+        return mean_next_token(model, ids, mask, log=True)
 
     base, base_lp = generate(), mean_logprobs()
     with _added(writer, delta):
@@ -190,7 +189,7 @@ class InterventionScorer:
         key = record.feature.key
         if key not in self._continuations:
             writer = feature_writer(self.model, feature_group(self.store.meta, record.feature))
-            amount = self.steer * (record.stats.max_activation or 1.0)
+            amount = steer_amount(self.steer, record.stats.max_activation)
             self._continuations[key] = continuations(self.model, self.tok, writer, 0, amount)
         return self._continuations[key]
 

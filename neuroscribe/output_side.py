@@ -136,6 +136,18 @@ def _prompt_batch(tok, prompts: Sequence[str], device) -> tuple[torch.Tensor, to
     return ids, mask
 
 
+def steer_amount(steer: float, max_activation: float) -> float:
+    """Units a feature is amplified by: `steer` x its max activation (x 1 for a feature that never fired)."""
+    return steer * (max_activation or 1.0)
+
+
+def mean_next_token(model, ids: torch.Tensor, mask: torch.Tensor, log: bool = False) -> torch.Tensor:
+    """[V] next-token probabilities (log-probabilities with `log`) averaged over every real position."""
+    logits = model(input_ids=ids, attention_mask=mask).logits.float()
+    values = logits.log_softmax(-1) if log else logits.softmax(-1)
+    return (values * (mask / mask.sum()).unsqueeze(-1).float()).sum((0, 1))
+
+
 @torch.no_grad()
 def token_change(
     model, tok, writer: Writer, amounts: Sequence[float], k: int, prompts: Sequence[str] = NEUTRAL_PROMPTS
@@ -143,11 +155,9 @@ def token_change(
     """([F, k] token ids that gain most probability, [F, k] that lose most) when feature f is amplified
     by `amounts[f]` units (module doc): the change averaged over every real position of every prompt."""
     ids, mask = _prompt_batch(tok, prompts, next(model.parameters()).device)
-    weight = (mask / mask.sum()).unsqueeze(-1).float()
 
     def mean_probs() -> torch.Tensor:
-        probs = model(input_ids=ids, attention_mask=mask).logits.float().softmax(-1)
-        return (probs * weight).sum((0, 1))
+        return mean_next_token(model, ids, mask)
 
     base = mean_probs()
     raised, lowered = [], []
