@@ -1,7 +1,8 @@
 """Speed of `collect` end to end against a plain forward pass over the same tokens (SmolLM2-135M).
 
 Headline: end-to-end ratio = (collect: model load, mining with hard negatives in the same pass,
-finalise, Parquet write) / (plain batched forward over the same windows, same dtype), target <= 1.3.
+finalise, Parquet write) / (plain batched forward over the same token rows, each window with the
+context tokens collect reads it after, same dtype), target <= 1.3.
 Below it: the per-phase times, and peak RSS of collect at two corpus sizes (the second 4x larger;
 memory is bounded by features x slots, so it should stay put). `--compare-dtype bfloat16` adds how
 far a bf16 collection's stored activations are from fp32 ones on a small corpus.
@@ -32,13 +33,16 @@ from neuroscribe.distill.collect import CollectConfig, collect
 from neuroscribe.models import load_model
 
 
-def plain_forward_seconds(model, tok, windows: int, window: int, batch: int) -> float:
+def plain_forward_seconds(model, tok, windows: int, window: int, batch: int, context: int) -> float:
+    """A plain batched forward over exactly the token rows collect reads: each window after the
+    tokenizer's prefix and its `context` preceding tokens."""
     prefix = context_prefix(tok)
-    ws = list(iter_windows(tok, iter_documents(), window, windows))
+    ws = list(iter_windows(tok, iter_documents(), window, windows, context))
     start = time.perf_counter()
     with torch.no_grad():
         for i in range(0, len(ws), batch):
-            ids = torch.tensor([prefix + list(w.token_ids) for w in ws[i : i + batch]], device=model.device)
+            rows = [prefix + list(w.context) + list(w.token_ids) for w in ws[i : i + batch]]
+            ids = torch.tensor(rows, device=model.device)
             model(input_ids=ids, use_cache=False)
     if model.device.type == "cuda":
         torch.cuda.synchronize()
@@ -116,8 +120,9 @@ def main() -> None:
         return
     torch.set_num_threads(1)
     model, tok = load_model("smollm2-135m-instruct", args.dtype, args.device)
-    plain_forward_seconds(model, tok, args.batch_size, args.window, args.batch_size)  # warm-up
-    plain = plain_forward_seconds(model, tok, args.windows, args.window, args.batch_size)
+    context = CollectConfig(out="").context
+    plain_forward_seconds(model, tok, args.batch_size, args.window, args.batch_size, context)  # warm-up
+    plain = plain_forward_seconds(model, tok, args.windows, args.window, args.batch_size, context)
     del model
     with tempfile.TemporaryDirectory() as tmp:
         small = child(args, args.windows // 4, f"{tmp}/small")

@@ -33,6 +33,7 @@ from neuroscribe.distill.collect import collect
 from neuroscribe.distill.explain import explain
 from neuroscribe.models import DEFAULT_MODEL, load_shared
 from neuroscribe.prompts import explainer_messages, parse_explanation, simulator_prompt
+from neuroscribe.records import Explanation
 from neuroscribe.runs.store import ExemplarStore
 from neuroscribe.scorers import simulate_and_score
 from neuroscribe.simulators.allatonce import LocalSimulator
@@ -127,6 +128,11 @@ def main(argv: list[str] | None = None) -> None:
     backend_tokens = sum(c.tokens_out for c in completions)
     t_plain, plain_tokens = plain_generate(model, tok, prompt_ids, args.k, args.batch_size)
     gen_fraction = (backend_tokens / t_backend) / (plain_tokens / t_plain)
+    print(
+        f"teacher backend: {backend_tokens} tokens in {t_backend:.1f} s; plain generate: {plain_tokens} tokens "
+        f"in {t_plain:.1f} s",
+        flush=True,
+    )
 
     # (b) scoring a feature's k candidates over its shared exemplars
     sim = LocalSimulator(model, tok, batch_size=args.batch_size)
@@ -146,6 +152,11 @@ def main(argv: list[str] | None = None) -> None:
                 sequences.append(list(sim.context_ids) + sim._encode(p.prefix) + list(sim._encode_body(p)[0]))
     t_forward = plain_forward(model, tok, sequences, args.batch_size)
     score_fraction = t_forward / t_sim
+    print(
+        f"scoring: {len(sequences)} (candidate, exemplar) rows, simulate_many {t_sim:.1f} s, plain forward "
+        f"{t_forward:.1f} s",
+        flush=True,
+    )
 
     # (c) the explain + score stage, batched vs one at a time (same features, k, teacher and simulator)
     spec = f"hf:{args.model}"
@@ -164,27 +175,21 @@ def main(argv: list[str] | None = None) -> None:
         progress=False,
     )
     t_batched, _ = timed(lambda: explain(cfg))
+    print(f"explain + score batched: {t_batched:.1f} s", flush=True)
     one = load_backend(spec, Cache(tmp / "single.sqlite"), loaded=(model, tok), batch_size=1)
 
     def one_at_a_time():
         for k in keys:
             texts = [one.generate([r])[0].text for r in requests if r.messages == tuple(messages[k])]
             for text in texts:
-                simulate_and_score(sim, parse_explanation(text).text or "x", records[k], "score")
+                explanation = Explanation(k, parse_explanation(text).text or "x", spec)
+                simulate_and_score(sim, explanation, records[k], "score")
 
     t_single, _ = timed(one_at_a_time)
 
     print(
         f"model {args.model}  dtype {args.dtype}  threads {torch.get_num_threads()}  "
         f"{len(keys)} features x k={args.k}, batch {args.batch_size}"
-    )
-    print(
-        f"teacher backend: {backend_tokens} tokens in {t_backend:.1f} s; plain generate: {plain_tokens} tokens "
-        f"in {t_plain:.1f} s"
-    )
-    print(
-        f"scoring: {len(sequences)} (candidate, exemplar) rows, simulate_many {t_sim:.1f} s, plain forward "
-        f"{t_forward:.1f} s"
     )
     print(f"explain + score: batched {t_batched:.1f} s, one at a time {t_single:.1f} s")
     print(f"(a) teacher tokens/s = {gen_fraction:.2f} of a plain batched generate (target >= 0.8)")

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -38,6 +39,7 @@ from neuroscribe.runs.store import META, output_table, write_tables
 
 from .finalize import finalize
 from .mining import STATE_VERSION, Miner
+from .negatives import out_of_context_tokens
 
 STATE_DIR = ".collect"
 
@@ -117,7 +119,12 @@ def collect(cfg: CollectConfig) -> Path:
                     f"dataset {cfg.dataset!r} gave no window of {cfg.window} tokens (field {cfg.text_field!r})"
                 )
             t0 = time.perf_counter()
-            features_table, exemplars_table = finalize(miner, tok)
+            alone = None
+            if cfg.mining.out_of_context > 0:
+                alone = read_alone(reader, prefix, miner, cfg)
+                timings["out_of_context_s"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+            features_table, exemplars_table = finalize(miner, tok, alone)
             timings["finalize_s"] = time.perf_counter() - t0
             outputs = None
             if cfg.output_side:
@@ -138,6 +145,20 @@ def collect(cfg: CollectConfig) -> Path:
             shutil.rmtree(state_dir, ignore_errors=True)
         dist.barrier()
     return out
+
+
+def read_alone(reader: ActivationReader, prefix: list[int], miner: Miner, cfg: CollectConfig):
+    """(tokens [F, n], activations [F, n]): each feature's top-activating tokens (`negatives`), each read
+    alone through the subject (after the tokenizer's own prefix, e.g. Llama's BOS; no other context)."""
+    tokens = out_of_context_tokens(miner, cfg.mining.out_of_context)
+    unique = np.unique(tokens[tokens >= 0])
+    acts = np.zeros((len(unique), tokens.shape[0]), np.float32)
+    for i in range(0, len(unique), 256):  # one-token sequences: wide batches cost little
+        ids = torch.tensor([prefix + [int(t)] for t in unique[i : i + 256]], device=cfg.device)
+        acts[i : i + 256] = reader.read(ids)[:, -1, :].float().cpu().numpy()
+    at = np.searchsorted(unique, np.maximum(tokens, 0)).clip(0, max(len(unique) - 1, 0))
+    values = acts[at, np.arange(tokens.shape[0])[:, None]] if len(unique) else np.zeros(tokens.shape, np.float32)
+    return tokens, np.where(tokens >= 0, values, 0.0)
 
 
 def _fitted_bases(cfg: CollectConfig, model, tok, out: Path, dist) -> list[str]:

@@ -294,7 +294,7 @@ def build_datasets(config: DistillConfig, *, records: Lookup | None = None) -> D
     scored = load_scored(config.scored)
     guard_output(config.out, {"store": store_path(scored)})
     # the student must see exactly what the teacher saw: same exemplar count as the explain run
-    config = dataclasses.replace(config, max_exemplars=int(scored.meta.get("max_exemplars", config.max_exemplars)))
+    config = dataclasses.replace(config, max_exemplars=scored.meta.get("max_exemplars", config.max_exemplars))
     heldout = read_heldout(config.heldout_file) if config.heldout_file else None
     lookup = records if records is not None else store_lookup(scored)
     split = split_features(

@@ -224,6 +224,7 @@ def _merge(
         "fingerprint": key,
         "status": "partial" if failed else "complete",
         "protocol": PROTOCOL,
+        "sampling": store.protocol,
         "failed_features": failed,
         "n_features": len(keys),
         "n_failed": len(failed),

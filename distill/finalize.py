@@ -8,11 +8,14 @@ Per feature, the windows each source keeps, in this order (a window may sit in s
   random window that is also a top window is KEPT, so the random sample stays unbiased);
 - inactive: the first inactive_k windows of the whole uniform sample (random_k + inactive_pool) that
   peak at or below ACTIVE_FRACTION x the feature's max: real non-activating text;
-- hard_negative: the candidates of `negatives` that pass its rule.
+- hard_negative: the candidates of `negatives` that pass its rule;
+- interval: per equal-width activation interval of (0, max], per_interval windows (`intervals`);
+- other_context: windows holding one of the top tokens, not top windows (`negatives`);
+- out_of_context: top-activating tokens, each read alone (`out_of_context`): one token per row.
 
 Splits follow the one rule of `splits` (groups of windows sharing a document or identical tokens,
-dealt strongest source first so every split gets strong and weak windows and as many random windows
-as top/quantile ones, as far as the groups allow). Every step is vectorised over features: no
+dealt strongest source first so every split gets strong and weak windows and each source in the
+proportions of the sampling protocol, as far as the groups allow). Every step is vectorised over features: no
 Python loop runs per exemplar row.
 
 Token text is cut from the decoded window, so tokens join back to the text exactly, word spaces of
@@ -27,11 +30,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from neuroscribe.records import ACTIVE_FRACTION, FeatureStats
+from neuroscribe.records import ACTIVE_FRACTION, OUT_OF_CONTEXT, SOURCES, FeatureStats
 from neuroscribe.runs.store import FEATURE_SCHEMA, exemplar_table, feature_row, list_column
 
 from .mining import Miner, Slots, moment_stats, top_tokens
-from .negatives import hard_negative_slots
+from .negatives import top_token_slots
 from .splits import assign_splits
 
 _LOOKALIKE = str.maketrans("<>[]", "‹›⟦⟧")
@@ -93,19 +96,22 @@ class TokenText:
         return tuple(out)
 
 
-SOURCES = ("top", "quantile", "random", "inactive", "hard_negative")  # the order rows are dealt in
-
-
 @dataclass
 class _Picked:
     """Rows one source keeps, all features at once: feature column, sort position within the feature's
-    rows of this source, quantile bin (-1: none), which slots hold the activations and the slot index."""
+    rows of this source, quantile or interval bin (-1: none), which slots hold the activations, and the
+    slot row (the feature column unless given) and index."""
 
     col: np.ndarray
     pos: np.ndarray
     quantile: np.ndarray
     slots: Slots
     slot: np.ndarray
+    row: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.row is None:
+            self.row = self.col
 
     @classmethod
     def of(cls, mask: torch.Tensor, order: torch.Tensor, slots: Slots, pos=None, quantile=None) -> _Picked:
@@ -114,9 +120,17 @@ class _Picked:
         q = torch.full_like(i, -1) if quantile is None else quantile[col, i]
         return cls(col.numpy(), pos.numpy(), q.numpy(), slots, order[col, i].numpy())
 
+    @classmethod
+    def grouped(cls, col: np.ndarray, slot: np.ndarray, slots: Slots, row=None, quantile=None) -> _Picked:
+        """Rows already grouped by feature, in order: positions count from 0 within each feature."""
+        pos = np.arange(len(col)) - np.searchsorted(col, col)
+        q = np.full(len(col), -1) if quantile is None else quantile
+        return cls(col, pos, q, slots, slot, row)
 
-def _select(miner: Miner, fmax: torch.Tensor, hard: tuple[np.ndarray, np.ndarray]) -> tuple[list[_Picked], list]:
-    """Per source, the rows each feature keeps (module doc), and each feature's quantile boundaries."""
+
+def _select(miner: Miner, fmax: torch.Tensor, window_ids: np.ndarray, token_matrix: np.ndarray) -> tuple[list, list]:
+    """Per source of `SOURCES` but out_of_context, the rows each feature keeps (module doc), and each
+    feature's quantile boundaries."""
     cfg = miner.config
     inf = float("inf")
     top_order, top_keys = miner.top.ordered()
@@ -130,36 +144,41 @@ def _select(miner: Miner, fmax: torch.Tensor, hard: tuple[np.ndarray, np.ndarray
     n_valid = valid.sum(1, keepdim=True)
     by_act = torch.argsort(torch.where(valid, pool_max, torch.full_like(pool_max, inf)), dim=1, stable=True)
     act_rank = torch.empty_like(by_act).scatter_(1, by_act, torch.arange(by_act.shape[1]).expand_as(by_act))
-    starts = [n_valid * q // cfg.quantiles for q in range(cfg.quantiles + 1)]  # bin q: ranks [starts[q], starts[q+1])
-    qbin = sum((act_rank >= s).long() for s in starts[1:-1])
-    in_bin = [valid & (qbin == q) for q in range(cfg.quantiles)]
+    n_bins = cfg.quantiles if cfg.per_quantile > 0 else 0
+    starts = [n_valid * q // max(n_bins, 1) for q in range(n_bins + 1)]  # bin q: ranks [starts[q], starts[q+1])
+    qbin = sum(((act_rank >= s).long() for s in starts[1:-1]), torch.zeros_like(act_rank))
+    in_bin = [valid & (qbin == q) for q in range(n_bins)]
     quant = torch.zeros_like(valid)
     for member in in_bin:
         quant |= member & (member.cumsum(1) <= cfg.per_quantile)
     sorted_max = pool_max.gather(1, by_act).tolist()
     first = torch.cat(starts, 1).tolist()  # [F, quantiles + 1]
     boundaries = [  # each non-empty bin's lowest max
-        tuple(sorted_max[f][at[q]] for q in range(cfg.quantiles) if at[q + 1] > at[q]) for f, at in enumerate(first)
+        tuple(sorted_max[f][at[q]] for q in range(n_bins) if at[q + 1] > at[q]) for f, at in enumerate(first)
     ]
     # the uniform sample: random = its first random_k; inactive = its first inactive_k quiet windows
     rand_order, rand_keys = miner.random.ordered()
     uniform = rand_keys != inf
     rand_max = miner.random.maxes.gather(1, rand_order)
     quiet = uniform & (fmax > 0).unsqueeze(1) & (rand_max <= ACTIVE_FRACTION * fmax[:, None])
-    hard_col, hard_slot = hard
-    hard_pos = np.arange(len(hard_col)) - np.searchsorted(hard_col, hard_col)
-    picked = [
-        _Picked.of(top_ok, top_order, miner.top),
-        _Picked.of(quant, pool_order, miner.pool, pos=qbin * miner.pool.k + torch.arange(miner.pool.k), quantile=qbin),
-        _Picked.of(uniform & (uniform.cumsum(1) <= cfg.random_k), rand_order, miner.random),
-        _Picked.of(quiet & (quiet.cumsum(1) <= cfg.inactive_k), rand_order, miner.random),
-        _Picked(hard_col, hard_pos, np.full(len(hard_col), -1), miner.hard, hard_slot),
-    ]
-    return picked, boundaries
+    iv_col, iv_row, iv_slot, iv = (t.numpy() for t in miner.interval.pick(fmax, top_ids, cfg.per_interval))
+    picked = {
+        "top": _Picked.of(top_ok, top_order, miner.top),
+        "quantile": _Picked.of(
+            quant, pool_order, miner.pool, pos=qbin * miner.pool.k + torch.arange(miner.pool.k), quantile=qbin
+        ),
+        "interval": _Picked.grouped(iv_col, iv_slot, miner.interval.slots, row=iv_row, quantile=iv),
+        "random": _Picked.of(uniform & (uniform.cumsum(1) <= cfg.random_k), rand_order, miner.random),
+        "inactive": _Picked.of(quiet & (quiet.cumsum(1) <= cfg.inactive_k), rand_order, miner.random),
+        "hard_negative": _Picked.grouped(*top_token_slots(miner, window_ids, token_matrix), miner.hard),
+        "other_context": _Picked.grouped(*top_token_slots(miner, window_ids, token_matrix, False), miner.context),
+    }
+    return [picked[s] for s in SOURCES if s != OUT_OF_CONTEXT], boundaries
 
 
-def finalize(miner: Miner, tok) -> tuple[pa.Table, pa.Table]:
-    """Turn mining state into the store's (features, exemplars) tables (module doc)."""
+def finalize(miner: Miner, tok, alone: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[pa.Table, pa.Table]:
+    """Turn mining state into the store's (features, exemplars) tables (module doc); `alone` holds the
+    out-of-context tokens [F, n] (-1: none) and each one's activation when read alone [F, n]."""
     cfg = miner.config
     stats = {k: v.tolist() for k, v in moment_stats(miner.moments).items()}
     fmax_t = miner.top.keys.max(1).values.float()
@@ -171,29 +190,36 @@ def finalize(miner: Miner, tok) -> tuple[pa.Table, pa.Table]:
     token_matrix = np.array([miner.window_tokens[int(w)] for w in window_ids], dtype=np.int32).reshape(
         len(window_ids), miner.window
     )
-    picked, boundaries = _select(miner, fmax_t, hard_negative_slots(miner, window_ids, token_matrix))
+    picked, boundaries = _select(miner, fmax_t, window_ids, token_matrix)
     src = np.concatenate([np.full(len(p.col), i) for i, p in enumerate(picked)])
     col = np.concatenate([p.col for p in picked])
     slots = [p.slots for p in picked]
     slot = np.concatenate([p.slot for p in picked])
-    wid_all = np.concatenate([p.slots.ids.numpy()[p.col, p.slot] for p in picked])
+    slot_row = np.concatenate([p.row for p in picked])
+    wid_all = np.concatenate([p.slots.ids.numpy()[p.row, p.slot] for p in picked])
     keep = ~np.array([not m > 0 for m in fmax])[col]  # a dead feature keeps no exemplar
     order = np.lexsort((np.concatenate([p.pos for p in picked]), src, col))
     order = order[keep[order]]
-    src, col, slot, wid = src[order], col[order], slot[order], wid_all[order]
+    src, col, slot, slot_row, wid = src[order], col[order], slot[order], slot_row[order], wid_all[order]
     quantile = np.concatenate([p.quantile for p in picked])[order]
     row = np.searchsorted(window_ids, wid)
     docs = np.array([miner.window_docs[int(w)] for w in window_ids], dtype=np.int64).reshape(-1, 2)
     _, content = np.unique(token_matrix, axis=0, return_inverse=True)
     content = content.reshape(-1)
-    split = assign_splits(col, docs[row, 0], docs[row, 1], content[row], src, len(cfg.splits))
+    n_splits = len(cfg.splits)
+    weights = np.array([cfg.preset.share(s, n_splits) for s in SOURCES]).T  # [splits, sources]
+    split = assign_splits(col, docs[row, 0], docs[row, 1], content[row], src, n_splits, weights)
+    kept = split >= 0  # a row its protocol keeps out of the split its group landed in is left out
+    src, col, slot, slot_row, wid, quantile, row, split = (
+        a[kept] for a in (src, col, slot, slot_row, wid, quantile, row, split)
+    )
     segment = np.flatnonzero(np.r_[True, (col[1:] != col[:-1]) | (src[1:] != src[:-1])])
     rank = np.arange(len(col)) - np.repeat(segment, np.diff(np.r_[segment, len(col)]))
-    acts = torch.zeros(len(col), miner.window, dtype=torch.float32)
+    acts = torch.empty(len(col), miner.window, dtype=torch.float32)  # every row is filled below
     for i, s in enumerate(slots):
         at = np.flatnonzero(src == i)
         if len(at):
-            acts[torch.from_numpy(at)] = s.acts[torch.from_numpy(col[at]), torch.from_numpy(slot[at])]
+            acts[torch.from_numpy(at)] = s.acts[torch.from_numpy(slot_row[at]), torch.from_numpy(slot[at])]
     features = miner.features
     tops = top_tokens(miner.top, 5).tolist()
     feature_rows = []
@@ -228,11 +254,51 @@ def finalize(miner: Miner, tok) -> tuple[pa.Table, pa.Table]:
     offsets = pa.array(np.arange(0, len(wid) * miner.window + 1, miner.window, dtype=np.int32))
     exemplars = exemplar_table(
         scalars,
-        pa.ListArray.from_arrays(offsets, pa.array(pieces, pa.string()).take(pa.array(flat))),
+        pa.ListArray.from_arrays(
+            offsets, pa.DictionaryArray.from_arrays(pa.array(flat), pa.array(pieces, pa.string()))
+        ),
         list_column(token_matrix[row], pa.int32()),
         list_column(acts.numpy(), pa.float32()),
     )
+    if alone is not None:
+        exemplars = pa.concat_tables([exemplars, _alone_table(miner, text, *alone, weights)])
     return pa.Table.from_pylist(feature_rows, FEATURE_SCHEMA), exemplars
+
+
+def _alone_table(miner: Miner, text: TokenText, tokens: np.ndarray, values: np.ndarray, weights) -> pa.Table:
+    """Out-of-context rows: one token each, window_id -1 - token id, no document; ranked by activation
+    in the feature's top windows; dealt like any source (each token its own group)."""
+    features = miner.features
+    col, rank = np.nonzero(tokens >= 0)
+    tid = tokens[col, rank]
+    source = np.full(len(col), SOURCES.index(OUT_OF_CONTEXT))
+    own = np.arange(len(col))  # a document of its own: tokens group only by identity
+    split = assign_splits(col, own, own, tid, source, len(miner.config.splits), weights)
+    none = np.full(len(col), -1, np.int64)
+    per_col = pa.array(col.astype(np.int32))
+    scalars = {
+        "feature": _decode(per_col, [f.key for f in features]),
+        "layer": np.array([f.layer for f in features], dtype=np.int32)[col],
+        "kind": _decode(per_col, [f.kind for f in features]),
+        "split": _decode(pa.array(split.astype(np.int32)), list(miner.config.splits)),
+        "source": [OUT_OF_CONTEXT] * len(col),
+        "rank": rank.astype(np.int32),
+        "quantile": none.astype(np.int32),
+        "window_id": -1 - tid,
+        "doc_first": none,
+        "doc_last": none,
+    }
+    return exemplar_table(
+        scalars,
+        pa.ListArray.from_arrays(
+            pa.array(np.arange(len(col) + 1, dtype=np.int32)),
+            pa.DictionaryArray.from_arrays(
+                pa.array(np.arange(len(col), dtype=np.int32)), pa.array([text.piece(int(t)) for t in tid], pa.string())
+            ),
+        ),
+        list_column(tid.reshape(-1, 1).astype(np.int32), pa.int32()),
+        list_column(values[col, rank].reshape(-1, 1).astype(np.float32), pa.float32()),
+    )
 
 
 def _decode(indices: pa.Array, values: list[str]) -> pa.Array:

@@ -7,11 +7,14 @@ Per feature the miner keeps, as fixed-size tensors:
   which the inactive exemplars are drawn once the feature's max is known),
 - running moments of every token's activation,
 - hard-negative candidates (`negatives`): windows that hold one of the feature's top tokens *so far*
-  and peak low, bottom-k by priority; found in this same pass, so collect reads the corpus once.
+  and peak low, bottom-k by priority; found in this same pass, so collect reads the corpus once;
+- other-context candidates likewise, whatever they peak at (Anthropic's top tokens in other contexts),
+- a stratified sample by activation interval (`intervals`, only when the protocol asks for it).
 The samples are bottom-k by a priority that depends only on (seed, window id, feature), so they do
 not depend on batch size, shard order or the number of ranks: merging two miners' states gives
-exactly the state one miner would reach over the union of their windows. Hard-negative candidates
-are the exception: which windows qualify depends on the top tokens known when the window is read.
+exactly the state one miner would reach over the union of their windows (the interval sample too,
+see intervals.py). Hard-negative and other-context candidates are the exception: which windows
+qualify depends on the top tokens known when the window is read.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 from neuroscribe.configs import MiningConfig
 from neuroscribe.records import FeatureId
 
-STATE_VERSION = 2  # of a checkpointed miner state; an older one is refused, not misread
+STATE_VERSION = 3  # of a checkpointed miner state; an older one is refused, not misread
 HARD_WATCH = 6  # top tokens so far a hard-negative candidate may hold (the store's rule then keeps 3)
 HARD_CANDIDATES = 3  # candidate slots per hard negative wanted (some fail the final top-token rule)
 
@@ -73,16 +76,22 @@ class Slots:
         acts_of,
         maxes: torch.Tensor | None = None,
         peaks: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
     ) -> None:
         """Offer B candidates per feature: keys/ids (and maxes, peak token ids) [F, B]; acts_of(rows, cols)
-        -> [n, T] for candidate (feature row, candidate column) pairs."""
-        worst = self.keys.min(1, keepdim=True).values if self.largest else self.keys.max(1, keepdim=True).values
-        better = (keys >= worst) if self.largest else (keys <= worst)
-        rows = better.any(dim=1).nonzero().flatten()
-        if rows.numel() == 0:
+        -> [n, T] for candidate (key row, candidate column) pairs. `rows`, when given, names the slot row
+        each key row offers to (distinct rows; default: key row i offers to slot row i)."""
+        if self.k == 0:
             return
-        all_keys = torch.cat([self.keys[rows], keys[rows].to(torch.float64)], dim=1)
-        all_ids = torch.cat([self.ids[rows], ids[rows]], dim=1)
+        mine = self.keys if rows is None else self.keys[rows]
+        worst = mine.min(1, keepdim=True).values if self.largest else mine.max(1, keepdim=True).values
+        better = (keys >= worst) if self.largest else (keys <= worst)
+        sel = better.any(dim=1).nonzero().flatten()
+        if sel.numel() == 0:
+            return
+        dest = sel if rows is None else rows[sel]
+        all_keys = torch.cat([self.keys[dest], keys[sel].to(torch.float64)], dim=1)
+        all_ids = torch.cat([self.ids[dest], ids[sel]], dim=1)
         pick = _select(all_keys, all_ids, self.k, self.largest)
         chosen = torch.zeros_like(all_keys, dtype=torch.bool).scatter_(1, pick, True)
         # pair the j-th evicted old slot of a row with the j-th entering candidate of that row
@@ -90,14 +99,14 @@ class Slots:
         r_in, cand = chosen[:, self.k :].nonzero(as_tuple=True)
         if r_in.numel() == 0:
             return
-        feat = rows[r_in]
-        self.keys[feat, slot] = keys[feat, cand].to(torch.float64)
-        self.ids[feat, slot] = ids[feat, cand]
-        self.acts[feat, slot] = acts_of(feat, cand)
+        feat, at = sel[r_in], dest[r_in]
+        self.keys[at, slot] = keys[feat, cand].to(torch.float64)
+        self.ids[at, slot] = ids[feat, cand]
+        self.acts[at, slot] = acts_of(feat, cand)
         if self.maxes is not None:
-            self.maxes[feat, slot] = maxes[feat, cand]
+            self.maxes[at, slot] = maxes[feat, cand]
         if self.peaks is not None:
-            self.peaks[feat, slot] = peaks[feat, cand]
+            self.peaks[at, slot] = peaks[feat, cand]
 
     def absorb(self, other: Slots) -> None:
         """Merge another miner's slots (same features) into these."""
@@ -142,6 +151,10 @@ class Miner:
         self.pool = Slots(F, config.pool, window, largest=False, extra=True)
         self.random = Slots(F, config.random_k + config.inactive_pool, window, largest=False, extra=True)
         self.hard = Slots(F, HARD_CANDIDATES * config.hard_negatives, window, largest=False, extra=True)
+        self.context = Slots(F, HARD_CANDIDATES * config.other_context, window, largest=False, extra=True)
+        from .intervals import IntervalSlots
+
+        self.interval = IntervalSlots(F, config.intervals, config.per_interval, window)
         self.moments = torch.zeros(F, 5, dtype=torch.float64)  # n, sum a, a^2, a^3, a^4
         self.n_active = torch.zeros(F, dtype=torch.int64)
         self.window_tokens: dict[int, tuple[int, ...]] = {}
@@ -172,25 +185,32 @@ class Miner:
         tokens = torch.tensor(token_ids, dtype=torch.int64)  # [B, T]
         peaks = tokens.gather(1, at.T).T  # [F, B] token id at each candidate's peak
         per_pair = lambda f, c: by_feature[f, c]  # noqa: E731  [n, T]
-        prio = window_priorities(self.config.seed, window_ids, len(self.features), streams=3)
+        streams = 4 if self.config.other_context else 3  # a stream is drawn only when a source uses it
+        prio = window_priorities(self.config.seed, window_ids, len(self.features), streams=streams)
         never = float("inf")
         self.top.offer(maxes.to(torch.float64), ids, per_pair, peaks=peaks)
         pool_prio = torch.where(maxes > 0, prio[0], torch.full_like(prio[0], never))
         self.pool.offer(pool_prio, ids, per_pair, maxes)
         self.random.offer(prio[1], ids, per_pair, maxes)
         if self.config.hard_negatives > 0:
-            self.hard.offer(self._hard_priorities(prio[2], maxes, tokens), ids, per_pair, maxes)
+            self.hard.offer(self._hard_priorities(prio[2], maxes, tokens, capped=True), ids, per_pair, maxes)
+        if self.config.other_context > 0:
+            self.context.offer(self._hard_priorities(prio[3], maxes, tokens, capped=False), ids, per_pair, maxes)
+        self.interval.offer(prio[0], ids, maxes, per_pair)
         self.window_tokens.update(zip(window_ids, token_ids))
         self.window_docs.update(zip(window_ids, doc_spans or [(w, w) for w in window_ids]))
 
-    def _hard_priorities(self, prio: torch.Tensor, maxes: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """[F, B] priority of each window as a hard-negative candidate, inf where it is none: it must hold
-        one of the feature's `HARD_WATCH` top tokens so far and peak at <= negative_ratio x the max so far
-        (the max only grows, so a window that passes now still passes at the end)."""
+    def _hard_priorities(
+        self, prio: torch.Tensor, maxes: torch.Tensor, tokens: torch.Tensor, capped: bool
+    ) -> torch.Tensor:
+        """[F, B] priority of each window as a hard-negative (`capped`) or other-context candidate, inf
+        where it is none: it must hold one of the feature's `HARD_WATCH` top tokens so far and, when
+        capped, peak at <= negative_ratio x the max so far (the max only grows, so a window that passes
+        now still passes at the end)."""
         watch = top_tokens(self.top, HARD_WATCH)  # [F, W]
         holds = torch.stack([torch.isin(watch, row) & (watch >= 0) for row in tokens], 2).any(1)  # [F, B]
         limit = self.config.negative_ratio * self.top.keys.max(1, keepdim=True).values.float()
-        ok = holds & (maxes <= limit) & (limit > 0)
+        ok = holds & (limit > 0) & ((maxes <= limit) if capped else True)
         return torch.where(ok, prio, torch.full_like(prio, float("inf")))
 
     def _raise_non_finite(self, acts: torch.Tensor, window_ids: list[int]) -> None:
@@ -202,16 +222,17 @@ class Miner:
 
     def prune_tokens(self) -> None:
         """Forget token ids of windows no slot refers to (keeps memory bounded)."""
-        keep = set(torch.cat([s.ids for s in self.slots()], 1).flatten().tolist())
+        keep = set(torch.cat([s.ids.flatten() for s in (*self.slots(), self.interval.slots)]).tolist())
         self.window_tokens = {w: t for w, t in self.window_tokens.items() if w in keep}
         self.window_docs = {w: d for w, d in self.window_docs.items() if w in keep}
 
     def slots(self) -> tuple[Slots, ...]:
-        return self.top, self.pool, self.random, self.hard
+        return self.top, self.pool, self.random, self.hard, self.context
 
     def absorb(self, other: Miner) -> None:
         for mine, theirs in zip(self.slots(), other.slots()):
             mine.absorb(theirs)
+        self.interval.absorb(other.interval)
         self.moments += other.moments
         self.n_active += other.n_active
         self.window_tokens.update(other.window_tokens)
@@ -224,6 +245,8 @@ class Miner:
             "pool": self.pool.state(),
             "random": self.random.state(),
             "hard": self.hard.state(),
+            "context": self.context.state(),
+            "interval": self.interval.state(),
             "version": STATE_VERSION,
             "moments": self.moments,
             "n_active": self.n_active,
@@ -239,6 +262,8 @@ class Miner:
                 f"reads {STATE_VERSION}); pass --overwrite to discard it"
             )
         self.hard.load(state["hard"])
+        self.context.load(state["context"])
+        self.interval.load(state["interval"])
         self.top.load(state["top"])
         self.pool.load(state["pool"])
         self.random.load(state["random"])

@@ -1,5 +1,7 @@
 """Hard negatives: windows that hold one of a feature's top tokens (the 3 most frequent tokens at the
-peaks of its top windows) yet peak at <= negative_ratio x the feature's max.
+peaks of its top windows) yet peak at <= negative_ratio x the feature's max. Other-context windows
+(Anthropic's "top-activating tokens in other contexts"): windows, not among the top ones, that hold
+one of those tokens, whatever they peak at. Both are found the same way.
 
 They are found in the mining pass itself, so collect reads the corpus once: while mining, a window
 becomes a candidate of a feature when it holds one of the feature's `HARD_WATCH` top tokens *so far*
@@ -23,16 +25,18 @@ from .mining import Miner, top_tokens
 TOP_TOKENS = 3  # the final rule's top tokens
 
 
-def hard_negative_slots(miner: Miner, window_ids: np.ndarray, token_matrix: np.ndarray) -> tuple[np.ndarray, ...]:
-    """(feature column, hard slot) of each kept hard negative, grouped by feature, best (lowest priority)
-    first. `token_matrix[i]` holds the token ids of window `window_ids[i]` (sorted ids; every hard slot's
-    window among them)."""
-    need = miner.config.hard_negatives
+def top_token_slots(
+    miner: Miner, window_ids: np.ndarray, token_matrix: np.ndarray, capped: bool = True
+) -> tuple[np.ndarray, ...]:
+    """(feature column, slot) of each kept hard negative (`capped`) or other-context window, grouped by
+    feature, best (lowest priority) first. `token_matrix[i]` holds the token ids of window `window_ids[i]`
+    (sorted ids; every slot's window among them)."""
+    slots, need = (miner.hard, miner.config.hard_negatives) if capped else (miner.context, miner.config.other_context)
     if need <= 0 or len(window_ids) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    order, keys = miner.hard.ordered()
-    ids = miner.hard.ids.gather(1, order)
-    maxes = miner.hard.maxes.gather(1, order)
+    order, keys = slots.ordered()
+    ids = slots.ids.gather(1, order)
+    maxes = slots.maxes.gather(1, order)
     fmax = miner.top.keys.max(1, keepdim=True).values.float()
     top = top_tokens(miner.top, TOP_TOKENS)  # [F, 3]
     top_ids = torch.where(miner.top.keys > 0, miner.top.ids, torch.full_like(miner.top.ids, -2))
@@ -43,7 +47,40 @@ def hard_negative_slots(miner: Miner, window_ids: np.ndarray, token_matrix: np.n
     for j in range(top.shape[1]):  # one top token at a time keeps the comparison at [F, S, T]
         holds |= (held == top[:, j].view(-1, 1, 1)).any(2) & (top[:, j : j + 1] >= 0)
     in_top = (ids.unsqueeze(2) == top_ids.unsqueeze(1)).any(2)
-    ok = live & holds & ~in_top & (maxes <= miner.config.negative_ratio * fmax) & (fmax > 0)
+    ok = live & holds & ~in_top & (fmax > 0)
+    if capped:
+        ok &= maxes <= miner.config.negative_ratio * fmax
     keep = ok & (ok.cumsum(1) <= need)
     col, pos = keep.nonzero(as_tuple=True)
     return col.numpy(), order[col, pos].numpy()
+
+
+def out_of_context_tokens(miner: Miner, n: int) -> np.ndarray:
+    """[F, n] each feature's top-activating tokens (-1 pad): the distinct token ids of its top windows
+    ranked by the highest activation they reach there (ties: lower id), only those that activate (> 0).
+    collect then reads each alone through the subject (Anthropic's out-of-context exemplars)."""
+    F = len(miner.features)
+    out = np.full((F, n), -1, np.int64)
+    if n <= 0:
+        return out
+    ids = miner.top.ids.numpy()
+    live = miner.top.keys.numpy() > 0
+    token_of = miner.window_tokens
+    blank = (-1,) * miner.window
+    tokens = np.array(
+        [[token_of.get(int(w), blank) if ok else blank for w, ok in zip(r, m)] for r, m in zip(ids, live)]
+    )
+    acts = miner.top.acts.numpy().reshape(F, -1)
+    tokens = tokens.reshape(F, -1)
+    acts = np.where((tokens >= 0) & (acts > 0), acts, -np.inf)
+    col = np.repeat(np.arange(F), tokens.shape[1])
+    by = np.lexsort((tokens.ravel(), -acts.ravel(), col))  # per feature, strongest first
+    tok, act, col = tokens.ravel()[by], acts.ravel()[by], col[by]
+    _, first = np.unique(col * (int(tokens.max()) + 2) + tok + 1, return_index=True)
+    first = np.sort(first)
+    first = first[np.isfinite(act[first])]
+    col, tok = col[first], tok[first]
+    nth = np.arange(len(col)) - np.searchsorted(col, col)
+    keep = nth < n
+    out[col[keep], nth[keep]] = tok[keep]
+    return out

@@ -105,6 +105,7 @@ def score(cfg: ScoreConfig) -> list[ScoredExplanation]:
                 "split": cfg.split,
                 "target": cfg.target,
                 "protocol": PROTOCOL,
+                "sampling": store.protocol,
                 "usage": {k: v.__dict__ for k, v in db.stages().items()},
             }
             interventions = None

@@ -4,7 +4,9 @@ Within a feature, windows that touch a common document, or that hold identical t
 group, and a group always lands in one split, so neighbouring windows of one document and duplicated
 text can never sit in explain and test at once. Groups are dealt in the order of their first row (rows
 come strongest source first), each to the split where its rows leave every source's counts most even
-relative to that source's total; ties go round robin from the split after the last one dealt, so
+relative to that source's total (or, with `weights`, to the share of it the protocol gives that
+split: `protocols.Protocol.share`; a split whose share of a source is 0 never holds it: a group dealt
+there leaves those rows out); ties go round robin from the split after the last one dealt, so
 singleton groups are dealt like a stride. A feature whose windows all share one document ends up in
 one split only: the scorers then call it insufficient instead of scoring a split without positives.
 
@@ -24,13 +26,21 @@ def assign_splits(
     content: np.ndarray,
     source: np.ndarray,
     n_splits: int,
+    weights: np.ndarray | None = None,
 ) -> np.ndarray:
     """Split index of each row. Rows are grouped by feature column `col` (contiguous, in row order);
-    `content` is an id shared by windows of identical token ids; `source` a small integer code."""
+    `content` is an id shared by windows of identical token ids; `source` a small integer code;
+    `weights[split, source]` the share of a source each split should get (default: even). A row whose
+    group lands in a split with no share of its source gets -1: it is left out."""
     if len(col) == 0:
         return np.zeros(0, np.int64)
     group, n_groups = _groups(col, doc_first, doc_last, content)
-    return _deal(col, group, n_groups, source, n_splits)[group]
+    n_sources = int(source.max()) + 1
+    if weights is None:
+        weights = np.full((n_splits, n_sources), 1.0 / n_splits)
+    weights = np.asarray(weights, np.float64)[:, :n_sources]
+    split = _deal(col, group, n_groups, source, n_splits, weights)[group]
+    return np.where(weights[split, source] > 0, split, -1)
 
 
 def _groups(col, doc_first, doc_last, content) -> tuple[np.ndarray, int]:
@@ -62,9 +72,9 @@ def _groups(col, doc_first, doc_last, content) -> tuple[np.ndarray, int]:
     return rank[inverse], len(roots)
 
 
-def _deal(col, group, n_groups, source, n_splits) -> np.ndarray:
+def _deal(col, group, n_groups, source, n_splits, weights) -> np.ndarray:
     """Split of each group (module doc), sequential within a feature, vectorised across features."""
-    n_sources = int(source.max()) + 1
+    n_sources = weights.shape[1]
     counts = np.zeros((n_groups, n_sources), np.int64)
     np.add.at(counts, (group, source), 1)
     gcol = np.zeros(n_groups, np.int64)
@@ -80,11 +90,14 @@ def _deal(col, group, n_groups, source, n_splits) -> np.ndarray:
     for j in range(int(nth.max()) + 1):
         g = np.flatnonzero(nth == j)
         f, rows = feature_of[g], counts[g]
-        share = np.where(rows[:, None, :] > 0, (load[f] + rows[:, None, :]) / np.maximum(totals[f], 1)[:, None], 0)
-        cost = share.sum(2)  # [n, splits]
+        quota = np.maximum(totals[f], 1)[:, None, :] * weights[None]  # [n, splits, sources]
+        fill = np.divide(load[f] + rows[:, None, :], quota, out=np.zeros(quota.shape), where=quota > 0)
+        share = np.where(rows[:, None, :] > 0, fill, 0)
+        takes = ((rows[:, None, :] > 0) & (quota > 0)).any(2)  # the split keeps some row of the group
+        cost = np.where(takes, share.sum(2), np.inf)  # [n, splits]
         rotation = (turn[f, None] + np.arange(n_splits)) % n_splits
         best = rotation[np.arange(len(g)), np.argmin(np.take_along_axis(cost, rotation, 1), 1)]
-        load[f, best] += rows
+        load[f, best] += rows * (weights[best] > 0)
         turn[f] = (best + 1) % n_splits
         out[g] = best
     return out

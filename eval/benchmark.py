@@ -27,7 +27,7 @@ from neuroscribe.cache import Cache, cache_key
 from neuroscribe.configs import EvalConfig
 from neuroscribe.options import to_dict
 from neuroscribe.prompts import PROMPT_VERSION
-from neuroscribe.records import Explanation, FeatureExemplars, ScoredExplanation, insufficiency
+from neuroscribe.records import Explanation, FeatureExemplars, ScoredExplanation
 from neuroscribe.runs.datasets import heldout_file, read_build
 from neuroscribe.runs.eval import RESULTS, SCHEMA_VERSION
 from neuroscribe.runs.files import OutputLock, guard_output, refuse_existing, strict
@@ -39,8 +39,7 @@ from neuroscribe.scorers import (
     cached_scores,
     in_sample_features,
     judge_scores,
-    random_side,
-    top_side,
+    split_gap,
 )
 from neuroscribe.simulators import load_simulator
 
@@ -220,16 +219,15 @@ def _records(store: ExemplarStore, keys: list[str], features_file: Path) -> dict
 
 
 def _insufficient(record: FeatureExemplars) -> str:
-    held = record.select(split=REPORT_SPLIT)
-    return insufficiency(len(top_side(held)), len(random_side(held)))
+    return split_gap(record, REPORT_SPLIT)
 
 
-def _prompt_settings(cfg: EvalConfig, features_file: Path) -> tuple[str, int]:
+def _prompt_settings(cfg: EvalConfig, features_file: Path) -> tuple[str, int | None]:
     """(prompt style, exemplars per prompt): as given, else what the training datasets were built with,
     so the student is asked in the format it was trained on."""
     info = read_build(cfg.datasets or features_file.parent) or {}
     style = cfg.prompt_style or info.get("meta", {}).get("prompt_style", "plain")
-    return style, cfg.max_exemplars or int(info.get("config", {}).get("max_exemplars", 20))
+    return style, cfg.max_exemplars or info.get("config", {}).get("max_exemplars")
 
 
 def _check_teacher(pick: TeacherPick, store: ExemplarStore, primary: str) -> None:
@@ -502,6 +500,7 @@ def _results(cfg, store, features_file, keys, sides, sims, features, explainers,
             "selection_split": SELECTION_SPLIT,
             "report_split": REPORT_SPLIT,
             "protocol": PROTOCOL,
+            "sampling": store.protocol,
             "failure_score": FAILURE_SCORE,
         },
         "provenance": {

@@ -87,7 +87,7 @@ def sample_explanations(
     k: int,
     params: SamplingParams,
     style: str,
-    max_exemplars: int,
+    max_exemplars: int | None,
     stage: str,
     greedy_only: bool = False,
 ) -> Samples:

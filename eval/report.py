@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from neuroscribe import markdown
+from neuroscribe.protocols import protocol
 from neuroscribe.runs.eval import BROWSER, REPORT, TABLE_JSON, TABLE_MD
 
 from .results import COMPARISONS, fmt, fmt_interval, model_card_rows
@@ -33,10 +34,17 @@ def _primary(results: dict) -> str:
 
 def scoring_note(results: dict) -> str:
     cfg, prov = results["config"], results["provenance"]
+    sampling = cfg.get("sampling", "transluce")
+    pooled = (
+        "top/quantile and random mixed 1:1"
+        if protocol(sampling).balanced
+        else "top, interval, random and out-of-context exemplars pooled as they are"
+    )
     return (
         f"Score: Pearson r between the simulated activation and {prov['target']}(activation), all tokens of a "
-        f"feature's held-out `{cfg['report_split']}` exemplars pooled, top/quantile and random mixed 1:1 "
-        f"(protocol `{cfg['protocol']}`). An unparseable explanation or a constant simulation counts "
+        f"feature's held-out `{cfg['report_split']}` exemplars pooled, {pooled} "
+        f"(protocol `{cfg['protocol']}`, sampling `{sampling}`). An unparseable explanation or a constant "
+        f"simulation counts "
         f"{cfg['failure_score']}; a feature whose split lacks a side is left out for every row. Best-of-k picks "
         f"its winner on `{cfg['selection_split']}` with `{prov['selection_simulator']}` and every row is reported "
         f"on `{cfg['report_split']}`, which no selection saw."

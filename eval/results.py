@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from neuroscribe import scorers
 from neuroscribe.records import Exemplar, FeatureExemplars, ScoredExplanation, to_json
 from neuroscribe.scorers import headline
 
@@ -48,7 +49,6 @@ from .stats import bootstrap_ci, correlation, gap_closed, paired_difference, win
 
 SELECTION_SPLIT = "score"
 REPORT_SPLIT = "test"
-SCORED_SOURCES = ("top", "quantile", "random")  # what simulate_and_score simulates
 REFERENCE = "teacher"
 UNSELECTED_KINDS = ("base", "reference", "baseline")  # kinds whose explanation no score selected
 
@@ -105,7 +105,7 @@ class Cost:
 
 
 def scored_exemplars(record: FeatureExemplars, split: str = REPORT_SPLIT) -> list[Exemplar]:
-    return [e for e in record.select(split=split) if e.source in SCORED_SOURCES]
+    return scorers.scored_exemplars(record, split)
 
 
 def _predicted(scored: ScoredExplanation, exemplars: Sequence[Exemplar]) -> list[list[float] | None]:

@@ -97,7 +97,7 @@ def inspect(
             peak = max(range(len(e.activations)), key=e.activations.__getitem__)
             text = "".join(e.tokens).replace("\n", "⏎")
             typer.echo(
-                f"  [{e.split:7s} {e.source:13s} w{e.window_id}] max={e.max_activation:7.3f} "
+                f"  [{e.split:7s} {e.source:14s} w{e.window_id}] max={e.max_activation:7.3f} "
                 f"peak={e.tokens[peak]!r}: {text[:90]}"
             )
         return
@@ -106,6 +106,7 @@ def inspect(
         typer.echo(json.dumps(s, indent=2))
         return
     typer.echo(f"store      {s['path']}\nmodel      {s['model']}\nwindows    {s['windows_seen']}")
+    typer.echo(f"protocol   {s['protocol']}")
     typer.echo(f"features   {s['features']} ({s['dead']} dead)  by layer: {s['features_by_layer']}")
     typer.echo(f"exemplars  {s['exemplars']}  by split: {s['by_split']}  by source: {s['by_source']}")
     if s["dead_features"]:

@@ -63,25 +63,38 @@ class CallLimits:
 
 @dataclass(frozen=True)
 class MiningConfig:
-    """What collect keeps per feature (every count is per feature, over all splits)."""
+    """What collect keeps per feature (every count is per feature, over all splits). A count left unset
+    comes from the sampling protocol (`neuroscribe.protocols`): explain + held-out x (splits - 1)."""
 
-    top_k: int = 30
-    """Top-activating windows per feature."""
+    protocol: str = "transluce"
+    """Sampling preset: transluce (top + quantile to explain, 1:1 top-and-random score), openai (top to
+    explain, top-and-random score) or anthropic (top, 12 activation intervals, random and other-context
+    windows to explain; top, intervals, random and out-of-context tokens pooled in the score)."""
+    top_k: int | None = None
+    """Top-activating windows per feature (transluce: 30)."""
     pool: int = 64
     """Activating windows sampled uniformly, from which the quantile exemplars are drawn."""
-    quantiles: int = 5
-    """Activation quantile bins of the pool."""
-    per_quantile: int = 3
-    """Windows drawn from each quantile bin."""
-    random_k: int = 45
-    """Uniformly random windows per feature (45: 15 per split, as many as top + quantile, so the 1:1
-    top-and-random score uses every held-out exemplar)."""
-    inactive_k: int = 15
+    quantiles: int | None = None
+    """Activation quantile bins of the pool (transluce: 5)."""
+    per_quantile: int | None = None
+    """Windows drawn from each quantile bin (transluce: 3)."""
+    intervals: int | None = None
+    """Equal-width activation intervals of (0, max] to sample from (anthropic: 12)."""
+    per_interval: int | None = None
+    """Windows drawn from each interval (anthropic: 6)."""
+    random_k: int | None = None
+    """Uniformly random windows per feature (transluce: 45, 15 per split, as many as top + quantile, so the
+    1:1 top-and-random score uses every held-out exemplar)."""
+    inactive_k: int | None = None
     """Non-activating windows per feature (peak <= active_fraction x max), for detection negatives."""
     inactive_pool: int = 30
     """Extra uniformly sampled windows kept to find the inactive ones among (memory: features x slots)."""
-    hard_negatives: int = 6
-    """Windows holding one of the feature's top tokens yet peaking low (found in a second, bounded pass)."""
+    hard_negatives: int | None = None
+    """Windows holding one of the feature's top tokens yet peaking low (transluce: 6)."""
+    other_context: int | None = None
+    """Windows holding one of the feature's top tokens, whatever they activate (anthropic: 10)."""
+    out_of_context: int | None = None
+    """Top-activating tokens each run alone through the subject (anthropic: 40, 20 per held-out split)."""
     negative_ratio: float = ACTIVE_FRACTION
     """A hard negative peaks at no more than this fraction of the feature's max."""
     splits: tuple[str, ...] = field(default=("explain", "score", "test"), metadata={"sep": ","})
@@ -90,11 +103,45 @@ class MiningConfig:
     """Seed of every sampling decision (a pure function of seed, window and feature)."""
 
     def __post_init__(self) -> None:
+        from neuroscribe.protocols import protocol
+
         if len(self.splits) < 2 or len(set(self.splits)) != len(self.splits):
             raise ValueError(
                 f"--splits needs at least two distinct names (explain and a held-out one), got "
                 f"{','.join(self.splits)!r}"
             )
+        preset, n = protocol(self.protocol), len(self.splits)
+        wanted = {
+            "top_k": preset.total("top", n),
+            "quantiles": preset.quantiles,
+            "per_quantile": preset.total("quantile", n),
+            "intervals": preset.intervals,
+            "per_interval": preset.total("interval", n),
+            "random_k": preset.total("random", n),
+            "inactive_k": preset.total("inactive", n),
+            "hard_negatives": preset.total("hard_negative", n),
+            "other_context": preset.total("other_context", n),
+            "out_of_context": preset.total("out_of_context", n),
+        }
+        custom = False
+        for name, value in wanted.items():  # frozen: resolved once, so to_dict and fingerprints see numbers
+            given = getattr(self, name)
+            if given is None:
+                object.__setattr__(self, name, value)
+            elif given < 0:
+                raise ValueError(f"--{name.replace('_', '-')} is {given}; counts cannot be negative")
+            custom |= given is not None and given != value
+        if custom and not self.protocol.endswith("+custom"):
+            object.__setattr__(self, "protocol", f"{preset.name}+custom")
+        if self.per_interval > 0 and self.intervals == 0:
+            raise ValueError(f"--per-interval {self.per_interval} needs --intervals > 0 (protocol {self.protocol})")
+
+    @property
+    def preset(self):
+        """The sampling protocol (`neuroscribe.protocols.Protocol`) this mining follows."""
+        from neuroscribe.protocols import protocol
+
+        return protocol(self.protocol)
 
 
 @dataclass(frozen=True)
@@ -176,8 +223,9 @@ class ExplainConfig:
     """Candidates per feature (best-of-k)."""
     prompt_style: str = "plain"
     """Prompt style: plain, highlighted or contrastive."""
-    max_exemplars: int = 20
-    """Exemplars shown to the teacher per feature."""
+    max_exemplars: int | None = None
+    """Exemplars shown to the teacher per feature (default: all the store's sampling protocol shows:
+    transluce 15, openai 5, anthropic 49)."""
     temperature: float = 1.0
     """Sampling temperature of the teacher."""
     max_tokens: int = 60
@@ -295,7 +343,7 @@ class DistillConfig:
     """Share of units for the validation split."""
     heldout_file: str | None = None
     """Reserve exactly the features of this heldout.txt (or dataset folder) instead of drawing them."""
-    max_exemplars: int = 20
+    max_exemplars: int | None = None
     """Exemplars per prompt; the explain run's own value always wins (the student sees what the teacher saw)."""
     seed: int = 0
     """Seed of the split draw and of augmentation."""
@@ -439,7 +487,7 @@ class EvalConfig:
     prompt_style: str | None = None
     """Prompt style; default: the one the student was trained on (build.json), else plain."""
     max_exemplars: int | None = None
-    """Exemplars per prompt; default: as in training (build.json), else 20."""
+    """Exemplars per prompt; default: as in training (build.json), else all the store's protocol shows."""
     temperature: float = 1.0
     """Sampling temperature of best-of-k samples (best-of-1 is greedy)."""
     intervention: bool = False

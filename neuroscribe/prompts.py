@@ -35,6 +35,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from neuroscribe.protocols import protocol
 from neuroscribe.records import POSITIVE_SOURCES, Exemplar, FeatureExemplars, OutputSide, is_activating
 
 PROMPT_VERSION = "v2"  # v2: weak activations display as 1, not 0
@@ -165,13 +166,15 @@ def output_section(output: OutputSide) -> str:
 def explainer_exemplars(
     record: FeatureExemplars, exemplars: Sequence[Exemplar] | None = None
 ) -> tuple[list[Exemplar], list[Exemplar]]:
-    """(positives, hard negatives) from the explain split only; refuses any held-out exemplar."""
+    """(shown, hard negatives) from the explain split only; refuses any held-out exemplar. Shown: the
+    sources the record's sampling protocol shows an explainer (`protocols.Protocol.shown`), in that
+    order, strongest first within each."""
     allowed = record.select(split="explain")
     if exemplars is None:
-        order = {s: i for i, s in enumerate(POSITIVE_SOURCES)}
+        order = {s: i for i, s in enumerate(protocol(record.protocol).shown)}
         chosen = sorted(
-            (e for e in allowed if e.source in POSITIVE_SOURCES or e.source == "hard_negative"),
-            key=lambda e: (order.get(e.source, 9), -e.quantile, e.rank),
+            (e for e in allowed if e.source in order or e.source == "hard_negative"),
+            key=lambda e: (order.get(e.source, len(order)), -e.quantile, e.rank),
         )
     else:
         leaked = [e.window_id for e in exemplars if e.split != "explain" or e not in allowed]
@@ -183,8 +186,8 @@ def explainer_exemplars(
         chosen = list(exemplars)
     positives = [e for e in chosen if e.source != "hard_negative"]
     negatives = [e for e in chosen if e.source == "hard_negative"]
-    if not positives:
-        raise ValueError(f"feature {record.feature.key}: no top/quantile exemplars in the explain split")
+    if not any(e.source in POSITIVE_SOURCES for e in positives):
+        raise ValueError(f"feature {record.feature.key}: no top/quantile/interval exemplars in the explain split")
     return positives, negatives
 
 
@@ -192,11 +195,12 @@ def explainer_messages(
     record: FeatureExemplars,
     style: str = "plain",
     exemplars: Sequence[Exemplar] | None = None,
-    max_exemplars: int = 20,
+    max_exemplars: int | None = None,
 ) -> list[dict]:
     """Chat messages (system + user) asking for an explanation of one feature.
 
-    Uses only `record.select(split="explain")`; `exemplars`, when given, must come from there.
+    Uses only `record.select(split="explain")`; `exemplars`, when given, must come from there. At most
+    `max_exemplars` are shown (None: every one the protocol shows; transluce: 15, anthropic: 49).
     plain: one `token<TAB>digit` line per token; highlighted: running text with `<<active>>` runs;
     contrastive: highlighted positives plus hard negatives, asking what tells them apart; output: only
     what the unit does to the next-token prediction (`output_section`); input+output: highlighted plus that.
@@ -218,8 +222,9 @@ def explainer_messages(
             raise ValueError(
                 f"feature {record.feature.key}: contrastive style needs hard_negative exemplars in the explain split"
             )
-        negatives = negatives[: max(1, max_exemplars // 2)]
-        positives = positives[: max(1, max_exemplars - len(negatives))]
+        if max_exemplars is not None:
+            negatives = negatives[: max(1, max_exemplars // 2)]
+            positives = positives[: max(1, max_exemplars - len(negatives))]
     else:
         positives, negatives = positives[:max_exemplars], []
     shown = positives + negatives
@@ -241,11 +246,19 @@ def explainer_messages(
             f"from 0 (inactive) to {MAX_DIGIT} (strongest).\n\n" + "\n\n".join(blocks)
         )
     else:
-        pos = "\n".join(f"{i}. {highlight(e.tokens, marks(e, True))}" for i, e in enumerate(positives, 1))
-        body = (
-            "In each excerpt below, the tokens where the unit is active are marked <<like this>>.\n\n"
-            f"Excerpts where the unit is active:\n{pos}"
+        pos = "\n".join(
+            f"{i}. {highlight(e.tokens, marks(e, e.source in POSITIVE_SOURCES))}" for i, e in enumerate(positives, 1)
         )
+        if all(e.source in POSITIVE_SOURCES for e in positives):
+            body = (
+                "In each excerpt below, the tokens where the unit is active are marked <<like this>>.\n\n"
+                f"Excerpts where the unit is active:\n{pos}"
+            )
+        else:  # the protocol also shows random and other-context windows, active or not
+            body = (
+                "In each excerpt below, the tokens where the unit is active, if any, are marked <<like this>>; "
+                f"some excerpts are random text where it may stay silent.\n\nExcerpts:\n{pos}"
+            )
         if style == "contrastive":
             neg = "\n".join(f"{i}. {highlight(e.tokens, marks(e, False))}" for i, e in enumerate(negatives, 1))
             body += (

@@ -16,11 +16,24 @@ from typing import Any, Literal
 FeatureKind = Literal["mlp", "sae", "transcoder", "planted"]  # planted: rule-defined test features
 Split = Literal["explain", "score", "test"]
 # Where an exemplar came from when it was mined.
-Source = Literal["top", "quantile", "random", "inactive", "hard_negative"]
+Source = Literal[
+    "top", "quantile", "interval", "random", "inactive", "hard_negative", "other_context", "out_of_context"
+]
 
 SPLITS: tuple[str, ...] = ("explain", "score", "test")
-SOURCES: tuple[str, ...] = ("top", "quantile", "random", "inactive", "hard_negative")
-POSITIVE_SOURCES: tuple[str, ...] = ("top", "quantile")  # the "top side" of the 1:1 score
+# in the order collect deals them into splits (strongest first); which a store holds: its protocol
+SOURCES: tuple[str, ...] = (
+    "top",
+    "quantile",
+    "interval",
+    "random",
+    "inactive",
+    "hard_negative",
+    "other_context",
+    "out_of_context",
+)
+POSITIVE_SOURCES: tuple[str, ...] = ("top", "quantile", "interval")  # activating by construction: the "top side"
+OUT_OF_CONTEXT = "out_of_context"  # a top-activating token run alone: one token, window_id -1 - token id
 
 # The one labelling rule (detection, fuzzing, inactive mining, hard negatives): a window or token is
 # ACTIVATING when its activation exceeds this fraction of the feature's max activation.
@@ -85,7 +98,7 @@ class Exemplar:
     source: str = "top"
     split: str = "explain"
     rank: int = 0  # position within its source (0 = strongest top window)
-    quantile: int = -1  # bin index for source == "quantile"
+    quantile: int = -1  # bin index for source "quantile" (activation quantile) or "interval" (equal-width)
     token_ids: tuple[int, ...] = ()
     doc_span: tuple[int, int] = (-1, -1)  # first and last corpus document the window touches (-1: unknown)
 
@@ -134,6 +147,7 @@ class FeatureExemplars:
     dead: bool = False
     top_tokens: tuple[str, ...] = ()
     output: OutputSide | None = None  # present when collect ran with --output-side
+    protocol: str = "transluce"  # the sampling protocol its exemplars follow (`neuroscribe.protocols`)
 
     def select(self, split: str | None = None, sources: Sequence[str] | None = None) -> list[Exemplar]:
         return [
@@ -202,9 +216,10 @@ class ScoredExplanation:
     reason: str = ""
     target: str = "relu"  # what the truth was: relu(activation) or the raw activation
     protocol: str = ""  # the scoring protocol version (scorers.PROTOCOL)
+    sampling: str = ""  # the sampling protocol of the scored exemplars (`neuroscribe.protocols`)
     in_sample: bool = False  # the simulator was trained on this feature's exemplars
     n_exemplars: int = 0  # exemplars simulated
-    n_top: int = 0  # top/quantile exemplars in the score (after 1:1 balancing)
+    n_top: int = 0  # top-side exemplars in the score (top/quantile/interval; anthropic: + out-of-context; after 1:1)
     n_random: int = 0  # random exemplars in the score (after 1:1 balancing)
     n_top_held: int = 0  # top/quantile exemplars the split holds
     n_random_held: int = 0  # random exemplars the split holds

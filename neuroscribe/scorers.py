@@ -9,11 +9,15 @@ The conventions behind every score (the README's scoring section says the same):
   stored activations already carry the feature's polarity, so a `+` feature is scored on how far `a`
   rises above 0 and a `-` feature on how far `-a` does, which is what the prompt displays and the
   fine-tuned simulator learns. `target="raw"` keeps the signed value. Every score records its target.
-- Sides. Top side = the split's top and quantile exemplars (strongest first); random side = its
-  random exemplars. Inactive and hard-negative exemplars serve the judges only.
-- Balance. The score pools all tokens of the two sides mixed 1:1: k = min(n_top, n_random) records of
-  each, at evenly spaced positions of each side's order. The counts used and held are recorded
-  (`n_top`, `n_random`, `n_top_held`, `n_random_held`); collect's defaults make them equal.
+- Sides. What is scored is set by the store's sampling protocol (`neuroscribe.protocols`; recorded as
+  `sampling`): top side = the split's scored top, quantile and interval exemplars (strongest first);
+  random side = its random exemplars; anthropic also scores out-of-context tokens (each read alone).
+  Inactive, hard-negative and other-context exemplars never enter a simulation score.
+- Balance. transluce and openai (`balanced`): the score pools all tokens of the two sides mixed 1:1:
+  k = min(n_top, n_random) records of each, at evenly spaced positions of each side's order.
+  anthropic: every scored exemplar's tokens pooled as they are (60 per split: 6 top, 24 interval,
+  10 random, 20 out-of-context), no balancing. The counts used and held are recorded (`n_top`,
+  `n_random`, `n_top_held`, `n_random_held`); collect's defaults make the 1:1 sides equal.
 - Insufficient. A split without a top/quantile exemplar or without a random one is never scored:
   NaN, status "insufficient", with the reason (no random-only fallback).
 - Failures. An unparseable explanation is NaN with status "unparsed"; a constant simulation (or a
@@ -40,8 +44,10 @@ from collections.abc import Sequence
 from neuroscribe import scoring
 from neuroscribe.cache import Cache, cache_key
 from neuroscribe.prompts import detection_messages, fuzzing_messages
+from neuroscribe.protocols import DEFAULT_PROTOCOL, protocol
 from neuroscribe.records import (
     ACTIVE_FRACTION,
+    OUT_OF_CONTEXT,
     POSITIVE_SOURCES,
     Exemplar,
     Explanation,
@@ -67,16 +73,32 @@ def held_out(record: FeatureExemplars, split: str) -> list[Exemplar]:
     return record.select(split=split)
 
 
-def top_side(exemplars: Sequence[Exemplar]) -> list[Exemplar]:
-    """Top then quantile exemplars, strongest first (the order the 1:1 balance spaces over)."""
-    order = {s: i for i, s in enumerate(POSITIVE_SOURCES)}
+def top_side(exemplars: Sequence[Exemplar], sampling: str = DEFAULT_PROTOCOL) -> list[Exemplar]:
+    """The scored top, quantile and interval exemplars, strongest first (the order the 1:1 balance spaces
+    over), then (anthropic) the out-of-context tokens."""
+    scored = protocol(sampling).scored
+    order = {s: i for i, s in enumerate((*POSITIVE_SOURCES, OUT_OF_CONTEXT))}
     return sorted(
-        (e for e in exemplars if e.source in POSITIVE_SOURCES), key=lambda e: (order[e.source], -e.quantile, e.rank)
+        (e for e in exemplars if e.source in order and e.source in scored),
+        key=lambda e: (order[e.source], -e.quantile, e.rank),
     )
 
 
 def random_side(exemplars: Sequence[Exemplar]) -> list[Exemplar]:
     return sorted((e for e in exemplars if e.source == "random"), key=lambda e: e.rank)
+
+
+def split_gap(record: FeatureExemplars, split: str) -> str:
+    """Why `split` cannot be scored for this feature ("" when it can; `records.insufficiency`)."""
+    held = held_out(record, split)
+    positives = sum(e.source in POSITIVE_SOURCES for e in top_side(held, record.protocol))
+    return insufficiency(positives, len(random_side(held)))
+
+
+def scored_exemplars(record: FeatureExemplars, split: str) -> list[Exemplar]:
+    """What a simulation score on `split` simulates, in order: top side, then random side."""
+    held = held_out(record, split)
+    return top_side(held, record.protocol) + random_side(held)
 
 
 def target_values(values: Sequence[float], target: str) -> list[float]:
@@ -125,17 +147,18 @@ def simulate_and_score_many(
         if e.feature != record.feature.key:
             raise ValueError(f"explanation is for {e.feature!r} but the exemplars are for {record.feature.key!r}")
     held = held_out(record, split)
-    top, rnd = top_side(held), random_side(held)
+    top, rnd = top_side(held, record.protocol), random_side(held)
     base = dict(
         simulator=simulator.spec,
         split=split,
         target=target,
         protocol=PROTOCOL,
+        sampling=record.protocol,
         in_sample=in_sample,
         n_top_held=len(top),
         n_random_held=len(rnd),
     )
-    gap = insufficiency(len(top), len(rnd))
+    gap = split_gap(record, split)
     if gap:
         return [ScoredExplanation(e, math.nan, status="insufficient", reason=gap, **base) for e in explanations]
     todo = [e for e in explanations if e.ok]
@@ -152,20 +175,24 @@ def simulate_and_score_many(
             raise ValueError(
                 f"simulator {simulator.spec} returned {len(sims)} simulations for {len(top) + len(rnd)} exemplars"
             )
-        out.append(_scored(e, sims, len(top), target, base))
+        out.append(_scored(e, sims, len(top), target, base, protocol(record.protocol).balanced))
     return out
 
 
 def _scored(
-    explanation: Explanation, sims: list[SimulatedExemplar], n_top: int, target: str, base: dict
+    explanation: Explanation, sims: list[SimulatedExemplar], n_top: int, target: str, base: dict, balanced: bool
 ) -> ScoredExplanation:
     top_true, top_pred, top_failed = _readable(sims[:n_top], target)
     rnd_true, rnd_pred, rnd_failed = _readable(sims[n_top:], target)
-    score = scoring.top_and_random_score(top_true, top_pred, rnd_true, rnd_pred)
+    if balanced:
+        score = scoring.top_and_random_score(top_true, top_pred, rnd_true, rnd_pred)
+        k_top = k_random = min(len(top_true), len(rnd_true))
+    else:
+        score = scoring.pooled_correlation(top_true + rnd_true, top_pred + rnd_pred)
+        k_top, k_random = len(top_true), len(rnd_true)
     status, reason = "ok", ""
     if math.isnan(score):
         status, reason = "undefined", "the simulation (or the truth) is constant over the scored tokens"
-    k = min(len(top_true), len(rnd_true))
     return ScoredExplanation(
         explanation,
         score,
@@ -173,8 +200,8 @@ def _scored(
         status=status,
         reason=reason,
         n_exemplars=len(sims),
-        n_top=k,
-        n_random=k,
+        n_top=k_top,
+        n_random=k_random,
         n_parse_failures=top_failed + rnd_failed,
         simulations=tuple(sims),
         **base,
@@ -224,6 +251,7 @@ def cached_scores(
     if cache is None:
         return simulate_and_score_many(simulator, explanations, record, split, target, in_sample)
     held = _held_out_fingerprint(record, split)
+    sampling = protocol(record.protocol).name
 
     def key_of(e: Explanation) -> str:
         return cache_key(
@@ -231,6 +259,7 @@ def cached_scores(
             simulator.spec,
             {
                 "protocol": PROTOCOL,
+                **({} if sampling == DEFAULT_PROTOCOL else {"sampling": sampling}),
                 "target": target,
                 "explanation": e.text,
                 "feature": record.feature.key,
@@ -285,10 +314,11 @@ def _active_tokens(e: Exemplar, fmax: float, target: str) -> list[bool]:
 
 
 def detection_items(record: FeatureExemplars, split: str, target: str = "relu") -> list[tuple[Exemplar, bool]]:
-    """(exemplar, activating?) for every held-out window of the split, once each, labelled by its own peak."""
+    """(exemplar, activating?) for every held-out window of the split, once each, labelled by its own peak
+    (out-of-context tokens are not windows of text: left out)."""
     fmax, seen, out = record.reference_max, set(), []
     for e in held_out(record, split):
-        if e.window_id in seen:
+        if e.window_id in seen or e.source == OUT_OF_CONTEXT:
             continue
         seen.add(e.window_id)
         out.append((e, any(_active_tokens(e, fmax, target))))

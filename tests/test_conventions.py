@@ -204,7 +204,7 @@ def test_hard_negative_candidates_stay_bounded_as_the_corpus_grows(tiny_llama):
     ten times larger keeps the same state, and every kept one satisfies the rule against the final max."""
     from neuroscribe.corpus import iter_documents, iter_windows
     from neuroscribe.distill.mining import HARD_CANDIDATES, Miner
-    from neuroscribe.distill.negatives import hard_negative_slots
+    from neuroscribe.distill.negatives import top_token_slots
     from neuroscribe.features import ActivationReader, parse_feature_spec
     from neuroscribe.models import load_model
 
@@ -222,7 +222,7 @@ def test_hard_negative_candidates_stay_bounded_as_the_corpus_grows(tiny_llama):
             miner.prune_tokens()
             sizes.append((miner.hard.ids.shape, len(miner.window_tokens)))
             ids = np.array(sorted(miner.window_tokens))
-            col, slot = hard_negative_slots(miner, ids, np.array([miner.window_tokens[int(w)] for w in ids]))
+            col, slot = top_token_slots(miner, ids, np.array([miner.window_tokens[int(w)] for w in ids]))
             fmax = miner.top.keys.max(1).values
             assert all(miner.hard.maxes[c, s] <= SMALL.negative_ratio * fmax[c] for c, s in zip(col, slot))
             kept.append(len(col))

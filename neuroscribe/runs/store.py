@@ -2,13 +2,15 @@
 
 A store is a folder:
 - `meta.json` — schema version, subject model, feature spec, hook points, dtype, window length,
-  dataset, windows seen, mining parameters, seed.
+  dataset, windows seen, mining parameters (with the sampling protocol, `mining.protocol`), seed.
 - `features.parquet` — one row per feature: `feature` (key, e.g. "mlp/L3/127+"), `kind`, `layer`,
   `index`, `polarity`, `dead`, `max_activation`, `mean`, `variance`, `skewness`, `kurtosis`,
   `n_tokens`, `frac_active`, `quantile_boundaries` (list<float64>), `top_tokens` (list<string>).
 - `exemplars.parquet` — one row per (feature, source, window): `feature`, `layer`, `kind`, `split`
-  (explain|score|test), `source` (top|quantile|random|inactive|hard_negative), `rank`, `quantile`,
-  `window_id`, `doc_first`/`doc_last` (the corpus documents the window touches), `tokens`
+  (explain|score|test), `source` (`records.SOURCES`: top|quantile|interval|random|inactive|hard_negative|
+  other_context|out_of_context), `rank`, `quantile` (the quantile or interval bin), `window_id` (an
+  out_of_context row is one token read alone: -1 - its token id), `doc_first`/`doc_last` (the corpus
+  documents the window touches; -1: none), `tokens`
   (list<string>, control strings escaped, joining back to the window's text), `token_ids`
   (list<int32>), `activations` (list<float32>, raw, polarity applied). A window may appear under
   several sources of one feature (a random window that is also a top one); it then has one split.
@@ -32,6 +34,7 @@ import pyarrow.parquet as pq
 from neuroscribe.records import (
     POSITIVE_SOURCES, SPLITS, Exemplar, FeatureExemplars, FeatureId, FeatureStats, OutputSide, insufficiency,
 )
+from neuroscribe.protocols import DEFAULT_PROTOCOL
 from neuroscribe.runs.files import disk_error, file_digest, read_json, write_json
 
 SCHEMA_VERSION = 2
@@ -67,13 +70,16 @@ def list_column(matrix: np.ndarray, value_type: pa.DataType) -> pa.Array:
 
 
 def exemplar_table(scalars: dict, tokens: pa.Array, token_ids: pa.Array, activations: pa.Array) -> pa.Table:
-    """The exemplar table from scalar columns (lists, numpy or Arrow arrays) and the three list columns."""
+    """The exemplar table from scalar columns (lists, numpy or Arrow arrays) and the three list columns.
+    `tokens` may hold dictionary-encoded strings (no string copied per token; written to Parquet as its
+    dictionary encoding, read back as plain strings)."""
     cols = {}
     for name in SCALARS:
         kind, value = EXEMPLAR_SCHEMA.field(name).type, scalars[name]
         cols[name] = value.cast(kind) if isinstance(value, pa.Array) else pa.array(value, type=kind)
     cols.update(tokens=tokens, token_ids=token_ids, activations=activations)
-    return pa.table(cols, schema=EXEMPLAR_SCHEMA)
+    schema = EXEMPLAR_SCHEMA.set(EXEMPLAR_SCHEMA.get_field_index("tokens"), pa.field("tokens", tokens.type))
+    return pa.table(cols, schema=schema)
 
 
 def feature_row(feature: FeatureId, stats: FeatureStats, dead: bool, top_tokens: Sequence[str]) -> dict:
@@ -131,7 +137,8 @@ def write_tables(
         tmp.mkdir(parents=True)
         pq.write_table(features, tmp / FEATURES)
         # statistics only where a reader filters (the scalars); on the list columns they cost a third of the write
-        pq.write_table(exemplars, tmp / EXEMPLARS, write_statistics=list(SCALARS))
+        # no Arrow schema stored: a dictionary-encoded tokens column reads back as plain strings
+        pq.write_table(exemplars, tmp / EXEMPLARS, write_statistics=list(SCALARS), store_schema=False)
         if outputs is not None:
             pq.write_table(outputs, tmp / OUTPUTS)
         write_json(tmp / META, {"schema_version": SCHEMA_VERSION, **meta})
@@ -180,6 +187,7 @@ class ExemplarStore:
         if self.meta.get("schema_version") != SCHEMA_VERSION:
             raise StoreError(f"{meta_path}: field schema_version is {self.meta.get('schema_version')!r}, "
                              f"this neuroscribe reads {SCHEMA_VERSION}")
+        self.protocol = self.meta.get("mining", {}).get("protocol", DEFAULT_PROTOCOL)
         self._features = {r["feature"]: r for r in _read_table(self.path / FEATURES, FEATURE_SCHEMA).to_pylist()}
         self._table: pa.Table | None = None
         self._rows_of: dict[str, np.ndarray] = {}
@@ -228,7 +236,9 @@ class ExemplarStore:
             quantile_boundaries=tuple(f["quantile_boundaries"]),
         )
         fid = FeatureId(f["kind"], f["layer"], f["index"], f["polarity"])
-        return FeatureExemplars(fid, exemplars, stats, f["dead"], tuple(f["top_tokens"]), self._outputs.get(key))
+        return FeatureExemplars(
+            fid, exemplars, stats, f["dead"], tuple(f["top_tokens"]), self._outputs.get(key), self.protocol
+        )
 
     def features(self, include_dead: bool = False) -> Iterator[FeatureExemplars]:
         for key in self.keys(include_dead):
@@ -244,7 +254,8 @@ class ExemplarStore:
         for r in self._features.values():
             layers[r["layer"]] = layers.get(r["layer"], 0) + 1
         return {
-            "path": str(self.path), "model": self.meta.get("model"), "features": len(self._features),
+            "path": str(self.path), "model": self.meta.get("model"), "protocol": self.protocol,
+            "features": len(self._features),
             "dead": len(dead), "dead_features": dead, "exemplars": table.num_rows, "by_split": by_split,
             "by_source": by_source, "features_by_layer": layers, "windows_seen": self.meta.get("windows_seen"),
             "insufficient": self.insufficient(),
