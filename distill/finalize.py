@@ -236,27 +236,11 @@ def finalize(miner: Miner, tok, alone: tuple[np.ndarray, np.ndarray] | None = No
             quantile_boundaries=() if dead else boundaries[c],
         )
         feature_rows.append(feature_row(fid, stats_col, dead, () if dead else text([t for t in tops[c] if t >= 0])))
-    per_col = pa.array(np.asarray(col, dtype=np.int32))
-    scalars = {
-        "feature": _decode(per_col, [f.key for f in features]),
-        "layer": np.array([f.layer for f in features], dtype=np.int32)[col],
-        "kind": _decode(per_col, [f.kind for f in features]),
-        "split": _decode(pa.array(split.astype(np.int32)), list(cfg.splits)),
-        "source": _decode(pa.array(src.astype(np.int32)), list(SOURCES)),
-        "rank": rank.astype(np.int32),
-        "quantile": quantile.astype(np.int32),
-        "window_id": wid,
-        "doc_first": docs[row, 0],
-        "doc_last": docs[row, 1],
-    }
+    scalars = _scalars(miner, col, split, src, rank, quantile, wid, docs[row, 0], docs[row, 1])
     pieces, index = _piece_index(text, token_matrix)
-    flat = index[row].reshape(-1)
-    offsets = pa.array(np.arange(0, len(wid) * miner.window + 1, miner.window, dtype=np.int32))
     exemplars = exemplar_table(
         scalars,
-        pa.ListArray.from_arrays(
-            offsets, pa.DictionaryArray.from_arrays(pa.array(flat), pa.array(pieces, pa.string()))
-        ),
+        _token_texts(index[row], pieces),
         list_column(token_matrix[row], pa.int32()),
         list_column(acts.numpy(), pa.float32()),
     )
@@ -268,37 +252,46 @@ def finalize(miner: Miner, tok, alone: tuple[np.ndarray, np.ndarray] | None = No
 def _alone_table(miner: Miner, text: TokenText, tokens: np.ndarray, values: np.ndarray, weights) -> pa.Table:
     """Out-of-context rows: one token each, window_id -1 - token id, no document; ranked by activation
     in the feature's top windows; dealt like any source (each token its own group)."""
-    features = miner.features
     col, rank = np.nonzero(tokens >= 0)
     tid = tokens[col, rank]
     source = np.full(len(col), SOURCES.index(OUT_OF_CONTEXT))
     own = np.arange(len(col))  # a document of its own: tokens group only by identity
     split = assign_splits(col, own, own, tid, source, len(miner.config.splits), weights)
     none = np.full(len(col), -1, np.int64)
-    per_col = pa.array(col.astype(np.int32))
-    scalars = {
+    return exemplar_table(
+        _scalars(miner, col, split, source, rank, none, -1 - tid, none, none),
+        _token_texts(np.arange(len(col)).reshape(-1, 1), [text.piece(int(t)) for t in tid]),
+        list_column(tid.reshape(-1, 1).astype(np.int32), pa.int32()),
+        list_column(values[col, rank].reshape(-1, 1).astype(np.float32), pa.float32()),
+    )
+
+
+def _scalars(miner: Miner, col, split, source, rank, quantile, window_id, doc_first, doc_last) -> dict:
+    """The exemplar table's scalar columns from per-row codes (feature column, split and source index)."""
+    features = miner.features
+    per_col = pa.array(np.asarray(col, dtype=np.int32))
+    return {
         "feature": _decode(per_col, [f.key for f in features]),
         "layer": np.array([f.layer for f in features], dtype=np.int32)[col],
         "kind": _decode(per_col, [f.kind for f in features]),
         "split": _decode(pa.array(split.astype(np.int32)), list(miner.config.splits)),
-        "source": [OUT_OF_CONTEXT] * len(col),
+        "source": _decode(pa.array(source.astype(np.int32)), list(SOURCES)),
         "rank": rank.astype(np.int32),
-        "quantile": none.astype(np.int32),
-        "window_id": -1 - tid,
-        "doc_first": none,
-        "doc_last": none,
+        "quantile": quantile.astype(np.int32),
+        "window_id": window_id,
+        "doc_first": doc_first,
+        "doc_last": doc_last,
     }
-    return exemplar_table(
-        scalars,
-        pa.ListArray.from_arrays(
-            pa.array(np.arange(len(col) + 1, dtype=np.int32)),
-            pa.DictionaryArray.from_arrays(
-                pa.array(np.arange(len(col), dtype=np.int32)), pa.array([text.piece(int(t)) for t in tid], pa.string())
-            ),
-        ),
-        list_column(tid.reshape(-1, 1).astype(np.int32), pa.int32()),
-        list_column(values[col, rank].reshape(-1, 1).astype(np.float32), pa.float32()),
+
+
+def _token_texts(index: np.ndarray, pieces: list[str]) -> pa.Array:
+    """The tokens column: row i holds pieces[index[i, t]], dictionary-encoded (no string copied per token)."""
+    rows, width = index.shape
+    offsets = pa.array(np.arange(0, rows * width + 1, width, dtype=np.int32))
+    values = pa.DictionaryArray.from_arrays(
+        pa.array(index.reshape(-1).astype(np.int32, copy=False)), pa.array(pieces, pa.string())
     )
+    return pa.ListArray.from_arrays(offsets, values)
 
 
 def _decode(indices: pa.Array, values: list[str]) -> pa.Array:

@@ -52,15 +52,19 @@ class IntervalSlots:
         if grow.numel() == 0:
             return
         rows = (grow.unsqueeze(1) * self.bins + torch.arange(self.bins)).flatten()
-        s = self.slots
-        keys, ids, maxes, acts = s.keys[rows].flatten(), s.ids[rows].flatten(), s.maxes[rows].flatten(), s.acts[rows]
-        feature = grow.repeat_interleave(self.bins * s.k)
-        s.keys[rows], s.ids[rows] = s.fill, -1
+        kept = self._kept(self.slots, rows)
+        self.slots.keys[rows], self.slots.ids[rows] = self.slots.fill, -1
         self.scale[grow] = torch.exp2(torch.ceil(torch.log2(seen_max[grow].double())))
-        live = keys != s.fill
-        flat_acts = acts.reshape(-1, acts.shape[-1])
-        keep = live.nonzero().flatten()
-        self._offer_pairs(feature[keep], keys[keep], ids[keep], maxes[keep], lambda i: flat_acts[keep[i]])
+        self._offer_kept(*kept)
+
+    def _kept(self, slots: Slots, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(feature, key, window id, max, activations [n, T]) of every window kept in slot `rows`."""
+        row, col = (slots.keys[rows] != slots.fill).nonzero(as_tuple=True)
+        at = rows[row]
+        return at // self.bins, slots.keys[at, col], slots.ids[at, col], slots.maxes[at, col], slots.acts[at, col]
+
+    def _offer_kept(self, feature, keys, ids, maxes, acts) -> None:
+        self._offer_pairs(feature, keys, ids, maxes, lambda i: acts[i])
 
     def _offer_pairs(self, feature, keys, ids, maxes, acts_of_pair) -> None:
         """Offer (feature, window) candidates, each to its fine bin at the current scale."""
@@ -86,11 +90,7 @@ class IntervalSlots:
     def absorb(self, other: IntervalSlots) -> None:
         """Merge another miner's interval slots (same features): exact (module doc)."""
         self._grow(other.scale)
-        s = other.slots
-        live = (s.keys != s.fill).nonzero(as_tuple=True)
-        feature = live[0] // self.bins
-        acts = s.acts[live]
-        self._offer_pairs(feature, s.keys[live], s.ids[live], s.maxes[live], lambda i: acts[i])
+        self._offer_kept(*self._kept(other.slots, torch.arange(other.slots.keys.shape[0])))
 
     def pick(self, fmax: torch.Tensor, exclude: torch.Tensor, per_interval: int) -> tuple[torch.Tensor, ...]:
         """(feature, slot row, slot column, interval) of the windows each feature keeps, per interval the
