@@ -85,6 +85,9 @@ def explain(cfg: ExplainConfig) -> Path:
             }
         )
         if dist.is_main:
+            if cfg.overwrite:  # the run being replaced stops looking finished before any new work lands
+                for name in (run_files.CANDIDATES, run_files.META, run_files.USAGE):
+                    (out / name).unlink(missing_ok=True)
             run_files.start_parts(out, key, cfg.overwrite)
         dist.barrier()
         done, _ = run_files.read_parts(out)

@@ -5,6 +5,7 @@ files are owned by `neuroscribe.runs.train`."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -13,8 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from neuroscribe.runs import datasets as dataset_files
-from neuroscribe.runs.files import guard_output
-from neuroscribe.runs.train import is_finished, last_complete_checkpoint, write_run_info
+from neuroscribe.runs.files import file_digest, fingerprint, guard_output
+from neuroscribe.runs.train import (
+    STARTED,
+    is_finished,
+    last_complete_checkpoint,
+    read_started,
+    write_run_info,
+    write_started,
+)
 from neuroscribe.train.args import RecipeSource, redacted_recipe_text
 
 logger = logging.getLogger("neuroscribe.train")
@@ -64,10 +72,74 @@ def model_init_kwargs(model_args, training_args) -> dict:
     }
 
 
+# bookkeeping that never changes the weights: a rerun may differ in these and still resume
+_NOT_FINGERPRINTED = {
+    "output_dir",
+    "run_name",
+    "resume_from_checkpoint",
+    "overwrite",
+    "report_to",
+    "project",
+    "disable_tqdm",
+    "local_rank",
+    "log_level",
+    "log_level_replica",
+    "log_on_each_node",
+    "logging_dir",
+    "logging_steps",
+    "logging_strategy",
+    "logging_first_step",
+    "logging_nan_inf_filter",
+    "save_steps",
+    "save_strategy",
+    "save_total_limit",
+    "save_on_each_node",
+    "save_only_model",
+    "push_to_hub",
+    "hub_token",
+    "hub_model_id",
+    "hub_strategy",
+    "hub_private_repo",
+    "hub_always_push",
+    "hub_revision",
+    "wandb_project",
+    "wandb_entity",
+    "wandb_group",
+    "ddp_timeout",
+    "dataloader_num_workers",
+    "skip_memory_metrics",
+    "trackio_space_id",
+    "trackio_bucket_id",
+    "trackio_static_space_id",
+    "check_heldout",
+}
+
+
+def local_dataset(script_args) -> Path | None:
+    """The dataset folder a recipe names, resolved (None: a Hub dataset id)."""
+    name = script_args.dataset_name
+    return Path(name).resolve() if name and Path(name).exists() else None
+
+
+def run_settings(script_args, training_args, model_args) -> dict:
+    """Every setting that changes what a run trains (its data's content included), for its fingerprint."""
+    settings: dict[str, Any] = {}
+    for part in (dataclasses.asdict(script_args), training_args.to_dict(), dataclasses.asdict(model_args)):
+        settings.update({k: v for k, v in part.items() if k not in _NOT_FINGERPRINTED})
+    folder = local_dataset(script_args)
+    if folder is not None:
+        data = folder / script_args.dataset_config if script_args.dataset_config else folder
+        settings["dataset_name"] = str(folder)
+        settings["dataset_content"] = file_digest(sorted(data.glob("*.parquet"))) if data.is_dir() else None
+    return settings
+
+
 def check_output_dir(script_args, training_args, model_args) -> None:
-    """A finished run without a checkpoint to resume from is never trained over unless `overwrite` (then
-    it is cleared first); with one, the run continues from it. The output folder may not overlap the
-    dataset or the starting model."""
+    """Protect what output_dir holds, then stamp it with this run's fingerprint (neuroscribe_started.json).
+
+    A finished run is never trained over, and checkpoints are resumed only by a run of the same
+    fingerprint (settings and dataset content); anything else is refused unless `overwrite`, which
+    clears the folder first. The output folder may not overlap the dataset or the starting model."""
     out = training_args.output_dir
     guard_output(
         out,
@@ -78,15 +150,44 @@ def check_output_dir(script_args, training_args, model_args) -> None:
             else None,
         },
     )
-    if not is_finished(out) or last_complete_checkpoint(out) is not None or training_args.resume_from_checkpoint:
-        return
-    if not script_args.overwrite:
-        raise FileExistsError(
-            f"{out} holds a finished training run; pass --overwrite true to replace it, or choose another output_dir"
-        )
-    with training_args.main_process_first(desc="clear the finished run"):
-        if training_args.process_index == 0 and is_finished(out):
-            shutil.rmtree(out)
+    settings = run_settings(script_args, training_args, model_args)
+    stamp = fingerprint(settings)
+    conflict = _resume_conflict(out, stamp, settings, training_args)
+    if conflict and not script_args.overwrite:
+        raise FileExistsError(f"{out} {conflict}; pass --overwrite true to replace it, or choose another output_dir")
+    with training_args.main_process_first(desc="stamp the output folder"):
+        if training_args.process_index == 0:
+            if conflict and Path(out).exists():
+                shutil.rmtree(out)
+            Path(out).mkdir(parents=True, exist_ok=True)
+            dataset = local_dataset(script_args)
+            write_started(
+                out,
+                {
+                    "fingerprint": stamp,
+                    "dataset": script_args.dataset_name,
+                    "dataset_path": str(dataset) if dataset else None,
+                    "base_model": model_args.model_name_or_path,
+                    "settings": settings,
+                },
+            )
+
+
+def _resume_conflict(out: str, stamp: str, settings: dict, training_args) -> str:
+    """Why output_dir may not be trained into as it is ("" when it may)."""
+    if is_finished(out):
+        return "holds a finished training run"
+    checkpoint = last_complete_checkpoint(out)
+    if checkpoint is None or training_args.resume_from_checkpoint:
+        return ""
+    started = read_started(out)
+    if started is None:
+        return f"holds {checkpoint.name} of a run with no fingerprint ({STARTED}), which cannot be resumed safely"
+    if started.get("fingerprint") != stamp:
+        before = started.get("settings", {})
+        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        return f"holds {checkpoint.name} of another configuration (changed: {', '.join(changed[:8]) or '?'})"
+    return ""
 
 
 def setup_logging(training_args) -> None:
@@ -271,6 +372,7 @@ def run_card(
         "peft": bool(model_args.use_peft),
         "dtype": model_args.dtype,
         "dataset": script_args.dataset_name,
+        "dataset_path": str(local_dataset(script_args) or "") or None,
         "dataset_config": script_args.dataset_config,
         "recipe": source.path,
         "overrides": list(source.overrides),

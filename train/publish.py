@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neuroscribe.configs import PublishConfig
-from neuroscribe.runs.files import guard_output
+from neuroscribe.runs.files import building_folder, guard_output, refuse_nonempty, replace_folder, sibling_lock
 from neuroscribe.runs.simulator import SIMULATOR_FILE
 from neuroscribe.runs.train import read_run_info, write_run_info
 from neuroscribe.train.args import redacted_recipe_text
@@ -72,14 +72,24 @@ def build_repo_folder(
     run, out = Path(run_dir), Path(out_dir)
     guard_output(out, {"run_dir": run, "recipe": recipe, "eval_results": eval_results})
     info = read_run_info(run)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} already exists and is not empty; pass --overwrite to replace it")
+    refuse_nonempty(out, overwrite)
     is_adapter = (run / "adapter_config.json").exists()
     if merge and not is_adapter:
         raise ValueError(f"{run}: --merge applies to LoRA runs; this run holds full weights already")
-    tmp = out.with_name(out.name + ".building")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with sibling_lock(out):
+        refuse_nonempty(out, overwrite)
+        with building_folder(out) as tmp:
+            _fill_repo_folder(run, tmp, info, merge=merge, is_adapter=is_adapter, recipe=recipe)
+            card = model_card
+            if info.get("kind") == "simulator":
+                from neuroscribe.train.simulator import simulator_card as card
+            card({**info, "merged": merge}, eval_table(eval_results), repo_id).save(tmp / "README.md")
+            check_no_secrets(tmp)
+        return replace_folder(tmp, out, overwrite)
+
+
+def _fill_repo_folder(run: Path, tmp: Path, info: dict, *, merge: bool, is_adapter: bool, recipe) -> None:
+    """Weights (merged or as trained), tokenizer, recipe and run facts from an allow-list, into `tmp`."""
     if merge:
         _write_merged(run, info, tmp)
         if (run / SIMULATOR_FILE).exists():  # a trained simulator's class ids travel with its weights
@@ -95,17 +105,7 @@ def build_repo_folder(
     recipe_path = Path(recipe) if recipe else run / "recipe.yaml"
     if recipe_path.exists():
         (tmp / "recipe.yaml").write_text(redacted_recipe_text(recipe_path))
-    published_info = {**info, "merged": merge}
-    write_run_info(tmp, published_info)
-    card = model_card
-    if info.get("kind") == "simulator":
-        from neuroscribe.train.simulator import simulator_card as card
-    card(published_info, eval_table(eval_results), repo_id).save(tmp / "README.md")
-    check_no_secrets(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.replace(out)
-    return out
+    write_run_info(tmp, {**info, "merged": merge})
 
 
 def _write_merged(run: Path, info: dict, folder: Path) -> None:

@@ -9,17 +9,28 @@
                             {train, validation, heldout}, row counts, score statistics
   README.md                 the dataset card (its `configs` make `load_dataset(FOLDER, config)` work)
 
-The folder is built in a sibling `.building` folder and moved into place, so it is never half written.
+The folder is built in a fresh sibling `.NAME.XXXX.building` folder and moved into place, so it is never
+half written, and no existing path is ever deleted to make room for it; one build at a time holds a
+lock beside it (`.NAME.neuroscribe.lock`).
 """
 
 from __future__ import annotations
 
-import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from neuroscribe.records import FeatureId
-from neuroscribe.runs.files import RunFileError, field, read_json, write_json, write_text
+from neuroscribe.runs.files import (
+    RunFileError,
+    building_folder,
+    field,
+    read_json,
+    refuse_nonempty,
+    replace_folder,
+    sibling_lock,
+    write_json,
+    write_text,
+)
 
 BUILD, HELDOUT = "build.json", "heldout.txt"
 TRAINING_SPLITS = ("train", "validation")  # validation steers training, so it is no held-out evidence
@@ -31,8 +42,9 @@ def heldout_file(path: str | Path) -> Path:
     path = Path(path)
     file = path / HELDOUT if path.is_dir() else path
     if not file.is_file():
-        raise FileNotFoundError(f"{file}: no held-out feature list (expected `heldout.txt` from `neuroscribe "
-                                "distill build`)")
+        raise FileNotFoundError(
+            f"{file}: no held-out feature list (expected `heldout.txt` from `neuroscribe distill build`)"
+        )
     return file
 
 
@@ -86,30 +98,29 @@ def training_features(folder: str | Path) -> dict[str, str]:
         for key in set(pq.read_table(path, columns=["feature"]).column("feature").to_pylist()):
             seen.setdefault(key, str(path))
     if not build.is_file() and not any(p.is_file() for p in parquets):
-        raise FileNotFoundError(f"{folder}: not a neuroscribe dataset folder (no {BUILD}, no Parquet splits); "
-                                "cannot check which features were trained on")
+        raise FileNotFoundError(
+            f"{folder}: not a neuroscribe dataset folder (no {BUILD}, no Parquet splits); "
+            "cannot check which features were trained on"
+        )
     return seen
 
 
-def write_dataset_folder(out: str | Path, fill: Callable[[Path], None], heldout: list[str], build: dict,
-                         card: Callable[[Path], None], overwrite: bool = False) -> Path:
+def write_dataset_folder(
+    out: str | Path,
+    fill: Callable[[Path], None],
+    heldout: list[str],
+    build: dict,
+    card: Callable[[Path], None],
+    overwrite: bool = False,
+) -> Path:
     """Build the folder aside (`fill(tmp)` writes the Parquet files), add heldout.txt, build.json and the
     card, then move it into place. A non-empty `out` is replaced only with `overwrite`."""
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} already exists and is not empty; pass --overwrite to replace it")
-    tmp = out.with_name(out.name + ".building")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        fill(tmp)
-        write_text(tmp / HELDOUT, "".join(f"{k}\n" for k in heldout))
-        write_json(tmp / BUILD, build)
-        card(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.replace(out)
-    return out
+    with sibling_lock(out):
+        refuse_nonempty(out, overwrite)
+        with building_folder(out) as tmp:
+            fill(tmp)
+            write_text(tmp / HELDOUT, "".join(f"{k}\n" for k in heldout))
+            write_json(tmp / BUILD, build)
+            card(tmp)
+        return replace_folder(tmp, out, overwrite)

@@ -16,8 +16,12 @@ import hashlib
 import json
 import math
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 LOCK_FILE = ".neuroscribe.lock"
 
@@ -114,8 +118,12 @@ def write_json(path: str | Path, obj: Any, allow_nan: bool = False) -> Path:
 
 def disk_error(err: OSError, path: str | Path) -> OSError:
     """An OSError restated as one line naming the path (full disk, read-only folder, ...)."""
-    reason = {errno.ENOSPC: "no space left on the device", errno.EROFS: "the file system is read-only",
-              errno.EACCES: "permission denied", errno.EDQUOT: "disk quota exceeded"}.get(err.errno, err.strerror)
+    reason = {
+        errno.ENOSPC: "no space left on the device",
+        errno.EROFS: "the file system is read-only",
+        errno.EACCES: "permission denied",
+        errno.EDQUOT: "disk quota exceeded",
+    }.get(err.errno, err.strerror)
     return type(err)(err.errno, f"{path}: cannot write ({reason})")
 
 
@@ -155,32 +163,36 @@ def guard_output(out: str | Path, inputs: Mapping[str, str | Path | None]) -> No
             continue
         i = Path(value).expanduser().resolve()
         if _inside(o, i) or _inside(i, o):
-            raise ValueError(f"output {out} and input {name} {value} overlap; a stage never writes into its "
-                             "inputs: choose another output folder")
+            raise ValueError(
+                f"output {out} and input {name} {value} overlap; a stage never writes into its "
+                "inputs: choose another output folder"
+            )
 
 
 def refuse_existing(path: str | Path, marker: str, overwrite: bool, what: str) -> None:
     """A finished output (its `marker` file present) is never replaced unless `overwrite`."""
     p = Path(path)
     if (p / marker).exists() and not overwrite:
-        raise FileExistsError(f"{p} already holds {what} ({marker}); pass --overwrite to replace it, or choose "
-                              "another output folder")
+        raise FileExistsError(
+            f"{p} already holds {what} ({marker}); pass --overwrite to replace it, or choose another output folder"
+        )
 
 
 class OutputLock:
     """An exclusive lock on an output folder for the life of a `with` block (one per rank).
 
     The folder is created if needed; if this lock created it and it is empty at the end (the stage
-    failed before writing anything), it is removed again.
+    failed before writing anything), it is removed again. `name` puts the lock file elsewhere in the
+    folder (`sibling_lock`: a lock beside a folder that is replaced whole).
     """
 
-    def __init__(self, folder: str | Path, rank: int = 0):
+    def __init__(self, folder: str | Path, rank: int = 0, name: str | None = None):
         self.folder = Path(folder)
-        self.path = self.folder / (LOCK_FILE if rank == 0 else f"{LOCK_FILE}.rank{rank}")
+        self.path = self.folder / (name or (LOCK_FILE if rank == 0 else f"{LOCK_FILE}.rank{rank}"))
         self._fd: int | None = None
         self._created = False
 
-    def __enter__(self) -> "OutputLock":
+    def __enter__(self) -> OutputLock:
         self._created = not self.folder.exists()
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -192,8 +204,10 @@ class OutputLock:
         except BlockingIOError:
             os.close(self._fd)
             self._fd = None
-            raise OutputInUse(f"{self.folder} is in use by another neuroscribe process (lock {self.path}); "
-                               "wait for it to finish or choose another output folder") from None
+            raise OutputInUse(
+                f"{self.folder} is in use by another neuroscribe process (lock {self.path}); "
+                "wait for it to finish or choose another output folder"
+            ) from None
         if not self._still_linked():  # the holder removed the file as we locked it: lock the new one
             os.close(self._fd)
             self._fd, created = None, self._created
@@ -218,3 +232,54 @@ class OutputLock:
             self._fd = None
         if self._created and self.folder.is_dir() and not any(self.folder.iterdir()):
             self.folder.rmdir()
+
+
+def sibling_lock(out: str | Path) -> OutputLock:
+    """A lock for an output folder that is built aside and moved into place (dataset folders, publish):
+    the lock file sits beside it (`.NAME.neuroscribe.lock`), since the folder itself is replaced."""
+    out = Path(out)
+    return OutputLock(out.parent, name=f".{out.name}{LOCK_FILE}")
+
+
+@contextmanager
+def building_folder(out: str | Path) -> Iterator[Path]:
+    """A fresh, uniquely named sibling of `out` to build into (`.NAME.XXXX.building`): it never names an
+    existing path, so building can never delete anything (an input called `out.building` included). It
+    is removed again when the block fails; the caller moves it into place with `replace_folder`."""
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".building", dir=out.parent))
+    except OSError as err:
+        raise disk_error(err, out) from None
+    try:
+        yield tmp
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise disk_error(err, out) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def replace_folder(tmp: Path, out: str | Path, overwrite: bool) -> Path:
+    """Move a finished `building_folder` into place; a non-empty `out` is replaced only with `overwrite`
+    (checked again here: another process may have written it meanwhile)."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise FileExistsError(f"{out} already exists and is not empty; pass --overwrite to replace it")
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".replaced", dir=out.parent))
+        out.replace(old / out.name)  # the old folder leaves in one rename, then goes
+        shutil.rmtree(old, ignore_errors=True)
+    elif out.exists():
+        out.rmdir()
+    tmp.replace(out)
+    return out
+
+
+def refuse_nonempty(out: str | Path, overwrite: bool) -> None:
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} already exists and is not empty; pass --overwrite to replace it")
