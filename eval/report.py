@@ -56,6 +56,10 @@ def eval_table_markdown(results: dict) -> str:
     return markdown.keyed_table(model_card_rows(results), "explainer") + "\n\n" + scoring_note(results) + "\n"
 
 
+def _unbounded(interval: dict) -> bool:
+    return interval.get("estimate") is not None and (interval.get("low") is None or interval.get("high") is None)
+
+
 def _verdict(iv: dict | None) -> str:
     if not iv or iv.get("low") is None or iv.get("high") is None:
         return "cannot be told (too few features)"
@@ -110,7 +114,9 @@ def answer(results: dict) -> str:
     if closed:
         lines.append(
             f"Share of the base-to-teacher-best-of-k gap the student's best-of-1 closes: "
-            f"{fmt_interval(closed['interval'], 2)}."
+            f"{fmt_interval(closed['interval'], 2)}"
+            + (" (n/a: unbounded, the gap itself is not clearly positive)" if _unbounded(closed["interval"]) else "")
+            + "."
         )
     cal = (results.get("calibration") or {}).get("simulators", {}).get(sim)
     if cal:

@@ -21,7 +21,9 @@ results.json (schema 2; strict JSON: an undefined score, NaN in memory, is writt
                 by_layer {layer: Interval}, judges {name: Interval}}}}
   comparisons   {simulator: {name: {a, b, what, difference (Interval of a - b, paired by feature), wins,
                 losses, ties, win_rate}}} and `gap_closed` (Interval) where the rows exist
-  reliability   {simulator: {pooled: Interval of the split-half r, by_explainer {name: Interval}}}
+  reliability   {simulator: {pooled: Interval of the split-half r over every unselected row, each row's scores
+                centred on its own means first (between-row differences would inflate it), by_explainer
+                {name: Interval}}}
   cost, usage, timings, and (optional) calibration, training
 
 Conventions. The headline value of a (feature, explainer, simulator) is `scorers.headline`: the score,
@@ -316,9 +318,24 @@ def reliability(
         y = values_of(features, ex.name, simulator, "score")
         if any(v is not None for v in x):
             by_explainer[ex.name] = asdict(correlation(x, y, **kw))
-            xs += x
-            ys += y
+            cx, cy = _centred_pairs(x, y)
+            xs += cx
+            ys += cy
     return {"pooled": asdict(correlation(xs, ys, **kw)), "by_explainer": by_explainer}
+
+
+def _centred_pairs(x: list, y: list) -> tuple[list, list]:
+    """Both halves minus their means over the pairs where both are finite (other pairs become None)."""
+    pairs = [(a, b) for a, b in zip(x, y) if _ok(a) and _ok(b)]
+    if not pairs:
+        return [None] * len(x), [None] * len(y)
+    mx, my = (sum(v) / len(pairs) for v in zip(*pairs))
+    both = [_ok(a) and _ok(b) for a, b in zip(x, y)]
+    return [a - mx if k else None for a, k in zip(x, both)], [b - my if k else None for b, k in zip(y, both)]
+
+
+def _ok(v) -> bool:
+    return v is not None and math.isfinite(v)
 
 
 def fmt(x: float | None, digits: int = 3) -> str:

@@ -164,28 +164,79 @@ def gap_closed(
     seed: int = 0,
 ) -> Interval:
     """How much of the base-to-ceiling gap the student closes: mean(student - base) / mean(ceiling - base)
-    over features where all three are finite, with a percentile bootstrap over features (NaN where a
-    resample's gap is 0)."""
+    over features where all three are finite, with a percentile bootstrap over features.
+
+    A resample whose gap is not positive has no ratio (the ceiling is not above the base there); it is
+    kept as an unbounded value of its gain's sign rather than dropped, so the interval is never
+    narrowed by discarding the awkward resamples. When an end of the interval is unbounded it is NaN
+    (the two differences, gain and gap, are then the numbers to read); nothing is clamped."""
     x, y, z = (
         np.array([math.nan if v is None else float(v) for v in s], dtype=np.float64) for s in (student, base, ceiling)
     )
     keep = ~(np.isnan(x) | np.isnan(y) | np.isnan(z))
     gain, gap = (x - y)[keep], (z - y)[keep]
+    missing = int((~keep).sum())
     if not keep.any():
-        return Interval(math.nan, math.nan, math.nan, 0, int((~keep).sum()), confidence)
+        return Interval(math.nan, math.nan, math.nan, 0, missing, confidence)
     _check(confidence, n_resamples)
     rows = np.random.default_rng(seed).integers(0, len(gain), size=(n_resamples, len(gain)))
+    gains, gaps = gain[rows].mean(-1), gap[rows].mean(-1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        stats = gain[rows].mean(-1) / gap[rows].mean(-1)
-        estimate = float(gain.mean() / gap.mean()) if gap.mean() != 0 else math.nan
-    stats = stats[np.isfinite(stats)]
-    if not stats.size or math.isnan(estimate):
-        return Interval(estimate, math.nan, math.nan, len(gain), int((~keep).sum()), confidence)
+        stats = np.where(gaps > 0, gains / gaps, np.where(gains >= 0, np.inf, -np.inf))
+    estimate = float(gain.mean() / gap.mean()) if gap.mean() > 0 else math.nan
+    alpha = (1 - confidence) / 2
+    low, high = (float(q) for q in np.quantile(stats, [alpha, 1 - alpha]))
+    bounded = lambda q: q if math.isfinite(q) else math.nan  # noqa: E731
+    return Interval(estimate, bounded(low), bounded(high), len(gain), missing, confidence)
+
+
+def clustered_difference(
+    a: Sequence,
+    b: Sequence,
+    clusters: Sequence[str],
+    confidence: float = 0.95,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> Interval:
+    """Mean of a - b with a hierarchical bootstrap: features are not independent draws when several share
+    a unit (both polarities of a neuron) or a rule family, and a trained explainer is one draw of its
+    training seed. Each resample draws seeds with replacement, then clusters with replacement, then
+    features with replacement within each drawn cluster; the statistic is the mean difference over
+    everything drawn.
+
+    `a`, `b`: per-feature scores, or [seeds][features] matrices (one row per training seed, the same
+    features in each). `clusters`: one label per feature. A feature with a non-finite score in any
+    seed on either side is left out (counted in n_missing)."""
+    x, y = (np.array([[math.nan if v is None else float(v) for v in row] for row in _rows(m)]) for m in (a, b))
+    if x.shape != y.shape or x.shape[1] != len(clusters):
+        raise ValueError(f"clustered_difference: shapes {x.shape} and {y.shape} for {len(clusters)} cluster labels")
+    if np.any(np.isinf(x)) or np.any(np.isinf(y)):
+        raise ValueError("statistics: infinite score in the input")
+    keep = ~(np.isnan(x) | np.isnan(y)).any(axis=0)
+    d = (x - y)[:, keep]
+    labels = np.asarray(clusters, dtype=object)[keep]
+    if d.shape[1] == 0:
+        return Interval(math.nan, math.nan, math.nan, 0, int((~keep).sum()), confidence)
+    _check(confidence, n_resamples)
+    members = [np.flatnonzero(labels == c) for c in dict.fromkeys(labels)]
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_resamples)
+    for r in range(n_resamples):
+        seeds = rng.integers(0, d.shape[0], size=d.shape[0])
+        drawn = [
+            m[rng.integers(0, len(m), size=len(m))]
+            for m in (members[i] for i in rng.integers(0, len(members), len(members)))
+        ]
+        cols = np.concatenate(drawn)
+        stats[r] = d[np.ix_(seeds, cols)].mean()
     alpha = (1 - confidence) / 2
     low, high = np.quantile(stats, [alpha, 1 - alpha])
-    return Interval(
-        estimate, min(float(low), estimate), max(float(high), estimate), len(gain), int((~keep).sum()), confidence
-    )
+    return Interval(float(d.mean()), float(low), float(high), d.shape[1], int((~keep).sum()), confidence)
+
+
+def _rows(m: Sequence) -> list[Sequence]:
+    """A per-feature list as one row; a [seeds][features] matrix as it is."""
+    return [m] if len(m) == 0 or not isinstance(m[0], (list, tuple, np.ndarray)) else list(m)
 
 
 def correlation(

@@ -83,3 +83,64 @@ def test_win_rate_counts_ties_as_half():
     assert always.rate.estimate == always.rate.low == always.rate.high == 1.0
     strict = win_rate([0.3], [0.3 + 1e-6], tie_tolerance=0)
     assert (strict.wins, strict.ties, strict.losses) == (0, 0, 1)
+
+
+def test_gap_closed_is_unbounded_rather_than_narrowed_when_the_gap_can_vanish():
+    """Half the features have the ceiling below the base: many resamples have no positive gap. The old
+    interval dropped those resamples and clamped the rest around the estimate; now the open end is NaN."""
+    from neuroscribe.eval.stats import gap_closed
+
+    base = [0.0] * 10
+    ceiling = [1.0, -0.9] * 5  # mean gap 0.05
+    student = [0.05] * 10  # mean gain 0.05: estimate 1.0
+    closed = gap_closed(student, base, ceiling, n_resamples=500)
+    assert closed.estimate == pytest.approx(1.0)
+    assert math.isnan(closed.high), "a vanishing gap leaves the upper end unbounded"
+    firm = gap_closed([0.5] * 10, base, [1.0 + 0.01 * i for i in range(10)], n_resamples=500)
+    assert firm.low <= firm.estimate <= firm.high and firm.high - firm.low < 0.05
+
+
+def test_clustered_difference_widens_with_shared_cluster_effects_and_seed_noise():
+    from neuroscribe.eval.stats import clustered_difference
+
+    rng = np.random.default_rng(0)
+    n_clusters, per = 8, 6
+    offsets = rng.normal(0, 0.3, n_clusters)  # a family-wide effect: features of a family move together
+    diff = np.concatenate([o + rng.normal(0, 0.02, per) for o in offsets])
+    clusters = [f"family{i}" for i in range(n_clusters) for _ in range(per)]
+    zeros = [0.0] * len(diff)
+    naive = paired_difference(list(diff), zeros, n_resamples=1000)
+    clustered = clustered_difference(list(diff), zeros, clusters, n_resamples=1000)
+    assert clustered.estimate == pytest.approx(naive.estimate)
+    assert clustered.width > 1.8 * naive.width, (clustered.width, naive.width)
+    # singleton clusters and one seed: the ordinary paired bootstrap, up to resampling noise
+    singles = clustered_difference(list(diff), zeros, [str(i) for i in range(len(diff))], n_resamples=1000)
+    assert singles.width == pytest.approx(naive.width, rel=0.25)
+    # three training seeds that disagree by a seed-wide shift: wider than one seed alone
+    seeds = [list(diff + shift) for shift in (-0.2, 0.0, 0.2)]
+    with_seeds = clustered_difference(seeds, [zeros] * 3, clusters, n_resamples=1000)
+    assert with_seeds.width > clustered.width
+    nan_one = list(diff)
+    nan_one[0] = float("nan")
+    assert clustered_difference(nan_one, zeros, clusters, n_resamples=50).n_missing == 1
+    with pytest.raises(ValueError, match="cluster labels"):
+        clustered_difference(list(diff), zeros, clusters[:-1])
+
+
+def test_pooled_split_half_reliability_is_not_inflated_by_differences_between_rows():
+    """Two explainer rows whose scores are pure noise within each row but sit at different levels: pooled
+    raw, the level gap alone would give r near 1; centred per row, r stays near 0."""
+    from neuroscribe.eval.results import Explainer, reliability
+
+    rng = np.random.default_rng(1)
+    rows = [Explainer("baseline_null", "null", "baseline", 1, "one"), Explainer("base_best_of_1", "b", "base", 1, "g")]
+    features = []
+    for _ in range(40):
+        results = {}
+        for level, ex in zip((0.0, 0.6), rows):
+            a, b = level + rng.normal(0, 0.05), level + rng.normal(0, 0.05)
+            results[ex.name] = {"scores": {"sim": {"selection_split_score": a, "score": b}}}
+        features.append({"results": results})
+    rel = reliability(features, rows, "sim", n_resamples=200)
+    assert abs(rel["pooled"]["estimate"]) < 0.4, rel["pooled"]
+    assert all(abs(r["estimate"]) < 0.5 for r in rel["by_explainer"].values())

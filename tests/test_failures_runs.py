@@ -24,8 +24,9 @@ from neuroscribe.distill.explain import explain
 from neuroscribe.eval.heldout import LeakageError, heldout_features
 from neuroscribe.runs import explain as explain_files
 from neuroscribe.runs.datasets import write_dataset_folder
-from neuroscribe.runs.files import RunFileError, sibling_lock
-from neuroscribe.runs.train import STARTED, trained_on
+from neuroscribe.runs.files import RunFileError
+
+STARTED = "neuroscribe_started.json"  # the training run's fingerprint stamp (runs/train.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,6 +119,8 @@ def test_two_builds_into_one_folder_one_waits_its_turn_or_is_refused(tmp_path):
     assert (out / "sft" / "train.parquet").read_bytes() == b"rows"
     with pytest.raises(FileExistsError, match="--overwrite"):
         write_dataset_folder(out, slow_fill, [], {}, lambda tmp: None)
+    from neuroscribe.runs.files import sibling_lock
+
     with sibling_lock(out):  # released again
         pass
 
@@ -257,6 +260,8 @@ def test_a_student_with_no_run_file_or_trained_from_a_leaky_base_is_refused(leak
     sft_merged = _run(tmp_path / "sft-merged", dataset=str(leaky), dataset_path=str(leaky))
     clean_pref = _split_folder(tmp_path / "pref", [])
     dpo = _run(tmp_path / "dpo", dataset=str(clean_pref), dataset_path=str(clean_pref), base_model=str(sft_merged))
+    from neuroscribe.runs.train import trained_on
+
     assert trained_on(dpo) == [clean_pref, leaky]
     with pytest.raises(LeakageError, match="leaky"):
         heldout_features(features, student=str(dpo))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from test_datasets import distilled_dataset
 
-from neuroscribe.runs.train import RUN_INFO
+from neuroscribe.runs.train import RUN_INFO, STARTED
 from neuroscribe.train import dpo, sft
 from neuroscribe.train.args import parse_args
 from neuroscribe.train.pipeline import load_training_dataset
@@ -63,6 +63,10 @@ def test_tiny_sft_recipe_trains_and_writes_a_run_folder(sft_run):
     for name in ("adapter_model.safetensors", "tokenizer.json", "recipe.yaml", RUN_INFO, "README.md", "checkpoint-6"):
         assert (run / name).exists(), name
     assert "SFT with TRL, LoRA adapter, 6 optimizer steps" in (run / "README.md").read_text()
+    # what eval's leak check reads, from any working directory: the dataset folder resolved
+    started = json.loads((run / STARTED).read_text())
+    assert info["dataset_path"] == started["dataset_path"] == str(Path(info["dataset"]).resolve())
+    assert started["settings"]["learning_rate"] == 1e-3 and len(started["fingerprint"]) == 16
 
 
 def test_prompt_completion_rows_train_on_the_completion_only(tiny_llama, data_dir, tmp_path):
