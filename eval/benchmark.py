@@ -43,6 +43,7 @@ from neuroscribe.scorers import (
 )
 from neuroscribe.simulators import load_simulator
 
+from .calibration import validity_gates
 from .explainers import (
     Samples,
     TeacherPick,
@@ -531,6 +532,7 @@ def _results(cfg, store, features_file, keys, sides, sims, features, explainers,
     }
     if cfg.calibration:
         results["calibration"] = json.loads(Path(cfg.calibration).read_text())
+    results["gates"] = validity_gates(results)
     return results
 
 

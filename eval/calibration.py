@@ -9,6 +9,12 @@ simulator:
 - rank1: for how many features the true explanation scores above every wrong one;
 - mean_true / mean_wrong: the mean finite scores.
 A good scorer has win_rate near 1 and mean_true well above mean_wrong; a flat one sits near 0.5.
+
+Given each rule's family (and the families the simulator trained on) and natural paraphrases, the wrong
+explanations are drawn half from the rule's own family (near misses: same grammar, other content) and
+the rest from other families, the paraphrases are scored too, and the validity gates (a)-(c) of
+`eval/gates.py` are computed from them; gate (d) needs the eval's teacher and baseline rows, so eval
+adds it.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from collections.abc import Sequence
 from neuroscribe.records import Explanation, FeatureExemplars
 from neuroscribe.scorers import cached_scores
 
-from .results import fmt
+from .gates import RuleScores, ceiling, near_miss, paraphrases, to_dicts, unseen_families
+from .results import fmt, values_of
 
 NOTE = (
     "True-vs-wrong: each held-out planted feature's test exemplars scored under its rule's true explanation "
@@ -70,27 +77,109 @@ def calibrate(
     seed: int = 0,
     cache=None,
     limit: dict[str, int] | None = None,
+    families: Sequence[str] | None = None,
+    paraphrases_of: Sequence[Sequence[str]] | None = None,
+    trained_families: Sequence[str] = (),
 ) -> dict:
     """Calibration of every simulator on planted `features` with their true `explanations` (module doc).
     `limit` caps the features a slow simulator is run on (spec -> count: the first ones, in order)."""
-    rng = random.Random(seed)
-    others = [[j for j in range(len(features)) if j != i] for i in range(len(features))]
-    if n_wrong is not None:
-        others = [rng.sample(o, min(n_wrong, len(o))) for o in others]
+    near, other = _wrong_draw(len(features), families, n_wrong, seed)
+    phrasings = [tuple(p) for p in paraphrases_of] if paraphrases_of is not None else [()] * len(features)
     out = {}
     for sim in simulators:
         n = min(len(features), (limit or {}).get(sim.spec, len(features)))
-
-        def scores(i: int, sim=sim) -> list[float]:  # the true explanation, then the wrong ones: one call
-            key = features[i].feature.key
-            es = [Explanation(key, explanations[j], "calibration", prompt_style="reference") for j in [i, *others[i]]]
-            return [s.score for s in cached_scores(sim, es, features[i], split, cache, stage="calibration")]
-
         rows = []
-        for i in range(n):
-            true, *wrong = scores(i)
+        for i in range(n):  # the true explanation, its paraphrases, near misses, other wrong ones: one call
+            key = features[i].feature.key
+            texts = [explanations[i], *phrasings[i], *(explanations[j] for j in (*near[i], *other[i]))]
+            es = [Explanation(key, t, "calibration", prompt_style="reference") for t in texts]
+            scores = [s.score for s in cached_scores(sim, es, features[i], split, cache, stage="calibration")]
+            true, para = scores[0], scores[1 : 1 + len(phrasings[i])]
+            wrong = scores[1 + len(phrasings[i]) :]
             rows.append(
-                {"rule": names[i], "feature": features[i].feature.key, "true_score": true, "wrong_scores": wrong}
+                {
+                    "rule": names[i],
+                    "feature": key,
+                    "family": families[i] if families else "",
+                    "true_score": true,
+                    "paraphrase_scores": para,
+                    "near_miss_scores": wrong[: len(near[i])],
+                    "wrong_scores": wrong,
+                    "wrong_rules": [names[j] for j in (*near[i], *other[i])],
+                }
             )
-        out[sim.spec] = {**fidelity([r["true_score"] for r in rows], [r["wrong_scores"] for r in rows]), "rules": rows}
+        result = {**fidelity([r["true_score"] for r in rows], [r["wrong_scores"] for r in rows]), "rules": rows}
+        if families is not None:
+            rules = gate_rules(rows, trained_families)
+            result["gates"] = to_dicts([near_miss(rules), unseen_families(rules), paraphrases(rules)])
+        out[sim.spec] = result
     return {"split": split, "note": NOTE, "simulators": out}
+
+
+def _wrong_draw(n: int, families: Sequence[str] | None, n_wrong: int | None, seed: int) -> tuple[list, list]:
+    """Per feature, (near-miss indices: same family, other-family indices): every other rule without
+    `n_wrong`; with families, half of `n_wrong` (rounded up) drawn from the rule's own family."""
+    rng = random.Random(seed)
+    others = [[j for j in range(n) if j != i] for i in range(n)]
+    if families is None:
+        drawn = others if n_wrong is None else [rng.sample(o, min(n_wrong, len(o))) for o in others]
+        return [[] for _ in range(n)], drawn
+    near, far = [], []
+    for i, o in enumerate(others):
+        same = [j for j in o if families[j] == families[i]]
+        rest = [j for j in o if families[j] != families[i]]
+        if n_wrong is None:
+            near.append(same)
+            far.append(rest)
+            continue
+        k = min(len(same), -(-n_wrong // 2))
+        near.append(rng.sample(same, k))
+        far.append(rng.sample(rest, min(len(rest), n_wrong - k)))
+    return near, far
+
+
+def gate_rules(rows: Sequence[dict], trained_families: Sequence[str] = ()) -> list[RuleScores]:
+    """calibration.json's rows as the gates read them."""
+    trained = set(trained_families)
+    return [
+        RuleScores(
+            rule=r["rule"],
+            family=r.get("family", ""),
+            family_trained=r.get("family", "") in trained,
+            true=r["true_score"],
+            paraphrases=tuple(r.get("paraphrase_scores", ())),
+            near_miss=tuple(r.get("near_miss_scores", ())),
+            other_wrong=tuple(r["wrong_scores"][len(r.get("near_miss_scores", ())) :]),
+        )
+        for r in rows
+    ]
+
+
+def validity_gates(results: dict) -> dict[str, list[dict]]:
+    """Per simulator, the gates of `eval/gates.py`: (a)-(c) from the eval's calibration (when that
+    simulator was calibrated), (d) from the eval's own rows on every feature with a known-true
+    (reference) explanation: true rule vs teacher best-of-k vs top tokens, headline values (a failure
+    counts 0)."""
+    known = [f for f in results["features"] if "reference" in f["results"] and not f.get("insufficient")]
+    calibrated = (results.get("calibration") or {}).get("simulators", {})
+    out = {}
+    for sim in results["provenance"]["simulators"]:
+        value = lambda f, name, sim=sim: values_of([f], name, sim)[0]  # noqa: E731
+        rows = [
+            RuleScores(
+                f["feature"],
+                "",
+                True,
+                value(f, "reference"),
+                teacher=value(f, "teacher"),
+                top_tokens=value(f, "baseline_top_tokens"),
+            )
+            for f in known
+            if value(f, "reference") is not None
+        ]
+        gates = list(calibrated.get(sim, {}).get("gates", []))
+        if rows:
+            gates += to_dicts([ceiling(rows)])
+        if gates:
+            out[sim] = gates
+    return out

@@ -236,12 +236,14 @@ def run_demo(cfg: DemoConfig = DemoConfig(), only: str | None = None) -> Path:
         return f"{len(parts['simulator'])} planted rules, {cfg.simulator_steps} steps -> {sim_done}"
 
     def do_calibrate() -> str:
+        from neuroscribe.distill.planted_paraphrases import paraphrases
         from neuroscribe.simulators import load_simulator
 
         from .calibration import calibrate, headline
 
         if not calibration.exists():
             s, truth = ExemplarStore(store), demo_data.read_truth(out)
+            by_name = {r.name: r for part in parts.values() for r in part}
             held = [k for k in read_heldout(heldout_list) if k in truth]
             cache = Cache(cache_path)
             try:
@@ -255,6 +257,10 @@ def run_demo(cfg: DemoConfig = DemoConfig(), only: str | None = None) -> Path:
                     seed=cfg.seed,
                     cache=cache,
                     limit={sims[1].spec: cfg.prompted_rules},
+                    # the validity gates: near misses of the rule's own family, natural paraphrases
+                    families=[truth[k]["family"] for k in held],
+                    paraphrases_of=[paraphrases(by_name[truth[k]["rule"]]) for k in held],
+                    trained_families=sorted({r.family for r in parts["simulator"]}),
                 )
             finally:
                 cache.close()

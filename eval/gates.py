@@ -148,7 +148,8 @@ def verdict(gates: Sequence[Gate]) -> str:
             f"The judge passed {len(gates) - len(unmeasured)} validity gates; not measured: "
             f"{', '.join(g.name for g in unmeasured)}."
         )
-    return f"The judge passed all {len(gates)} validity gates ({', '.join(g.name for g in gates)})."
+    every = f"all {len(gates)} validity gates" if len(gates) > 1 else "its one validity gate"
+    return f"The judge passed {every} ({', '.join(g.name for g in gates)})."
 
 
 def to_dicts(gates: Sequence[Gate]) -> list[dict]:

@@ -75,7 +75,8 @@ def answer(results: dict) -> str:
     sim = _primary(results)
     comp = results.get("comparisons", {}).get(sim, {})
     n = len(results["features"])
-    lines = []
+    gates = results.get("gates", {}).get(sim)
+    lines = [_gates_verdict(gates)] if gates else []
     gain = comp.get("distillation_gain")
     if gain:
         d = gain["difference"]
@@ -207,6 +208,29 @@ def _reliability_table(results: dict) -> str:
     return markdown.table(rows)
 
 
+def _gates_verdict(gates: list[dict]) -> str:
+    from .gates import Gate, verdict
+
+    return verdict([Gate(**g) for g in gates])
+
+
+def _gates_table(results: dict) -> str | None:
+    """Every simulator's validity gates (`eval/gates.py`), one row each: printed before any result."""
+    rows = [
+        {
+            "simulator": sim,
+            "gate": g["question"],
+            "passed": {True: "yes", False: "**NO**", None: "not measured"}[g["passed"]],
+            "value": fmt(g["value"], 2),
+            "pass mark": fmt(g["threshold"], 2),
+            "what was measured": g["detail"],
+        }
+        for sim, gates in results.get("gates", {}).items()
+        for g in gates
+    ]
+    return markdown.table(rows) if rows else None
+
+
 def _calibration_table(results: dict) -> str | None:
     cal = results.get("calibration")
     if not cal:
@@ -334,6 +358,9 @@ def report_markdown(results: dict, plots: dict[str, str], browser: str | None) -
         scoring_note(results),
         "",
     ]
+    gates = _gates_table(results)
+    if gates:
+        parts += ["## Validity gates (read these before any score)", "", gates, ""]
     cal = _calibration_table(results)
     parts += ["## How far to trust the scorer", ""]
     if cal:

@@ -24,6 +24,8 @@ results.json (schema 2; strict JSON: an undefined score, NaN in memory, is writt
   reliability   {simulator: {pooled: Interval of the split-half r over every unselected row, each row's scores
                 centred on its own means first (between-row differences would inflate it), by_explainer
                 {name: Interval}}}
+  gates         {simulator: [Gate]} the validity gates of `eval.gates` ((a)-(c) from the calibration,
+                (d) from the planted features' rows), when the eval has planted features or a calibration
   cost, usage, timings, and (optional) calibration, training
 
 Conventions. The headline value of a (feature, explainer, simulator) is `scorers.headline`: the score,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import re
 import statistics
 
 import pytest
@@ -123,3 +124,58 @@ def test_the_answer_paragraph_states_the_gain_its_verdict_and_each_kind():
     assert "On the 8 held-out planted features (known answer) alone: 0.365" in text
     assert "On the 4 held-out real MLP-neuron features alone" in text
     assert "failed to parse for 1 of 12 features (8.3%)" in text
+    # a failed validity gate is named first, before any result
+    records, truths, names = _inputs()
+    families = ["word" if i % 2 else "other" for i in range(len(records))]
+    cal = calibrate(
+        [QuotedWordSimulator(SIM)],
+        records,
+        truths,
+        names,
+        n_wrong=2,
+        families=families,
+        paraphrases_of=[(f"fires wherever {w} appears",) for w in names],
+        trained_families=["word"],
+    )
+    results["gates"] = {SIM: cal["simulators"][SIM]["gates"]}
+    first = answer(results).split("\n")[0]
+    assert first.startswith("**The judge FAILED 1 of 3 validity gates**") and "(c) do paraphrases" in first
+
+
+class AnyWordSimulator(QuotedWordSimulator):
+    """TEST DOUBLE (see QuotedWordSimulator): predicts 9 on every token whose word the explanation
+    contains anywhere, quoted or not — a simulator that reads content rather than the template."""
+
+    def simulate(self, explanation, exemplars):
+        quoted = " ".join(f'"{w}"' for w in re.findall(r"[a-z]+", explanation.lower()))
+        return super().simulate(quoted, exemplars)
+
+
+def test_calibration_draws_near_misses_scores_paraphrases_and_gates_a_template_reader():
+    """The quoted-word simulator reads only the `"X"` template: the same rule paraphrased without quotes
+    predicts nothing, so it fails the paraphrase gate; a content reader passes it."""
+    records, truths, names = _inputs()
+    families = ["word" if i % 2 else "other" for i in range(len(records))]
+    paraphrases_of = [(f"fires wherever {w} appears", f"mentions of {w}") for w in names]
+    reader = AnyWordSimulator("test:any-word")
+    cal = calibrate(
+        [QuotedWordSimulator(), reader],
+        records,
+        truths,
+        names,
+        n_wrong=2,
+        seed=0,
+        families=families,
+        paraphrases_of=paraphrases_of,
+        trained_families=["word"],
+    )
+    template, content = cal["simulators"]["test:quoted-word"], cal["simulators"]["test:any-word"]
+    for r, fam in zip(template["rules"], families):
+        assert r["family"] == fam and len(r["paraphrase_scores"]) == 2 and len(r["wrong_scores"]) == 2
+        assert len(r["near_miss_scores"]) == 1  # half of n_wrong, drawn from the rule's own family
+        near, far = (families[names.index(n)] for n in r["wrong_rules"])
+        assert near == fam != far
+    gates = {g["name"]: g for g in template["gates"]}
+    assert gates["paraphrases"]["passed"] is False and gates["near_miss"]["passed"] is True
+    assert gates["unseen_families"]["n"] == 3 * 2  # the "other" family's rules, two wrong each
+    assert all(g["passed"] for g in content["gates"]), content["gates"]

@@ -537,6 +537,9 @@ def test_planted_features_order_the_rows_as_the_truth_says(tiny_llama, tmp_path)
     assert s["baseline_null"]["mean"]["estimate"] == 0.0 and s["baseline_null"]["n_failed"] == len(PLANTED)
     oracle = res["comparisons"][sim]["oracle_vs_null"]["difference"]
     assert oracle["estimate"] == pytest.approx(1.0) and oracle["low"] > 0
+    # gate (d): the true rule ties the teacher and the top tokens here, so it is a valid ceiling
+    (gate,) = res["gates"][sim]
+    assert gate["name"] == "ceiling" and gate["passed"] is True and gate["n"] == len(PLANTED)
 
 
 def test_a_failed_explanation_counts_zero_and_an_insufficient_feature_is_left_out_for_everyone(tiny_llama, tmp_path):

@@ -194,7 +194,8 @@ def test_training_into_a_finished_run_without_checkpoints_is_refused(tmp_path):
     assert (run / "adapter_model.safetensors").read_bytes() == b"weights"
     script.overwrite = True
     check_output_dir(script, training, model)
-    assert not run.exists()  # replaced on request: cleared before training starts
+    # replaced on request: cleared before training starts, then stamped with the new run's fingerprint
+    assert [p.name for p in run.iterdir()] == ["neuroscribe_started.json"]
 
 
 # --------------------------------------------------------------------------- 4. incomplete checkpoints

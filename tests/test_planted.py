@@ -145,3 +145,29 @@ def test_simulator_rows_label_each_window_by_its_own_rule(tok):
         assert row["classes"] == [10 if a > 0 else 0 for a in row["activations"]]
     own = rows[::2]
     assert all(any(a > 0 for a in r["activations"]) for r in own[:3])  # a rule's top windows fire
+
+
+def test_every_rule_has_paraphrases_outside_the_teacher_grammar():
+    """Gate (c) needs true phrasings the teacher never writes: every phrase the patterns teacher produces
+    matches TEACHER_GRAMMAR, and no paraphrase of any suite rule does (nor repeats a suite phrasing)."""
+    from neuroscribe.backends.patterns import Run, candidates
+    from neuroscribe.distill.planted_paraphrases import in_teacher_grammar, paraphrases
+    from neuroscribe.distill.planted_rules import suite
+
+    run_sets = [
+        [Run(" cat", "the ", " sat"), Run(" cat", "a ", " ran"), Run(" dog", "the ", " sat")],
+        [Run("2019", "in ", ","), Run("1999", "by ", ",")],
+        [Run(",", "word", " and"), Run(",", "more", " or")],
+        [Run(" running", "is ", "."), Run(" jumping", "was ", "."), Run(" singing", "is ", ".")],
+        [Run(" value", "(the ", ")"), Run(" name", "(a ", ")")],
+        [Run(" Paris", ". ", " is"), Run(" London", ". ", " was")],
+        [Run(" unclear", " ", ""), Run(" undone", " ", ""), Run(" unseen", " ", "")],
+    ]
+    teacher = [text for runs in run_sets for _, text in candidates(runs)]
+    assert len(teacher) >= 10 and all(in_teacher_grammar(t) for t in teacher), [
+        t for t in teacher if not in_teacher_grammar(t)
+    ]
+    for rule in suite():
+        said = paraphrases(rule)
+        assert len(said) >= 2, rule.name
+        assert not any(in_teacher_grammar(p) or p in rule.all_phrasings for p in said), (rule.name, said)
