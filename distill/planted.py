@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 import re
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,12 +45,14 @@ class PlantedRule:
     activation: float = 1.0
     family: str = ""
     phrasings: tuple[str, ...] = ()  # other true explanations (training variety)
+    graded: bool = False  # strength varies by matched text: labels span the classes, not only 0 and 10
 
     def char_activations(self, text: str) -> np.ndarray:
         acts = np.zeros(len(text), dtype=np.float32)
         for m in re.finditer(self.pattern, text, self.flags):
             start, end = m.span(self.group)
-            acts[start:end] = np.maximum(acts[start:end], self.activation)
+            value = self.activation * (match_strength(text[start:end]) if self.graded else 1.0)
+            acts[start:end] = np.maximum(acts[start:end], value)
         return acts
 
     @property
@@ -61,6 +63,13 @@ class PlantedRule:
     @property
     def all_phrasings(self) -> tuple[str, ...]:
         return (self.explanation, *self.phrasings)
+
+
+def match_strength(matched: str) -> float:
+    """A graded rule's strength on one match, in [0.2, 1]: fixed per matched text (case-folded), as a
+    real unit fires harder on some of its tokens than on others; the explanation cannot predict it, so
+    even the true rule's score stays below 1."""
+    return 0.2 + 0.8 * (zlib.crc32(matched.strip().lower().encode()) % 1000) / 999
 
 
 def word_rule(word: str) -> PlantedRule:
@@ -245,10 +254,15 @@ def simulator_rows(
     others: int = 0,
     seed: int = 0,
     dataset: str = BUILTIN,
+    phrasings: Callable[[PlantedRule], Sequence[str]] | None = None,
 ) -> list[dict]:
     """Training rows (`distill.simulator_data.feature_rows` layout) for a fine-tuned simulator: per rule,
     `per_rule` of its top windows and `n_random` random ones, each labelled under the rule itself (a
-    random true phrasing) and under `others` other rules (their phrasing and their own labels, mostly 0)."""
+    random true phrasing) and under `others` other rules (their phrasing and their own labels, mostly 0:
+    the mismatched rows that teach it to read the explanation rather than the text). `phrasings` says
+    which true phrasings a row may carry (default: the suite's, `all_phrasings`; e.g.
+    `planted_paraphrases.paraphrases` to keep the teacher's template wording out of training)."""
+    phrasings = phrasings or (lambda r: r.all_phrasings)
     from neuroscribe.simulators.finetuned_format import activation_classes
 
     rng = random.Random(seed)
@@ -269,7 +283,7 @@ def simulator_rows(
                     {
                         "feature": labeller.feature.key,
                         "stage": "stage1",
-                        "explanation": rng.choice(labeller.all_phrasings),
+                        "explanation": rng.choice(list(phrasings(labeller))),
                         "explanation_score": float("nan"),
                         "window_id": w.window_id,
                         "split": "explain",

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from neuroscribe.configs import DemoConfig
 from neuroscribe.distill.planted import PlantedRule, planted_features, simulator_rows
+from neuroscribe.distill.planted_paraphrases import paraphrases
 from neuroscribe.distill.planted_rules import split_suite, suite
 from neuroscribe.records import FeatureExemplars, FeatureId
 from neuroscribe.runs.files import fingerprint, write_json, write_text
@@ -26,7 +28,8 @@ PLANTED_TOP, PLANTED_RANDOM = 12, 9  # per planted feature: 4 top + 3 random exe
 
 def planted_parts(cfg: DemoConfig) -> dict[str, list[PlantedRule]]:
     """The suite's three parts; the explainer and held-out parts capped as `cfg` says (first in order)."""
-    parts = split_suite(suite())
+    rules = [replace(r, graded=True) for r in suite()] if cfg.planted_graded else suite()
+    parts = split_suite(rules)
     return {
         "simulator": parts["simulator"],
         "explainer": parts["explainer"][: cfg.planted_explainer],
@@ -110,6 +113,10 @@ def simulator_settings(cfg: DemoConfig, rules: list[PlantedRule]) -> dict:
         "batch": cfg.simulator_batch,
         "lora_layers": cfg.simulator_lora_layers,
         "seed": cfg.seed,
+        # added later: in the key only when set, so the default configuration keeps its cached simulator
+        **({"others": cfg.simulator_others} if cfg.simulator_others else {}),
+        **({"phrasings": cfg.simulator_phrasings} if cfg.simulator_phrasings != "suite" else {}),
+        **({"graded": True} if cfg.planted_graded else {}),
     }
 
 
@@ -125,7 +132,9 @@ def simulator_data(tokenizer, rules: list[PlantedRule], heldout: list[str], cfg:
         max_windows=cfg.simulator_windows,
         per_rule=cfg.simulator_per_rule,
         n_random=cfg.simulator_random,
+        others=cfg.simulator_others,
         seed=cfg.seed,
+        phrasings=paraphrases if cfg.simulator_phrasings == "paraphrases" else None,
     )
     return write_simulator_dataset(
         out,

@@ -555,6 +555,14 @@ class DemoConfig:
     """Top windows per training rule (each labelled with a random true phrasing) ..."""
     simulator_random: int = 3
     """... and random windows per rule (mostly all-zero labels)."""
+    simulator_others: int = 0
+    """Mismatched rows per window: the window labelled under this many other rules (their phrasing, their
+    labels), which teaches the simulator to read the explanation rather than the text."""
+    simulator_phrasings: str = "suite"
+    """Which true phrasings label its training rows: suite (the rules' own phrasings, which share the
+    teacher's template grammar) or paraphrases (natural paraphrases only, no template wording)."""
+    planted_graded: bool = False
+    """Planted rules fire at strengths fixed per matched text (labels span the classes) instead of 1.0."""
     simulator_windows: int = 2000
     """Corpus windows the training rows are drawn from."""
     simulator_lora_layers: str | None = None
@@ -597,3 +605,9 @@ class DemoConfig:
     """Held-out features whose unselected rows are re-scored on the selection split (split-half r)."""
     seed: int = 0
     """Seed of every draw."""
+
+    def __post_init__(self) -> None:
+        if self.simulator_phrasings not in ("suite", "paraphrases"):
+            raise ValueError(f"--simulator-phrasings must be suite or paraphrases, got {self.simulator_phrasings!r}")
+        if self.simulator_others < 0:
+            raise ValueError(f"--simulator-others must be >= 0, got {self.simulator_others}")

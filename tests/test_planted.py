@@ -171,3 +171,29 @@ def test_every_rule_has_paraphrases_outside_the_teacher_grammar():
         said = paraphrases(rule)
         assert len(said) >= 2, rule.name
         assert not any(in_teacher_grammar(p) or p in rule.all_phrasings for p in said), (rule.name, said)
+
+
+def test_graded_rules_span_the_label_classes_and_training_can_avoid_template_wording(tok):
+    """Binary planted rules give only classes 0 and 10; graded ones fire at strengths fixed per matched text
+    (the same word always alike), and paraphrase-only rows never carry a phrasing of the teacher's grammar."""
+    from dataclasses import replace
+
+    from neuroscribe.distill.planted import match_strength
+    from neuroscribe.distill.planted_paraphrases import in_teacher_grammar, paraphrases
+
+    by_name = {r.name: r for r in suite()}
+    rules = [replace(by_name[n], graded=True) for n in ("shape:digits", "punct:,", "word:object")]
+    rows = simulator_rows(
+        tok, rules, window=16, max_windows=600, per_rule=3, n_random=2, others=2, seed=0, phrasings=paraphrases
+    )
+    assert len(rows) == len(rules) * (3 + 2) * 3  # each window under its own rule and two mismatched ones
+    classes = {c for r in rows for c in r["classes"]}
+    assert len(classes - {0}) >= 3, classes
+    for row in rows:
+        assert row["explanation"] in paraphrases(next(r for r in rules if r.feature.key == row["feature"]))
+        assert not in_teacher_grammar(row["explanation"])
+        for token, a in zip(row["tokens"], row["activations"]):
+            if a > 0 and row["feature"] == rules[2].feature.key and token.strip().lower() == "object":
+                assert a == pytest.approx(match_strength("object"))
+    binary = simulator_rows(tok, [by_name["shape:digits"]], window=16, max_windows=600, per_rule=3, n_random=0, seed=0)
+    assert {c for r in binary for c in r["classes"]} <= {0, 10}
