@@ -72,6 +72,13 @@ def test_demo_runs_every_stage_and_a_rerun_reuses_everything(tiny_llama, tmp_pat
     assert len(sims) == 2 and all(v["rules"] and v["n_rules"] == len(v["rules"]) for v in sims.values())
     report = (out / "eval" / "report.md").read_text()
     assert report.startswith("# ") and "**Did the student get better?**" in report
+    # the validity gates: near misses of the rule's family and paraphrases scored, the verdict opens the report
+    for sim in sims.values():
+        assert {g["name"] for g in sim["gates"]} == {"near_miss", "unseen_families", "paraphrases"}
+        assert all(len(r["paraphrase_scores"]) == 2 for r in sim["rules"])
+    opening = report.split("\n\n")[1]
+    assert opening.startswith(("**The judge FAILED", "The judge passed")), opening[:200]
+    assert "## Validity gates (read these before any score)" in report
     demo = json.loads((out / "demo.json").read_text())
     assert demo["status"] == "complete" and [s["stage"] for s in demo["stages"]][:3] == [
         "collect",
