@@ -15,6 +15,9 @@ _SFT_META = {"variant": Value("int32"), "score": Value("float64"), "explainer": 
 FEATURES = {
     "sft": Features({**_COMMON, **_SFT_META, "prompt": _MESSAGES, "completion": _MESSAGES}),
     "chat": Features({**_COMMON, **_SFT_META, "messages": _MESSAGES}),
+    "sft_control": Features(
+        {**_COMMON, **_SFT_META, "prompt": _MESSAGES, "completion": _MESSAGES, "control_of": Value("string")}
+    ),
     "preference": Features(
         {
             **_COMMON,
@@ -111,6 +114,8 @@ Explanations of features of **{info["source_model"]}**, written by a teacher mod
 - `sft`: conversational prompt / completion (completion-only loss in TRL).
 - `chat`: the same rows as one `messages` list.
 - `preference`: prompt / chosen / rejected, for DPO.
+- `sft_control`: the `sft` rows with each feature's winner moved to another feature's prompt (`control_of`
+  names it): a format-control student trained on it learns the winners' form without their content.
 
 Splits are drawn by feature. `heldout.txt` lists features reserved for evaluation; no split of
 this dataset contains them. `build.json` holds every parameter and the exact feature lists.

@@ -31,7 +31,9 @@ from neuroscribe.runs.explain import ExplainRun, read_explain_run
 from neuroscribe.runs.files import RunFileError, guard_output
 
 ANSWER_PREFIX = "Explanation: "  # the answer format the explainer prompt asks for
-CONFIGS = ("sft", "chat", "preference")
+# sft_control: the format-control student's data, the sft rows with every feature's winner moved to another
+# feature's prompt (the same winners, the same form, no content match; `format_control`)
+CONFIGS = ("sft", "chat", "preference", "sft_control")
 SPLITS = ("train", "validation")
 
 Lookup = Mapping[str, FeatureExemplars] | Callable[[str], FeatureExemplars]
@@ -246,7 +248,25 @@ def build_rows(
                     "score_rejected": float(rejected.score),
                 }
             )
+    for part in SPLITS:
+        out["sft_control"][part] = format_control(out["sft"][part], cfg.seed)
     return out
+
+
+def format_control(rows: list[dict], seed: int) -> list[dict]:
+    """The sft rows with completions shuffled across features: features in a seeded order, each prompt
+    given the next feature's winner (a cycle, so no feature keeps its own; every variant of a feature
+    alike). A student trained on these learns the winners' form and none of their content: the control
+    that a distillation gain must beat. Fewer than two features: no control rows."""
+    winners: dict[str, list] = {}
+    for r in rows:
+        winners.setdefault(r["feature"], r["completion"])
+    order = sorted(winners)
+    if len(order) < 2:
+        return []
+    random.Random(f"format-control:{seed}").shuffle(order)
+    source = {key: order[(i + 1) % len(order)] for i, key in enumerate(order)}
+    return [{**r, "completion": winners[source[r["feature"]]], "control_of": source[r["feature"]]} for r in rows]
 
 
 def _describe(values: list[float]) -> dict:

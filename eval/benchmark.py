@@ -60,6 +60,7 @@ from .explainers import (
 )
 from .heldout import dataset_folders, heldout_features
 from .results import (
+    COMPARISONS,
     REPORT_SPLIT,
     SELECTION_SPLIT,
     Cost,
@@ -318,6 +319,9 @@ def explainer_list(cfg: EvalConfig, teacher: _Side) -> list[Explainer]:
     out.append(Explainer("student_best_of_1", "student best-of-1 (greedy)", "student", 1, "greedy"))
     if cfg.base:
         out.append(Explainer("base_best_of_1", "base model best-of-1 (greedy, before training)", "base", 1, "greedy"))
+    if cfg.control:
+        label = "format-control student best-of-1 (greedy; winners shuffled across features)"
+        out.append(Explainer("control_best_of_1", label, "control", 1, "greedy"))
     if cfg.reference:
         out.append(Explainer("reference", f"reference: {cfg.reference_label}", "reference", 0, "given"))
     return out + [
@@ -352,6 +356,8 @@ def _outcomes(
     add("student_best_of_1", sides["student"].first[key])
     if "base" in sides:
         add("base_best_of_1", sides["base"].first[key])
+    if "control" in sides:
+        add("control_best_of_1", sides["control"].first[key])
     if key in references:  # known-true explanations exist for planted features only
         add("reference", references[key])
     add("baseline_top_tokens", top_tokens_explanation(record))
@@ -391,6 +397,7 @@ def evaluate(cfg: EvalConfig, simulators: list | None = None) -> EvalOutputs:
             "--features": features_file,
             "--teacher-results": cfg.teacher_results,
             "--student": cfg.student if Path(cfg.student).exists() else None,
+            "--control": cfg.control if cfg.control and Path(cfg.control).exists() else None,
             "--datasets": cfg.datasets,
             "--cache": cfg.cache,
             "--reference": cfg.reference,
@@ -400,6 +407,11 @@ def evaluate(cfg: EvalConfig, simulators: list | None = None) -> EvalOutputs:
     student_spec = backend_spec(cfg.student)
     local_student = student_spec[3:] if student_spec.startswith("hf:") else None
     keys = heldout_features(features_file, cfg.datasets, local_student)
+    if cfg.control:  # the control student trained on the same features: its data is checked alike
+        control_spec = backend_spec(cfg.control)
+        heldout_features(features_file, cfg.datasets, control_spec[3:] if control_spec.startswith("hf:") else None)
+    if cfg.primary not in {name for name, *_ in COMPARISONS}:
+        raise ValueError(f"--primary {cfg.primary!r}: choose one of {[name for name, *_ in COMPARISONS]}")
     store = ExemplarStore(cfg.store)
     records = _records(store, keys, features_file)
     # read before any model loads, so a bad folder fails fast
@@ -421,6 +433,10 @@ def evaluate(cfg: EvalConfig, simulators: list | None = None) -> EvalOutputs:
             timings = {"load": time.perf_counter() - t0}
             t = time.perf_counter()
             sides = {"student": _sampled_side(cfg.student, "eval-student", records, cfg, style, cache, scorer)}
+            if cfg.control:
+                sides["control"] = _sampled_side(
+                    cfg.control, "eval-control", records, cfg, style, cache, scorer, greedy_only=True
+                )
             if cfg.base:
                 sides["base"] = _sampled_side(
                     cfg.base, "eval-base", records, cfg, style, cache, scorer, greedy_only=True
@@ -492,6 +508,8 @@ def _results(cfg, store, features_file, keys, sides, sims, features, explainers,
     }
     if "base" in sides:
         cost["base_best_of_1"] = sides["base"].first_cost.per_explanation()
+    if "control" in sides:
+        cost["control_best_of_1"] = sides["control"].first_cost.per_explanation()
     specs = [s.spec for s in sims]
     kw = dict(n_resamples=cfg.n_resamples, seed=cfg.seed)
     results = {
@@ -513,6 +531,7 @@ def _results(cfg, store, features_file, keys, sides, sims, features, explainers,
             "student": backend_spec(cfg.student),
             "student_trained_on": [str(p) for p in trained_on(cfg.student)] if Path(cfg.student).is_dir() else [],
             "base": backend_spec(cfg.base) if cfg.base else None,
+            "control": backend_spec(cfg.control) if cfg.control else None,
             "simulators": specs,
             "selection_simulator": specs[0],
             "prompt_version": PROMPT_VERSION,

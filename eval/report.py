@@ -77,13 +77,25 @@ def answer(results: dict) -> str:
     n = len(results["features"])
     gates = results.get("gates", {}).get(sim)
     lines = [_gates_verdict(gates)] if gates else []
+    primary = results.get("config", {}).get("primary", "distillation_gain")
+    if primary != "distillation_gain":
+        c = comp.get(primary)
+        lines.append(
+            f"**Primary comparison** (declared before the eval ran): {c['what']}, paired over "
+            f"{c['difference']['n']} held-out features: {fmt_interval(c['difference'])} — "
+            f"{_verdict(c['difference'])}; every other number below is secondary."
+            if c
+            else f"**Primary comparison** (declared before the eval ran): {primary} — not measured here (a row "
+            "it needs was not evaluated)."
+        )
     gain = comp.get("distillation_gain")
     if gain:
         d = gain["difference"]
         lines.append(
             f"**Did the student get better?** Its greedy best-of-1 minus its base model's, paired over "
             f"{d['n']} held-out features: {fmt_interval(d)} — {_verdict(d)} (wins/ties/losses "
-            f"{gain['wins']}/{gain['ties']}/{gain['losses']})."
+            f"{gain['wins']}/{gain['ties']}/{gain['losses']})"
+            + (" — the primary comparison, declared before the eval ran." if primary == "distillation_gain" else ".")
         )
     else:
         lines.append(

@@ -54,7 +54,7 @@ from .stats import bootstrap_ci, correlation, gap_closed, paired_difference, win
 SELECTION_SPLIT = "score"
 REPORT_SPLIT = "test"
 REFERENCE = "teacher"
-UNSELECTED_KINDS = ("base", "reference", "baseline")  # kinds whose explanation no score selected
+UNSELECTED_KINDS = ("base", "control", "reference", "baseline")  # kinds whose explanation no score selected
 
 
 @dataclass(frozen=True)
@@ -242,6 +242,13 @@ def summarise(
 # What the headline comparisons mean: (name, a, b, in words)
 COMPARISONS = (
     ("distillation_gain", "student_best_of_1", "base_best_of_1", "student best-of-1 minus its base model's best-of-1"),
+    (
+        "student_vs_format_control",
+        "student_best_of_1",
+        "control_best_of_1",
+        "student best-of-1 minus the format-control student's (the same winners shuffled across features)",
+    ),
+    ("student_vs_top_tokens", "student_best_of_1", "baseline_top_tokens", "student best-of-1 minus the top tokens"),
     (
         "student_vs_teacher_best_of_1",
         "student_best_of_1",

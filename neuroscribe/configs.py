@@ -467,6 +467,12 @@ class EvalConfig:
     reliability: N drawn with the seed (default: all)."""
     base: str | None = None
     """The student's starting model: its greedy best-of-1 is the 'before training' row (distillation gain)."""
+    control: str | None = None
+    """A format-control student: trained like the student on the same winners shuffled across features
+    (`sft_control` of `distill build`); its greedy best-of-1 row isolates what content adds over form."""
+    primary: str = "distillation_gain"
+    """The one primary comparison, declared before the eval runs (e.g. student_vs_format_control); the
+    report states it first, every other comparison is secondary."""
     reference: str | None = None
     """JSONL {feature, explanation} of known-true explanations (planted rules): the ceiling row, for the
     features it names."""

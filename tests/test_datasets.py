@@ -243,7 +243,7 @@ def test_card_reports_provenance_and_scores(tmp_path):
         assert needle in card.text
     winner_mean = result.stats["winner_score"]["mean"]
     assert f"{winner_mean:.3f}" in card.text
-    assert {c["config_name"] for c in card.data.configs} == {"sft", "chat", "preference"}
+    assert {c["config_name"] for c in card.data.configs} == {"sft", "chat", "preference", "sft_control"}
 
 
 def test_never_clobbers_existing_output(tmp_path):
@@ -292,3 +292,19 @@ def distilled_dataset(path, n_features: int = 12, n_top: int = 24):
     _, records = scored_fixture(path / "scored", n_features=n_features, n_top=n_top)
     cfg = _cfg(path, "data", threshold=0.3, min_margin=0.2, heldout_fraction=0.2, validation_fraction=0.15)
     return build_datasets(cfg, records=records).out_dir
+
+
+def test_the_format_control_rows_move_every_winner_to_another_feature(tmp_path):
+    cands, records = scored_fixture(tmp_path / "scored", n_features=8)
+    result = build_datasets(_cfg(tmp_path, augment=1, heldout_fraction=0.0, validation_fraction=0.0), records=records)
+    sft, control = rows_of(result.out_dir, "sft")["train"], rows_of(result.out_dir, "sft_control")["train"]
+    assert len(control) == len(sft) and sorted(control["feature"]) == sorted(sft["feature"])
+    own = {r["feature"]: r["completion"] for r in sft}
+    for row in control:
+        assert row["control_of"] != row["feature"] and row["completion"] == own[row["control_of"]]
+    # the same winners, each used once per feature: only who gets which moved
+    assert sorted({r["control_of"] for r in control}) == sorted(own)
+    variants = {}
+    for row in control:  # a feature's augmented variants all carry the same borrowed winner
+        variants.setdefault(row["feature"], set()).add(row["control_of"])
+    assert all(len(v) == 1 for v in variants.values())

@@ -662,3 +662,23 @@ def test_intervention_scores_every_row_of_the_subjects_features_and_the_report_s
     assert rows["teacher"]["judge_accuracy"] == pytest.approx(mean)
     report = (tmp_path / "iv" / "report.md").read_text()
     assert "## Scored by intervention" in report and "named_token_percentile" in report
+
+
+def test_a_format_control_row_and_a_declared_primary_comparison(tiny_llama, tmp_path):
+    """The control student is evaluated like the student (greedy best-of-1), compared with it, and a
+    primary comparison named before the eval opens the report's answer; an unknown one is refused."""
+    evaluated = planted_eval(tmp_path, tiny_llama, control=str(tiny_llama), primary="student_vs_format_control")
+    res, sim = evaluated.results, "test:quoted-word"
+    assert "control_best_of_1" in {e["name"] for e in res["explainers"]}
+    comp = res["comparisons"][sim]["student_vs_format_control"]
+    assert comp["b"] == "control_best_of_1" and comp["difference"]["n"] == len(PLANTED)
+    # the same model on both sides, greedy: every pair ties
+    assert comp["ties"] == len(PLANTED) and comp["difference"]["estimate"] == pytest.approx(0.0)
+    opening = (evaluated.out / "report.md").read_text().split("\n\n")[1]
+    assert opening.startswith("The judge passed its one validity gate (ceiling)."), opening[:200]
+    assert (
+        "**Primary comparison** (declared before the eval ran): student best-of-1 minus the format-control" in opening
+    )
+    assert res["config"]["primary"] == "student_vs_format_control" and res["provenance"]["control"]
+    with pytest.raises(ValueError, match="--primary 'gain'"):
+        planted_eval(tmp_path / "again", tiny_llama, primary="gain")

@@ -1,7 +1,8 @@
 """Dataset folders: written by `distill build` (explainer data) and `distill simulator-data`
 (simulator data); read by the training entry points, eval's leak check and the demo.
 
-  {config}/{split}.parquet  config sft | chat | preference (build) or stage1 | stage2 (simulator data);
+  {config}/{split}.parquet  config sft | chat | preference | sft_control (build: the format-control
+                            student's rows) or stage1 | stage2 (simulator data);
                             split train | validation; every row has a `feature` column
   heldout.txt               features reserved for evaluation, one key per line (`#` comments allowed);
                             no split of the folder contains them
@@ -34,7 +35,7 @@ from neuroscribe.runs.files import (
 
 BUILD, HELDOUT = "build.json", "heldout.txt"
 TRAINING_SPLITS = ("train", "validation")  # validation steers training, so it is no held-out evidence
-CONFIGS = ("sft", "chat", "preference", "stage1", "stage2")
+CONFIGS = ("sft", "chat", "preference", "sft_control", "stage1", "stage2")
 
 
 def heldout_file(path: str | Path) -> Path:
