@@ -20,12 +20,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from neuroscribe.backends import SamplingParams
 from neuroscribe.cache import Cache, cache_key
 from neuroscribe.configs import EvalConfig
 from neuroscribe.options import to_dict
+from neuroscribe.progress import progress
 from neuroscribe.prompts import PROMPT_VERSION
 from neuroscribe.records import Explanation, FeatureExemplars, ScoredExplanation
 from neuroscribe.runs.datasets import heldout_file, read_build
@@ -448,7 +447,7 @@ def evaluate(cfg: EvalConfig, simulators: list | None = None) -> EvalOutputs:
                 feature_entry(
                     records[k], _outcomes(records[k], sides, pool, references, scorer, cfg), _insufficient(records[k])
                 )
-                for k in tqdm(keys, desc=f"eval: score on {REPORT_SPLIT}", unit="feat", disable=not cfg.progress)
+                for k in progress(keys, desc=f"eval: score on {REPORT_SPLIT}", unit="feat", disable=not cfg.progress)
             ]
             timings["score"] = time.perf_counter() - t
             timings["score_parts"] = scorer.seconds
@@ -474,7 +473,7 @@ def _score_by_intervention(cfg: EvalConfig, store, records: dict, features: list
     from neuroscribe.interventions import InterventionScorer
 
     scorer = InterventionScorer(store, "subject", cfg.steer, cfg.dtype)
-    for entry in tqdm(features, desc="eval: intervention", unit="feat", disable=not cfg.progress):
+    for entry in progress(features, desc="eval: intervention", unit="feat", disable=not cfg.progress):
         if entry["kind"] == "planted" or entry["insufficient"]:
             continue
         for row in entry["results"].values():

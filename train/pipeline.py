@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ def prepare(script_args, training_args, model_args, require_chat_template: bool 
     import transformers
 
     transformers.set_seed(training_args.seed)
+    if not sys.stderr.isatty():  # a log (CI, the demo): the Trainer's loss lines, not a bar frame per step
+        training_args.disable_tqdm = True
     setup_logging(training_args)
     setup_wandb(script_args, training_args)
     if training_args.push_to_hub:
