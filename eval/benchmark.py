@@ -70,6 +70,7 @@ from .results import (
     feature_entry,
     reliability,
     scored_exemplars,
+    seeded_comparisons,
     summarise,
 )
 
@@ -318,9 +319,19 @@ def explainer_list(cfg: EvalConfig, teacher: _Side) -> list[Explainer]:
     out.append(Explainer("student_best_of_1", "student best-of-1 (greedy)", "student", 1, "greedy"))
     if cfg.base:
         out.append(Explainer("base_best_of_1", "base model best-of-1 (greedy, before training)", "base", 1, "greedy"))
+    for i, _ in enumerate(cfg.student_seeds, 1):
+        out.append(
+            Explainer(
+                f"student_best_of_1_s{i}", f"student best-of-1 (greedy), seed run {i + 1}", "student", 1, "greedy"
+            )
+        )
     if cfg.control:
         label = "format-control student best-of-1 (greedy; winners shuffled across features)"
         out.append(Explainer("control_best_of_1", label, "control", 1, "greedy"))
+    for i, _ in enumerate(cfg.control_seeds, 1):
+        out.append(
+            Explainer(f"control_best_of_1_s{i}", f"format-control best-of-1, seed run {i + 1}", "control", 1, "greedy")
+        )
     if cfg.reference:
         out.append(Explainer("reference", f"reference: {cfg.reference_label}", "reference", 0, "given"))
     return out + [
@@ -357,6 +368,10 @@ def _outcomes(
         add("base_best_of_1", sides["base"].first[key])
     if "control" in sides:
         add("control_best_of_1", sides["control"].first[key])
+    for name, side in sides.items():  # further training seeds: greedy rows of their own
+        if name.startswith(("student_s", "control_s")):
+            kind, _, i = name.partition("_s")
+            add(f"{kind}_best_of_1_s{i}", side.first[key])
     if key in references:  # known-true explanations exist for planted features only
         add("reference", references[key])
     add("baseline_top_tokens", top_tokens_explanation(record))
@@ -406,9 +421,12 @@ def evaluate(cfg: EvalConfig, simulators: list | None = None) -> EvalOutputs:
     student_spec = backend_spec(cfg.student)
     local_student = student_spec[3:] if student_spec.startswith("hf:") else None
     keys = heldout_features(features_file, cfg.datasets, local_student)
-    if cfg.control:  # the control student trained on the same features: its data is checked alike
-        control_spec = backend_spec(cfg.control)
-        heldout_features(features_file, cfg.datasets, control_spec[3:] if control_spec.startswith("hf:") else None)
+    for other in (cfg.control, *cfg.student_seeds, *cfg.control_seeds):  # trained on the same features: checked alike
+        if other:
+            spec = backend_spec(other)
+            heldout_features(features_file, cfg.datasets, spec[3:] if spec.startswith("hf:") else None)
+    if len(cfg.control_seeds) not in (0, len(cfg.student_seeds)):
+        raise ValueError("--control-seeds pairs with --student-seeds in order: give as many, or none")
     if cfg.primary not in {name for name, *_ in COMPARISONS}:
         raise ValueError(f"--primary {cfg.primary!r}: choose one of {[name for name, *_ in COMPARISONS]}")
     store = ExemplarStore(cfg.store)
@@ -436,6 +454,11 @@ def evaluate(cfg: EvalConfig, simulators: list | None = None) -> EvalOutputs:
                 sides["control"] = _sampled_side(
                     cfg.control, "eval-control", records, cfg, style, cache, scorer, greedy_only=True
                 )
+            for kind, specs in (("student", cfg.student_seeds), ("control", cfg.control_seeds)):
+                for i, spec in enumerate(specs, 1):
+                    sides[f"{kind}_s{i}"] = _sampled_side(
+                        spec, f"eval-{kind}-s{i}", records, cfg, style, cache, scorer, greedy_only=True
+                    )
             if cfg.base:
                 sides["base"] = _sampled_side(
                     cfg.base, "eval-base", records, cfg, style, cache, scorer, greedy_only=True
@@ -509,6 +532,10 @@ def _results(cfg, store, features_file, keys, sides, sims, features, explainers,
         cost["base_best_of_1"] = sides["base"].first_cost.per_explanation()
     if "control" in sides:
         cost["control_best_of_1"] = sides["control"].first_cost.per_explanation()
+    for name, side in sides.items():
+        if name.startswith(("student_s", "control_s")):
+            kind, _, i = name.partition("_s")
+            cost[f"{kind}_best_of_1_s{i}"] = side.first_cost.per_explanation()
     specs = [s.spec for s in sims]
     kw = dict(n_resamples=cfg.n_resamples, seed=cfg.seed)
     results = {
@@ -542,6 +569,7 @@ def _results(cfg, store, features_file, keys, sides, sims, features, explainers,
         "features": features,
         "summary": {s: summarise(features, explainers, s, **kw) for s in specs},
         "comparisons": {s: comparisons(features, explainers, s, **kw) for s in specs},
+        "seeded": {s: seeded_comparisons(features, explainers, s, **kw) for s in specs},
         "reliability": {s: reliability(features, explainers, s, **kw) for s in specs},
         "by_kind": {s: by_kind(features, explainers, s, **kw) for s in specs},
         "cost": {e.name: cost.get(e.name, no_llm) for e in explainers},

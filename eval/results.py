@@ -21,6 +21,9 @@ results.json (schema 2; strict JSON: an undefined score, NaN in memory, is writt
                 by_layer {layer: Interval}, judges {name: Interval}}}}
   comparisons   {simulator: {name: {a, b, what, difference (Interval of a - b, paired by feature), wins,
                 losses, ties, win_rate}}} and `gap_closed` (Interval) where the rows exist
+  seeded        {simulator: {name: {a [rows], b [rows], what, seeds, difference (Interval)}}}: with several
+                student training seeds, each student-best-of-1 comparison with a hierarchical interval
+                (seeds x clusters x features; a cluster is a unit or a planted rule family)
   reliability   {simulator: {pooled: Interval of the split-half r over every unselected row, each row's scores
                 centred on its own means first (between-row differences would inflate it), by_explainer
                 {name: Interval}}}
@@ -49,7 +52,7 @@ from neuroscribe import scorers
 from neuroscribe.records import Exemplar, FeatureExemplars, ScoredExplanation, to_json
 from neuroscribe.scorers import headline
 
-from .stats import bootstrap_ci, correlation, gap_closed, paired_difference, win_rate
+from .stats import bootstrap_ci, clustered_difference, correlation, gap_closed, paired_difference, win_rate
 
 SELECTION_SPLIT = "score"
 REPORT_SPLIT = "test"
@@ -290,6 +293,45 @@ def comparisons(
                 )
             ),
         }
+    return out
+
+
+def cluster_of(feature: dict) -> str:
+    """The cluster a feature is resampled with: its unit (both polarities of a neuron or latent) or, for
+    a planted feature, its rule family (the layer index names the family)."""
+    if feature["kind"] == "planted":
+        return f"planted family {feature['layer']}"
+    return f"{feature['kind']}/L{feature['layer']}/{feature['index']}"
+
+
+def _seed_rows(explainers: Sequence[Explainer], stem: str) -> list[str]:
+    names = [e.name for e in explainers]
+    return [n for n in names if n == stem or n.startswith(f"{stem}_s")]
+
+
+def seeded_comparisons(
+    features: Sequence[dict], explainers: Sequence[Explainer], simulator: str, n_resamples: int = 2000, seed: int = 0
+) -> dict:
+    """Where the student was trained with several seeds (rows student_best_of_1, student_best_of_1_s1, ...):
+    every comparison of `student best-of-1` with a hierarchical interval (`stats.clustered_difference`:
+    seeds, then clusters, then features). A control with as many seeds pairs seed by seed; a single
+    other side (base, teacher, one control) is the same for every seed. {} with one seed."""
+    students = _seed_rows(explainers, "student_best_of_1")
+    if len(students) < 2:
+        return {}
+    clusters = [cluster_of(f) for f in features]
+    out = {}
+    for name, a, b, what in COMPARISONS:
+        if a != "student_best_of_1":
+            continue
+        others = _seed_rows(explainers, b)
+        if not others:
+            continue
+        bs = others if len(others) == len(students) else [others[0]] * len(students)
+        xs = [values_of(features, s, simulator) for s in students]
+        ys = [values_of(features, o, simulator) for o in bs]
+        interval = clustered_difference(xs, ys, clusters, n_resamples=n_resamples, seed=seed)
+        out[name] = {"a": students, "b": bs, "what": what, "seeds": len(students), "difference": asdict(interval)}
     return out
 
 

@@ -470,6 +470,12 @@ class EvalConfig:
     control: str | None = None
     """A format-control student: trained like the student on the same winners shuffled across features
     (`sft_control` of `distill build`); its greedy best-of-1 row isolates what content adds over form."""
+    student_seeds: tuple[str, ...] = ()
+    """More training seeds of the student (the same recipe, another --seed; repeat the option): each is
+    evaluated greedy, and the comparisons of `student best-of-1` then get a hierarchical interval that
+    resamples seeds, then units or rule families, then features."""
+    control_seeds: tuple[str, ...] = ()
+    """More training seeds of the format-control student, paired with student_seeds in order."""
     primary: str = "distillation_gain"
     """The one primary comparison, declared before the eval runs (e.g. student_vs_format_control); the
     report states it first, every other comparison is secondary."""

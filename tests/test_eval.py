@@ -682,3 +682,26 @@ def test_a_format_control_row_and_a_declared_primary_comparison(tiny_llama, tmp_
     assert res["config"]["primary"] == "student_vs_format_control" and res["provenance"]["control"]
     with pytest.raises(ValueError, match="--primary 'gain'"):
         planted_eval(tmp_path / "again", tiny_llama, primary="gain")
+
+
+def test_several_student_seeds_get_a_hierarchical_interval_on_the_primary_comparison(tiny_llama, tmp_path):
+    """Three 'seeds' of the student (the same tiny model three times) and three of the control: each is
+    a row of its own, and the primary comparison gets the seeds x clusters x features interval."""
+    evaluated = planted_eval(
+        tmp_path,
+        tiny_llama,
+        control=str(tiny_llama),
+        student_seeds=(str(tiny_llama), str(tiny_llama)),
+        control_seeds=(str(tiny_llama), str(tiny_llama)),
+        primary="student_vs_format_control",
+    )
+    res, sim = evaluated.results, "test:quoted-word"
+    names = {e["name"] for e in res["explainers"]}
+    assert {"student_best_of_1_s1", "student_best_of_1_s2", "control_best_of_1_s1", "control_best_of_1_s2"} <= names
+    seeded = res["seeded"][sim]["student_vs_format_control"]
+    assert seeded["seeds"] == 3 and seeded["b"] == ["control_best_of_1", "control_best_of_1_s1", "control_best_of_1_s2"]
+    assert seeded["difference"]["estimate"] == pytest.approx(0.0) and seeded["difference"]["n"] == len(PLANTED)
+    assert res["seeded"][sim]["student_vs_teacher_best_of_1"]["b"] == ["teacher_best_of_1"] * 3
+    assert "Over the student's 3 training seeds" in (evaluated.out / "report.md").read_text()
+    with pytest.raises(ValueError, match="--control-seeds pairs with --student-seeds"):
+        planted_eval(tmp_path / "again", tiny_llama, student_seeds=(str(tiny_llama),), control_seeds=("a", "b"))
