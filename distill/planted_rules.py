@@ -482,9 +482,56 @@ def _position_rules() -> list[PlantedRule]:
     return out
 
 
-def suite() -> list[PlantedRule]:
-    """Every rule of every family (module doc), names unique."""
-    rules = [_word_rule(w) for w in FREQUENT_WORDS]
+# more frequent words of the builtin corpus, for a suite large enough to hold out 130+ rules (`suite(larger=True)`)
+MORE_WORDS = (
+    "attributes",
+    "arguments",
+    "methods",
+    "objects",
+    "values",
+    "names",
+    "types",
+    "classes",
+    "functions",
+    "modules",
+    "statements",
+    "expressions",
+    "sequences",
+    "instances",
+    "strings",
+    "keys",
+    "items",
+    "blocks",
+    "operation",
+    "operations",
+    "evaluation",
+    "evaluated",
+    "execution",
+    "executed",
+    "object's",
+    "optional",
+    "positional",
+    "mapping",
+    "container",
+    "identifier",
+    "literal",
+    "namespace",
+    "semantics",
+    "comparison",
+    "implementation",
+    "behaviour",
+    "supported",
+    "section",
+    "description",
+    "details",
+)
+
+
+def suite(larger: bool = False) -> list[PlantedRule]:
+    """Every rule of every family (module doc), names unique; `larger` adds the MORE_WORDS word rules
+    (after every other rule, so the deal of the default suite is unchanged within other families)."""
+    words = FREQUENT_WORDS + tuple(w for w in MORE_WORDS if w not in FREQUENT_WORDS) if larger else FREQUENT_WORDS
+    rules = [_word_rule(w) for w in words]
     rules += [_class_rule(n, e, ws) for n, (e, ws) in WORD_CLASSES.items()]
     rules += [_punct_rule(c, p) for c, p in PUNCTUATION.items()]
     rules += [PlantedRule(f"span:{n}", e, p, group=1, family="span") for n, e, p in SPANS]
@@ -505,17 +552,32 @@ def _position(name: str, seed: int) -> float:
 
 
 def split_suite(
-    rules: Iterable[PlantedRule], fractions: tuple[float, float] = (0.55, 0.3), seed: int = 0
+    rules: Iterable[PlantedRule],
+    fractions: tuple[float, float] = (0.55, 0.3),
+    seed: int = 0,
+    unseen_families: Iterable[str] = (),
+    unseen_explainer: float = 0.25,
 ) -> dict[str, list[PlantedRule]]:
     """Deal rules into simulator / explainer / heldout within each family (module doc): a family's rules
-    sorted by their seeded hash position, the first share to the simulator, the next to the explainer."""
+    sorted by their seeded hash position, the first share to the simulator, the next to the explainer.
+    A family in `unseen_families` gives the simulator none (a judge is then tested on a kind of rule it
+    never saw): `unseen_explainer` of it to the explainer, the rest held out."""
     by_family: dict[str, list[PlantedRule]] = {}
     for r in rules:
         by_family.setdefault(r.family, []).append(r)
+    unseen = set(unseen_families)
+    unknown = unseen - set(by_family)
+    if unknown:
+        raise ValueError(f"unseen families {sorted(unknown)}: the suite's families are {sorted(by_family)}")
     out: dict[str, list[PlantedRule]] = {p: [] for p in PARTS}
     for family in sorted(by_family):
         ranked = sorted(by_family[family], key=lambda r: _position(r.name, seed))
         n = len(ranked)
+        if family in unseen:
+            b = round(unseen_explainer * n)
+            out["explainer"] += ranked[:b]
+            out["heldout"] += ranked[b:]
+            continue
         a = max(1, round(fractions[0] * n)) if n >= 3 else n
         b = max(a + 1, round((fractions[0] + fractions[1]) * n)) if n >= 3 else n
         out["simulator"] += ranked[:a]

@@ -27,6 +27,7 @@ about 1.5x, so the rest runs in order. Each stage's own time is kept; the total 
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -137,6 +138,40 @@ def _check_config(out: Path, cfg: DemoConfig) -> dict:
     return want
 
 
+# The proof configuration (`neuroscribe demo --proof`, issue 21): what the quick demo cannot afford in
+# 15 minutes. Every field it sets is a DemoConfig field; its run folder is its own.
+PROOF = {
+    "out": "runs/proof",
+    "larger_suite": True,
+    "suite_fractions": (0.32, 0.13),
+    "unseen_families": ("morphology", "shape"),
+    "planted_explainer": 1000,
+    "planted_heldout": 1000,
+    "planted_graded": True,
+    "simulator_phrasings": "paraphrases",
+    "simulator_others": 2,
+    "simulator_per_rule": 4,
+    "simulator_random": 2,
+    "simulator_epochs": 1.0,
+    "calibration_wrong": 2,
+    "student_seeds": 3,
+    "format_control": True,
+    "primary": "student_vs_format_control",
+    "judge_features": 0,
+    "reliability_features": 12,
+}
+
+
+def proof_config(cfg: DemoConfig) -> DemoConfig:
+    """`cfg` with PROOF applied (a field given by hand other than its default wins, `out` included)."""
+    import dataclasses
+
+    default = DemoConfig()
+    return dataclasses.replace(
+        cfg, **{k: v for k, v in PROOF.items() if getattr(cfg, k) == getattr(default, k)}, proof=True
+    )
+
+
 def _compute(cfg: DemoConfig) -> tuple[str, int]:
     import torch
 
@@ -162,6 +197,8 @@ def run_demo(cfg: DemoConfig = DemoConfig(), only: str | None = None) -> Path:
 
     from . import demo_data
 
+    if cfg.proof:
+        cfg = proof_config(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     config = _check_config(out, cfg)
@@ -213,14 +250,15 @@ def run_demo(cfg: DemoConfig = DemoConfig(), only: str | None = None) -> Path:
     def do_simulator() -> str:
         if (sim_done / "simulator.json").exists():
             return f"reused {sim_done}"
-        data = demo_data.simulator_data(
+        data, n_rows = demo_data.simulator_data(
             tok, parts["simulator"], read_heldout(heldout_list), cfg, out / "simulator-data"
         )
+        steps = math.ceil(cfg.simulator_epochs * n_rows / cfg.simulator_batch) if cfg.simulator_epochs else None
         flags = {
             "model_name_or_path": cfg.model,
             "dataset_name": data,
             "output_dir": sim_training,
-            "max_steps": cfg.simulator_steps,
+            "max_steps": steps or cfg.simulator_steps,
             "learning_rate": cfg.simulator_lr,
             "lr_scheduler_type": "cosine",
             "warmup_steps": 0.05,
@@ -233,7 +271,7 @@ def run_demo(cfg: DemoConfig = DemoConfig(), only: str | None = None) -> Path:
         }
         _train("simulator", recipes / "tiny/simulator.yaml", flags, logs / "simulator.log", threads)
         demo_data.finish_simulator(sim_training, sim_done, demo_data.simulator_settings(cfg, parts["simulator"]))
-        return f"{len(parts['simulator'])} planted rules, {cfg.simulator_steps} steps -> {sim_done}"
+        return f"{len(parts['simulator'])} planted rules, {steps or cfg.simulator_steps} steps -> {sim_done}"
 
     def do_calibrate() -> str:
         from neuroscribe.distill.planted_paraphrases import paraphrases
@@ -317,24 +355,31 @@ def run_demo(cfg: DemoConfig = DemoConfig(), only: str | None = None) -> Path:
             f"{len(splits['train'])} features; {len(splits['heldout'])} held out"
         )
 
-    def do_sft() -> str:
-        if not (sft / "adapter_config.json").exists():
-            flags = {
-                "model_name_or_path": cfg.model,
-                "dataset_name": distill,
-                "output_dir": sft,
-                "max_steps": cfg.sft_steps,
-                "save_steps": cfg.sft_steps,
-                "per_device_train_batch_size": cfg.sft_batch,
-                "learning_rate": cfg.sft_lr,
-                "lr_scheduler_type": "cosine",
-                "warmup_steps": 0.1,
-                "logging_steps": 1,
-                "seed": cfg.seed,
-                "lora_layers": cfg.sft_lora_layers,
-            }
-            _train("sft", recipes / "tiny/sft.yaml", flags, logs / "sft.log", threads)
-        return f"LoRA SFT, {cfg.sft_steps} steps at lr {cfg.sft_lr} -> {sft}"
+    students = [sft, *(out / f"sft-s{i}" for i in range(1, cfg.student_seeds))]  # seed, seed + 1, ...
+    control = out / "sft-control"
+
+    def sft_stage(folder: Path, seed: int, config: str = "sft") -> Callable[[], str]:
+        def do_sft() -> str:
+            if not (folder / "adapter_config.json").exists():
+                flags = {
+                    "model_name_or_path": cfg.model,
+                    "dataset_name": distill,
+                    "dataset_config": config,
+                    "output_dir": folder,
+                    "max_steps": cfg.sft_steps,
+                    "save_steps": cfg.sft_steps,
+                    "per_device_train_batch_size": cfg.sft_batch,
+                    "learning_rate": cfg.sft_lr,
+                    "lr_scheduler_type": "cosine",
+                    "warmup_steps": 0.1,
+                    "logging_steps": 1,
+                    "seed": seed,
+                    "lora_layers": cfg.sft_lora_layers,
+                }
+                _train("sft", recipes / "tiny/sft.yaml", flags, logs / f"{folder.name}.log", threads)
+            return f"LoRA SFT on {config}, {cfg.sft_steps} steps at lr {cfg.sft_lr}, seed {seed} -> {folder}"
+
+        return do_sft
 
     def do_dpo() -> str:
         """DPO on the merged SFT student (the preference pairs of the same explain run)."""
@@ -382,6 +427,9 @@ def run_demo(cfg: DemoConfig = DemoConfig(), only: str | None = None) -> Path:
             reference_label="the planted rule",
             training_runs=tuple(map(str, runs)),
             calibration=str(calibration),
+            control=str(control) if cfg.format_control else None,
+            student_seeds=tuple(str(f) for f in students[1:]),
+            primary=cfg.primary,
             k=1,
             dtype=dtype,
             max_tokens=cfg.max_tokens,
@@ -410,8 +458,17 @@ def run_demo(cfg: DemoConfig = DemoConfig(), only: str | None = None) -> Path:
         ("train simulator", do_simulator),
         [("calibrate", do_calibrate_apart), ("explain + score", do_explain)],
         ("distill", do_distill),
-        ("train student (SFT)", do_sft),
-        ("eval + report (SFT student)", eval_stage(sft, out / "eval", (sft,))),
+        ("train student (SFT)", sft_stage(sft, cfg.seed)),
+        *(
+            (f"train student (SFT, seed {cfg.seed + i})", sft_stage(f, cfg.seed + i))
+            for i, f in enumerate(students[1:], 1)
+        ),
+        *(
+            [("train format control (SFT on shuffled winners)", sft_stage(control, cfg.seed, "sft_control"))]
+            if cfg.format_control
+            else []
+        ),
+        ("eval + report (SFT student)", eval_stage(sft, out / "eval", tuple(students))),
     ]
     if cfg.dpo_steps:
         stages += [

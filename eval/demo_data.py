@@ -28,8 +28,9 @@ PLANTED_TOP, PLANTED_RANDOM = 12, 9  # per planted feature: 4 top + 3 random exe
 
 def planted_parts(cfg: DemoConfig) -> dict[str, list[PlantedRule]]:
     """The suite's three parts; the explainer and held-out parts capped as `cfg` says (first in order)."""
-    rules = [replace(r, graded=True) for r in suite()] if cfg.planted_graded else suite()
-    parts = split_suite(rules)
+    rules = suite(larger=cfg.larger_suite)
+    rules = [replace(r, graded=True) for r in rules] if cfg.planted_graded else rules
+    parts = split_suite(rules, cfg.suite_fractions, unseen_families=cfg.unseen_families)
     return {
         "simulator": parts["simulator"],
         "explainer": parts["explainer"][: cfg.planted_explainer],
@@ -117,12 +118,15 @@ def simulator_settings(cfg: DemoConfig, rules: list[PlantedRule]) -> dict:
         **({"others": cfg.simulator_others} if cfg.simulator_others else {}),
         **({"phrasings": cfg.simulator_phrasings} if cfg.simulator_phrasings != "suite" else {}),
         **({"graded": True} if cfg.planted_graded else {}),
+        **({"epochs": cfg.simulator_epochs} if cfg.simulator_epochs else {}),
     }
 
 
-def simulator_data(tokenizer, rules: list[PlantedRule], heldout: list[str], cfg: DemoConfig, out: Path) -> Path:
-    """The planted-rule training rows as a `distill simulator-data` folder; `heldout` keys are listed in
-    its heldout.txt, so training refuses any row of theirs."""
+def simulator_data(
+    tokenizer, rules: list[PlantedRule], heldout: list[str], cfg: DemoConfig, out: Path
+) -> tuple[Path, int]:
+    """The planted-rule training rows as a `distill simulator-data` folder, and how many rows it holds;
+    `heldout` keys are listed in its heldout.txt, so training refuses any row of theirs."""
     from neuroscribe.distill.simulator_data import write_simulator_dataset
 
     rows = simulator_rows(
@@ -136,13 +140,14 @@ def simulator_data(tokenizer, rules: list[PlantedRule], heldout: list[str], cfg:
         seed=cfg.seed,
         phrasings=paraphrases if cfg.simulator_phrasings == "paraphrases" else None,
     )
-    return write_simulator_dataset(
+    folder = write_simulator_dataset(
         out,
         {"stage1": {"train": rows, "validation": []}},
         heldout,
         {"scored_dir": f"planted rules ({len(rules)})"},
         overwrite=True,
     )
+    return folder, len(rows)
 
 
 def simulator_cache(cache_root: Path, cfg: DemoConfig, rules: list[PlantedRule]) -> tuple[Path, Path]:

@@ -575,6 +575,26 @@ class DemoConfig:
     teacher's template grammar) or paraphrases (natural paraphrases only, no template wording)."""
     planted_graded: bool = False
     """Planted rules fire at strengths fixed per matched text (labels span the classes) instead of 1.0."""
+    larger_suite: bool = False
+    """Add 40 more word rules to the planted suite (enough to hold out 130+ rules)."""
+    suite_fractions: tuple[float, float] = (0.55, 0.3)
+    """Shares of each family's rules dealt to the simulator and the explainer parts; the rest is held out."""
+    unseen_families: tuple[str, ...] = ()
+    """Rule families the simulator never trains on (a quarter of their rules to the explainer, the rest held
+    out), so the validity gate (b) has something to judge."""
+    simulator_epochs: float | None = None
+    """Train the simulator this many passes over its rows (overrides simulator_steps)."""
+    student_seeds: int = 1
+    """Train the student this many times (seeds seed, seed+1, ...): the eval's primary comparison then gets
+    a hierarchical interval over seeds."""
+    format_control: bool = False
+    """Also train a format-control student on the same winners shuffled across features (sft_control)."""
+    primary: str = "distillation_gain"
+    """The eval's primary comparison, declared here before it runs."""
+    proof: bool = False
+    """The proof configuration (`eval.demo.PROOF`: 130+ held-out planted rules of 7 families, two of them
+    never seen by a simulator trained on paraphrases with mismatched rows and graded labels for a full
+    epoch, 3 student seeds, a format control as the primary comparison); its own run folder."""
     simulator_windows: int = 2000
     """Corpus windows the training rows are drawn from."""
     simulator_lora_layers: str | None = None
@@ -623,3 +643,10 @@ class DemoConfig:
             raise ValueError(f"--simulator-phrasings must be suite or paraphrases, got {self.simulator_phrasings!r}")
         if self.simulator_others < 0:
             raise ValueError(f"--simulator-others must be >= 0, got {self.simulator_others}")
+        if self.student_seeds < 1:
+            raise ValueError(f"--student-seeds must be >= 1, got {self.student_seeds}")
+        if self.simulator_epochs is not None and not self.simulator_epochs > 0:
+            raise ValueError(f"--simulator-epochs must be > 0, got {self.simulator_epochs}")
+        a, b = self.suite_fractions
+        if min(a, b) < 0 or a + b > 1:
+            raise ValueError(f"--suite-fractions must be two shares in [0, 1] summing to at most 1, got {a}, {b}")

@@ -112,3 +112,54 @@ def test_a_rerun_with_other_settings_is_refused_before_any_stage(tiny_llama, tmp
     with pytest.raises(ValueError, match=r"demo\.json: field config differs.*\(k\)"):
         run_demo(tiny_demo(tiny_llama, out))
     assert sorted(p.name for p in out.iterdir()) == ["demo.json"]  # nothing started
+
+
+@pytest.mark.slow
+def test_the_proof_shape_seeds_a_format_control_and_an_unseen_family(tiny_llama, tmp_path, monkeypatch):
+    """The proof configuration's machinery on the tiny model: a family the simulator never trains on,
+    paraphrase-only graded training rows with mismatched ones for a set number of epochs, two student
+    seeds and a format control, the primary comparison declared and given a seeded interval."""
+    from neuroscribe.eval.demo import PROOF, proof_config, run_demo
+
+    monkeypatch.setenv("NEUROSCRIBE_CACHE", str(tmp_path / "user-cache"))
+    cfg = tiny_demo(
+        tiny_llama,
+        tmp_path / "proof",
+        planted_explainer=8,
+        planted_heldout=8,
+        unseen_families=("class",),  # the first family in order: the held-out cap keeps some of it
+        planted_graded=True,
+        simulator_phrasings="paraphrases",
+        simulator_others=1,
+        simulator_epochs=0.02,
+        student_seeds=2,
+        format_control=True,
+        primary="student_vs_format_control",
+        judge_features=0,
+    )
+    run_demo(cfg)
+    out = tmp_path / "proof"
+    assert all((out / name / "adapter_config.json").exists() for name in ("sft", "sft-s1", "sft-control"))
+    results = json.loads((out / "eval" / "results.json").read_text())
+    sim = results["provenance"]["simulators"][0]
+    assert results["config"]["primary"] == "student_vs_format_control"
+    assert results["seeded"][sim]["student_vs_format_control"]["seeds"] == 2
+    assert "student_vs_format_control" in results["comparisons"][sim]
+    truth = [json.loads(line) for line in (out / "truth.jsonl").read_text().splitlines()]
+    held = set(results["provenance"].get("heldout_features") or [f["feature"] for f in results["features"]])
+    assert any(t["family"] == "class" and t["feature"] in held for t in truth), "an unseen family is held out"
+    gates = {g["name"]: g for g in json.loads((out / "calibration.json").read_text())["simulators"][sim]["gates"]}
+    assert gates["unseen_families"]["n"] > 0
+    import math
+
+    import pyarrow.parquet as pq
+
+    rows = pq.read_metadata(out / "simulator-data" / "stage1" / "train.parquet").num_rows
+    demo = json.loads((out / "demo.json").read_text())
+    sim_stage = next(s for s in demo["stages"] if s["stage"] == "train simulator")
+    assert f", {math.ceil(0.02 * rows / 2)} steps ->" in sim_stage["result"]  # from the epochs, not the steps
+    # the preset itself: every field it sets is a DemoConfig field, a hand-given value wins
+    from neuroscribe.configs import DemoConfig
+
+    proof = proof_config(DemoConfig(proof=True, k=5))
+    assert proof.k == 5 and proof.student_seeds == PROOF["student_seeds"] and proof.out == "runs/proof"
