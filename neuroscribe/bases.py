@@ -10,6 +10,14 @@ a corpus sample (`fit_windows` windows of the collect run's own corpus, every to
 A feature's activation is the projection of the centred activation on its direction, `(x - mean) · w`;
 a direction has no sign, so each comes in both polarities (like an MLP neuron).
 
+Reading vs writing. The direction a feature is *read* along (`directions`, ICA's unmixing row) is not in
+general the direction it *writes* (ICA's mixing column): the data is `x = mean + sum_j s_j a_j`, so one
+unit of feature j adds `a_j`. `LinearBasis.writes` is that dual basis, the pseudo-inverse of the reading
+directions (rows `b_j` with `w_i · b_j = [i == j]`): scikit-learn's `mixing_` is exactly the pseudo-inverse
+of its `components_`, so for ICA `b_j` is the mixing column scaled by the unmixing row's norm (the
+normalisation above), and for the orthonormal random and PCA bases it is the direction itself. The
+output side (logit lens, steering) uses `writes`; an old basis file needs nothing new (it is computed).
+
 Sites: "mlp_hidden" (the MLP's hidden layer, the input of its down projection: the space whose
 standard basis is the MLP neurons, the like-for-like control) and the encoder sites of `saes.SITES`.
 Spec in collect: `pca:LAYER[.SITE]:N` (default site mlp_hidden), e.g. `pca:6:32`, `ica:6.resid_post:16`,
@@ -73,6 +81,12 @@ class LinearBasis(torch.nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(device=self.directions.device, dtype=torch.float32)
         return (x - self.mean) @ self.directions.T
+
+    @property
+    def writes(self) -> torch.Tensor:
+        """[n, d] what one unit of each feature adds to the site (module doc: the dual basis, ICA's mixing
+        columns): `encode(mean + writes[j])` is the j-th unit vector."""
+        return torch.linalg.pinv(self.directions.double()).T.float().contiguous()
 
     def save(self, path: Path) -> Path:
         from safetensors.torch import save_file

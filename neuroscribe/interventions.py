@@ -25,7 +25,15 @@ from dataclasses import dataclass
 import torch
 from sklearn.metrics import roc_auc_score
 
-from neuroscribe.output_side import NEUTRAL_PROMPTS, Writer, _added, _prompt_batch, mean_next_token, steer_amount
+from neuroscribe.output_side import (
+    NEUTRAL_PROMPTS,
+    Writer,
+    _added,
+    _prompt_batch,
+    mean_logprob_change,
+    mean_logprobs,
+    steer_amount,
+)
 
 JUDGE_PROMPT = (
     "A neuron of a language model is described as: {explanation}\n\n"
@@ -47,7 +55,7 @@ class Continuations:
     prompts: tuple[str, ...]
     base: tuple[str, ...]
     steered: tuple[str, ...]
-    logprob_change: torch.Tensor  # [V] mean over positions of log p(steered) - log p(base)
+    logprob_change: torch.Tensor  # [V] `output_side.mean_logprob_change`: the token change of the output side
 
 
 @dataclass(frozen=True)
@@ -76,14 +84,11 @@ def continuations(
         return texts
 
     ids, mask = _prompt_batch(tok, prompts, device)
-
-    def mean_logprobs() -> torch.Tensor:
-        return mean_next_token(model, ids, mask, log=True)
-
-    base, base_lp = generate(), mean_logprobs()
+    base = generate()
     with _added(writer, delta):
-        steered, steered_lp = generate(), mean_logprobs()
-    return Continuations(tuple(prompts), tuple(base), tuple(steered), (steered_lp - base_lp).cpu())
+        steered = generate()
+    change = mean_logprob_change(model, ids, mask, writer, delta, mean_logprobs(model, ids, mask))
+    return Continuations(tuple(prompts), tuple(base), tuple(steered), change.cpu())
 
 
 def named_tokens(explanation: str) -> list[str]:

@@ -99,3 +99,26 @@ def test_collect_stores_each_direction_as_the_projection_of_the_hook_activation(
     for key, sign in (("pca/L0/1+", 1), ("pca/L0/1-", -1)):
         ex = store.get(key).exemplars[0]
         assert np.allclose(ex.activations, sign * projection(ex.token_ids), atol=1e-4), key
+
+
+def test_a_fitted_basis_writes_its_mixing_columns_and_reads_them_back_as_unit_vectors():
+    from sklearn.decomposition import FastICA
+
+    from neuroscribe.bases import BasisSpec, LinearBasis
+
+    samples = _samples()
+    samples = samples - samples.mean(0)
+    rows = fit_directions("ica", samples, 4)
+    basis = LinearBasis(BasisSpec("ica", 0, "mlp_hidden", 4), torch.from_numpy(rows).float(), torch.zeros(12))
+    ica = FastICA(n_components=4, whiten="unit-variance", random_state=0, max_iter=400, tol=1e-3).fit(samples)
+    mixing = torch.from_numpy(ica.mixing_.T).float()  # [4, d]: what each source writes
+    cos = torch.nn.functional.cosine_similarity(basis.writes, mixing, dim=1)
+    assert torch.allclose(cos, torch.ones(4), atol=1e-4)
+    assert torch.allclose(basis.encode(basis.writes), torch.eye(4), atol=1e-4)
+    assert cos.min() > 0.999 and torch.nn.functional.cosine_similarity(basis.directions, mixing, dim=1).min() < 0.99
+    pca = LinearBasis(
+        BasisSpec("pca", 0, "mlp_hidden", 4),
+        torch.from_numpy(fit_directions("pca", samples, 4)).float(),
+        torch.zeros(12),
+    )
+    assert torch.allclose(pca.writes, pca.directions, atol=1e-5)  # orthonormal: reads and writes alike
