@@ -182,7 +182,8 @@ def _judge_values(features: Sequence[dict], name: str, simulator: str) -> dict[s
     for f in features:
         r = f["results"].get(name)
         for judge, v in ((r or {}).get("scores", {}).get(simulator, {}).get("judges") or {}).items():
-            judged.setdefault(judge, []).append(v)
+            if judge not in scorers.JUDGE_SETTINGS:  # a label threshold, not a score to average
+                judged.setdefault(judge, []).append(v)
     return judged
 
 
