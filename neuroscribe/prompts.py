@@ -54,12 +54,18 @@ _CONTROL = re.compile(
 _NAMED_WS = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
-def normalise(values: Sequence[float], max_value: float) -> list[int]:
-    """Raw activations -> display digits 0..9 relative to `max_value`; any positive activation shows as
-    at least 1 (module doc); all 0 when max_value <= 0."""
+def activation_levels(values: Sequence[float], max_value: float, top: int) -> list[int]:
+    """The one grading rule of prompts and the fine-tuned simulator's labels: `min(top, floor(10 * a / max))`
+    for a > 0 but at least 1, so any positive activation is visibly above an inactive token; 0 for a <= 0;
+    all 0 when max_value <= 0. Prompts use top = MAX_DIGIT (9), the simulator's classes top = 10."""
     if not max_value > 0:
         return [0 for _ in values]
-    return [min(MAX_DIGIT, max(1, math.floor(10 * float(a) / max_value))) if a > 0 else 0 for a in values]
+    return [min(top, max(1, math.floor(10 * float(a) / max_value))) if a > 0 else 0 for a in values]
+
+
+def normalise(values: Sequence[float], max_value: float) -> list[int]:
+    """Raw activations -> display digits 0..9 relative to `max_value` (`activation_levels`, module doc)."""
+    return activation_levels(values, max_value, MAX_DIGIT)
 
 
 def escape_control_text(text: str) -> str:
