@@ -24,7 +24,9 @@ The conventions behind every score (the README's scoring section says the same):
   constant truth) is NaN with status "undefined". Tokens a simulator could not read are dropped from
   the score and counted, never zeroed. In a headline mean (`headline`), "unparsed" and "undefined" count
   as 0.0, the correlation of a prediction that carries no information; "insufficient" features are
-  left out for every explainer alike, so paired comparisons always cover the same features.
+  left out for every explainer alike, so paired comparisons always cover the same features. As 0.0 ranks
+  a failure below an anti-correlated explanation, eval also reports each mean with failures counted as
+  the feature's null-explanation score (`eval.results.failure_as_null`).
 - Labels (judges). A token is active when its target exceeds JUDGE_ACTIVE_FRACTION of the feature's max
   (default 0.0: delphi's "any activation > 0"; `active_fraction` sets it, and every judge result records
   it), an exemplar when any of its tokens is, whatever source mined it. Detection asks, per held-out
