@@ -13,8 +13,9 @@ results.json (schema 2; strict JSON: an undefined score, NaN in memory, is writt
                 top, quantile and random exemplars every explainer was scored on), and `results`
                 {explainer: {explanation, selection_score, candidates [{text, sample_index, ok, error,
                 selection_score}], scores {simulator: {score, headline, status, reason, random_only_score,
-                selection_split_score (null when selection used that split), judges, n_top, n_random,
-                n_parse_failures, in_sample, predicted (per exemplar: the per-token values, null if none)}}}}
+                out_of_context_score (anthropic), selection_split_score (null when selection used that split),
+                judges, n_top, n_random, n_parse_failures, in_sample, predicted (per exemplar: the per-token
+                values, null if none)}}}}
   summary       {simulator: {explainer: {n, n_failed, failure_rate, n_unparsed, parse_failure_rate,
                 n_insufficient, mean, mean_failure_as_null, median (Intervals of the headline value),
                 vs_teacher {difference, wins, losses, ties, win_rate} or null,
@@ -122,6 +123,7 @@ def _score_entry(r: ScoredExplanation, selection: ScoredExplanation | None, exem
         "status": r.status,
         "reason": r.reason,
         "random_only_score": r.random_only_score,
+        "out_of_context_score": r.out_of_context_score,
         "judges": r.judges,
         "n_top": r.n_top,
         "n_random": r.n_random,

@@ -11,13 +11,17 @@ The conventions behind every score (the README's scoring section says the same):
   fine-tuned simulator learns. `target="raw"` keeps the signed value. Every score records its target.
 - Sides. What is scored is set by the store's sampling protocol (`neuroscribe.protocols`; recorded as
   `sampling`): top side = the split's scored top, quantile and interval exemplars (strongest first);
-  random side = its random exemplars; anthropic also scores out-of-context tokens (each read alone).
+  random side = its random exemplars; anthropic also scores out-of-context tokens (each read after a
+  neutral context, `corpus.neutral_context`), as a part of their own (below).
   Inactive, hard-negative and other-context exemplars never enter a simulation score.
 - Balance. transluce and openai (`balanced`): the score pools all tokens of the two sides mixed 1:1:
   k = min(n_top, n_random) records of each, at evenly spaced positions of each side's order.
-  anthropic: every scored exemplar's tokens pooled as they are (60 per split: 6 top, 24 interval,
-  10 random, 20 out-of-context), no balancing. The counts used and held are recorded (`n_top`,
-  `n_random`, `n_top_held`, `n_random_held`); collect's defaults make the 1:1 sides equal.
+  anthropic: every scored window's tokens pooled as they are (40 per split: 6 top, 24 interval,
+  10 random), no balancing; the 20 out-of-context tokens are scored apart (`out_of_context_score`, r
+  over those 20 tokens, one each), as the paper reports them separately. Pooled with the ~2,500 window
+  tokens they would weigh under 1% (our reading; weighting each exemplar equally would be the other).
+  The counts used and held are recorded (`n_top`, `n_random`, `n_out_of_context`, `n_top_held`,
+  `n_random_held`); collect's defaults make the 1:1 sides equal.
 - Insufficient. A split without a top/quantile exemplar or without a random one is never scored:
   NaN, status "insufficient", with the reason (no random-only fallback).
 - Failures. An unparseable explanation is NaN with status "unparsed"; a constant simulation (or a
@@ -65,7 +69,7 @@ from neuroscribe.records import (
 )
 from neuroscribe.simulators.base import Simulator, YesNoJudge
 
-PROTOCOL = "sim-v2"  # bump whenever a convention of the module doc changes
+PROTOCOL = "sim-v3"  # bump whenever a convention of the module doc changes (v3: out-of-context scored apart)
 TARGETS = ("relu", "raw")
 FAILURE_SCORE = 0.0  # what an unparsed explanation or a constant simulation counts as in a headline mean
 FUZZING_VARIANTS = ("default", "active", "scattered")
@@ -186,8 +190,10 @@ def simulate_and_score_many(
 def _scored(
     explanation: Explanation, sims: list[SimulatedExemplar], n_top: int, target: str, base: dict, balanced: bool
 ) -> ScoredExplanation:
-    top_true, top_pred, top_failed = _readable(sims[:n_top], target)
+    alone = [s for s in sims[:n_top] if s.source == OUT_OF_CONTEXT]
+    top_true, top_pred, top_failed = _readable([s for s in sims[:n_top] if s.source != OUT_OF_CONTEXT], target)
     rnd_true, rnd_pred, rnd_failed = _readable(sims[n_top:], target)
+    ooc_true, ooc_pred, ooc_failed = _readable(alone, target)
     if balanced:
         score = scoring.top_and_random_score(top_true, top_pred, rnd_true, rnd_pred)
         k_top = k_random = min(len(top_true), len(rnd_true))
@@ -201,12 +207,14 @@ def _scored(
         explanation,
         score,
         random_only_score=scoring.random_only_score(rnd_true, rnd_pred),
+        out_of_context_score=scoring.pooled_correlation(ooc_true, ooc_pred) if ooc_true else math.nan,
         status=status,
         reason=reason,
         n_exemplars=len(sims),
         n_top=k_top,
         n_random=k_random,
-        n_parse_failures=top_failed + rnd_failed,
+        n_out_of_context=len(ooc_true),
+        n_parse_failures=top_failed + rnd_failed + ooc_failed,
         simulations=tuple(sims),
         **base,
     )
