@@ -21,7 +21,7 @@ from neuroscribe.distill.mining import Miner
 from neuroscribe.distill.splits import assign_splits
 from neuroscribe.features import ActivationReader, parse_feature_spec
 from neuroscribe.models import load_model
-from neuroscribe.prompts import explainer_messages
+from neuroscribe.prompts import MAX_DIGIT, display_tokens, explainer_messages
 from neuroscribe.records import Explanation, FeatureId, SimulatedExemplar
 from neuroscribe.runs.store import ExemplarStore
 from neuroscribe.scorers import simulate_and_score, target_values
@@ -311,9 +311,22 @@ def test_explain_on_an_anthropic_store_records_the_protocol_of_every_score(anthr
     assert meta["sampling"] == store.protocol
     rows = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
     assert {r["explanation"]["feature"] for r in rows} == set(keys)
+    assert {r["explanation"]["prompt_style"] for r in rows} == {"graded"}  # the protocol's, not binary marks
     for r in rows:
         record = store.get(r["explanation"]["feature"])
         held = [e for e in record.select(split="score") if e.source in ("top", "interval", "random", "out_of_context")]
         assert r["sampling"] == store.protocol
         if r["status"] == "ok":
             assert r["n_exemplars"] == len(held)
+
+
+def test_the_graded_style_shows_each_active_tokens_digit_in_running_text(anthropic_store):
+    store, _ = anthropic_store
+    r = store.get(store.keys()[0])
+    graded = explainer_messages(r, "graded")[1]["content"]
+    plain = explainer_messages(r, "plain")[1]["content"]
+    peak = max((e for e in r.select(split="explain", sources=["top"])), key=lambda e: e.max_activation)
+    i = max(range(len(peak.tokens)), key=lambda j: peak.activations[j])
+    assert f"={MAX_DIGIT}>>" in graded and "=0>>" not in graded
+    assert len(graded) < len(plain)  # running text, not a line per token
+    assert display_tokens([peak.tokens[i]], markup_safe=True)[0] in graded
