@@ -196,7 +196,7 @@ def _fitted_bases(cfg: CollectConfig, model, tok, out: Path, dist) -> list[str]:
                 )
                 for i in range(0, len(windows), cfg.batch_size)
             )
-            fit_basis(spec, model, batches, cfg.mining.seed).save(path)
+            fit_basis(spec, model, batches, cfg.mining.seed, skip=len(prefix) + cfg.context).save(path)
         out_items.append(f"basis:{path}")
     dist.barrier()
     return out_items
