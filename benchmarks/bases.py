@@ -7,9 +7,11 @@ One `collect` over the same corpus windows reads, at one layer: N MLP neurons, N
 directions of the MLP hidden layer (`neuroscribe.bases`; fitted on the first windows), each in both
 signs, and an SAE's first N latents when `--sae` is given. Every feature is explained by the same
 teacher (best-of-k, selected on the `score` split) and its winner re-scored on `test` by the same
-simulator. Printed per basis: mean test score with its 95% bootstrap interval, and the null
-explanation's mean (the simulator's prior). The default simulator is the demo's fine-tuned one when
-`neuroscribe demo` has trained it, else the prompted bundled model (flat: expect little separation).
+simulator. Printed per basis: mean test score with its 95% bootstrap interval, the null explanation's
+mean (the simulator's prior) and the score minus the null, paired by feature, with its interval: the
+number to compare across bases, since dense PCA/ICA directions get a higher null from the prior alone.
+The default simulator is the demo's fine-tuned one when `neuroscribe demo` has trained it, else the
+prompted bundled model (flat: expect little separation).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from neuroscribe.cache import Cache
 from neuroscribe.configs import CollectConfig, ExplainConfig, MiningConfig
 from neuroscribe.distill.collect import collect
 from neuroscribe.distill.explain import explain
-from neuroscribe.eval.stats import bootstrap_ci
+from neuroscribe.eval.stats import bootstrap_ci, paired_difference
 from neuroscribe.models import DEFAULT_MODEL, cache_dir
 from neuroscribe.records import Explanation, FeatureId, best_candidate
 from neuroscribe.runs.explain import read_explain_run
@@ -37,6 +39,22 @@ from neuroscribe.simulators import load_simulator
 def default_simulator() -> str:
     runs = sorted((cache_dir() / "demo-simulators").glob("*/simulator.json"), key=lambda p: p.stat().st_mtime)
     return f"finetuned:{runs[-1].parent}" if runs else f"hf:{DEFAULT_MODEL}"
+
+
+def basis_row(winner: list[float], null: list[float]) -> dict:
+    """One basis's row: mean test score [95% CI], its null's mean, and score minus null paired by feature."""
+    ci = bootstrap_ci(winner, "mean", n_resamples=2000, seed=0)
+    gain = paired_difference(winner, null, n_resamples=2000, seed=0)
+    return {
+        "n": ci.n,
+        "mean": ci.estimate,
+        "low": ci.low,
+        "high": ci.high,
+        "null": bootstrap_ci(null, "mean", n_resamples=200, seed=0).estimate,
+        "minus_null": gain.estimate,
+        "minus_null_low": gain.low,
+        "minus_null_high": gain.high,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -103,15 +121,17 @@ def main(argv: list[str] | None = None) -> None:
     cache.close()
     print(f"model {args.model}, layer {layer}, {n} directions per basis x 2 signs, {args.windows} windows")
     print(f"teacher {args.teacher} (best of {args.k} on `score`), simulator {simulator}; scores on `test`")
-    print(f"{'basis':8} {'features':>8}  {'mean test score [95% CI]':28} {'null':>6}")
+    print(f"{'basis':8} {'features':>8}  {'mean test score [95% CI]':28} {'null':>6}  {'minus null [95% CI]':24}")
     table = {}
     for basis in ("mlp", "random", "pca", "ica", "sae"):
         if basis not in by_basis:
             continue
-        ci = bootstrap_ci(by_basis[basis]["winner"], "mean", n_resamples=2000, seed=0)
-        null = bootstrap_ci(by_basis[basis]["null"], "mean", n_resamples=200, seed=0)
-        table[basis] = {"n": ci.n, "mean": ci.estimate, "low": ci.low, "high": ci.high, "null": null.estimate}
-        print(f"{basis:8} {ci.n:>8}  {ci.estimate:.3f} [{ci.low:.3f}, {ci.high:.3f}]{'':8} {null.estimate:6.3f}")
+        table[basis] = basis_row(by_basis[basis]["winner"], by_basis[basis]["null"])
+        ci, null = table[basis], table[basis]["null"]
+        print(
+            f"{basis:8} {ci['n']:>8}  {ci['mean']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]{'':8} {null:6.3f}"
+            f"  {ci['minus_null']:+.3f} [{ci['minus_null_low']:+.3f}, {ci['minus_null_high']:+.3f}]"
+        )
     (out / "bases.json").write_text(json.dumps(table, indent=1))
     print(f"(table in {out / 'bases.json'})")
 

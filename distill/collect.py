@@ -29,7 +29,14 @@ from tqdm.auto import tqdm
 from neuroscribe import __version__
 from neuroscribe import dist as distributed
 from neuroscribe.configs import CollectConfig
-from neuroscribe.corpus import Window, context_prefix, dataset_fingerprint, iter_documents, iter_windows
+from neuroscribe.corpus import (
+    Window,
+    context_prefix,
+    dataset_fingerprint,
+    iter_documents,
+    iter_windows,
+    neutral_context,
+)
 from neuroscribe.faults import COLLECT_SHARDS, kill_point
 from neuroscribe.features import ActivationReader, parse_feature_spec
 from neuroscribe.models import load_model
@@ -121,7 +128,7 @@ def collect(cfg: CollectConfig) -> Path:
             t0 = time.perf_counter()
             alone = None
             if cfg.mining.out_of_context > 0:
-                alone = read_alone(reader, prefix, miner, cfg)
+                alone = read_alone(reader, prefix, miner, cfg, neutral_context(tok, cfg.context))
                 timings["out_of_context_s"] = time.perf_counter() - t0
                 t0 = time.perf_counter()
             features_table, exemplars_table = finalize(miner, tok, alone)
@@ -147,14 +154,15 @@ def collect(cfg: CollectConfig) -> Path:
     return out
 
 
-def read_alone(reader: ActivationReader, prefix: list[int], miner: Miner, cfg: CollectConfig):
+def read_alone(reader: ActivationReader, prefix: list[int], miner: Miner, cfg: CollectConfig, neutral: list[int]):
     """(tokens [F, n], activations [F, n]): each feature's top-activating tokens (`negatives`), each read
-    alone through the subject (after the tokenizer's own prefix, e.g. Llama's BOS; no other context)."""
+    out of its context: after the tokenizer's own prefix (e.g. Llama's BOS) and `neutral`
+    (`corpus.neutral_context`, as many tokens as a window's context), never at the sink position."""
     tokens = out_of_context_tokens(miner, cfg.mining.out_of_context)
     unique = np.unique(tokens[tokens >= 0])
     acts = np.zeros((len(unique), tokens.shape[0]), np.float32)
-    for i in range(0, len(unique), 256):  # one-token sequences: wide batches cost little
-        ids = torch.tensor([prefix + [int(t)] for t in unique[i : i + 256]], device=cfg.device)
+    for i in range(0, len(unique), 256):  # short sequences: wide batches cost little
+        ids = torch.tensor([prefix + neutral + [int(t)] for t in unique[i : i + 256]], device=cfg.device)
         acts[i : i + 256] = reader.read(ids)[:, -1, :].float().cpu().numpy()
     at = np.searchsorted(unique, np.maximum(tokens, 0)).clip(0, max(len(unique) - 1, 0))
     values = acts[at, np.arange(tokens.shape[0])[:, None]] if len(unique) else np.zeros(tokens.shape, np.float32)
@@ -188,7 +196,7 @@ def _fitted_bases(cfg: CollectConfig, model, tok, out: Path, dist) -> list[str]:
                 )
                 for i in range(0, len(windows), cfg.batch_size)
             )
-            fit_basis(spec, model, batches, cfg.mining.seed).save(path)
+            fit_basis(spec, model, batches, cfg.mining.seed, skip=len(prefix) + cfg.context).save(path)
         out_items.append(f"basis:{path}")
     dist.barrier()
     return out_items
@@ -266,6 +274,7 @@ def _meta(cfg: CollectConfig, tok, groups, prefix, n_windows: int, world: int, k
         "window": cfg.window,
         "context_prefix_ids": prefix,
         "context_tokens": cfg.context,
+        "out_of_context_context_ids": neutral_context(tok, cfg.context),  # what an out-of-context token follows
         "dataset": cfg.dataset,
         "text_field": cfg.text_field,
         "windows_seen": n_windows,

@@ -29,6 +29,7 @@ from neuroscribe.configs import ExplainConfig
 from neuroscribe.faults import EXPLAIN_FEATURES, kill_point
 from neuroscribe.options import to_dict
 from neuroscribe.prompts import PROMPT_VERSION, explainer_messages, parse_explanation
+from neuroscribe.protocols import protocol
 from neuroscribe.records import Explanation, ScoredExplanation, best_candidate, from_json, to_json
 from neuroscribe.runs import explain as run_files
 from neuroscribe.runs.files import OutputLock, fingerprint, guard_output, refuse_existing
@@ -67,6 +68,8 @@ def explain(cfg: ExplainConfig) -> Path:
         refuse_existing(out, run_files.CANDIDATES, cfg.overwrite, "a finished explain run")
     dist = distributed.current()
     store = ExemplarStore(cfg.store)
+    if cfg.prompt_style is None:  # the store's protocol chooses (a graded style)
+        cfg = replace(cfg, prompt_style=protocol(store.protocol).prompt_style)
     keys = feature_keys(store, cfg.features, cfg.max_features)
     # the cache is closed (and removed again if empty) on any exit
     with OutputLock(out, dist.rank), Cache(cfg.cache or out / "cache.sqlite") as cache:

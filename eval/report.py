@@ -301,7 +301,16 @@ def _intervention_table(results: dict) -> str | None:
         {
             "explainer": e["label"],
             "features": by_row[e["name"]]["n_features"],
-            **{k: fmt(by_row[e["name"]][k]) for k in ("judge_accuracy", "judge_auroc", "named_token_percentile")},
+            **{
+                k: fmt(by_row[e["name"]].get(k))
+                for k in (
+                    "contrastive_accuracy",
+                    "contrastive_accuracy_vs_null",
+                    "judge_accuracy",
+                    "judge_accuracy_vs_null",
+                    "named_token_percentile",
+                )
+            },
         }
         for e in results["explainers"]
         if e["name"] in by_row
@@ -410,11 +419,14 @@ def report_markdown(results: dict, plots: dict[str, str], browser: str | None) -
     intervention = _intervention_table(results)
     if intervention:
         parts += [
-            "## Scored by intervention (the subject's own features; chance 0.5)",
+            "## Scored by intervention (the subject's own features)",
             "",
-            "The subject continues neutral prompts with the feature amplified and without; `judge_accuracy` / "
-            "`judge_auroc`: the subject, given the explanation, tells the two apart; `named_token_percentile`: "
-            "where the tokens the explanation names rank in the vocabulary by how much amplifying raises them.",
+            "The subject continues neutral prompts with the feature amplified; `contrastive_accuracy`: the subject, "
+            "given the explanation, picks this feature's steered continuation among those of 3 other features "
+            "(chance 0.25); `judge_accuracy`: it tells the steered continuation from the unsteered one (chance 0.5; "
+            "fluency alone can win it); `named_token_percentile`: where the tokens the explanation names rank in "
+            "the vocabulary by how much amplifying raises their log-probability (chance 0.5); `_vs_null`: minus "
+            "the empty explanation's score on the same feature.",
             "",
             intervention,
             "",

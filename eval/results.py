@@ -13,11 +13,12 @@ results.json (schema 2; strict JSON: an undefined score, NaN in memory, is writt
                 top, quantile and random exemplars every explainer was scored on), and `results`
                 {explainer: {explanation, selection_score, candidates [{text, sample_index, ok, error,
                 selection_score}], scores {simulator: {score, headline, status, reason, random_only_score,
-                selection_split_score (null when selection used that split), judges, n_top, n_random,
-                n_parse_failures, in_sample, predicted (per exemplar: the per-token values, null if none)}}}}
+                out_of_context_score (anthropic), selection_split_score (null when selection used that split),
+                judges, n_top, n_random, n_parse_failures, in_sample, predicted (per exemplar: the per-token
+                values, null if none)}}}}
   summary       {simulator: {explainer: {n, n_failed, failure_rate, n_unparsed, parse_failure_rate,
-                n_insufficient, mean, median (Intervals of the headline value), vs_teacher {difference, wins,
-                losses, ties, win_rate} or null,
+                n_insufficient, mean, mean_failure_as_null, median (Intervals of the headline value),
+                vs_teacher {difference, wins, losses, ties, win_rate} or null,
                 by_layer {layer: Interval}, judges {name: Interval}}}}
   comparisons   {simulator: {name: {a, b, what, difference (Interval of a - b, paired by feature), wins,
                 losses, ties, win_rate}}} and `gap_closed` (Interval) where the rows exist
@@ -34,7 +35,9 @@ results.json (schema 2; strict JSON: an undefined score, NaN in memory, is writt
 Conventions. The headline value of a (feature, explainer, simulator) is `scorers.headline`: the score,
 0.0 for an unparsed explanation or a constant simulation (counted in n_failed), None for a feature whose
 report split is insufficient (left out of every explainer alike, counted in n_insufficient), so paired
-comparisons always cover the same features. Why two splits: best-of-k picks its winner on `score`;
+comparisons always cover the same features. 0.0 puts a failure below an anti-correlated explanation, so
+the summary also reports `mean_failure_as_null`: the same mean with each failure counted as that
+feature's null-explanation score (`failure_as_null`). Why two splits: best-of-k picks its winner on `score`;
 reporting that same number would favour best-of-k (the max of k noisy scores is biased upward), so the
 winner is re-scored on `test`, which no selection ever looked at. Split-half reliability correlates,
 across features, the `score`-split and `test`-split scores of explanations that no selection touched
@@ -127,6 +130,7 @@ def _score_entry(r: ScoredExplanation, selection: ScoredExplanation | None, exem
         "status": r.status,
         "reason": r.reason,
         "random_only_score": r.random_only_score,
+        "out_of_context_score": r.out_of_context_score,
         "judges": r.judges,
         "n_top": r.n_top,
         "n_random": r.n_random,
@@ -184,12 +188,31 @@ def values_of(features: Sequence[dict], name: str, simulator: str, key: str = "h
     return out
 
 
+NULL = "baseline_null"
+
+
+def failure_as_null(features: Sequence[dict], name: str, simulator: str) -> list[float | None]:
+    """The headline values with each failure ("unparsed", "undefined") counted as the feature's null
+    explanation's score instead of 0.0 (0.0 where the null's own score is undefined, as the prompted
+    simulator's constant prediction is): a failed explanation then says as little as the empty one, not
+    less than an anti-correlated one would."""
+    values = values_of(features, name, simulator)
+    statuses = values_of(features, name, simulator, "status")
+    null = values_of(features, NULL, simulator, "score")
+    out = []
+    for v, status, n in zip(values, statuses, null):
+        failed = status in ("unparsed", "undefined")
+        out.append((n if n is not None and math.isfinite(n) else scorers.FAILURE_SCORE) if failed else v)
+    return out
+
+
 def _judge_values(features: Sequence[dict], name: str, simulator: str) -> dict[str, list]:
     judged: dict[str, list] = {}
     for f in features:
         r = f["results"].get(name)
         for judge, v in ((r or {}).get("scores", {}).get(simulator, {}).get("judges") or {}).items():
-            judged.setdefault(judge, []).append(v)
+            if judge not in scorers.JUDGE_SETTINGS:  # a label threshold, not a score to average
+                judged.setdefault(judge, []).append(v)
     return judged
 
 
@@ -228,6 +251,7 @@ def summarise(
             "n_insufficient": n_insufficient,
             "failure_rate": n_failed / scored if scored else None,
             "mean": asdict(bootstrap_ci(values, "mean", **kw)),
+            "mean_failure_as_null": asdict(bootstrap_ci(failure_as_null(features, ex.name, simulator), "mean", **kw)),
             "median": asdict(bootstrap_ci(values, "median", **kw)),
             "vs_teacher": _pair(values, reference, **kw) if ex.name != REFERENCE and REFERENCE in names else None,
             "by_layer": {

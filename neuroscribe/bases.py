@@ -2,7 +2,9 @@
 
 "Sparse-coding directions are more interpretable than random directions, PCA and ICA" is checked by
 explaining and scoring all of them on the same tokens. A basis is fitted on hook-site activations of
-a corpus sample (`fit_windows` windows of the collect run's own corpus, every token pooled):
+a corpus sample (`fit_windows` windows of the collect run's own corpus, every window token pooled; the
+tokenizer's prefix and each window's context tokens are read but left out of the fit, as no exemplar
+ever holds them: a BOS or sink position would otherwise pull the mean and the top components):
 - random: orthonormal directions (QR of a seeded Gaussian matrix); the data only sets the mean;
 - pca: the top principal components (scikit-learn `PCA`);
 - ica: independent components (scikit-learn `FastICA`, unit-variance whitening; each unmixing row
@@ -10,10 +12,24 @@ a corpus sample (`fit_windows` windows of the collect run's own corpus, every to
 A feature's activation is the projection of the centred activation on its direction, `(x - mean) · w`;
 a direction has no sign, so each comes in both polarities (like an MLP neuron).
 
+Centring, a choice: MLP neurons and SAE latents are read as they are (not centred), while a projection
+is centred by default, the usual convention of PCA and ICA (each direction's activation has mean 0 over
+the fit sample, so about half the tokens sit above 0: dense). `KIND:LAYER[.SITE]:N:uncentred` reads
+`x · w` instead, with the same directions (fitted on centred data either way), which is how a neuron
+reads its input. The basis file records which (`centred`).
+
+Reading vs writing. The direction a feature is *read* along (`directions`, ICA's unmixing row) is not in
+general the direction it *writes* (ICA's mixing column): the data is `x = mean + sum_j s_j a_j`, so one
+unit of feature j adds `a_j`. `LinearBasis.writes` is that dual basis, the pseudo-inverse of the reading
+directions (rows `b_j` with `w_i · b_j = [i == j]`): scikit-learn's `mixing_` is exactly the pseudo-inverse
+of its `components_`, so for ICA `b_j` is the mixing column scaled by the unmixing row's norm (the
+normalisation above), and for the orthonormal random and PCA bases it is the direction itself. The
+output side (logit lens, steering) uses `writes`; an old basis file needs nothing new (it is computed).
+
 Sites: "mlp_hidden" (the MLP's hidden layer, the input of its down projection: the space whose
 standard basis is the MLP neurons, the like-for-like control) and the encoder sites of `saes.SITES`.
-Spec in collect: `pca:LAYER[.SITE]:N` (default site mlp_hidden), e.g. `pca:6:32`, `ica:6.resid_post:16`,
-`random:6:32`. The fitted basis is saved in the store (`bases/`) and named in its meta.
+Spec in collect: `pca:LAYER[.SITE]:N[:uncentred]` (default site mlp_hidden), e.g. `pca:6:32`,
+`ica:6.resid_post:16`, `random:6:32:uncentred`. The fitted basis is saved in the store (`bases/`) and named in its meta.
 """
 
 from __future__ import annotations
@@ -39,25 +55,26 @@ class BasisSpec:
     layer: int
     site: str
     n: int
+    centred: bool = True  # module doc: projections of x - mean (default) or of x
 
     @property
     def file_name(self) -> str:
-        return f"{self.kind}-L{self.layer}-{self.site}-{self.n}.safetensors"
+        return f"{self.kind}-L{self.layer}-{self.site}-{self.n}{'' if self.centred else '-uncentred'}.safetensors"
 
 
 def parse_basis_spec(item: str) -> BasisSpec:
     """`pca:6:32` / `ica:6.resid_post:16` -> BasisSpec; errors name the item."""
     from neuroscribe.saes import SITES
 
-    m = re.fullmatch(r"(random|pca|ica):(\d+)(?:\.(\w+))?:(\d+)", item.strip())
+    m = re.fullmatch(r"(random|pca|ica):(\d+)(?:\.(\w+))?:(\d+)(:uncentred)?", item.strip())
     if not m:
-        raise BasisSpecError(f"features {item!r}: a control basis is KIND:LAYER[.SITE]:N, e.g. 'pca:6:32'")
+        raise BasisSpecError(f"features {item!r}: a control basis is KIND:LAYER[.SITE]:N[:uncentred], e.g. 'pca:6:32'")
     kind, layer, site, n = m.group(1), int(m.group(2)), m.group(3) or DEFAULT_SITE, int(m.group(4))
     if site != DEFAULT_SITE and site not in SITES:
         raise BasisSpecError(f"features {item!r}: site {site!r} is not one of {(DEFAULT_SITE, *SITES)}")
     if n < 1:
         raise BasisSpecError(f"features {item!r}: N must be at least 1")
-    return BasisSpec(kind, layer, site, n)
+    return BasisSpec(kind, layer, site, n, centred=m.group(5) is None)
 
 
 class LinearBasis(torch.nn.Module):
@@ -74,11 +91,18 @@ class LinearBasis(torch.nn.Module):
         x = x.to(device=self.directions.device, dtype=torch.float32)
         return (x - self.mean) @ self.directions.T
 
+    @property
+    def writes(self) -> torch.Tensor:
+        """[n, d] what one unit of each feature adds to the site (module doc: the dual basis, ICA's mixing
+        columns): `encode(mean + writes[j])` is the j-th unit vector."""
+        return torch.linalg.pinv(self.directions.double()).T.float().contiguous()
+
     def save(self, path: Path) -> Path:
         from safetensors.torch import save_file
 
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"kind": self.spec.kind, "layer": str(self.spec.layer), "site": self.spec.site, "n": str(self.spec.n)}
+        meta["centred"] = str(self.spec.centred).lower()
         save_file({"directions": self.directions.cpu(), "mean": self.mean.cpu()}, str(path), metadata=meta)
         return path
 
@@ -94,7 +118,8 @@ def load_basis(path: str | Path) -> LinearBasis:
         missing = [k for k in ("kind", "layer", "site", "n") if k not in meta]
         if missing:
             raise BasisSpecError(f"{path}: field {missing[0]} missing from the basis metadata")
-        spec = BasisSpec(meta["kind"], int(meta["layer"]), meta["site"], int(meta["n"]))
+        centred = meta.get("centred", "true") == "true"  # files before the choice existed were centred
+        spec = BasisSpec(meta["kind"], int(meta["layer"]), meta["site"], int(meta["n"]), centred)
         return LinearBasis(spec, f.get_tensor("directions"), f.get_tensor("mean"), source=str(path))
 
 
@@ -132,30 +157,33 @@ def fit_directions(kind: str, samples: np.ndarray, n: int, seed: int = 0) -> np.
 
 
 @torch.no_grad()
-def fit_basis(spec: BasisSpec, model, batches, seed: int = 0) -> LinearBasis:
-    """Fit `spec` on the hook-site activations of `batches` (an iterable of [B, T] input-id tensors;
-    every token pooled)."""
+def fit_basis(spec: BasisSpec, model, batches, seed: int = 0, skip: int = 0) -> LinearBasis:
+    """Fit `spec` on the hook-site activations of `batches` (an iterable of [B, T] input-id tensors): every
+    position from `skip` on pooled (the first `skip` are the tokenizer's prefix and the windows' context,
+    read for their effect on later positions but never fitted on: module doc)."""
     module, side = hook_point(model, spec.layer, spec.site)
     from neuroscribe.saes import hooked_tensor
 
     seen: list[torch.Tensor] = []
+
+    def keep(x: torch.Tensor) -> None:
+        seen.append(x[:, skip:].float().flatten(0, -2).cpu())
+
     if side == "pre":
         handle = module.register_forward_pre_hook(
-            lambda mod, args, kwargs: seen.append(hooked_tensor("pre", args, kwargs).float().flatten(0, -2).cpu()),
-            with_kwargs=True,
+            lambda mod, args, kwargs: keep(hooked_tensor("pre", args, kwargs)), with_kwargs=True
         )
     else:
-        handle = module.register_forward_hook(
-            lambda mod, args, out: seen.append(hooked_tensor("post", args, None, out).float().flatten(0, -2).cpu())
-        )
+        handle = module.register_forward_hook(lambda mod, args, out: keep(hooked_tensor("post", args, None, out)))
     try:
         for ids in batches:
             model(input_ids=ids, use_cache=False)
     finally:
         handle.remove()
-    if not seen:
+    if not seen or not sum(len(x) for x in seen):
         raise BasisSpecError(f"{spec.kind}: no fit window (the corpus gave none)")
     samples = torch.cat(seen).numpy().astype(np.float64)
     mean = samples.mean(axis=0)
     directions = fit_directions(spec.kind, samples - mean, spec.n, seed)
-    return LinearBasis(spec, torch.from_numpy(directions.astype(np.float32)), torch.from_numpy(mean))
+    offset = mean if spec.centred else np.zeros_like(mean)  # what encode subtracts (module doc: centring)
+    return LinearBasis(spec, torch.from_numpy(directions.astype(np.float32)), torch.from_numpy(offset))

@@ -221,8 +221,9 @@ class ExplainConfig:
     """hf:MODEL, finetuned:PATH, openai:MODEL@URL or parsed:openai:MODEL@URL."""
     k: int = 4
     """Candidates per feature (best-of-k)."""
-    prompt_style: str = "plain"
-    """Prompt style: plain, highlighted or contrastive."""
+    prompt_style: str | None = None
+    """Prompt style: plain, graded, highlighted, contrastive, output or input+output; default: the store's
+    sampling protocol's (`Protocol.prompt_style`: plain, graded for anthropic)."""
     max_exemplars: int | None = None
     """Exemplars shown to the teacher per feature (default: all the store's sampling protocol shows:
     transluce 15, openai 5, anthropic 49)."""

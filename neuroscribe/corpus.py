@@ -125,6 +125,18 @@ def iter_windows(
                 return
 
 
+NEUTRAL_CONTEXT_TEXT = "Here is one word:"  # says nothing about the token that follows
+
+
+def neutral_context(tokenizer, n: int) -> list[int]:
+    """The last `n` tokens of NEUTRAL_CONTEXT_TEXT: what an out-of-context token is read after (behind the
+    tokenizer's own prefix), so it gets `n` tokens of left context as every window does, without its own.
+    Read bare, a token sits at position 0 with SmolLM2 (no BOS): the attention-sink position, whose
+    activations are unlike any position an exemplar's tokens occupy."""
+    ids = tokenizer(NEUTRAL_CONTEXT_TEXT, add_special_tokens=False)["input_ids"]
+    return ids[len(ids) - n :] if 0 < n <= len(ids) else (ids if n > 0 else [])
+
+
 def context_prefix(tokenizer) -> list[int]:
     """Tokens the tokenizer prepends to any text (e.g. Llama's BOS), fed before every window."""
     ids = tokenizer("x", add_special_tokens=True)["input_ids"]

@@ -4,14 +4,19 @@ Descriptions built from the inputs that activate a feature miss what it does to 
 (Gur-Arieh et al. 2025). Two views per feature, both from the subject model alone:
 - **logit lens**: the feature's output direction `d` (what one unit of its activation adds to the
   residual stream: an MLP neuron's column of the output projection; an SAE/transcoder latent's
-  decoder row; a control-basis direction mapped through the output projection at `mlp_hidden`),
+  decoder row; a control-basis direction's write vector, `bases.LinearBasis.writes` (ICA's mixing
+  column, not the unmixing row it is read along), mapped through the output projection at `mlp_hidden`),
   times its polarity, read through the final norm's scale and the unembedding: `W_U (g * d)` (the
   norm's centring and variance are left out, as is usual). Promoted: the `k` largest logits;
   suppressed: the `k` smallest.
 - **token change**: the subject reads `NEUTRAL_PROMPTS` twice, once as is and once with the feature
   amplified — `steer x max activation x d` added to the residual stream where the feature writes it,
-  at every position. The score of a token is its probability change averaged over every position of
-  every prompt; the `k` tokens that gain most, and the `k` that lose most.
+  at every position. The score of a token is its **log-probability change**, `mean_logprob_change`:
+  the mean over every position of every prompt of log p(steered) - log p(unsteered) (one definition,
+  shared with `interventions`). TokenChange is about how far amplifying the feature raises a token's
+  log-probability (equivalently its logit, up to the shared log-normaliser); a raw probability change
+  would favour tokens that are already likely (0.50 -> 0.55 outranks 0.0001 -> 0.01). The `k` tokens
+  that gain most, and the `k` that lose most.
 Token texts are the subject's own pieces (`distill.finalize.TokenText`, control tokens escaped).
 """
 
@@ -72,7 +77,7 @@ def feature_writer(model, group) -> Writer:
     elif group.kind in BASIS_KINDS:
         basis = load_basis(group.encoder_path)
         module, side = hook_point(model, basis.spec.layer, basis.spec.site)
-        steer = basis.directions[idx].float().cpu()
+        steer = basis.writes[idx].float().cpu()  # the direction it writes (ICA: mixing column), not reads
         lens = steer @ _columns(proj).cpu() if basis.spec.site == DEFAULT_SITE else steer
     else:
         enc = load_sparse_encoder(group.encoder_path)
@@ -141,29 +146,33 @@ def steer_amount(steer: float, max_activation: float) -> float:
     return steer * (max_activation or 1.0)
 
 
-def mean_next_token(model, ids: torch.Tensor, mask: torch.Tensor, log: bool = False) -> torch.Tensor:
-    """[V] next-token probabilities (log-probabilities with `log`) averaged over every real position."""
+def mean_logprobs(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[V] next-token log-probabilities averaged over every real position."""
     logits = model(input_ids=ids, attention_mask=mask).logits.float()
-    values = logits.log_softmax(-1) if log else logits.softmax(-1)
-    return (values * (mask / mask.sum()).unsqueeze(-1).float()).sum((0, 1))
+    return (logits.log_softmax(-1) * (mask / mask.sum()).unsqueeze(-1).float()).sum((0, 1))
+
+
+def mean_logprob_change(
+    model, ids: torch.Tensor, mask: torch.Tensor, writer: Writer, delta: torch.Tensor, base: torch.Tensor | None = None
+) -> torch.Tensor:
+    """[V] the token change of the module doc: mean log p with `delta` added at the writer's site minus
+    without (`base`: the unsteered `mean_logprobs`, when already computed)."""
+    base = mean_logprobs(model, ids, mask) if base is None else base
+    with _added(writer, delta):
+        return mean_logprobs(model, ids, mask) - base
 
 
 @torch.no_grad()
 def token_change(
     model, tok, writer: Writer, amounts: Sequence[float], k: int, prompts: Sequence[str] = NEUTRAL_PROMPTS
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """([F, k] token ids that gain most probability, [F, k] that lose most) when feature f is amplified
-    by `amounts[f]` units (module doc): the change averaged over every real position of every prompt."""
+    """([F, k] token ids whose log-probability rises most, [F, k] that fall most) when feature f is amplified
+    by `amounts[f]` units (module doc: `mean_logprob_change`)."""
     ids, mask = _prompt_batch(tok, prompts, next(model.parameters()).device)
-
-    def mean_probs() -> torch.Tensor:
-        return mean_next_token(model, ids, mask)
-
-    base = mean_probs()
+    base = mean_logprobs(model, ids, mask)
     raised, lowered = [], []
     for f in range(writer.steer.shape[0]):
-        with _added(writer, writer.steer[f] * float(amounts[f])):
-            change = mean_probs() - base
+        change = mean_logprob_change(model, ids, mask, writer, writer.steer[f] * float(amounts[f]), base)
         raised.append(change.topk(k).indices)
         lowered.append((-change).topk(k).indices)
     return torch.stack(raised), torch.stack(lowered)

@@ -40,7 +40,7 @@ from neuroscribe.records import POSITIVE_SOURCES, Exemplar, FeatureExemplars, Ou
 
 PROMPT_VERSION = "v2"  # v2: weak activations display as 1, not 0
 MAX_DIGIT = 9
-STYLES: tuple[str, ...] = ("plain", "highlighted", "contrastive", "output", "input+output")
+STYLES: tuple[str, ...] = ("plain", "highlighted", "contrastive", "output", "input+output", "graded")
 OUTPUT_STYLES: tuple[str, ...] = ("output", "input+output")  # need the store's outputs.parquet
 SLOT = "unknown"
 
@@ -54,12 +54,18 @@ _CONTROL = re.compile(
 _NAMED_WS = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
-def normalise(values: Sequence[float], max_value: float) -> list[int]:
-    """Raw activations -> display digits 0..9 relative to `max_value`; any positive activation shows as
-    at least 1 (module doc); all 0 when max_value <= 0."""
+def activation_levels(values: Sequence[float], max_value: float, top: int) -> list[int]:
+    """The one grading rule of prompts and the fine-tuned simulator's labels: `min(top, floor(10 * a / max))`
+    for a > 0 but at least 1, so any positive activation is visibly above an inactive token; 0 for a <= 0;
+    all 0 when max_value <= 0. Prompts use top = MAX_DIGIT (9), the simulator's classes top = 10."""
     if not max_value > 0:
         return [0 for _ in values]
-    return [min(MAX_DIGIT, max(1, math.floor(10 * float(a) / max_value))) if a > 0 else 0 for a in values]
+    return [min(top, max(1, math.floor(10 * float(a) / max_value))) if a > 0 else 0 for a in values]
+
+
+def normalise(values: Sequence[float], max_value: float) -> list[int]:
+    """Raw activations -> display digits 0..9 relative to `max_value` (`activation_levels`, module doc)."""
+    return activation_levels(values, max_value, MAX_DIGIT)
 
 
 def escape_control_text(text: str) -> str:
@@ -125,6 +131,14 @@ def highlight(tokens: Sequence[str], digits: Sequence[int]) -> str:
     if open_run:
         out.append(">>")
     return "".join(out)
+
+
+def graded_text(tokens: Sequence[str], digits: Sequence[int], marks: Sequence[bool]) -> str:
+    """Exemplar text with each marked token written `<<token=digit>>` (the `graded` style: highlighted's
+    marks, `active_marks`, each with its display digit). Only marked tokens carry a digit, so a dense unit
+    (most tokens slightly positive, as gated MLP neurons are) costs about what highlighted does, not plain."""
+    shown = display_tokens(tokens, markup_safe=True)
+    return "".join(f"<<{t}={d}>>" if m and d > 0 else t for t, d, m in zip(shown, digits, marks))
 
 
 # ----------------------------------------------------------------------------------- explainer
@@ -201,7 +215,9 @@ def explainer_messages(
 
     Uses only `record.select(split="explain")`; `exemplars`, when given, must come from there. At most
     `max_exemplars` are shown (None: every one the protocol shows; transluce: 15, anthropic: 49).
-    plain: one `token<TAB>digit` line per token; highlighted: running text with `<<active>>` runs;
+    plain: one `token<TAB>digit` line per token; graded: running text with each token highlighted would
+    mark written `<<token=digit>>` (graded like plain, about as short as highlighted: the anthropic
+    protocol's default, `Protocol.prompt_style`); highlighted: running text with `<<active>>` runs (binary);
     contrastive: highlighted positives plus hard negatives, asking what tells them apart; output: only
     what the unit does to the next-token prediction (`output_section`); input+output: highlighted plus that.
     """
@@ -244,6 +260,17 @@ def explainer_messages(
         body = (
             "Each excerpt below lists one token per line, a tab, then the unit's activation on that token "
             f"from 0 (inactive) to {MAX_DIGIT} (strongest).\n\n" + "\n\n".join(blocks)
+        )
+    elif style == "graded":
+        pos = "\n".join(
+            f"{i}. {graded_text(e.tokens, digits(e), marks(e, e.source in POSITIVE_SOURCES))}"
+            for i, e in enumerate(positives, 1)
+        )
+        body = (
+            "In each excerpt below, the tokens where the unit is active are written <<token=N>>, N its "
+            f"activation from 1 (weak) to {MAX_DIGIT} (strongest); unmarked tokens are (nearly) inactive"
+            + ("." if all(e.source in POSITIVE_SOURCES for e in positives) else "; some excerpts are random text.")
+            + f"\n\nExcerpts:\n{pos}"
         )
     else:
         pos = "\n".join(

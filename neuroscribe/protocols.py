@@ -42,6 +42,10 @@ class Protocol:
     """True: top side vs random side mixed 1:1 (`scoring.top_and_random_score`); False: every scored token pooled."""
     quantiles: int = 5
     intervals: int = 0
+    prompt_style: str = "plain"
+    """The explainer prompt style `explain` uses on this protocol's stores unless told (`--prompt`): a graded
+    one (the activation as a digit), never binary marks; anthropic's 49 exemplars take `graded` (running
+    text about as long as `highlighted`: `plain`'s line per token made its prompts ~4x longer)."""
 
     def total(self, source: str, n_splits: int) -> int:
         """Exemplars of `source` to mine per feature (per bin for quantile and interval)."""
@@ -83,6 +87,7 @@ PROTOCOLS: dict[str, Protocol] = {
         balanced=False,
         quantiles=0,
         intervals=12,
+        prompt_style="graded",
     ),
 }
 

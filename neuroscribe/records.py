@@ -210,6 +210,7 @@ class ScoredExplanation:
     explanation: Explanation
     score: float
     random_only_score: float = float("nan")
+    out_of_context_score: float = float("nan")  # anthropic: r over the out-of-context tokens, scored apart
     simulator: str = ""
     split: str = "score"
     status: str = "ok"
@@ -219,8 +220,9 @@ class ScoredExplanation:
     sampling: str = ""  # the sampling protocol of the scored exemplars (`neuroscribe.protocols`)
     in_sample: bool = False  # the simulator was trained on this feature's exemplars
     n_exemplars: int = 0  # exemplars simulated
-    n_top: int = 0  # top-side exemplars in the score (top/quantile/interval; anthropic: + out-of-context; after 1:1)
+    n_top: int = 0  # top-side exemplars in the score (top/quantile/interval, after 1:1)
     n_random: int = 0  # random exemplars in the score (after 1:1 balancing)
+    n_out_of_context: int = 0  # out-of-context tokens in `out_of_context_score`
     n_top_held: int = 0  # top/quantile exemplars the split holds
     n_random_held: int = 0  # random exemplars the split holds
     n_parse_failures: int = 0  # tokens whose prediction could not be read (dropped, never zeroed)

@@ -11,24 +11,32 @@ The conventions behind every score (the README's scoring section says the same):
   fine-tuned simulator learns. `target="raw"` keeps the signed value. Every score records its target.
 - Sides. What is scored is set by the store's sampling protocol (`neuroscribe.protocols`; recorded as
   `sampling`): top side = the split's scored top, quantile and interval exemplars (strongest first);
-  random side = its random exemplars; anthropic also scores out-of-context tokens (each read alone).
+  random side = its random exemplars; anthropic also scores out-of-context tokens (each read after a
+  neutral context, `corpus.neutral_context`), as a part of their own (below).
   Inactive, hard-negative and other-context exemplars never enter a simulation score.
 - Balance. transluce and openai (`balanced`): the score pools all tokens of the two sides mixed 1:1:
   k = min(n_top, n_random) records of each, at evenly spaced positions of each side's order.
-  anthropic: every scored exemplar's tokens pooled as they are (60 per split: 6 top, 24 interval,
-  10 random, 20 out-of-context), no balancing. The counts used and held are recorded (`n_top`,
-  `n_random`, `n_top_held`, `n_random_held`); collect's defaults make the 1:1 sides equal.
+  anthropic: every scored window's tokens pooled as they are (40 per split: 6 top, 24 interval,
+  10 random), no balancing; the 20 out-of-context tokens are scored apart (`out_of_context_score`, r
+  over those 20 tokens, one each), as the paper reports them separately. Pooled with the ~2,500 window
+  tokens they would weigh under 1% (our reading; weighting each exemplar equally would be the other).
+  The counts used and held are recorded (`n_top`, `n_random`, `n_out_of_context`, `n_top_held`,
+  `n_random_held`); collect's defaults make the 1:1 sides equal.
 - Insufficient. A split without a top/quantile exemplar or without a random one is never scored:
   NaN, status "insufficient", with the reason (no random-only fallback).
 - Failures. An unparseable explanation is NaN with status "unparsed"; a constant simulation (or a
   constant truth) is NaN with status "undefined". Tokens a simulator could not read are dropped from
   the score and counted, never zeroed. In a headline mean (`headline`), "unparsed" and "undefined" count
   as 0.0, the correlation of a prediction that carries no information; "insufficient" features are
-  left out for every explainer alike, so paired comparisons always cover the same features.
-- Labels (judges). An exemplar is activating when its peak target exceeds ACTIVE_FRACTION (0.1) of the
-  feature's max (`records.is_activating`), whatever source mined it; a token likewise. Detection asks,
-  per held-out exemplar (each window once), whether the unit fires on it; fuzzing whether the marked
-  tokens are the ones it fires on. Both report balanced accuracy at P(yes) >= 0.5 and AUROC of P(yes).
+  left out for every explainer alike, so paired comparisons always cover the same features. As 0.0 ranks
+  a failure below an anti-correlated explanation, eval also reports each mean with failures counted as
+  the feature's null-explanation score (`eval.results.failure_as_null`).
+- Labels (judges). A token is active when its target exceeds JUDGE_ACTIVE_FRACTION of the feature's max
+  (default 0.0: delphi's "any activation > 0"; `active_fraction` sets it, and every judge result records
+  it), an exemplar when any of its tokens is, whatever source mined it. Detection asks, per held-out
+  exemplar (each window once), whether the unit fires on it; fuzzing whether the marked tokens are the
+  ones it fires on, the decoys carrying a real activating exemplar's marks (its run structure). Both
+  report balanced accuracy at P(yes) >= 0.5 and AUROC of P(yes).
 - Protocol. `PROTOCOL` names this set of conventions; it is part of every score's cache key, so a
   changed target, balance or label rule never reuses an old score.
 """
@@ -61,10 +69,10 @@ from neuroscribe.records import (
 )
 from neuroscribe.simulators.base import Simulator, YesNoJudge
 
-PROTOCOL = "sim-v2"  # bump whenever a convention of the module doc changes
+PROTOCOL = "sim-v3"  # bump whenever a convention of the module doc changes (v3: out-of-context scored apart)
 TARGETS = ("relu", "raw")
 FAILURE_SCORE = 0.0  # what an unparsed explanation or a constant simulation counts as in a headline mean
-FUZZING_VARIANTS = ("default", "active")
+FUZZING_VARIANTS = ("default", "active", "scattered")
 
 
 def held_out(record: FeatureExemplars, split: str) -> list[Exemplar]:
@@ -182,8 +190,10 @@ def simulate_and_score_many(
 def _scored(
     explanation: Explanation, sims: list[SimulatedExemplar], n_top: int, target: str, base: dict, balanced: bool
 ) -> ScoredExplanation:
-    top_true, top_pred, top_failed = _readable(sims[:n_top], target)
+    alone = [s for s in sims[:n_top] if s.source == OUT_OF_CONTEXT]
+    top_true, top_pred, top_failed = _readable([s for s in sims[:n_top] if s.source != OUT_OF_CONTEXT], target)
     rnd_true, rnd_pred, rnd_failed = _readable(sims[n_top:], target)
+    ooc_true, ooc_pred, ooc_failed = _readable(alone, target)
     if balanced:
         score = scoring.top_and_random_score(top_true, top_pred, rnd_true, rnd_pred)
         k_top = k_random = min(len(top_true), len(rnd_true))
@@ -197,12 +207,14 @@ def _scored(
         explanation,
         score,
         random_only_score=scoring.random_only_score(rnd_true, rnd_pred),
+        out_of_context_score=scoring.pooled_correlation(ooc_true, ooc_pred) if ooc_true else math.nan,
         status=status,
         reason=reason,
         n_exemplars=len(sims),
         n_top=k_top,
         n_random=k_random,
-        n_parse_failures=top_failed + rnd_failed,
+        n_out_of_context=len(ooc_true),
+        n_parse_failures=top_failed + rnd_failed + ooc_failed,
         simulations=tuple(sims),
         **base,
     )
@@ -309,19 +321,28 @@ def cached_scores(
 # ---------------------------------------------------------------------------------- judges
 
 
-def _active_tokens(e: Exemplar, fmax: float, target: str) -> list[bool]:
-    return [is_activating(a, fmax) for a in target_values(e.activations, target)]
+JUDGE_ACTIVE_FRACTION = 0.0
+"""The judges' label rule: a token is active when its target exceeds this fraction of the feature's max,
+a window when any token is. delphi's published rule is any activation > 0, which is 0.0 here; collect's
+ACTIVE_FRACTION (0.1, used to mine inactive windows and hard negatives) is the other common choice
+(pass it as `active_fraction`). Every judge result records the value it used."""
 
 
-def detection_items(record: FeatureExemplars, split: str, target: str = "relu") -> list[tuple[Exemplar, bool]]:
+def _active_tokens(e: Exemplar, fmax: float, target: str, fraction: float) -> list[bool]:
+    return [is_activating(a, fmax, fraction) for a in target_values(e.activations, target)]
+
+
+def detection_items(
+    record: FeatureExemplars, split: str, target: str = "relu", active_fraction: float = JUDGE_ACTIVE_FRACTION
+) -> list[tuple[Exemplar, bool]]:
     """(exemplar, activating?) for every held-out window of the split, once each, labelled by its own peak
-    (out-of-context tokens are not windows of text: left out)."""
+    (`JUDGE_ACTIVE_FRACTION`; out-of-context tokens are not windows of text: left out)."""
     fmax, seen, out = record.reference_max, set(), []
     for e in held_out(record, split):
         if e.window_id in seen or e.source == OUT_OF_CONTEXT:
             continue
         seen.add(e.window_id)
-        out.append((e, any(_active_tokens(e, fmax, target))))
+        out.append((e, any(_active_tokens(e, fmax, target, active_fraction))))
     return out
 
 
@@ -330,10 +351,15 @@ def _judged(probs: Sequence[float], truth: Sequence[bool]) -> tuple[float, float
 
 
 def detection_score(
-    judge: YesNoJudge, explanation: Explanation, record: FeatureExemplars, split: str = "score", target: str = "relu"
+    judge: YesNoJudge,
+    explanation: Explanation,
+    record: FeatureExemplars,
+    split: str = "score",
+    target: str = "relu",
+    active_fraction: float = JUDGE_ACTIVE_FRACTION,
 ) -> dict[str, float]:
     """{detection, detection_auroc}: does the unit fire on this excerpt? (NaN without both classes)."""
-    items = detection_items(record, split, target)
+    items = detection_items(record, split, target, active_fraction)
     if not explanation.ok or not items:
         return {"detection": math.nan, "detection_auroc": math.nan}
     probs = judge.yes_probabilities([detection_messages(explanation.text, e.tokens) for e, _ in items])
@@ -341,56 +367,95 @@ def detection_score(
     return {"detection": acc, "detection_auroc": auc}
 
 
-def _decoy_runs(active: Sequence[bool], rng: random.Random) -> tuple[bool, ...] | None:
-    """The true active runs' lengths placed at random elsewhere, off the true active tokens (None when
-    they do not fit)."""
-    runs, i = [], 0
-    while i < len(active):
-        if active[i]:
+def _runs(marks: Sequence[bool]) -> list[tuple[int, int]]:
+    """(start, length) of each run of marked tokens."""
+    out, i = [], 0
+    while i < len(marks):
+        if marks[i]:
             j = i
-            while j < len(active) and active[j]:
+            while j < len(marks) and marks[j]:
                 j += 1
-            runs.append(j - i)
+            out.append((i, j - i))
             i = j
         else:
             i += 1
-    taken = list(active)
-    marks = [False] * len(active)
-    for length in sorted(runs, reverse=True):
-        starts = [s for s in range(len(active) - length + 1) if not any(taken[s : s + length])]
+    return out
+
+
+def _placed_runs(lengths: Sequence[int], taken: Sequence[bool], rng: random.Random) -> tuple[bool, ...] | None:
+    """Runs of `lengths` placed at random off the `taken` tokens, never merging (None when they do not fit)."""
+    taken = list(taken)
+    marks = [False] * len(taken)
+    for length in sorted(lengths, reverse=True):
+        starts = [s for s in range(len(taken) - length + 1) if not any(taken[s : s + length])]
         if not starts:
             return None
         s = rng.choice(starts)
-        for t in range(max(0, s - 1), min(len(active), s + length + 1)):
+        for t in range(max(0, s - 1), min(len(taken), s + length + 1)):
             taken[t] = True  # the run and its neighbours: decoy runs never merge into one
         for t in range(s, s + length):
             marks[t] = True
     return tuple(marks)
 
 
+def _decoy_runs(active: Sequence[bool], rng: random.Random) -> tuple[bool, ...] | None:
+    """The true active runs' lengths placed at random elsewhere, off the true active tokens (None when
+    they do not fit)."""
+    return _placed_runs([n for _, n in _runs(active)], active, rng)
+
+
+def _copied_marks(real: Sequence[bool], n_tokens: int, rng: random.Random) -> tuple[bool, ...] | None:
+    """A real activating exemplar's marks laid on a window of `n_tokens`: the same runs at the same offsets
+    where the window is long enough (so decoys and true marks share one distribution of mark patterns),
+    else the same run lengths at random offsets (None when they do not fit)."""
+    runs = _runs(real)
+    if runs and all(start + length <= n_tokens for start, length in runs):
+        marks = [False] * n_tokens
+        for start, length in runs:
+            marks[start : start + length] = [True] * length
+        return tuple(marks)
+    return _placed_runs([n for _, n in runs], [False] * n_tokens, rng) if runs else None
+
+
 def fuzzing_items(
-    record: FeatureExemplars, split: str = "score", seed: int = 0, variant: str = "default", target: str = "relu"
+    record: FeatureExemplars,
+    split: str = "score",
+    seed: int = 0,
+    variant: str = "default",
+    target: str = "relu",
+    active_fraction: float = JUDGE_ACTIVE_FRACTION,
 ) -> list[tuple[Exemplar, tuple[bool, ...], bool]]:
     """(exemplar, marked tokens, truth) pairs for delphi's fuzzing, each seeded by the window id.
 
-    default: every activating exemplar with its true active tokens marked (True), and every
-    non-activating one with as many random tokens marked as activating exemplars mark on average (False).
-    active: every activating exemplar twice, truly marked (True) and with decoy runs of the same
-    lengths placed off its active tokens (False).
+    Every variant marks each activating exemplar's true active tokens (True). The decoys (False):
+    default: each non-activating exemplar with the marks of a real activating exemplar (drawn by the
+    seed) copied onto it, the run structure included (delphi's reading); scattered marks would be a cue
+    a judge can use without reading the explanation (true marks come in runs, scattered ones do not).
+    scattered: each non-activating exemplar with as many single tokens marked at random as activating
+    exemplars mark on average (the earlier default, kept as an option).
+    active: every activating exemplar again, with decoy runs of its own run lengths placed off its active
+    tokens.
     """
     if variant not in FUZZING_VARIANTS:
         raise ValueError(f"fuzzing variant {variant!r}: choose one of {list(FUZZING_VARIANTS)}")
     fmax = record.reference_max
-    items = detection_items(record, split, target)
-    positives = [(e, tuple(_active_tokens(e, fmax, target))) for e, y in items if y]
+    items = detection_items(record, split, target, active_fraction)
+    positives = [(e, tuple(_active_tokens(e, fmax, target, active_fraction))) for e, y in items if y]
     out: list[tuple[Exemplar, tuple[bool, ...], bool]] = [(e, marks, True) for e, marks in positives]
-    if variant == "default":
+    if variant == "default" and positives:
+        for e, y in items:
+            if not y:
+                rng = random.Random(seed * 1_000_003 + e.window_id)
+                decoy = _copied_marks(rng.choice(positives)[1], len(e.tokens), rng)
+                if decoy is not None:
+                    out.append((e, decoy, False))
+    elif variant == "scattered":
         mean = round(sum(sum(m) for _, m in positives) / len(positives)) if positives else 0
         for e, y in items:
             if not y and mean and len(e.tokens) >= mean:
                 chosen = set(random.Random(seed * 1_000_003 + e.window_id).sample(range(len(e.tokens)), mean))
                 out.append((e, tuple(i in chosen for i in range(len(e.tokens))), False))
-    else:
+    elif variant == "active":
         for e, marks in positives:
             decoy = _decoy_runs(marks, random.Random(seed * 1_000_003 + e.window_id))
             if decoy is not None:
@@ -406,15 +471,19 @@ def fuzzing_score(
     seed: int = 0,
     variant: str = "default",
     target: str = "relu",
+    active_fraction: float = JUDGE_ACTIVE_FRACTION,
 ) -> dict[str, float]:
-    """{fuzzing[_active], fuzzing[_active]_auroc}: are the marked tokens the ones the unit fires on?"""
-    name = "fuzzing" if variant == "default" else "fuzzing_active"
-    items = fuzzing_items(record, split, seed, variant, target)
+    """{fuzzing[_VARIANT], fuzzing[_VARIANT]_auroc}: are the marked tokens the ones the unit fires on?"""
+    name = "fuzzing" if variant == "default" else f"fuzzing_{variant}"
+    items = fuzzing_items(record, split, seed, variant, target, active_fraction)
     if not explanation.ok or not items:
         return {name: math.nan, f"{name}_auroc": math.nan}
     probs = judge.yes_probabilities([fuzzing_messages(explanation.text, e.tokens, m) for e, m, _ in items])
     acc, auc = _judged(probs, [t for _, _, t in items])
     return {name: acc, f"{name}_auroc": auc}
+
+
+JUDGE_SETTINGS = ("active_fraction",)  # keys of a judge result that are settings, not scores
 
 
 def judge_scores(
@@ -424,12 +493,15 @@ def judge_scores(
     split: str = "score",
     seed: int = 0,
     target: str = "relu",
+    active_fraction: float = JUDGE_ACTIVE_FRACTION,
 ) -> dict[str, float]:
-    """Detection and both fuzzing variants, balanced accuracy and AUROC each."""
+    """Detection and the default and active fuzzing variants, balanced accuracy and AUROC each, and the
+    label threshold they used (`active_fraction`, one of JUDGE_SETTINGS)."""
     return {
-        **detection_score(judge, explanation, record, split, target),
-        **fuzzing_score(judge, explanation, record, split, seed, "default", target),
-        **fuzzing_score(judge, explanation, record, split, seed, "active", target),
+        **detection_score(judge, explanation, record, split, target, active_fraction),
+        **fuzzing_score(judge, explanation, record, split, seed, "default", target, active_fraction),
+        **fuzzing_score(judge, explanation, record, split, seed, "active", target, active_fraction),
+        "active_fraction": active_fraction,
     }
 
 
@@ -453,6 +525,7 @@ def in_sample_features(simulator: Simulator, keys: Sequence[str], allow: bool = 
 __all__ = [
     "ACTIVE_FRACTION",
     "FAILURE_SCORE",
+    "JUDGE_ACTIVE_FRACTION",
     "PROTOCOL",
     "TARGETS",
     "cached_score",

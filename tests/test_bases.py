@@ -99,3 +99,77 @@ def test_collect_stores_each_direction_as_the_projection_of_the_hook_activation(
     for key, sign in (("pca/L0/1+", 1), ("pca/L0/1-", -1)):
         ex = store.get(key).exemplars[0]
         assert np.allclose(ex.activations, sign * projection(ex.token_ids), atol=1e-4), key
+
+
+def test_a_fitted_basis_writes_its_mixing_columns_and_reads_them_back_as_unit_vectors():
+    from sklearn.decomposition import FastICA
+
+    from neuroscribe.bases import BasisSpec, LinearBasis
+
+    samples = _samples()
+    samples = samples - samples.mean(0)
+    rows = fit_directions("ica", samples, 4)
+    basis = LinearBasis(BasisSpec("ica", 0, "mlp_hidden", 4), torch.from_numpy(rows).float(), torch.zeros(12))
+    ica = FastICA(n_components=4, whiten="unit-variance", random_state=0, max_iter=400, tol=1e-3).fit(samples)
+    mixing = torch.from_numpy(ica.mixing_.T).float()  # [4, d]: what each source writes
+    cos = torch.nn.functional.cosine_similarity(basis.writes, mixing, dim=1)
+    assert torch.allclose(cos, torch.ones(4), atol=1e-4)
+    assert torch.allclose(basis.encode(basis.writes), torch.eye(4), atol=1e-4)
+    assert cos.min() > 0.999 and torch.nn.functional.cosine_similarity(basis.directions, mixing, dim=1).min() < 0.99
+    pca = LinearBasis(
+        BasisSpec("pca", 0, "mlp_hidden", 4),
+        torch.from_numpy(fit_directions("pca", samples, 4)).float(),
+        torch.zeros(12),
+    )
+    assert torch.allclose(pca.writes, pca.directions, atol=1e-5)  # orthonormal: reads and writes alike
+
+
+def _hidden(model, ids) -> torch.Tensor:
+    seen = []
+    handle = _down_proj(decoder_layers(model)[0]).register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    with torch.no_grad():
+        model(input_ids=ids, use_cache=False)
+    handle.remove()
+    return seen[0].float()
+
+
+def test_the_fit_leaves_out_the_prefix_and_context_positions(tiny_llama):
+    from neuroscribe.bases import BasisSpec, fit_basis
+
+    model, _ = load_model(str(tiny_llama))
+    ids = torch.randint(5, 400, (6, 12), generator=torch.Generator().manual_seed(0))
+    basis = fit_basis(BasisSpec("pca", 0, "mlp_hidden", 4), model, [ids], skip=4)
+    hidden = _hidden(model, ids)
+    assert torch.allclose(basis.mean, hidden[:, 4:].reshape(-1, hidden.shape[-1]).mean(0), atol=1e-5)
+    assert not torch.allclose(basis.mean, hidden.reshape(-1, hidden.shape[-1]).mean(0), atol=1e-4)
+
+
+def test_centring_is_an_explicit_choice_of_the_spec_and_the_file(tiny_llama, tmp_path):
+    from neuroscribe.bases import fit_basis
+
+    spec = parse_basis_spec("pca:0:4:uncentred")
+    assert not spec.centred and spec.file_name == "pca-L0-mlp_hidden-4-uncentred.safetensors"
+    assert parse_basis_spec("pca:0:4").centred
+    model, _ = load_model(str(tiny_llama))
+    ids = torch.randint(5, 400, (6, 12), generator=torch.Generator().manual_seed(0))
+    basis = fit_basis(spec, model, [ids])
+    centred = fit_basis(parse_basis_spec("pca:0:4"), model, [ids])
+    assert torch.allclose(basis.directions, centred.directions)  # the same directions, read differently
+    x = _hidden(model, ids)[0]
+    assert torch.allclose(basis.encode(x), x @ basis.directions.T, atol=1e-5)  # x . w, like a neuron
+    assert torch.allclose(centred.encode(x), (x - centred.mean) @ centred.directions.T, atol=1e-5)
+    loaded = load_basis(basis.save(tmp_path / spec.file_name))
+    assert not loaded.spec.centred and torch.equal(loaded.mean, torch.zeros_like(loaded.mean))
+
+
+def test_the_bases_benchmark_reports_each_basis_minus_its_own_null():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "bases.py"
+    spec = importlib.util.spec_from_file_location("bench_bases", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    row = bench.basis_row([0.5, 0.3, 0.4], [0.4, 0.1, 0.4])
+    assert row["mean"] == pytest.approx(0.4) and row["null"] == pytest.approx(0.3)
+    assert row["minus_null"] == pytest.approx(0.1) and row["minus_null_low"] <= 0.1 <= row["minus_null_high"]

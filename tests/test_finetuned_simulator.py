@@ -57,8 +57,25 @@ def tiny(tiny_llama):
 
 def test_activation_classes_follow_the_label_rule():
     acts = [-1.0, 0.0, 0.19, 0.2, 1.0, 1.99, 2.0, 3.0]
-    assert activation_classes(acts, 2.0) == [0, 0, 0, 1, 5, 9, 10, 10]
+    assert activation_classes(acts, 2.0) == [0, 0, 1, 1, 5, 9, 10, 10]
     assert activation_classes(acts, 0.0) == [0] * len(acts)
+
+
+def test_a_weak_activation_is_class_1_for_the_simulator_as_it_is_digit_1_in_the_prompts():
+    from neuroscribe.prompts import normalise
+
+    acts = [0.0, 0.01, 0.05, 0.5, 1.0]
+    assert activation_classes(acts, 1.0)[:4] == normalise(acts, 1.0)[:4] == [0, 1, 1, 5]
+
+
+def test_a_simulator_trained_on_the_old_labels_is_refused_with_its_version(tiny_tok, tmp_path):
+    import json
+
+    write_simulator_file(tmp_path, SimulatorFormat.for_tokenizer(tiny_tok))
+    data = json.loads((tmp_path / "simulator.json").read_text())
+    (tmp_path / "simulator.json").write_text(json.dumps({**data, "format_version": "neuroscribe-simulator/1"}))
+    with pytest.raises(Exception, match="neuroscribe-simulator/1.*neuroscribe-simulator/2"):
+        read_simulator_file(tmp_path)
 
 
 def test_class_ids_are_eleven_distinct_ordinary_vocabulary_ids(tiny_tok, smol_tok):

@@ -9,11 +9,21 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from neuroscribe.distill.finalize import TokenText
 from neuroscribe.features import FeatureGroup
-from neuroscribe.interventions import continuations, judge_scores, named_token_percentile, named_tokens
+from neuroscribe.interventions import (
+    Continuations,
+    InterventionScore,
+    continuations,
+    contrastive_accuracy,
+    judge_scores,
+    named_token_percentile,
+    named_tokens,
+    with_null,
+)
 from neuroscribe.models import load_model
 from neuroscribe.output_side import feature_writer
 
@@ -126,3 +136,55 @@ def test_score_with_intervention_writes_its_scores_beside_the_simulation(tiny_ll
     summary = json.loads((out / "summary.json").read_text())
     assert 0 <= summary["intervention"]["judge_accuracy"] <= 1 and summary["intervention"]["steer"] == 10
     assert (out / "scored.jsonl").exists()
+
+
+def _texts(prompts, base, steered) -> Continuations:
+    return Continuations(tuple(prompts), tuple(base), tuple(steered), torch.zeros(4))
+
+
+def _fluency_judge(explanation, prompt, options):
+    """Never reads the explanation: the most repetitive continuation is the amplified one."""
+    broken = [1 - len(set(o.split())) / max(1, len(o.split())) for o in options]
+    return [1.0 if b == max(broken) else 0.0 for b in broken]
+
+
+def test_a_judge_that_sees_only_fluency_scores_chance_on_the_contrastive_task():
+    prompts = ("The weather today is", "She opened the door and")
+    base = ("sunny and warm", "walked into the room")
+    steered = [  # three features, each breaking fluency in its own way (and by its own amount)
+        ("said said said said", "said said said said"),
+        ("the the of the", "a a a b"),
+        ("to to to to", "x y y y"),
+    ]
+    features = [_texts(prompts, base, s) for s in steered]
+    unsteered = _texts(prompts, base, base)
+    # steered vs unsteered: fluency alone gives it away
+    assert contrastive_accuracy(_fluency_judge, "anything", features[0], [unsteered]) == 1.0
+    # among steered continuations only: over the features, fluency is worth chance, 1/3
+    scores = [
+        contrastive_accuracy(_fluency_judge, "anything", f, [o for o in features if o is not f]) for f in features
+    ]
+    assert sum(scores) / len(scores) == pytest.approx(1 / 3)
+
+
+def test_a_judge_that_always_answers_a_scores_exactly_chance_on_every_contrastive_item():
+    prompts = ("one", "two")
+    target, *others = (_texts(prompts, ("x", "y"), (f"t{i}", f"u{i}")) for i in range(4))
+    always_a = lambda e, p, options: [1.0] + [0.0] * (len(options) - 1)  # noqa: E731
+    assert contrastive_accuracy(always_a, "e", target, others) == pytest.approx(0.25)
+    tied = lambda e, p, options: [0.5] * len(options)  # noqa: E731
+    assert contrastive_accuracy(tied, "e", target, others) == pytest.approx(0.25)
+
+
+def test_named_tokens_leave_out_function_words_of_input_side_explanations():
+    assert named_tokens('fires right after "the" in dates') == ["the", "dates"]
+    assert named_tokens("the token before the closing bracket") == ["closing", "bracket"]
+
+
+def test_every_intervention_score_is_reported_minus_the_null_explanations():
+    score = InterventionScore(0.75, 0.8, 0.9, ("x",), 0.5, 0.25)
+    null = InterventionScore(0.6, 0.5, math.nan, (), 0.25, 0.25)
+    got = with_null(score, null)
+    assert got.judge_accuracy_vs_null == pytest.approx(0.15) and got.judge_auroc_vs_null == pytest.approx(0.3)
+    assert got.contrastive_accuracy_vs_null == pytest.approx(0.25)
+    assert got.named_token_percentile_vs_null == pytest.approx(0.4)  # the null names nothing: against 0.5

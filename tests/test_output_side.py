@@ -93,3 +93,67 @@ def test_output_styles_on_a_store_without_output_side_say_how_to_get_it(tiny_lla
     rec = store.get(store.keys()[0])
     with pytest.raises(ValueError, match="--output-side"):
         explainer_messages(rec, "output")
+
+
+def test_an_ica_direction_whose_mixing_column_points_at_a_token_the_logit_lens_and_steering_name_it(
+    tiny_llama, tmp_path
+):
+    """The direction a feature writes is ICA's mixing column, not the unmixing row it is read along."""
+    from neuroscribe.bases import BasisSpec, LinearBasis
+
+    model, tok = load_model(str(tiny_llama))
+    head = model.get_output_embeddings().weight.detach().float()
+    target, other = 137, 201
+    e = head[target] / head[target].norm()
+    u = head[other] - (head[other] @ e) * e
+    u = u / u.norm()
+    mixing = torch.stack([e, e - 0.2 * u])  # rows: what one unit of each feature writes
+    unmixing = torch.linalg.pinv(mixing.T)  # rows read the features back: unmixing @ mixing.T = I
+    unmixing = unmixing / unmixing.norm(dim=1, keepdim=True)
+    assert (unmixing[0] @ u) > 0.9  # read along (almost) the other token's direction
+    path = LinearBasis(BasisSpec("ica", 1, "resid_post", 2), unmixing, torch.zeros(e.shape[0])).save(
+        tmp_path / "ica.safetensors"
+    )
+    writer = feature_writer(model, FeatureGroup("ica", 1, (0,), (1,), encoder_path=str(path)))
+    assert torch.allclose(writer.lens[0] / writer.lens[0].norm(), e, atol=1e-4)
+    promoted, _ = logit_lens(model, writer, 3)
+    assert promoted[0, 0] == target
+    raised, _ = token_change(model, tok, writer, [60.0], 3)
+    assert raised[0, 0] == target
+
+
+class _ToyLM(torch.nn.Module):
+    """Logits = fixed bias + what a hook adds at `site` (a [d] -> [V] identity read-out): token 0 already
+    likely, token 1 rare; the toy steer raises token 0's logit by 0.3 and token 1's by 3."""
+
+    def __init__(self, vocab: int = 6):
+        super().__init__()
+        self.site = torch.nn.Identity()
+        self.bias = torch.nn.Parameter(torch.tensor([4.0, -2.0] + [2.0] * (vocab - 2)))
+
+    def forward(self, input_ids, attention_mask=None):
+        from types import SimpleNamespace
+
+        zeros = torch.zeros(*input_ids.shape, self.bias.shape[0])
+        return SimpleNamespace(logits=self.bias + self.site(zeros))
+
+
+class _ToyTok:
+    pad_token_id = 0
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [1 + len(w) % 4 for w in text.split()] or [1]}
+
+
+def test_token_change_ranks_by_log_probability_change_not_probability_change():
+    from neuroscribe.output_side import Writer
+
+    model = _ToyLM()
+    steer = torch.zeros(1, 6)
+    steer[0, 0], steer[0, 1] = 0.3, 3.0
+    writer = Writer(model.site, "post", steer, steer)
+    probs = model.bias.detach().softmax(0)
+    after = (model.bias.detach() + steer[0]).softmax(0)
+    assert after[0] - probs[0] > after[1] - probs[1]  # in probability, the already-likely token gains more
+    raised, _ = token_change(model, _ToyTok(), writer, [1.0], 1, prompts=("a b", "c"))
+    assert raised[0, 0] == 1  # in log-probability (the paper's TokenChange), the rare token rises most

@@ -4,6 +4,7 @@ the explainer prompt and the pooled score of the anthropic preset; the default p
 from __future__ import annotations
 
 import collections
+import math
 import subprocess
 import sys
 
@@ -13,14 +14,14 @@ import torch
 
 from neuroscribe import scoring
 from neuroscribe.configs import CollectConfig, MiningConfig
-from neuroscribe.corpus import context_prefix
+from neuroscribe.corpus import context_prefix, neutral_context
 from neuroscribe.distill.collect import collect
 from neuroscribe.distill.intervals import FINE
 from neuroscribe.distill.mining import Miner
 from neuroscribe.distill.splits import assign_splits
 from neuroscribe.features import ActivationReader, parse_feature_spec
 from neuroscribe.models import load_model
-from neuroscribe.prompts import explainer_messages
+from neuroscribe.prompts import MAX_DIGIT, display_tokens, explainer_messages
 from neuroscribe.records import Explanation, FeatureId, SimulatedExemplar
 from neuroscribe.runs.store import ExemplarStore
 from neuroscribe.scorers import simulate_and_score, target_values
@@ -190,11 +191,12 @@ def test_anthropic_store_deals_each_source_to_its_splits(anthropic_store):
     assert mean[("explain", "top")] > max(mean[("score", "top")], mean[("test", "top")]) - 1
 
 
-def test_out_of_context_rows_hold_each_tokens_own_activation_read_alone(anthropic_store):
+def test_out_of_context_rows_hold_each_tokens_own_activation_read_after_a_neutral_context(anthropic_store):
     store, cfg = anthropic_store
     model, tok = load_model(cfg.model)
     groups = parse_feature_spec(cfg.features, model)
-    prefix = context_prefix(tok)
+    prefix = context_prefix(tok) + neutral_context(tok, cfg.context)  # never the bare sink position
+    assert store.meta["out_of_context_context_ids"] == neutral_context(tok, cfg.context) != []
     with ActivationReader(model, groups) as reader:
         columns = {f.key: i for i, f in enumerate(reader.features)}
         for key in store.keys()[:3]:
@@ -237,12 +239,41 @@ def test_anthropic_prompt_shows_the_explain_split_and_the_score_pools_every_scor
     held = r.select(split="test")
     scored_rows = [e for e in held if e.source in ("top", "interval", "random", "out_of_context")]
     assert scored.sampling == "anthropic+custom" and scored.n_exemplars == len(scored_rows)
-    true = [target_values(e.activations, "relu") for e in scored_rows]
-    pred = [[0.5] if e.source == "out_of_context" else t for e, t in zip(scored_rows, true)]
     order = {(s.window_id, s.source) for s in scored.simulations}
     assert order == {(e.window_id, e.source) for e in scored_rows}
-    assert scored.score == pytest.approx(scoring.pooled_correlation(true, pred), abs=1e-9)
-    assert scored.score < 1.0  # the out-of-context tokens count
+    windows = [e for e in scored_rows if e.source != "out_of_context"]
+    true = [target_values(e.activations, "relu") for e in windows]
+    assert scored.score == pytest.approx(scoring.pooled_correlation(true, true), abs=1e-9) == pytest.approx(1.0)
+    # the out-of-context tokens are a part of their own: a constant there is undefined, not a diluted 1.0
+    alone = r.select(split="test", sources=["out_of_context"])
+    assert math.isnan(scored.out_of_context_score) and scored.n_out_of_context == len(alone) > 0
+
+
+def test_out_of_context_tokens_are_scored_as_a_part_of_their_own(anthropic_store):
+    store, _ = anthropic_store
+    r = store.get(store.keys()[0])
+
+    class RightAloneWrongInWindows:  # the truth on out-of-context tokens, its negation on windows
+        spec = "alone-only"
+
+        def simulate(self, text, exemplars):
+            return [
+                SimulatedExemplar(
+                    e.window_id,
+                    e.source,
+                    e.activations,
+                    tuple(
+                        (1 if e.source == "out_of_context" else -1) * v for v in target_values(e.activations, "relu")
+                    ),
+                )
+                for e in exemplars
+            ]
+
+    scored = simulate_and_score(RightAloneWrongInWindows(), Explanation(r.feature.key, "x", "test"), r, "test")
+    alone = [target_values(e.activations, "relu") for e in r.select(split="test", sources=["out_of_context"])]
+    if len({v for a in alone for v in a}) > 1:
+        assert scored.out_of_context_score == pytest.approx(1.0)
+    assert scored.score == pytest.approx(-1.0)  # the windows alone (pooled, the right tokens lifted it a little)
 
 
 def test_collect_protocol_from_the_command_line(tiny_llama, tmp_path):
@@ -280,9 +311,22 @@ def test_explain_on_an_anthropic_store_records_the_protocol_of_every_score(anthr
     assert meta["sampling"] == store.protocol
     rows = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
     assert {r["explanation"]["feature"] for r in rows} == set(keys)
+    assert {r["explanation"]["prompt_style"] for r in rows} == {"graded"}  # the protocol's, not binary marks
     for r in rows:
         record = store.get(r["explanation"]["feature"])
         held = [e for e in record.select(split="score") if e.source in ("top", "interval", "random", "out_of_context")]
         assert r["sampling"] == store.protocol
         if r["status"] == "ok":
             assert r["n_exemplars"] == len(held)
+
+
+def test_the_graded_style_shows_each_active_tokens_digit_in_running_text(anthropic_store):
+    store, _ = anthropic_store
+    r = store.get(store.keys()[0])
+    graded = explainer_messages(r, "graded")[1]["content"]
+    plain = explainer_messages(r, "plain")[1]["content"]
+    peak = max((e for e in r.select(split="explain", sources=["top"])), key=lambda e: e.max_activation)
+    i = max(range(len(peak.tokens)), key=lambda j: peak.activations[j])
+    assert f"={MAX_DIGIT}>>" in graded and "=0>>" not in graded
+    assert len(graded) < len(plain)  # running text, not a line per token
+    assert display_tokens([peak.tokens[i]], markup_safe=True)[0] in graded

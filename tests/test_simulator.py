@@ -12,10 +12,12 @@ from neuroscribe import scoring
 from neuroscribe.prompts import detection_messages
 from neuroscribe.records import Exemplar, Explanation, FeatureExemplars, FeatureId
 from neuroscribe.scorers import (
+    JUDGE_ACTIVE_FRACTION,
     detection_items,
     detection_score,
     fuzzing_items,
     fuzzing_score,
+    judge_scores,
     simulate_and_score,
     target_values,
 )
@@ -169,20 +171,76 @@ def test_judges_label_by_activation_not_by_source():
     items = detection_items(record, "score")
     assert len({e.window_id for e, _ in items}) == len(items)  # each window once
     for e, activating in items:
-        assert activating == (max(e.activations) > 0.1 * fmax)  # whatever source mined it
+        assert activating == (max(e.activations) > 0)  # delphi: any activation > 0, whatever source mined it
+    for e, activating in detection_items(record, "score", active_fraction=0.1):
+        assert activating == (max(e.activations) > 0.1 * fmax)
     assert any(e.source == "random" and y for e, y in items) or any(e.source == "top" and not y for e, y in items)
 
 
-def test_fuzzing_default_and_active_variants():
+def test_detection_calls_any_positive_activation_active_by_default_and_records_the_threshold():
+    weak = Exemplar(("a", "b", "c"), (0.0, 0.05, 0.0), 1, source="random", split="score")
+    strong = Exemplar(("a", "b", "c"), (0.0, 1.0, 0.0), 2, source="top", split="score")
+    quiet = Exemplar(("a", "b", "c"), (0.0, 0.0, -0.3), 3, source="random", split="score")
+    record = FeatureExemplars(FEATURE, (weak, strong, quiet))
+    assert [y for _, y in detection_items(record, "score")] == [True, True, False]
+    assert [y for _, y in detection_items(record, "score", active_fraction=0.1)] == [False, True, False]
+
+    class Half:
+        def yes_probabilities(self, messages):
+            return [0.5] * len(messages)
+
+    judged = judge_scores(Half(), explanation(), record, "score")
+    assert judged["active_fraction"] == JUDGE_ACTIVE_FRACTION == 0.0
+
+
+class _RunCounter:
+    """A judge that never reads the explanation: yes when the marks form exactly one run."""
+
+    def yes_probabilities(self, messages):
+        excerpt = [m[-1]["content"].split("<<like this>>: ")[1] for m in messages]
+        return [1.0 if text.count("<<") == 1 else 0.0 for text in excerpt]
+
+
+def _run_record(n: int = 40) -> FeatureExemplars:
+    rng = random.Random(0)
+    exs = []
+    for i in range(n):
+        acts = [0.0] * 12
+        if i % 2 == 0:  # activating: one run of 3 tokens somewhere
+            s = rng.randrange(10)
+            acts[s : s + 3] = [1.0, 2.0, 1.0]
+        exs.append(Exemplar(tuple(f" w{j}" for j in range(12)), tuple(acts), i, source="top", split="score", rank=i))
+    return FeatureExemplars(FEATURE, tuple(exs))
+
+
+def test_a_judge_that_reads_only_the_mark_structure_scores_chance_on_default_fuzzing():
+    record = _run_record()
+    fooled = fuzzing_score(_RunCounter(), explanation(), record, variant="scattered")
+    assert fooled["fuzzing_scattered"] > 0.85  # scattered decoys give themselves away
+    fair = fuzzing_score(_RunCounter(), explanation(), record)
+    assert fair["fuzzing"] == pytest.approx(0.5) and fair["fuzzing_auroc"] == pytest.approx(0.5)
+
+
+def test_fuzzing_variants():
     record = make_record()
     fmax = record.reference_max
     default = fuzzing_items(record, "score", seed=3)
     assert default and default == fuzzing_items(record, "score", seed=3)
     positives = [(e, m) for e, m, t in default if t]
-    assert all(m[i] == (e.activations[i] > 0.1 * fmax) for e, m in positives for i in range(len(m)))
-    mean = round(sum(sum(m) for _, m in positives) / len(positives))
+    assert all(m[i] == (e.activations[i] > 0) for e, m in positives for i in range(len(m)))
+
+    def runs(m):
+        return sorted(len(r) for r in "".join("1" if x else "0" for x in m).split("0") if r)
+
+    shapes = [runs(m) for _, m in positives]
     for e, marks, truth in default:
-        if not truth:  # a non-activating exemplar with as many random tokens marked as positives mark
+        if not truth:  # a non-activating exemplar carrying a real activating exemplar's runs
+            assert max(e.activations) <= 0 and runs(marks) in shapes
+    scattered = fuzzing_items(record, "score", seed=3, variant="scattered", active_fraction=0.1)
+    marked = [(e, m) for e, m, t in scattered if t]
+    mean = round(sum(sum(m) for _, m in marked) / len(marked))
+    for e, marks, truth in scattered:
+        if not truth:  # as many random tokens marked as positives mark on average
             assert max(e.activations) <= 0.1 * fmax and sum(marks) == mean
     active = fuzzing_items(record, "score", seed=3, variant="active")
     decoys = [(e, m) for e, m, t in active if not t]
@@ -191,10 +249,6 @@ def test_fuzzing_default_and_active_variants():
     for e, decoy in decoys:
         real = truths[e.window_id]
         assert sum(decoy) == sum(real) and not any(a and b for a, b in zip(real, decoy))
-
-        def runs(m):
-            return sorted(len(r) for r in "".join("1" if x else "0" for x in m).split("0") if r)
-
         assert runs(decoy) == runs(real), "decoys keep the shape of the true runs"
 
 

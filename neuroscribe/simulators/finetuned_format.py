@@ -16,7 +16,9 @@ ordinary (non-special) vocabulary id not yet taken. So numerals seed the classes
 vocabulary has them (SmolLM2: "0".."9" and " ten"; Llama-3: "0".."10") and any tokenizer gets 11
 distinct ids. The ids are fixed at training time and saved in `simulator.json`.
 
-Labels: class = min(10, floor(10 * relu(a) / max_a)), max_a = the feature's maximum activation
+Labels: class = min(10, floor(10 * a / max_a)) for a > 0, but at least 1, and 0 for a <= 0
+(`prompts.activation_levels`: the rule the prompts display, so a weak activation is class 1 in both,
+never floored to 0); max_a = the feature's maximum activation
 (`FeatureStats.max_activation`, over everything collect saw; the max over the feature's exemplars
 when the stats are empty). Trained with cross-entropy over the 11 class logits at text positions
 only; BOS/header positions are -100 (never in the loss).
@@ -31,7 +33,6 @@ is a point: it overlaps the span containing it. So scores stay per subject token
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,12 +40,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from neuroscribe.prompts import clean_explanation_text, escape_control_text
+from neuroscribe.prompts import activation_levels, clean_explanation_text, escape_control_text
 from neuroscribe.records import FeatureExemplars
 
 N_CLASSES = 11
 HEADER_TEMPLATE = "## Neuron Description: {explanation}\n## Input:\n"
-FORMAT_VERSION = "neuroscribe-simulator/1"
+FORMAT_VERSION = "neuroscribe-simulator/2"  # /2: a positive activation is at least class 1 (was floored to 0)
+LABEL_RULE = "min(10, floor(10 * a / max_a)), at least 1 for a > 0, 0 for a <= 0; max_a = the feature's max activation"
 IGNORE = -100
 _WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 
@@ -59,10 +61,8 @@ def header(explanation: str) -> str:
 
 
 def activation_classes(activations: Sequence[float], max_activation: float) -> list[int]:
-    """min(10, floor(10 * relu(a) / max_a)); all 0 when max_a <= 0."""
-    if not max_activation > 0:
-        return [0 for _ in activations]
-    return [min(N_CLASSES - 1, math.floor(10 * max(0.0, float(a)) / max_activation)) for a in activations]
+    """LABEL_RULE (`prompts.activation_levels` with top 10); all 0 when max_a <= 0."""
+    return activation_levels(activations, max_activation, N_CLASSES - 1)
 
 
 def feature_max(record: FeatureExemplars) -> float:
@@ -98,7 +98,7 @@ class SimulatorFormat:
     run_id: str = ""
     format_version: str = FORMAT_VERSION
     header_template: str = HEADER_TEMPLATE
-    label_rule: str = "min(10, floor(10 * relu(a) / max_a)), max_a = the feature's max activation"
+    label_rule: str = LABEL_RULE
     alignment: str = "max over overlapping character spans (nearest simulator token when none overlaps)"
     trained_features: tuple[str, ...] = ()  # features whose exemplars it was trained on: never scored by it
     trained_splits: tuple[str, ...] = ()  # the exemplar splits of those features in its training data
