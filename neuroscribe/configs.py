@@ -20,6 +20,15 @@ BUILTIN_CORPUS = "builtin:python-docs"
 TRAIN_KINDS = ("sft", "dpo", "simulator")
 
 
+def at_least(config, minimum: int, *names: str) -> None:
+    """Refuse a field below `minimum` (None, where allowed, means unset and passes): a zero or negative
+    count would otherwise silently mean something else (no batch at all, the whole corpus, a slice from the end)."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < minimum:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
+
+
 # ------------------------------------------------------------------------------ shared
 
 
@@ -110,6 +119,7 @@ class MiningConfig:
                 f"--splits needs at least two distinct names (explain and a held-out one), got "
                 f"{','.join(self.splits)!r}"
             )
+        at_least(self, 0, "pool", "inactive_pool")
         preset, n = protocol(self.protocol), len(self.splits)
         wanted = {
             "top_k": preset.total("top", n),
@@ -192,6 +202,8 @@ class CollectConfig:
     """Show progress bars."""
 
     def __post_init__(self) -> None:
+        at_least(self, 1, "window", "batch_size", "shard_windows", "output_tokens", "basis_fit_windows")
+        at_least(self, 0, "context", "max_windows")
         if self.max_windows == 0:
             object.__setattr__(self, "max_windows", None)
 
@@ -260,8 +272,8 @@ class ExplainConfig:
     """Show progress bars."""
 
     def __post_init__(self) -> None:
-        if self.k < 1:
-            raise ValueError(f"--k must be >= 1, got {self.k}")
+        at_least(self, 1, "k", "max_tokens", "max_exemplars", "batch_features", "teacher_batch_size")
+        at_least(self, 0, "max_features")
         if self.split == "explain":
             raise ValueError("--split must be a held-out split (score or test), never explain")
         if self.max_features == 0:
@@ -377,8 +389,7 @@ class SimulatorDataConfig:
     """Replace a non-empty output folder."""
 
     def __post_init__(self) -> None:
-        if self.random_per_exemplar < 1:
-            raise ValueError(f"random_per_exemplar must be >= 1, got {self.random_per_exemplar}")
+        at_least(self, 1, "random_per_exemplar")
 
 
 # ------------------------------------------------------------------------------ train
@@ -519,8 +530,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if (self.teacher is None) == (self.teacher_results is None):
             raise ValueError("give exactly one of --teacher SPEC (explain afresh) or --teacher-results DIR")
-        if self.k < 1:
-            raise ValueError(f"--k must be >= 1, got {self.k}")
+        at_least(self, 1, "k", "max_tokens", "max_exemplars", "n_resamples")
+        at_least(self, 0, "judged_features", "reliability_features")
 
 
 @dataclass(frozen=True)
