@@ -3,6 +3,9 @@ no traceback, and nothing written first: no output folder appears, nothing alrea
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 from test_failures import MINING, cli, one_error_line
 
@@ -62,3 +65,49 @@ def test_the_python_api_refuses_the_same_values():
         MiningConfig(pool=-3)
     with pytest.raises(ValueError, match="--max-features must be >= 0"):
         ExplainConfig(store="s", out="o", max_features=-1)
+
+
+# --------------------------------------------------------------------------- input files
+
+
+def test_a_store_whose_mining_block_is_not_an_object_is_one_line_naming_meta_json(store, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(store, bad)
+    meta = json.loads((bad / "meta.json").read_text())
+    (bad / "meta.json").write_text(json.dumps({**meta, "mining": None}))
+    line = one_error_line(cli("inspect", str(bad)))
+    assert "meta.json: field 'mining' must be an object, got NoneType" in line
+    (bad / "meta.json").write_text(json.dumps({**meta, "mining": {**meta["mining"], "splits": "explain"}}))
+    assert "meta.json: field 'mining.splits' must be a list" in one_error_line(cli("inspect", str(bad)))
+
+
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (b"learning_rate: [1, 2\nmax_steps: : :\n", "recipe.yaml:2: not valid YAML"),
+        (b"- learning_rate\n- 1\n", "recipe.yaml: a recipe is a mapping of keys to values, got list"),
+        (b"max_steps: 2\n# caf\xe9\n", "recipe.yaml: not UTF-8 text"),
+    ],
+)
+def test_a_recipe_that_is_not_a_yaml_mapping_is_one_line_naming_it(content, says, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_bytes(content)
+    assert says in one_error_line(cli("train", "sft", "--config", str(recipe)))
+
+
+def test_a_file_that_is_not_utf8_is_one_line_naming_file_and_line(store, tmp_path):
+    from neuroscribe.runs.datasets import read_heldout
+    from neuroscribe.runs.files import RunFileError
+
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(
+        b'{"feature": "mlp/L1/0+", "explanation": "ok"}\n{"feature": "mlp/L1/1+", "explanation": "\xe9"}\n'
+    )
+    out = tmp_path / "s"
+    line = one_error_line(cli("score", "--explanations", str(latin), "--store", str(store), "--out", str(out)))
+    assert "latin.jsonl:2: not UTF-8 text" in line
+    assert not out.exists()
+    heldout = tmp_path / "heldout.txt"
+    heldout.write_bytes(b"mlp/L1/0+\nmlp/L1/1+ # caf\xe9\n")
+    with pytest.raises(RunFileError, match=r"heldout.txt:2: not UTF-8 text"):
+        read_heldout(heldout)
