@@ -11,6 +11,7 @@ from test_failures import MINING, cli, one_error_line
 
 from neuroscribe.configs import CollectConfig, ExplainConfig, MiningConfig
 from neuroscribe.distill.collect import collect
+from neuroscribe.runs.store import ExemplarStore
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +112,28 @@ def test_a_file_that_is_not_utf8_is_one_line_naming_file_and_line(store, tmp_pat
     heldout.write_bytes(b"mlp/L1/0+\nmlp/L1/1+ # caf\xe9\n")
     with pytest.raises(RunFileError, match=r"heldout.txt:2: not UTF-8 text"):
         read_heldout(heldout)
+
+
+def _score(store, explanations, out, *extra):
+    return cli("score", "--explanations", str(explanations), "--store", str(store), "--out", str(out), *extra)
+
+
+def test_an_empty_explanations_file_is_refused_before_anything_is_written(store, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    out = tmp_path / "s"
+    assert "empty.jsonl: holds no explanations" in one_error_line(_score(store, empty, out))
+    assert not out.exists(), "no scored.jsonl, summary.json or parts/ of nothing"
+
+
+def test_an_explanation_longer_than_the_cap_is_one_line_naming_file_and_line(store, tmp_path):
+    from neuroscribe.distill.score import MAX_EXPLANATION_CHARS
+
+    key = ExemplarStore(store).keys()[0]
+    long = tmp_path / "long.jsonl"
+    rows = [{"feature": key, "explanation": "fine"}, {"feature": key, "explanation": "x" * 10_000_000}]
+    long.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "s"
+    line = one_error_line(_score(store, long, out))
+    assert f"long.jsonl:2: explanation is 10,000,000 characters, longer than the {MAX_EXPLANATION_CHARS:,}" in line
+    assert not out.exists()
