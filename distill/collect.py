@@ -164,15 +164,20 @@ def read_alone(reader: ActivationReader, prefix: list[int], miner: Miner, cfg: C
 def _fitted_bases(cfg: CollectConfig, model, tok, out: Path, dist) -> list[str]:
     """The feature spec with each control-basis item (`neuroscribe.bases`) replaced by `basis:FILE`, the
     basis fitted on the first `basis_fit_windows` corpus windows (rank 0) and saved in `OUT/bases/`."""
-    from neuroscribe.bases import BASIS_KINDS, fit_basis, parse_basis_spec
+    from neuroscribe.bases import BASIS_KINDS, check_basis_spec, fit_basis, parse_basis_spec
 
     items = [s.strip() for part in cfg.features for s in part.split(";") if s.strip()]
+    specs = {item: parse_basis_spec(item) for item in items if item.partition(":")[0] in BASIS_KINDS}
+    for item, spec in specs.items():  # every item checked before the first basis is fitted into OUT
+        check_basis_spec(spec, model, item)
+    if specs and len(specs) < len(items):
+        parse_feature_spec([i for i in items if i not in specs], model, cfg.polarity)
     out_items = []
     for item in items:
-        if item.partition(":")[0] not in BASIS_KINDS:
+        if item not in specs:
             out_items.append(item)
             continue
-        spec = parse_basis_spec(item)
+        spec = specs[item]
         path = out / "bases" / spec.file_name
         if dist.is_main and not path.exists():
             prefix = context_prefix(tok)

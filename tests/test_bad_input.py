@@ -137,3 +137,21 @@ def test_an_explanation_longer_than_the_cap_is_one_line_naming_file_and_line(sto
     line = one_error_line(_score(store, long, out))
     assert f"long.jsonl:2: explanation is 10,000,000 characters, longer than the {MAX_EXPLANATION_CHARS:,}" in line
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "features, says",
+    [
+        ("mlp:1:0;pca:99:3", "features 'pca:99:3': layer 99 does not exist (model has layers 0..1)"),
+        (
+            "pca:1:3;ica:1.resid_post:999",
+            "features 'ica:1.resid_post:999': 999 directions asked for, the site has only 64",
+        ),
+        ("pca:1:3;mlp:7", "features 'mlp:7': layer 7 does not exist"),
+    ],
+)
+def test_a_basis_spec_the_model_cannot_have_is_one_line_and_fits_nothing_first(features, says, tiny_llama, tmp_path):
+    out = tmp_path / "store"
+    args = ("collect", "--model", str(tiny_llama), "--features", features, "--out", str(out), "--max-windows", "8")
+    assert says in one_error_line(cli(*args, "--window", "8", "--no-progress"))
+    assert not out.exists(), "no basis file is fitted into the output before every item is known to be good"
