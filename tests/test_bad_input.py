@@ -155,3 +155,23 @@ def test_a_basis_spec_the_model_cannot_have_is_one_line_and_fits_nothing_first(f
     args = ("collect", "--model", str(tiny_llama), "--features", features, "--out", str(out), "--max-windows", "8")
     assert says in one_error_line(cli(*args, "--window", "8", "--no-progress"))
     assert not out.exists(), "no basis file is fitted into the output before every item is known to be good"
+
+
+def test_a_corrupt_collect_checkpoint_is_one_line_naming_it_and_overwrite_discards_it(tiny_llama, tmp_path):
+    import torch
+
+    out = tmp_path / "store"
+    ckpt = out / ".collect" / "rank0-of-1.pt"
+    ckpt.parent.mkdir(parents=True)
+    args = ("collect", "--model", str(tiny_llama), "--features", "mlp:1:0", "--out", str(out), "--window", "8")
+    args += ("--max-windows", "16", "--no-progress")
+    ckpt.write_bytes(b"PK\x03\x04 cut short by a kill")
+    line = one_error_line(cli(*args))
+    assert f"{ckpt}: not a readable collect checkpoint" in line and "--overwrite" in line
+    assert ckpt.read_bytes() == b"PK\x03\x04 cut short by a kill", "nothing is deleted without --overwrite"
+    torch.save({"fingerprint": "x", "miner": {"version": 99}}, ckpt)
+    assert "a different collect configuration" in one_error_line(cli(*args))
+    torch.save([1, 2], ckpt)
+    assert f"{ckpt}: not a collect checkpoint" in one_error_line(cli(*args))
+    assert cli(*args, "--overwrite").returncode == 0
+    assert (out / "meta.json").exists() and not ckpt.exists()
