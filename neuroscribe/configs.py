@@ -9,6 +9,7 @@ and saves `to_dict(config)` into its run folder. This module imports nothing hea
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from neuroscribe.options import to_dict
 from neuroscribe.records import ACTIVE_FRACTION
@@ -27,6 +28,25 @@ def at_least(config, minimum: int, *names: str) -> None:
         value = getattr(config, name)
         if value is not None and value < minimum:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
+
+
+def cache_apart(cache: str | None, inputs: dict[str, str | tuple[str, ...] | None]) -> None:
+    """The sqlite cache is written, so it is never an input nor inside one (`--cache STORE/x.sqlite` would
+    write into the store). A backend spec (hf:PATH, finetuned:PATH) counts by its local path."""
+    if not cache:
+        return
+    c = Path(cache).expanduser().resolve()
+    for name, value in inputs.items():
+        for v in [value] if isinstance(value, str) else value or ():
+            local = v if Path(v).exists() else v.partition(":")[2]
+            if not local or not Path(local).exists():
+                continue
+            i = Path(local).expanduser().resolve()
+            if c == i or i in c.parents or c in i.parents:
+                raise ValueError(
+                    f"--cache {cache} and input {name} {v} overlap; a stage never writes into its inputs: "
+                    "put the cache elsewhere"
+                )
 
 
 # ------------------------------------------------------------------------------ shared
@@ -276,6 +296,7 @@ class ExplainConfig:
         at_least(self, 0, "max_features")
         if self.split == "explain":
             raise ValueError("--split must be a held-out split (score or test), never explain")
+        cache_apart(self.cache, {"--store": self.store, "--teacher": self.teacher, "--simulator": self.simulator})
         if self.max_features == 0:
             object.__setattr__(self, "max_features", None)
 
@@ -324,6 +345,8 @@ class ScoreConfig:
     def __post_init__(self) -> None:
         if self.split == "explain":
             raise ValueError("--split must be a held-out split (score or test), never explain")
+        inputs = {"--explanations": self.explanations, "--store": self.store, "--simulator": self.simulator}
+        cache_apart(self.cache, {**inputs, "--judge": self.judge})
 
 
 # ------------------------------------------------------------------------------ distill
@@ -532,6 +555,9 @@ class EvalConfig:
             raise ValueError("give exactly one of --teacher SPEC (explain afresh) or --teacher-results DIR")
         at_least(self, 1, "k", "max_tokens", "max_exemplars", "n_resamples")
         at_least(self, 0, "judged_features", "reliability_features")
+        inputs = {"--store": self.store, "--features": self.features, "--student": self.student, "--base": self.base}
+        inputs |= {"--teacher": self.teacher, "--teacher-results": self.teacher_results, "--simulator": self.simulators}
+        cache_apart(self.cache, {**inputs, "--reference": self.reference, "--datasets": self.datasets})
 
 
 @dataclass(frozen=True)

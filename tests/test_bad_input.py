@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from test_failures import MINING, cli, one_error_line
@@ -175,3 +176,31 @@ def test_a_corrupt_collect_checkpoint_is_one_line_naming_it_and_overwrite_discar
     assert f"{ckpt}: not a collect checkpoint" in one_error_line(cli(*args))
     assert cli(*args, "--overwrite").returncode == 0
     assert (out / "meta.json").exists() and not ckpt.exists()
+
+
+# --------------------------------------------------------------------------- explain's output folder
+
+
+def test_an_explain_that_fails_before_any_feature_leaves_no_folder(store, tiny_llama, tmp_path):
+    out = tmp_path / "e"
+    args = ("explain", "--store", str(store), "--out", str(out), "--teacher", f"hf:{tiny_llama}", "--k", "1")
+    res = cli(*args, "--simulator", f"hf:{tiny_llama}", "--prompt", "output", "--no-progress")
+    assert "prompt style 'output' needs the store's output side" in one_error_line(res)
+    assert not out.exists(), "no parts/, no cache, no empty folder"
+
+
+def test_a_cache_inside_an_input_is_refused(store, tiny_llama, tmp_path):
+    before = sorted(p.name for p in Path(store).iterdir())
+    cache = Path(store) / "x.sqlite"
+    res = cli("explain", "--store", str(store), "--out", str(tmp_path / "e"), "--cache", str(cache))
+    assert f"--cache {cache} and input --store {store} overlap" in one_error_line(res)
+    ok = tmp_path / "ok.jsonl"
+    ok.write_text(json.dumps({"feature": ExemplarStore(store).keys()[0], "explanation": "x"}) + "\n")
+    res = _score(store, ok, tmp_path / "s", "--simulator", f"hf:{tiny_llama}", "--cache", str(tiny_llama / "c.sqlite"))
+    assert f"and input --simulator hf:{tiny_llama} overlap" in one_error_line(res)
+    assert f"--cache {ok} and input --explanations" in one_error_line(
+        _score(store, ok, tmp_path / "s", "--cache", str(ok))
+    )
+    with pytest.raises(ValueError, match="--cache .* and input --store"):
+        ExplainConfig(store=str(store), out=str(tmp_path / "e"), cache=str(cache))
+    assert sorted(p.name for p in Path(store).iterdir()) == before and not (tmp_path / "e").exists()
