@@ -204,3 +204,16 @@ def test_a_cache_inside_an_input_is_refused(store, tiny_llama, tmp_path):
     with pytest.raises(ValueError, match="--cache .* and input --store"):
         ExplainConfig(store=str(store), out=str(tmp_path / "e"), cache=str(cache))
     assert sorted(p.name for p in Path(store).iterdir()) == before and not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("name", ["corpus.jsonl", "corpus.txt"])
+def test_a_corpus_file_that_is_not_utf8_is_one_line_naming_it(name, tiny_llama, tmp_path):
+    corpus = tmp_path / name
+    text = "caf\xe9 " + "words " * 40
+    corpus.write_bytes(
+        (json.dumps({"text": text}, ensure_ascii=False) if name.endswith("jsonl") else text).encode("latin-1")
+    )
+    out = tmp_path / "store"
+    args = ("collect", "--model", str(tiny_llama), "--features", "mlp:1:0", "--dataset", str(corpus), "--out", str(out))
+    assert f"{corpus}:1: not UTF-8 text" in one_error_line(cli(*args, "--window", "8", "--no-progress"))
+    assert not out.exists()
