@@ -60,6 +60,14 @@ def _chunks(items: list[str], n: int) -> Iterator[list[str]]:
         yield items[i : i + n]
 
 
+def _drop_parts_without_progress(out: Path) -> None:
+    """A run that failed before any feature was logged leaves no parts/ (and so, once the lock and the
+    empty cache go, no folder); a parts/ holding any feature's line is kept for the rerun to resume."""
+    parts = out / run_files.PARTS
+    if not any(p.stat().st_size for p in parts.glob("rank*.jsonl")):
+        shutil.rmtree(parts, ignore_errors=True)
+
+
 def explain(cfg: ExplainConfig) -> Path:
     """Run best-of-k (module doc); returns the output folder (meta.json says complete or partial)."""
     out = Path(cfg.out)
@@ -101,14 +109,6 @@ def explain(cfg: ExplainConfig) -> Path:
             _merge(cfg, keys, out, cache, teacher.spec, simulator.spec, store, key)
         dist.barrier()
     return out
-
-
-def _drop_parts_without_progress(out: Path) -> None:
-    """A run that failed before any feature was logged leaves no parts/ (and so, once the lock and the
-    empty cache go, no folder); a parts/ holding any feature's line is kept for the rerun to resume."""
-    parts = out / run_files.PARTS
-    if not any(p.stat().st_size for p in parts.glob("rank*.jsonl")):
-        shutil.rmtree(parts, ignore_errors=True)
 
 
 def _teacher(cfg: ExplainConfig, cache: Cache, budget):

@@ -30,6 +30,14 @@ from neuroscribe.simulators import load_simulator
 MAX_EXPLANATION_CHARS = 4000
 
 
+def _check_length(text: str, where: str) -> None:
+    if len(text) > MAX_EXPLANATION_CHARS:
+        raise ValueError(
+            f"{where}: explanation is {len(text):,} characters, longer than the {MAX_EXPLANATION_CHARS:,} an "
+            "explanation may have (MAX_EXPLANATION_CHARS)"
+        )
+
+
 def read_explanations(path: str | Path) -> list[Explanation]:
     """Every explanation of a file (formats: module doc); one error naming file (and line) when it holds
     none, or one longer than MAX_EXPLANATION_CHARS."""
@@ -61,14 +69,6 @@ def read_explanations(path: str | Path) -> list[Explanation]:
     if not out:
         raise ValueError(f"{path}: holds no explanations; nothing to score")
     return out
-
-
-def _check_length(text: str, where: str) -> None:
-    if len(text) > MAX_EXPLANATION_CHARS:
-        raise ValueError(
-            f"{where}: explanation is {len(text):,} characters, longer than the {MAX_EXPLANATION_CHARS:,} an "
-            "explanation may have (MAX_EXPLANATION_CHARS)"
-        )
 
 
 def score(cfg: ScoreConfig) -> list[ScoredExplanation]:
