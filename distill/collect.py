@@ -118,7 +118,8 @@ def collect(cfg: CollectConfig) -> Path:
         if dist.rank == 0:
             for r in range(1, dist.world):
                 other = Miner(reader.features, cfg.window, cfg.mining)
-                other.load(torch.load(state_dir / f"rank{r}-of-{dist.world}.pt", weights_only=False)["miner"])
+                path = state_dir / f"rank{r}-of-{dist.world}.pt"
+                _load_state(other, _read_checkpoint(path), path)
                 miner.absorb(other)
             if n_windows == 0:
                 shutil.rmtree(state_dir, ignore_errors=True)
@@ -172,15 +173,20 @@ def read_alone(reader: ActivationReader, prefix: list[int], miner: Miner, cfg: C
 def _fitted_bases(cfg: CollectConfig, model, tok, out: Path, dist) -> list[str]:
     """The feature spec with each control-basis item (`neuroscribe.bases`) replaced by `basis:FILE`, the
     basis fitted on the first `basis_fit_windows` corpus windows (rank 0) and saved in `OUT/bases/`."""
-    from neuroscribe.bases import BASIS_KINDS, fit_basis, parse_basis_spec
+    from neuroscribe.bases import BASIS_KINDS, check_basis_spec, fit_basis, parse_basis_spec
 
     items = [s.strip() for part in cfg.features for s in part.split(";") if s.strip()]
+    specs = {item: parse_basis_spec(item) for item in items if item.partition(":")[0] in BASIS_KINDS}
+    for item, spec in specs.items():  # every item checked before the first basis is fitted into OUT
+        check_basis_spec(spec, model, item)
+    if specs and len(specs) < len(items):
+        parse_feature_spec([i for i in items if i not in specs], model, cfg.polarity)
     out_items = []
     for item in items:
-        if item.partition(":")[0] not in BASIS_KINDS:
+        if item not in specs:
             out_items.append(item)
             continue
-        spec = parse_basis_spec(item)
+        spec = specs[item]
         path = out / "bases" / spec.file_name
         if dist.is_main and not path.exists():
             prefix = context_prefix(tok)
@@ -202,19 +208,52 @@ def _fitted_bases(cfg: CollectConfig, model, tok, out: Path, dist) -> list[str]:
     return out_items
 
 
+class CorruptCheckpoint(ValueError):
+    """A file under OUT/.collect/ that cannot be resumed from (torn, foreign, or missing part of the state)."""
+
+
+def _read_checkpoint(path: Path) -> dict:
+    """A checkpoint as {fingerprint, miner}; one error naming the file when it is cut short or not one."""
+    try:
+        saved = torch.load(path, weights_only=False)
+    except Exception as err:  # torch/pickle report a torn or foreign file in many ways (EOF, unpickling, zip)
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise CorruptCheckpoint(
+            f"{path}: not a readable collect checkpoint ({reason}); pass --overwrite to discard it"
+        ) from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("miner"), dict) or "fingerprint" not in saved:
+        raise CorruptCheckpoint(
+            f"{path}: not a collect checkpoint (no fingerprint and miner state); pass --overwrite to discard it"
+        )
+    return saved
+
+
+def _load_state(miner: Miner, saved: dict, path: Path) -> None:
+    fresh = miner.state()
+    try:
+        miner.load(saved["miner"])
+    except (KeyError, TypeError, AttributeError, IndexError) as err:
+        miner.load(fresh)  # never resume from half a state
+        raise CorruptCheckpoint(
+            f"{path}: the miner state is incomplete ({type(err).__name__}: {err}); pass --overwrite to discard it"
+        ) from None
+
+
 def _resume(miner: Miner, ckpt: Path, cfg: CollectConfig, key: str) -> None:
     if not ckpt.exists():
         return
-    saved = torch.load(ckpt, weights_only=False)
-    if saved["fingerprint"] != key or saved["miner"].get("version") != STATE_VERSION:
-        if not cfg.overwrite:
+    try:
+        saved = _read_checkpoint(ckpt)
+        if saved["fingerprint"] != key or saved["miner"].get("version") != STATE_VERSION:
             raise FileExistsError(
                 f"{ckpt} is a checkpoint of a different collect configuration, dataset content or neuroscribe "
                 "version; pass --overwrite to discard it"
             )
+        _load_state(miner, saved, ckpt)
+    except (CorruptCheckpoint, FileExistsError):
+        if not cfg.overwrite:
+            raise
         ckpt.unlink()
-        return
-    miner.load(saved["miner"])
 
 
 def _mine(cfg, dist: distributed.Dist, tok, forward, miner: Miner, ckpt: Path, key: str) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -60,6 +61,14 @@ def _chunks(items: list[str], n: int) -> Iterator[list[str]]:
         yield items[i : i + n]
 
 
+def _drop_parts_without_progress(out: Path) -> None:
+    """A run that failed before any feature was logged leaves no parts/ (and so, once the lock and the
+    empty cache go, no folder); a parts/ holding any feature's line is kept for the rerun to resume."""
+    parts = out / run_files.PARTS
+    if not any(p.stat().st_size for p in parts.glob("rank*.jsonl")):
+        shutil.rmtree(parts, ignore_errors=True)
+
+
 def explain(cfg: ExplainConfig) -> Path:
     """Run best-of-k (module doc); returns the output folder (meta.json says complete or partial)."""
     out = Path(cfg.out)
@@ -95,7 +104,12 @@ def explain(cfg: ExplainConfig) -> Path:
         dist.barrier()
         done, _ = run_files.read_parts(out)
         mine = [k for k in dist.mine(keys) if k not in done]
-        _explain_features(cfg, store, mine, teacher, simulator, cache, out, dist.rank, in_sample)
+        try:
+            _explain_features(cfg, store, mine, teacher, simulator, cache, out, dist.rank, in_sample)
+        except BaseException:
+            if dist.is_main:
+                _drop_parts_without_progress(out)
+            raise
         dist.barrier()
         if dist.is_main:
             _merge(cfg, keys, out, cache, teacher.spec, simulator.spec, store, key)

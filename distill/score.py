@@ -24,30 +24,50 @@ from neuroscribe.runs.store import ExemplarStore
 from neuroscribe.scorers import FAILURE_SCORE, PROTOCOL, cached_score, headline, in_sample_features
 from neuroscribe.simulators import load_simulator
 
+# An explanation is a phrase or a few sentences (explain caps them at --max-tokens); a longer "explanation"
+# (a pasted document, the wrong column) goes into every simulator prompt, once per exemplar, and a 10 MB
+# one asks for gigabytes downstream: refused where it is read.
+MAX_EXPLANATION_CHARS = 4000
+
+
+def _check_length(text: str, where: str) -> None:
+    if len(text) > MAX_EXPLANATION_CHARS:
+        raise ValueError(
+            f"{where}: explanation is {len(text):,} characters, longer than the {MAX_EXPLANATION_CHARS:,} an "
+            "explanation may have (MAX_EXPLANATION_CHARS)"
+        )
+
 
 def read_explanations(path: str | Path) -> list[Explanation]:
+    """Every explanation of a file (formats: module doc); one error naming file (and line) when it holds
+    none, or one longer than MAX_EXPLANATION_CHARS."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"explanations file {path} does not exist")
     if path.is_dir() or path.suffix == ".json":
         from neuroscribe.interchange import import_explanations
 
-        return import_explanations(path)
-    out = []
-    for n, row in read_jsonl(path):
-        if "explanation" in row and isinstance(row["explanation"], dict):
-            out.append(from_json(ScoredExplanation, row).explanation)
-        elif isinstance(row.get("feature"), str) and isinstance(row.get("explanation"), str):
-            out.append(
-                Explanation(
+        out = import_explanations(path)
+        for e in out:
+            _check_length(e.text, f"{path} (feature {e.feature})")
+    else:
+        out = []
+        for n, row in read_jsonl(path):
+            if "explanation" in row and isinstance(row["explanation"], dict):
+                e = from_json(ScoredExplanation, row).explanation
+            elif isinstance(row.get("feature"), str) and isinstance(row.get("explanation"), str):
+                e = Explanation(
                     row["feature"],
                     row["explanation"].strip(),
                     row.get("explainer", "file"),
                     prompt_style=row.get("prompt_style", "external"),
                 )
-            )
-        else:
-            raise ValueError(f"{path}:{n}: needs string fields 'feature' and 'explanation'")
+            else:
+                raise ValueError(f"{path}:{n}: needs string fields 'feature' and 'explanation'")
+            _check_length(e.text, f"{path}:{n}")
+            out.append(e)
+    if not out:
+        raise ValueError(f"{path}: holds no explanations; nothing to score")
     return out
 
 

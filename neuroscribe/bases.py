@@ -133,6 +133,21 @@ def hook_point(model, layer: int, site: str) -> tuple[torch.nn.Module, str]:
     return resolve_hook_module(model, HookSite(layer, site))
 
 
+def check_basis_spec(spec: BasisSpec, model, item: str) -> None:
+    """Refuse, before anything is fitted or written, a layer the model lacks or more directions than the
+    site has dimensions (hooking layer 99 of a 2-layer model would fail deep in the forward pass)."""
+    from neuroscribe.features import _width, decoder_layers
+
+    n_layers = len(decoder_layers(model))
+    if spec.layer >= n_layers:
+        raise BasisSpecError(
+            f"features {item!r}: layer {spec.layer} does not exist (model has layers 0..{n_layers - 1})"
+        )
+    d = _width(model, spec.layer) if spec.site == DEFAULT_SITE else getattr(model.config, "hidden_size", None)
+    if d is not None and spec.n > d:
+        raise BasisSpecError(f"features {item!r}: {spec.n} directions asked for, the site has only {d} dimensions")
+
+
 def fit_directions(kind: str, samples: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     """[n, d] unit directions of `kind` fitted on `samples` [N, d] (module doc)."""
     d = samples.shape[1]

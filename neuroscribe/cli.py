@@ -18,7 +18,7 @@ from pathlib import Path
 import typer
 
 from neuroscribe.dist import launched_rank
-from neuroscribe.options import command
+from neuroscribe.options import command, fail
 
 app = typer.Typer(
     add_completion=False,
@@ -30,9 +30,7 @@ app.add_typer(distill_app, name="distill")
 PARTIAL = 3
 
 
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+_fail = fail
 
 
 def _guard(fn, *args, **kwargs):

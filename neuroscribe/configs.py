@@ -9,6 +9,7 @@ and saves `to_dict(config)` into its run folder. This module imports nothing hea
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from neuroscribe.options import to_dict
 from neuroscribe.records import ACTIVE_FRACTION
@@ -18,6 +19,34 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 HF_DEFAULT = f"hf:{DEFAULT_MODEL}"
 BUILTIN_CORPUS = "builtin:python-docs"
 TRAIN_KINDS = ("sft", "dpo", "simulator")
+
+
+def at_least(config, minimum: int, *names: str) -> None:
+    """Refuse a field below `minimum` (None, where allowed, means unset and passes): a zero or negative
+    count would otherwise silently mean something else (no batch at all, the whole corpus, a slice from the end)."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < minimum:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
+
+
+def cache_apart(cache: str | None, inputs: dict[str, str | tuple[str, ...] | None]) -> None:
+    """The sqlite cache is written, so it is never an input nor inside one (`--cache STORE/x.sqlite` would
+    write into the store). A backend spec (hf:PATH, finetuned:PATH) counts by its local path."""
+    if not cache:
+        return
+    c = Path(cache).expanduser().resolve()
+    for name, value in inputs.items():
+        for v in [value] if isinstance(value, str) else value or ():
+            local = v if Path(v).exists() else v.partition(":")[2]
+            if not local or not Path(local).exists():
+                continue
+            i = Path(local).expanduser().resolve()
+            if c == i or i in c.parents or c in i.parents:
+                raise ValueError(
+                    f"--cache {cache} and input {name} {v} overlap; a stage never writes into its inputs: "
+                    "put the cache elsewhere"
+                )
 
 
 # ------------------------------------------------------------------------------ shared
@@ -110,6 +139,7 @@ class MiningConfig:
                 f"--splits needs at least two distinct names (explain and a held-out one), got "
                 f"{','.join(self.splits)!r}"
             )
+        at_least(self, 0, "pool", "inactive_pool")
         preset, n = protocol(self.protocol), len(self.splits)
         wanted = {
             "top_k": preset.total("top", n),
@@ -192,6 +222,8 @@ class CollectConfig:
     """Show progress bars."""
 
     def __post_init__(self) -> None:
+        at_least(self, 1, "window", "batch_size", "shard_windows", "output_tokens", "basis_fit_windows")
+        at_least(self, 0, "context", "max_windows")
         if self.max_windows == 0:
             object.__setattr__(self, "max_windows", None)
 
@@ -261,10 +293,11 @@ class ExplainConfig:
     """Show progress bars."""
 
     def __post_init__(self) -> None:
-        if self.k < 1:
-            raise ValueError(f"--k must be >= 1, got {self.k}")
+        at_least(self, 1, "k", "max_tokens", "max_exemplars", "batch_features", "teacher_batch_size")
+        at_least(self, 0, "max_features")
         if self.split == "explain":
             raise ValueError("--split must be a held-out split (score or test), never explain")
+        cache_apart(self.cache, {"--store": self.store, "--teacher": self.teacher, "--simulator": self.simulator})
         if self.max_features == 0:
             object.__setattr__(self, "max_features", None)
 
@@ -313,6 +346,8 @@ class ScoreConfig:
     def __post_init__(self) -> None:
         if self.split == "explain":
             raise ValueError("--split must be a held-out split (score or test), never explain")
+        inputs = {"--explanations": self.explanations, "--store": self.store, "--simulator": self.simulator}
+        cache_apart(self.cache, {**inputs, "--judge": self.judge})
 
 
 # ------------------------------------------------------------------------------ distill
@@ -378,8 +413,7 @@ class SimulatorDataConfig:
     """Replace a non-empty output folder."""
 
     def __post_init__(self) -> None:
-        if self.random_per_exemplar < 1:
-            raise ValueError(f"random_per_exemplar must be >= 1, got {self.random_per_exemplar}")
+        at_least(self, 1, "random_per_exemplar")
 
 
 # ------------------------------------------------------------------------------ train
@@ -532,8 +566,11 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if (self.teacher is None) == (self.teacher_results is None):
             raise ValueError("give exactly one of --teacher SPEC (explain afresh) or --teacher-results DIR")
-        if self.k < 1:
-            raise ValueError(f"--k must be >= 1, got {self.k}")
+        at_least(self, 1, "k", "max_tokens", "max_exemplars", "n_resamples")
+        at_least(self, 0, "judged_features", "reliability_features")
+        inputs = {"--store": self.store, "--features": self.features, "--student": self.student, "--base": self.base}
+        inputs |= {"--teacher": self.teacher, "--teacher-results": self.teacher_results, "--simulator": self.simulators}
+        cache_apart(self.cache, {**inputs, "--reference": self.reference, "--datasets": self.datasets})
 
 
 @dataclass(frozen=True)

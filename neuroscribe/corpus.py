@@ -60,6 +60,7 @@ def iter_documents(dataset: str = BUILTIN, text_field: str = "text", split: str 
     import datasets
 
     path = Path(dataset).expanduser()
+    files: list[Path] = []
     if path.exists():
         files = sorted(p for p in path.rglob("*") if p.suffix in _FORMATS) if path.is_dir() else [path]
         if not files:
@@ -72,6 +73,18 @@ def iter_documents(dataset: str = BUILTIN, text_field: str = "text", split: str 
         raise FileNotFoundError(f"dataset: {dataset} does not exist")
     else:
         stream = datasets.load_dataset(dataset, split=split, streaming=True)
+    try:
+        yield from _texts(stream, dataset, text_field)
+    except UnicodeDecodeError:  # datasets names no file: find the one that is not UTF-8 (file and line)
+        from neuroscribe.runs.files import read_text
+
+        for p in files:
+            if p.suffix != ".parquet":
+                read_text(p)
+        raise ValueError(f"dataset {dataset}: not UTF-8 text") from None
+
+
+def _texts(stream, dataset: str, text_field: str) -> Iterator[str]:
     for i, row in enumerate(stream):
         if text_field not in row:
             raise KeyError(f"dataset {dataset}: row {i} has no field {text_field!r} (fields: {sorted(row)})")

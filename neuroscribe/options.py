@@ -145,6 +145,12 @@ def _options(
     return out
 
 
+def fail(message: str) -> typing.NoReturn:
+    """The command line's one way to end on a clear error: one red `error:` line, exit code 2."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
 def build(cls: type, values: dict[str, Any], prefix: tuple[str, ...] = ()) -> Any:
     """An instance of `cls` from flattened option values (nested configs rebuilt, lists made tuples)."""
     kwargs = {}
@@ -178,7 +184,11 @@ def command(
     opts = _options(cls, positional=positional, rename=rename)
 
     def callback(**values: Any) -> Any:
-        return run(build(cls, {o.name: _convert(o, values[o.name]) for o in opts}))
+        try:
+            config = build(cls, {o.name: _convert(o, values[o.name]) for o in opts})
+        except ValueError as err:  # a config's own checks (__post_init__), before the stage writes anything
+            fail(str(err))
+        return run(config)
 
     params = [
         inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=o.info, annotation=o.annotation) for o in opts

@@ -153,15 +153,28 @@ def _accepts(hint, value) -> bool:
     return True  # a type we do not model: leave it to the library
 
 
+def read_recipe(path: str | Path) -> dict:
+    """A recipe's YAML as a mapping; one error naming the file when it is not UTF-8, not YAML or not a mapping."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ValueError(f"{where}: not valid YAML ({getattr(err, 'problem', None) or err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a recipe is a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
 def check_recipe_types(path: str | Path, kind: str) -> None:
     """Refuse a recipe value of the wrong type. YAML values bypass argparse's conversion, so a list given
     for `learning_rate` would otherwise be accepted and crash deep in the optimizer."""
     import dataclasses
     import typing
 
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a recipe is a mapping of keys to values, got {type(data).__name__}")
+    data = read_recipe(path)
     for cls in (ExplainerArguments, config_class(kind), ModelConfig):
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):

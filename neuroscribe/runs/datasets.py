@@ -53,7 +53,9 @@ def read_heldout(path: str | Path, allow_empty: bool = False) -> list[str]:
     """Feature keys of a held-out list (file or dataset folder), in order, duplicates dropped."""
     file = heldout_file(path)
     keys: list[str] = []
-    for n, line in enumerate(file.read_text().splitlines(), 1):
+    from neuroscribe.runs.files import read_text
+
+    for n, line in enumerate(read_text(file).splitlines(), 1):
         text = line.split("#", 1)[0].strip()
         if not text:
             continue

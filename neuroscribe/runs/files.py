@@ -51,11 +51,22 @@ def read_json(path: str | Path, what: str = "") -> dict:
     return data
 
 
+def read_text(path: str | Path) -> str:
+    """A text file's content; one error naming the file and line when it is not UTF-8."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise RunFileError(f"{path}:{line}: not UTF-8 text (byte {err.start}); save the file as UTF-8") from None
+
+
 def read_jsonl(path: str | Path, torn_tail_ok: bool = False) -> Iterator[tuple[int, dict]]:
     """(line number, object) for every non-blank line. A bad line is an error naming file and line;
     with `torn_tail_ok` an unparseable LAST line (a write cut by a kill) is skipped instead."""
     path = Path(path)
-    lines = path.read_text().splitlines()
+    lines = read_text(path).splitlines()
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue

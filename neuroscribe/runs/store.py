@@ -24,35 +24,65 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from neuroscribe.records import (
-    POSITIVE_SOURCES, SPLITS, Exemplar, FeatureExemplars, FeatureId, FeatureStats, OutputSide, insufficiency,
-)
 from neuroscribe.protocols import DEFAULT_PROTOCOL
+from neuroscribe.records import (
+    POSITIVE_SOURCES,
+    SPLITS,
+    Exemplar,
+    FeatureExemplars,
+    FeatureId,
+    FeatureStats,
+    OutputSide,
+    insufficiency,
+)
 from neuroscribe.runs.files import disk_error, file_digest, read_json, write_json
 
 SCHEMA_VERSION = 2
 META, FEATURES, EXEMPLARS, OUTPUTS = "meta.json", "features.parquet", "exemplars.parquet", "outputs.parquet"
 
-FEATURE_SCHEMA = pa.schema([
-    ("feature", pa.string()), ("kind", pa.string()), ("layer", pa.int32()), ("index", pa.int64()),
-    ("polarity", pa.int8()), ("dead", pa.bool_()), ("max_activation", pa.float64()), ("mean", pa.float64()),
-    ("variance", pa.float64()), ("skewness", pa.float64()), ("kurtosis", pa.float64()),
-    ("n_tokens", pa.int64()), ("frac_active", pa.float64()),
-    ("quantile_boundaries", pa.list_(pa.float64())), ("top_tokens", pa.list_(pa.string())),
-])
-EXEMPLAR_SCHEMA = pa.schema([
-    ("feature", pa.string()), ("layer", pa.int32()), ("kind", pa.string()), ("split", pa.string()),
-    ("source", pa.string()), ("rank", pa.int32()), ("quantile", pa.int32()), ("window_id", pa.int64()),
-    ("doc_first", pa.int64()), ("doc_last", pa.int64()),
-    ("tokens", pa.list_(pa.string())), ("token_ids", pa.list_(pa.int32())), ("activations", pa.list_(pa.float32())),
-])
+FEATURE_SCHEMA = pa.schema(
+    [
+        ("feature", pa.string()),
+        ("kind", pa.string()),
+        ("layer", pa.int32()),
+        ("index", pa.int64()),
+        ("polarity", pa.int8()),
+        ("dead", pa.bool_()),
+        ("max_activation", pa.float64()),
+        ("mean", pa.float64()),
+        ("variance", pa.float64()),
+        ("skewness", pa.float64()),
+        ("kurtosis", pa.float64()),
+        ("n_tokens", pa.int64()),
+        ("frac_active", pa.float64()),
+        ("quantile_boundaries", pa.list_(pa.float64())),
+        ("top_tokens", pa.list_(pa.string())),
+    ]
+)
+EXEMPLAR_SCHEMA = pa.schema(
+    [
+        ("feature", pa.string()),
+        ("layer", pa.int32()),
+        ("kind", pa.string()),
+        ("split", pa.string()),
+        ("source", pa.string()),
+        ("rank", pa.int32()),
+        ("quantile", pa.int32()),
+        ("window_id", pa.int64()),
+        ("doc_first", pa.int64()),
+        ("doc_last", pa.int64()),
+        ("tokens", pa.list_(pa.string())),
+        ("token_ids", pa.list_(pa.int32())),
+        ("activations", pa.list_(pa.float32())),
+    ]
+)
 OUTPUT_FIELDS = ("promoted", "suppressed", "raised", "lowered")
 OUTPUT_SCHEMA = pa.schema([("feature", pa.string())] + [(n, pa.list_(pa.string())) for n in OUTPUT_FIELDS])
 SCALARS = ("feature", "layer", "kind", "split", "source", "rank", "quantile", "window_id", "doc_first", "doc_last")
@@ -85,11 +115,21 @@ def exemplar_table(scalars: dict, tokens: pa.Array, token_ids: pa.Array, activat
 def feature_row(feature: FeatureId, stats: FeatureStats, dead: bool, top_tokens: Sequence[str]) -> dict:
     """One row of features.parquet (the schema's fields, in order)."""
     return {
-        "feature": feature.key, "kind": feature.kind, "layer": feature.layer, "index": feature.index,
-        "polarity": feature.polarity, "dead": dead, "max_activation": stats.max_activation, "mean": stats.mean,
-        "variance": stats.variance, "skewness": stats.skewness, "kurtosis": stats.kurtosis,
-        "n_tokens": stats.n_tokens, "frac_active": stats.frac_active,
-        "quantile_boundaries": list(stats.quantile_boundaries), "top_tokens": list(top_tokens),
+        "feature": feature.key,
+        "kind": feature.kind,
+        "layer": feature.layer,
+        "index": feature.index,
+        "polarity": feature.polarity,
+        "dead": dead,
+        "max_activation": stats.max_activation,
+        "mean": stats.mean,
+        "variance": stats.variance,
+        "skewness": stats.skewness,
+        "kurtosis": stats.kurtosis,
+        "n_tokens": stats.n_tokens,
+        "frac_active": stats.frac_active,
+        "quantile_boundaries": list(stats.quantile_boundaries),
+        "top_tokens": list(top_tokens),
     }
 
 
@@ -98,10 +138,16 @@ def write_store(path: str | Path, records: Iterable[FeatureExemplars], meta: dic
     records = list(records)
     rows = [(r.feature, e) for r in records for e in r.exemplars]
     scalars = {
-        "feature": [f.key for f, _ in rows], "layer": [f.layer for f, _ in rows], "kind": [f.kind for f, _ in rows],
-        "split": [e.split for _, e in rows], "source": [e.source for _, e in rows], "rank": [e.rank for _, e in rows],
-        "quantile": [e.quantile for _, e in rows], "window_id": [e.window_id for _, e in rows],
-        "doc_first": [e.doc_span[0] for _, e in rows], "doc_last": [e.doc_span[1] for _, e in rows],
+        "feature": [f.key for f, _ in rows],
+        "layer": [f.layer for f, _ in rows],
+        "kind": [f.kind for f, _ in rows],
+        "split": [e.split for _, e in rows],
+        "source": [e.source for _, e in rows],
+        "rank": [e.rank for _, e in rows],
+        "quantile": [e.quantile for _, e in rows],
+        "window_id": [e.window_id for _, e in rows],
+        "doc_first": [e.doc_span[0] for _, e in rows],
+        "doc_last": [e.doc_span[1] for _, e in rows],
     }
     table = exemplar_table(
         scalars,
@@ -172,6 +218,19 @@ def _read_table(path: Path, schema: pa.Schema) -> pa.Table:
     return table
 
 
+def _mining(meta: dict, where: Path) -> dict:
+    """meta.json's `mining` block (absent in stores written by hand: {}), checked where later code trusts it."""
+    mining = meta.get("mining", {})
+    if not isinstance(mining, dict):
+        raise StoreError(f"{where}: field 'mining' must be an object, got {type(mining).__name__}")
+    if not isinstance(mining.get("protocol", DEFAULT_PROTOCOL), str):
+        raise StoreError(f"{where}: field 'mining.protocol' must be a string")
+    splits = mining.get("splits", SPLITS)
+    if not isinstance(splits, list | tuple) or len(splits) < 2 or not all(isinstance(s, str) for s in splits):
+        raise StoreError(f"{where}: field 'mining.splits' must be a list of at least two split names")
+    return mining
+
+
 class ExemplarStore:
     """Read access to a store folder; rows are grouped into FeatureExemplars on demand."""
 
@@ -185,9 +244,12 @@ class ExemplarStore:
         except ValueError as err:
             raise StoreError(str(err)) from None
         if self.meta.get("schema_version") != SCHEMA_VERSION:
-            raise StoreError(f"{meta_path}: field schema_version is {self.meta.get('schema_version')!r}, "
-                             f"this neuroscribe reads {SCHEMA_VERSION}")
-        self.protocol = self.meta.get("mining", {}).get("protocol", DEFAULT_PROTOCOL)
+            raise StoreError(
+                f"{meta_path}: field schema_version is {self.meta.get('schema_version')!r}, "
+                f"this neuroscribe reads {SCHEMA_VERSION}"
+            )
+        self.mining = _mining(self.meta, meta_path)
+        self.protocol = self.mining.get("protocol", DEFAULT_PROTOCOL)
         self._features = {r["feature"]: r for r in _read_table(self.path / FEATURES, FEATURE_SCHEMA).to_pylist()}
         self._table: pa.Table | None = None
         self._rows_of: dict[str, np.ndarray] = {}
@@ -224,15 +286,26 @@ class ExemplarStore:
         f = self._features[key]
         exemplars = tuple(
             Exemplar(
-                tokens=tuple(r["tokens"]), activations=tuple(r["activations"]), window_id=r["window_id"],
-                source=r["source"], split=r["split"], rank=r["rank"], quantile=r["quantile"],
-                token_ids=tuple(r["token_ids"]), doc_span=(r["doc_first"], r["doc_last"]),
+                tokens=tuple(r["tokens"]),
+                activations=tuple(r["activations"]),
+                window_id=r["window_id"],
+                source=r["source"],
+                split=r["split"],
+                rank=r["rank"],
+                quantile=r["quantile"],
+                token_ids=tuple(r["token_ids"]),
+                doc_span=(r["doc_first"], r["doc_last"]),
             )
             for r in self._exemplars().take(self._rows_of.get(key, np.array([], dtype=np.int64))).to_pylist()
         )
         stats = FeatureStats(
-            max_activation=f["max_activation"], mean=f["mean"], variance=f["variance"], skewness=f["skewness"],
-            kurtosis=f["kurtosis"], n_tokens=f["n_tokens"], frac_active=f["frac_active"],
+            max_activation=f["max_activation"],
+            mean=f["mean"],
+            variance=f["variance"],
+            skewness=f["skewness"],
+            kurtosis=f["kurtosis"],
+            n_tokens=f["n_tokens"],
+            frac_active=f["frac_active"],
             quantile_boundaries=tuple(f["quantile_boundaries"]),
         )
         fid = FeatureId(f["kind"], f["layer"], f["index"], f["polarity"])
@@ -254,10 +327,17 @@ class ExemplarStore:
         for r in self._features.values():
             layers[r["layer"]] = layers.get(r["layer"], 0) + 1
         return {
-            "path": str(self.path), "model": self.meta.get("model"), "protocol": self.protocol,
+            "path": str(self.path),
+            "model": self.meta.get("model"),
+            "protocol": self.protocol,
             "features": len(self._features),
-            "dead": len(dead), "dead_features": dead, "exemplars": table.num_rows, "by_split": by_split,
-            "by_source": by_source, "features_by_layer": layers, "windows_seen": self.meta.get("windows_seen"),
+            "dead": len(dead),
+            "dead_features": dead,
+            "exemplars": table.num_rows,
+            "by_split": by_split,
+            "by_source": by_source,
+            "features_by_layer": layers,
+            "windows_seen": self.meta.get("windows_seen"),
             "insufficient": self.insufficient(),
         }
 
@@ -268,7 +348,7 @@ class ExemplarStore:
         by: dict[tuple[str, str], dict[str, int]] = {}
         for r in counts:
             by.setdefault((r["feature"], r["split"]), {})[r["source"]] = r["window_id_count"]
-        splits = [s for s in self.meta.get("mining", {}).get("splits", SPLITS)[1:]]
+        splits = list(self.mining.get("splits", SPLITS)[1:])
         out: dict[str, dict[str, str]] = {s: {} for s in splits}
         for key in self.keys():
             for split in splits:
