@@ -80,7 +80,7 @@ def score(cfg: ScoreConfig) -> list[ScoredExplanation]:
         )
         configuration = _configuration(cfg, store, sim.spec, items)
         if dist.is_main:
-            run_files.start_parts(out, configuration, dist.world, cfg.overwrite)
+            run_files.start_parts(out, configuration, cfg.overwrite)
         dist.barrier()
         rows = [
             {

@@ -3,8 +3,8 @@
   scored.jsonl   one `to_json(ScoredExplanation)` per input explanation, in input order (written last)
   interventions.jsonl  (with --intervention) one `InterventionScore` per input explanation, same order
   summary.json   the ScoreConfig, simulator spec, split, counts, mean score (failures counted), usage
-  parts/config.json   the fingerprint (configuration, inputs, world size) the parts belong to
-  parts/rank{r}.json  per-rank results before rank 0 merges them: {fingerprint, rank, world, rows}
+  parts/rank{r}.json  per-rank results before rank 0 merges them: {configuration, rank, world, rows}, the
+                      configuration being the fingerprint of the settings, simulator, store and inputs
 
 Parts are never resumed (a rerun recomputes through the cache), so they must never be mixed either:
 rank 0 discards leftovers of the same configuration (a killed run, another world size), refuses those
@@ -23,21 +23,28 @@ from neuroscribe.runs.files import RunFileError, field, read_json, read_jsonl, s
 SCORED, SUMMARY, PARTS, INTERVENTIONS = "scored.jsonl", "summary.json", "parts", "interventions.jsonl"
 
 
-def start_parts(folder: Path, configuration: str, world: int, overwrite: bool) -> Path:
-    """An empty parts folder stamped with this run's configuration and world size (rank 0, before any
-    rank writes); leftovers of the same configuration are discarded, another one's are refused."""
-    parts, stamp = folder / PARTS, folder / PARTS / "config.json"
+def start_parts(folder: Path, configuration: str, overwrite: bool) -> Path:
+    """An empty parts folder (rank 0, before any rank writes): leftovers of a killed run of the same
+    configuration are discarded, those of another configuration refused unless `overwrite`."""
+    parts = folder / PARTS
     if parts.exists():
-        saved = read_json(stamp).get("configuration") if stamp.is_file() else None
-        if saved != configuration and not overwrite:
+        foreign = [p for p in sorted(parts.glob("rank*.json")) if _configuration_of(p) != configuration]
+        if foreign and not overwrite:
             raise FileExistsError(
-                f"{parts} holds parts of a different score configuration (fingerprint {saved}, this run "
-                f"{configuration}); pass --overwrite to discard them, or use another --out"
+                f"{foreign[0]} is a part of a different score configuration (this run {configuration}); pass "
+                "--overwrite to discard it, or use another --out"
             )
-        shutil.rmtree(parts)  # a killed run's leftovers: recomputed from the cache, never merged
+        shutil.rmtree(parts)  # never merged: a rerun recomputes everything through the cache
     parts.mkdir(parents=True)
-    write_json(stamp, {"configuration": configuration, "world": world})
     return parts
+
+
+def _configuration_of(part: Path) -> str | None:
+    try:
+        data = json.loads(part.read_text())
+    except (OSError, ValueError):
+        return None  # torn or unreadable: not this configuration's
+    return data.get("configuration") if isinstance(data, dict) else None
 
 
 def write_part(folder: Path, rank: int, world: int, configuration: str, rows: list[dict]) -> None:
