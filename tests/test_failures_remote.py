@@ -255,6 +255,33 @@ def test_a_torn_part_line_is_cut_and_every_rerun_finishes(store, tiny_llama, tmp
     assert meta(out)["n_features"] == len(ExemplarStore(store).keys())
 
 
+FULL_DISK_CHILD = """
+import resource, signal, sys
+from pathlib import Path
+from neuroscribe.runs.explain import PartsLog
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))  # the part file may grow to 1000 bytes only
+with PartsLog(Path(sys.argv[1]), 0) as log:
+    for i in range(10):
+        log.finished(f"mlp/L0/{i}+", [{"pad": "x" * 250}])
+"""
+
+
+def test_a_full_disk_mid_append_leaves_whole_lines_only(tmp_path):
+    from neuroscribe.runs.explain import PartsLog, read_parts
+
+    (tmp_path / "parts").mkdir()
+    res = subprocess.run([sys.executable, "-c", FULL_DISK_CHILD, str(tmp_path)], capture_output=True, text=True)
+    assert res.returncode != 0 and "rank0.jsonl: cannot write" in res.stderr, res.stderr[-2000:]
+    part = tmp_path / "parts" / "rank0.jsonl"
+    whole = len(part.read_text().splitlines())
+    assert whole >= 1 and part.read_bytes().endswith(b"\n"), "the cut-off line was undone"
+    with PartsLog(tmp_path, 0) as log:  # the disk has room again: the next run appends cleanly
+        log.finished("mlp/L0/9+", [])
+    done, failed = read_parts(tmp_path)
+    assert sorted(done) == [f"mlp/L0/{i}+" for i in range(whole)] + ["mlp/L0/9+"] and not failed
+
+
 # --------------------------------------------------------------------------- 8. empty or null replies
 
 
@@ -387,6 +414,32 @@ def test_an_abbreviated_hub_token_option_is_redacted(tmp_path, monkeypatch):
     for recorded in (sys.argv, source.overrides):
         assert token not in " ".join(recorded) and REDACTED in recorded
     assert "--hub-to=" + REDACTED in source.overrides
+
+
+@pytest.mark.slow
+def test_an_abbreviated_hub_token_never_reaches_wandb_or_the_run_folder(tmp_path):
+    """End to end: a real (one-step) training run with wandb offline, the token given as `--hub_tok`."""
+    from test_datasets import distilled_dataset
+
+    data = distilled_dataset(tmp_path, n_features=6)
+    token = "hf_" + "W4" * 15
+    root = Path(__file__).resolve().parents[1]
+    args = ["--config", str(root / "recipes/tiny/sft.yaml"), "--dataset_name", str(data)]
+    args += ["--output_dir", str(tmp_path / "run"), "--max_steps", "1", "--save_strategy", "no"]
+    args += ["--report_to", "wandb", "--hub_tok", token, "--per_device_train_batch_size", "1"]
+    res = subprocess.run(
+        [sys.executable, "-m", "neuroscribe.train.sft", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)},
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and "wandb" in str(p)]
+    assert written and (tmp_path / "run" / "neuroscribe_run.json").is_file()
+    for p in written + [p for p in (tmp_path / "run").rglob("*") if p.is_file()]:
+        assert token.encode() not in p.read_bytes(), p
+    assert token not in res.stdout + res.stderr
 
 
 # --------------------------------------------------------------------------- clear errors
