@@ -297,7 +297,8 @@ class RemoteBackend(Backend):
         clients = {name: self.make_client(url, key) for name, url in zip(self.pool.urls, self.base_urls)}
         if key and not self.allow_plain_http:
             # the URL the SDK will use, so OPENAI_BASE_URL / ANTHROPIC_BASE_URL are judged too
-            exposed = [str(c.base_url) for c in clients.values() if not key_travels_safely(str(c.base_url))]
+            used = [str(getattr(c, "base_url", None) or u) for c, u in zip(clients.values(), self.base_urls)]
+            exposed = [u for u in used if not key_travels_safely(u)]
             if exposed:
                 raise BackendError(
                     f"{self.spec}: refusing to send {self.env_key} in clear text to {public_url(exposed[0])} "

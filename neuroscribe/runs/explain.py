@@ -1,7 +1,8 @@
 """The explain run folder: written by `neuroscribe explain`, read by distill, eval and `score`.
 
   meta.json         the ExplainConfig, teacher and simulator specs, prompt version, store fingerprint,
-                    counts, `status` ("complete" | "partial") and `failed_features` {key: reason}
+                    counts, `status` ("complete" | "partial"), `failed_features` {key: reason} and
+                    `servers`: per run that worked on it, {role: HTTP base URLs} (see parts/config.json)
   candidates.jsonl  one `to_json(ScoredExplanation)` per line, store feature order then sample index;
                     written last: its presence means the run finished (completely or partially)
   usage.json        LLM calls, cache hits, tokens and cost per stage for this run
