@@ -213,7 +213,9 @@ def test_a_score_merges_only_this_runs_parts(store, tiny_llama, tmp_path, monkey
         run_ranks(monkeypatch, 2, killed_before_merge)
     assert (tmp_path / "killed" / "parts" / "rank1.json").is_file()
     assert not (tmp_path / "killed" / "scored.jsonl").exists()
-    assert len(score(again)) == 3
+    with pytest.raises(FileExistsError, match="different score configuration"):
+        score(replace(again, split="test"))  # another configuration's leftovers: refused, never mixed
+    assert len(score(again)) == 3  # the same configuration: the leftover is discarded, not merged
 
 
 # --------------------------------------------------------------------------- 5. the latest line wins

@@ -8,17 +8,14 @@
   and known failures included (a failure costs no USD, but it was a request),
 - several base URLs: each call goes to the least busy healthy URL (ties in round-robin order); a URL
   that failed is benched for a while, so the retry lands on another one.
-- a reply whose text is empty, null or not a string is a retryable `BadReply`: never cached, and after the
-  retries the call fails for good (its feature is marked failed).
-API keys are read from the environment when a call is made. The key is refused over plain http to a host
-that is not loopback, judged on the URL the SDK will really use (a spec URL, else OPENAI_BASE_URL /
-ANTHROPIC_BASE_URL, else the SDK default); every known secret is scrubbed from error text and from
-replies before they are cached or written (a server may echo the Authorization header).
+- a reply without text (empty, null, not a string) is a retryable `BadReply`, never cached.
+API keys are read from the environment at call time and refused over plain http to a host that is not
+loopback, judged on the URL the SDK really uses (spec URL, else OPENAI_BASE_URL / ANTHROPIC_BASE_URL);
+known secrets are scrubbed from error text and from replies before caching (a server may echo them).
 
-Servers and the cache: cache keys hold backend kind, model and request, never the URL, so a resumed run
-whose server URL changed may mix two servers' answers under one model name. This is allowed (the same
-model behind another URL is a hit by design) and recorded: `server_urls()` gives the effective URLs (no
-credentials), and explain keeps those of every run that worked on an output in its meta (`servers`).
+Servers and the cache: the cache keys on kind, model and request, never the URL, so a resumed run whose
+server URL changed may mix two servers' answers under one model name. Allowed (the same model behind
+another URL is a hit by design) and recorded: explain's meta keeps every run's `server_urls()`.
 """
 
 from __future__ import annotations
