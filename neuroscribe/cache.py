@@ -98,17 +98,19 @@ class Cache:
         return ValueError(f"{self.path}: not a usable neuroscribe cache ({err}); move it away or pass another --cache")
 
     @contextlib.contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
+    def _using(self) -> Iterator[sqlite3.Connection]:
         """The connection under the lock; a file damaged past its header (found only when a page is
         read) is one error naming it, not sqlite's bare "database disk image is malformed"."""
         with self._lock:
             try:
                 yield self._db
+            except sqlite3.OperationalError as err:  # a full disk, a read-only folder, a lock held too long
+                raise OSError(f"{self.path}: cannot use the cache ({err})") from None
             except sqlite3.DatabaseError as err:
                 raise self._unusable(err) from None
 
     def get(self, key: str) -> Any | None:
-        with self._reading() as db:
+        with self._using() as db:
             row = db.execute("SELECT value FROM entries WHERE key = ?", (key,)).fetchone()
         try:
             return None if row is None else json.loads(row[0])
@@ -142,7 +144,7 @@ class Cache:
             raise self._unusable(err) from None
 
     def record_hit(self, key: str, *, kind: str, model: str, stage: str) -> None:
-        with self._reading() as db, db:
+        with self._using() as db, db:
             self._record(stage, kind, model, key, True, 0, 0, 0.0, time.time())
 
     def _record(self, stage, kind, model, key, cached, tokens_in, tokens_out, usd, now) -> None:
@@ -179,7 +181,7 @@ class Cache:
         )
         if where:
             sql += " WHERE " + " AND ".join(where)
-        with self._reading() as db:
+        with self._using() as db:
             calls, hits, tin, tout, usd, unpriced = db.execute(sql, args).fetchone()
         return Usage(int(calls), int(hits), int(tin), int(tout), float(usd), int(unpriced))
 
@@ -188,12 +190,12 @@ class Cache:
         sql, args = "SELECT DISTINCT stage FROM calls", ()
         if not all_runs:
             sql, args = sql + " WHERE run_id = ?", (self.run_id,)
-        with self._reading() as db:
+        with self._using() as db:
             names = [r[0] for r in db.execute(sql, args).fetchall()]
         return {name: self.usage(name, all_runs) for name in sorted(names)}
 
     def __len__(self) -> int:
-        with self._reading() as db:
+        with self._using() as db:
             return db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
 
     def close(self) -> None:
