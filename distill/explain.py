@@ -100,7 +100,7 @@ def explain(cfg: ExplainConfig) -> Path:
             if cfg.overwrite:  # the run being replaced stops looking finished before any new work lands
                 for name in (run_files.CANDIDATES, run_files.META, run_files.USAGE):
                     (out / name).unlink(missing_ok=True)
-            run_files.start_parts(out, key, cfg.overwrite)
+            run_files.start_parts(out, key, cfg.overwrite, _servers(teacher, simulator))
         dist.barrier()
         done, _ = run_files.read_parts(out)
         mine = [k for k in dist.mine(keys) if k not in done]
@@ -115,6 +115,13 @@ def explain(cfg: ExplainConfig) -> Path:
             _merge(cfg, keys, out, cache, teacher.spec, simulator.spec, store, key)
         dist.barrier()
     return out
+
+
+def _servers(teacher, simulator) -> dict[str, list[str]]:
+    """Base URLs (no credentials) of the HTTP teacher and simulator: the cache keys on the model name, not
+    the URL, so a resumed run may mix two servers' answers; the meta records every run's servers."""
+    found = {"teacher": teacher, "simulator": getattr(simulator, "backend", None)}
+    return {role: b.server_urls() for role, b in found.items() if hasattr(b, "server_urls")}
 
 
 def _teacher(cfg: ExplainConfig, cache: Cache, budget):
@@ -246,6 +253,7 @@ def _merge(
         "protocol": PROTOCOL,
         "sampling": store.protocol,
         "failed_features": failed,
+        "servers": run_files.parts_servers(out),
         "n_features": len(keys),
         "n_failed": len(failed),
         "n_candidates": len(rows),

@@ -19,7 +19,7 @@ from neuroscribe.configs import ScoreConfig
 from neuroscribe.options import to_dict
 from neuroscribe.records import STATUSES, Explanation, ScoredExplanation, from_json, to_json
 from neuroscribe.runs import score as run_files
-from neuroscribe.runs.files import OutputLock, guard_output, read_jsonl, refuse_existing
+from neuroscribe.runs.files import OutputLock, fingerprint, guard_output, read_jsonl, refuse_existing
 from neuroscribe.runs.store import ExemplarStore
 from neuroscribe.scorers import FAILURE_SCORE, PROTOCOL, cached_score, headline, in_sample_features
 from neuroscribe.simulators import load_simulator
@@ -71,6 +71,15 @@ def read_explanations(path: str | Path) -> list[Explanation]:
     return out
 
 
+def _configuration(cfg: ScoreConfig, store: ExemplarStore, simulator: str, items: list[Explanation]) -> str:
+    """The fingerprint parts must carry: everything that changes a score, inputs by content."""
+    skip = ("out", "cache", "limits", "overwrite", "progress", "explanations")
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in skip}
+    return fingerprint(
+        {**settings, "store": store.fingerprint, "simulator": simulator, "items": [to_json(e) for e in items]}
+    )
+
+
 def score(cfg: ScoreConfig) -> list[ScoredExplanation]:
     """Score every explanation; under `accelerate launch`/torchrun rank r takes every W-th one and rank 0
     merges the parts, in input order, into the same scored.jsonl one process writes."""
@@ -89,6 +98,10 @@ def score(cfg: ScoreConfig) -> list[ScoredExplanation]:
         in_sample = in_sample_features(
             sim, [e.feature for e in items], cfg.allow_in_sample, f"score --simulator {cfg.simulator}"
         )
+        configuration = _configuration(cfg, store, sim.spec, items)
+        if dist.is_main:
+            run_files.start_parts(out, configuration, cfg.overwrite)
+        dist.barrier()
         rows = [
             {
                 "index": i,
@@ -105,10 +118,10 @@ def score(cfg: ScoreConfig) -> list[ScoredExplanation]:
                 disable=not cfg.progress,
             )
         ]
-        run_files.write_part(out, dist.rank, rows)
+        run_files.write_part(out, dist.rank, dist.world, configuration, rows)
         dist.barrier()
         if dist.is_main:
-            ordered = [r["scored"] for r in sorted(run_files.read_parts(out), key=lambda r: r["index"])]
+            ordered = [r["scored"] for r in run_files.read_parts(out, dist.world, configuration, len(items))]
             scored = [from_json(ScoredExplanation, r) for r in ordered]
             values = [v for v in (headline(s) for s in scored) if v is not None]
             statuses = {st: sum(s.status == st for s in scored) for st in STATUSES}

@@ -12,12 +12,14 @@ nothing, so hits add to `cached_hits` only.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,26 +68,54 @@ class Cache:
         self._created = not self.path.exists()  # closed with nothing in it: removed again (nothing left behind)
         self.run_id = run_id or uuid.uuid4().hex
         self._lock = threading.Lock()
-        try:
-            self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL survives a killed process (the WAL is in the OS page cache); only power loss can drop
-            # the last commits, which costs re-running a few calls, never a corrupt row.
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-            self._db.commit()
-        except sqlite3.DatabaseError as err:
-            raise ValueError(
-                f"{self.path}: not a usable neuroscribe cache ({err}); move it away or pass another --cache"
-            ) from None
+        self._db = self._open()
+
+    def _open(self, attempts: int = 100) -> sqlite3.Connection:
+        """A connection in WAL mode with the schema. Ranks opening a new file at once race on switching it
+        to WAL, which sqlite answers "locked" without waiting: that one is retried."""
+        for attempt in range(attempts):
+            db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                # NORMAL survives a killed process (the WAL is in the OS page cache); only power loss can drop
+                # the last commits, which costs re-running a few calls, never a corrupt row.
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.executescript(_SCHEMA)
+                db.commit()
+                return db
+            except sqlite3.DatabaseError as err:
+                db.close()
+                locked = isinstance(err, sqlite3.OperationalError) and "locked" in str(err)
+                if not locked or attempt == attempts - 1:
+                    raise self._unusable(err) from None
+            time.sleep(0.05)
+        raise ValueError(f"{self.path}: attempts must be >= 1")
 
     def __repr__(self) -> str:
         return f"Cache({str(self.path)!r})"
 
-    def get(self, key: str) -> Any | None:
+    def _unusable(self, err: Exception) -> ValueError:
+        return ValueError(f"{self.path}: not a usable neuroscribe cache ({err}); move it away or pass another --cache")
+
+    @contextlib.contextmanager
+    def _using(self) -> Iterator[sqlite3.Connection]:
+        """The connection under the lock; a file damaged past its header (found only when a page is
+        read) is one error naming it, not sqlite's bare "database disk image is malformed"."""
         with self._lock:
-            row = self._db.execute("SELECT value FROM entries WHERE key = ?", (key,)).fetchone()
-        return None if row is None else json.loads(row[0])
+            try:
+                yield self._db
+            except sqlite3.OperationalError as err:  # a full disk, a read-only folder, a lock held too long
+                raise OSError(f"{self.path}: cannot use the cache ({err})") from None
+            except sqlite3.DatabaseError as err:
+                raise self._unusable(err) from None
+
+    def get(self, key: str) -> Any | None:
+        with self._using() as db:
+            row = db.execute("SELECT value FROM entries WHERE key = ?", (key,)).fetchone()
+        try:
+            return None if row is None else json.loads(row[0])
+        except (TypeError, json.JSONDecodeError) as err:
+            raise self._unusable(f"entry {key[:12]}: {err}") from None
 
     def put(
         self,
@@ -110,9 +140,11 @@ class Cache:
                 self._record(stage, kind, model, key, False, tokens_in, tokens_out, usd, now)
         except sqlite3.OperationalError as err:  # a full disk, a read-only folder
             raise OSError(f"{self.path}: cannot write the cache ({err})") from None
+        except sqlite3.DatabaseError as err:  # a damaged file
+            raise self._unusable(err) from None
 
     def record_hit(self, key: str, *, kind: str, model: str, stage: str) -> None:
-        with self._lock, self._db:
+        with self._using() as db, db:
             self._record(stage, kind, model, key, True, 0, 0, 0.0, time.time())
 
     def _record(self, stage, kind, model, key, cached, tokens_in, tokens_out, usd, now) -> None:
@@ -149,8 +181,8 @@ class Cache:
         )
         if where:
             sql += " WHERE " + " AND ".join(where)
-        with self._lock:
-            calls, hits, tin, tout, usd, unpriced = self._db.execute(sql, args).fetchone()
+        with self._using() as db:
+            calls, hits, tin, tout, usd, unpriced = db.execute(sql, args).fetchone()
         return Usage(int(calls), int(hits), int(tin), int(tout), float(usd), int(unpriced))
 
     def stages(self, all_runs: bool = False) -> dict[str, Usage]:
@@ -158,19 +190,22 @@ class Cache:
         sql, args = "SELECT DISTINCT stage FROM calls", ()
         if not all_runs:
             sql, args = sql + " WHERE run_id = ?", (self.run_id,)
-        with self._lock:
-            names = [r[0] for r in self._db.execute(sql, args).fetchall()]
+        with self._using() as db:
+            names = [r[0] for r in db.execute(sql, args).fetchall()]
         return {name: self.usage(name, all_runs) for name in sorted(names)}
 
     def __len__(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+        with self._using() as db:
+            return db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
 
     def close(self) -> None:
         with self._lock:
-            empty = self._created and not any(
-                self._db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() for table in ("entries", "calls")
-            )
+            try:
+                empty = self._created and not any(
+                    self._db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() for table in ("entries", "calls")
+                )
+            except sqlite3.DatabaseError:  # a damaged file is never ours to delete
+                empty = False
             self._db.close()
         if empty:  # a command that failed (or did nothing) before its first call leaves no cache file
             for suffix in ("", "-wal", "-shm"):

@@ -69,6 +69,16 @@ class CallLimits:
     allow_plain_http: bool = False
     """Allow sending an API key over plain http to a host that is not this machine."""
 
+    def __post_init__(self) -> None:
+        # a zero timeout or concurrency would fail (or hang) every call only once the run is under way
+        checks = {"timeout": self.timeout > 0, "retries": self.retries >= 0, "concurrency": self.concurrency >= 1}
+        checks |= {"max_calls": self.max_calls is None or self.max_calls >= 0}
+        checks |= {"max_usd": self.max_usd is None or self.max_usd >= 0}
+        wants = {"timeout": "> 0", "retries": ">= 0", "concurrency": ">= 1", "max_calls": ">= 0", "max_usd": ">= 0"}
+        bad = next((name for name, ok in checks.items() if not ok), None)
+        if bad:
+            raise ValueError(f"--{bad.replace('_', '-')} must be {wants[bad]}, got {getattr(self, bad)}")
+
     def options(self, budget=None) -> dict:
         """Constructor options of a remote backend; give one `budget` to share it between backends."""
         from neuroscribe.backends.remote import RetryPolicy

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,8 +119,9 @@ def parse_args(kind: str, argv: Sequence[str] | None = None):
             raise ValueError(f"{config or 'command line'}: {err}") from None
         raise
     move_secrets_to_env(training_args)
-    sys.argv[1:] = redact_argv(sys.argv[1:])  # loggers (wandb) record argv: never with a token in it
-    return script_args, training_args, model_args, RecipeSource(config, redact_argv(rest))
+    secret = secret_options(parser)
+    sys.argv[1:] = redact_argv(sys.argv[1:], secret)  # loggers (wandb) record argv: never with a token in it
+    return script_args, training_args, model_args, RecipeSource(config, redact_argv(rest, secret))
 
 
 def _accepts(hint, value) -> bool:
@@ -207,16 +208,33 @@ def move_secrets_to_env(training_args) -> None:
         training_args.hub_token = None
 
 
-def redact_argv(argv) -> tuple[str, ...]:
+def secret_options(parser) -> dict[str, bool]:
+    """Every option string of the parser (--hub_token, --hub-token, ...) -> whether its field holds a secret."""
+    return {o: bool(_SECRET_KEY.search(a.dest)) for a in parser._actions for o in a.option_strings}
+
+
+def _is_secret_option(name: str, options: Mapping[str, bool]) -> bool:
+    """Whether argparse may read `name` as a secret option. It accepts any unambiguous prefix (`--hub_tok`
+    is `--hub_token`), so a prefix counts as every option it could stand for; an exact name as itself."""
+    if not name.startswith("--") or len(name) < 3:
+        return False
+    if name in options:
+        return options[name]
+    return bool(_SECRET_KEY.search(name)) or any(secret for o, secret in options.items() if o.startswith(name))
+
+
+def redact_argv(argv, options: Mapping[str, bool] | None = None) -> tuple[str, ...]:
+    """argv with the value of every secret option hidden (`options`: the parser's, see `secret_options`)."""
     out, hide_next = [], False
     for a in argv:
         if hide_next:
             out.append(REDACTED)
             hide_next = False
             continue
-        if a.startswith("--") and _SECRET_KEY.search(a):
-            if "=" in a:
-                a = a.split("=", 1)[0] + "=" + REDACTED
+        name, eq, _ = a.partition("=")
+        if _is_secret_option(name, options or {}):
+            if eq:
+                a = name + "=" + REDACTED
             else:
                 hide_next = True
         out.append(a)

@@ -10,13 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from neuroscribe.backends.base import ChatRequest, Completion
-from neuroscribe.backends.remote import RemoteBackend
+from neuroscribe.backends.remote import RemoteBackend, reply_text
 
 
 class AnthropicBackend(RemoteBackend):
     kind = "anthropic"
     supports_logprobs = False
     env_key = "ANTHROPIC_API_KEY"
+    env_base_url = "ANTHROPIC_BASE_URL"
     default_concurrency = 4
 
     def __init__(
@@ -66,9 +67,10 @@ class AnthropicBackend(RemoteBackend):
                 body["top_p"] = p.top_p
             kwargs["extra_body"] = body
         response = await client.messages.create(model=self.model, max_tokens=p.max_tokens, messages=turns, **kwargs)
-        text = "".join(getattr(block, "text", "") for block in response.content)
+        texts = [getattr(block, "text", "") for block in response.content or ()]
+        text = "".join(texts) if all(isinstance(t, str) for t in texts) else texts  # a non-text block: BadReply
         return Completion(
-            text=text,
+            text=reply_text(text, f"{self.spec}: message"),
             tokens_in=response.usage.input_tokens,
             tokens_out=response.usage.output_tokens,
             finish_reason="length" if response.stop_reason == "max_tokens" else "stop",

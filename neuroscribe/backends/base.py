@@ -98,6 +98,11 @@ class PositionLogprobs:
     top: dict[str, float] | None = field(default=None, hash=False, compare=True)
 
 
+def _cached_completion(hit: dict) -> Completion | None:
+    """A cached completion; one without text (cached by an older version from a bad reply) is a miss."""
+    return Completion(**{**hit, "cached": True}) if isinstance(hit.get("text"), str) else None
+
+
 def request_payload(request: ChatRequest) -> dict[str, Any]:
     return {
         "messages": [dict(m) for m in request.messages],
@@ -132,7 +137,7 @@ class Backend(ABC):
         self, keys: Sequence[str], stage: str, decode: Callable[[Any], Any]
     ) -> tuple[list, dict[str, list[int]]]:
         """Cache hits decoded in place (None where missing), and key -> positions still to compute;
-        identical requests in one batch are computed once."""
+        identical requests in one batch are computed once. A hit `decode` rejects (None) is a miss."""
         results: list = [None] * len(keys)
         pending: dict[str, list[int]] = {}
         for i, key in enumerate(keys):
@@ -140,8 +145,9 @@ class Backend(ABC):
                 pending[key].append(i)
                 continue
             hit = self.cache.get(key) if self.cache is not None else None
-            if hit is not None:
-                results[i] = decode(hit)
+            value = decode(hit) if hit is not None else None
+            if value is not None:
+                results[i] = value
                 self.cache.record_hit(key, kind=self.kind, model=self.model, stage=stage)
             else:
                 pending[key] = [i]
@@ -156,7 +162,7 @@ class Backend(ABC):
         `error` set and finish_reason "error" instead. A budget stop always raises."""
         stage = stage or self.stage
         keys = [cache_key(self.kind, self.model, request_payload(r)) for r in requests]
-        results, pending = self._lookup(keys, stage, lambda hit: Completion(**{**hit, "cached": True}))
+        results, pending = self._lookup(keys, stage, _cached_completion)
         todo = list(pending)
 
         def on_done(j: int, completion: Completion) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from neuroscribe.backends.base import ChatRequest, Completion, PositionLogprobs, sample_seed
-from neuroscribe.backends.remote import RemoteBackend
+from neuroscribe.backends.remote import RemoteBackend, reply_text
 
 Alignment = Literal["auto", "same", "next"]
 
@@ -26,6 +26,7 @@ class OpenAIBackend(RemoteBackend):
     kind = "openai"
     supports_logprobs = True
     env_key = "OPENAI_API_KEY"
+    env_base_url = "OPENAI_BASE_URL"
 
     def __init__(
         self,
@@ -84,7 +85,7 @@ class OpenAIBackend(RemoteBackend):
         choice = response.choices[0]
         usage = response.usage
         return Completion(
-            text=choice.message.content or "",
+            text=reply_text(choice.message.content, f"{self.spec}: chat completion"),
             tokens_in=usage.prompt_tokens if usage else 0,
             tokens_out=usage.completion_tokens if usage else 0,
             finish_reason="length" if choice.finish_reason == "length" else "stop",

@@ -3,17 +3,26 @@
 - a concurrency limit (one semaphore per `generate` call),
 - retries with exponential backoff and full jitter on 429 / 5xx / timeouts / connection errors
   (honouring a server's Retry-After), never on other 4xx,
-- a per-run `Budget` (max USD and/or max calls) checked BEFORE each call is sent, with a pessimistic
-  cost estimate reserved until the real usage comes back,
+- a per-run `Budget` (max USD and/or max calls) checked BEFORE each request is sent, with a pessimistic
+  cost estimate reserved until the real usage comes back; every request sent counts as a call, retries
+  and known failures included (a failure costs no USD, but it was a request),
 - several base URLs: each call goes to the least busy healthy URL (ties in round-robin order); a URL
   that failed is benched for a while, so the retry lands on another one.
-API keys are read from the environment when a call is made, and scrubbed from any error text.
+- a reply without text (empty, null, not a string) is a retryable `BadReply`, never cached.
+API keys are read from the environment at call time and refused over plain http to a host that is not
+loopback, judged on the URL the SDK really uses (spec URL, else OPENAI_BASE_URL / ANTHROPIC_BASE_URL);
+known secrets are scrubbed from error text and from replies before caching (a server may echo them).
+
+Servers and the cache: the cache keys on kind, model and request, never the URL, so a resumed run whose
+server URL changed may mix two servers' answers under one model name. Allowed (the same model behind
+another URL is a hit by design) and recorded: explain's meta keeps every run's `server_urls()`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import random
 import threading
@@ -76,17 +85,13 @@ class Budget:
             self._reserved_usd += estimate_usd
 
     def settle(self, estimate_usd: float, actual_usd: float | None) -> None:
+        """A sent request is over: it counts as a call whatever its outcome; `actual_usd` None (unknown)
+        keeps the pessimistic estimate, 0.0 is a request known to have cost nothing."""
         with self._lock:
             self._reserved_calls -= 1
             self._reserved_usd -= estimate_usd
             self.calls += 1
             self.spent_usd += actual_usd if actual_usd is not None else estimate_usd
-
-    def release(self, estimate_usd: float) -> None:
-        """The call failed before costing anything (or we cannot know): free its reservation."""
-        with self._lock:
-            self._reserved_calls -= 1
-            self._reserved_usd -= estimate_usd
 
 
 class EndpointPool:
@@ -124,14 +129,26 @@ class EndpointPool:
             self._benched_until[url] = 0.0
 
 
+class BadReply(ValueError):
+    """A 200 reply without usable text (empty, null, or not a string): retried like a 5xx, never cached."""
+
+
+def reply_text(content: Any, where: str) -> str:
+    """The text of a reply, or BadReply: an empty answer is a server fault, not an explanation."""
+    if not isinstance(content, str):
+        raise BadReply(f"{where}: reply content is {type(content).__name__}, not text")
+    if not content.strip():
+        raise BadReply(f"{where}: reply content is empty")
+    return content
+
+
 def is_garbage_reply(exc: BaseException) -> bool:
-    """A reply the client could not read: invalid JSON, or JSON without the fields asked for."""
+    """A reply the client could not read: invalid JSON, JSON without the fields asked for, or no text."""
     import json
 
     names = {type(e).__name__ for e in type(exc).__mro__}
-    return isinstance(exc, (json.JSONDecodeError, KeyError, IndexError, AttributeError, TypeError)) or bool(
-        names & {"APIResponseValidationError", "JSONDecodeError", "ValidationError"}
-    )
+    errors = (json.JSONDecodeError, KeyError, IndexError, AttributeError, TypeError, BadReply)
+    return isinstance(exc, errors) or bool(names & {"APIResponseValidationError", "JSONDecodeError", "ValidationError"})
 
 
 def key_travels_safely(url: str) -> bool:
@@ -151,9 +168,26 @@ def key_travels_safely(url: str) -> bool:
         return False
 
 
+def public_url(url: str) -> str:
+    """A URL without user:password@ (safe to print and record)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
 def read_api_key(env_var: str) -> str | None:
     value = os.environ.get(env_var)
     return value.strip() if value and value.strip() else None
+
+
+SECRET_ENV = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")
+
+
+def known_secrets() -> list[str]:
+    """Every secret this process knows (API keys, Hub and wandb tokens): none may reach a file."""
+    return [k for k in (read_api_key(name) for name in SECRET_ENV) if k]
 
 
 def redact(text: str, secrets: Sequence[str | None]) -> str:
@@ -189,6 +223,7 @@ class RemoteBackend(Backend):
     """A Backend that talks HTTP: subclasses provide clients, the request body and error taxonomy."""
 
     env_key: str = ""
+    env_base_url: str = ""  # the variable the SDK reads a base URL from when none is given
     default_concurrency = 8
 
     def __init__(
@@ -249,22 +284,30 @@ class RemoteBackend(Backend):
         chars = sum(len(m["content"]) for m in request.messages)
         return self.cost(chars // 3 + 16, request.params.max_tokens) or 0.0
 
+    def server_urls(self) -> list[str]:
+        """The base URLs calls go to (no credentials): spec URLs, else the SDK's variable, else its default."""
+        env = os.environ.get(self.env_base_url, "").strip() if self.env_base_url else ""
+        return [public_url(u or env) if (u or env) else f"{self.kind} default" for u in self.base_urls]
+
     def _clients(self) -> dict[str, Any]:
         key = read_api_key(self.env_key)
+        clients = {name: self.make_client(url, key) for name, url in zip(self.pool.urls, self.base_urls)}
         if key and not self.allow_plain_http:
-            exposed = [u for u in self.base_urls if u and not key_travels_safely(u)]
+            # the URL the SDK will use, so OPENAI_BASE_URL / ANTHROPIC_BASE_URL are judged too
+            used = [str(getattr(c, "base_url", None) or u) for c, u in zip(clients.values(), self.base_urls)]
+            exposed = [u for u in used if not key_travels_safely(u)]
             if exposed:
                 raise BackendError(
-                    f"{self.spec}: refusing to send {self.env_key} in clear text to {exposed[0]} "
+                    f"{self.spec}: refusing to send {self.env_key} in clear text to {public_url(exposed[0])} "
                     "(plain http to a host that is not this machine); use https, unset the key, "
                     "or pass --allow-plain-http"
                 )
-        return {name: self.make_client(url, key) for name, url in zip(self.pool.urls, self.base_urls)}
+        return clients
 
     async def call(self, clients: dict[str, Any], send: Callable[[Any], Awaitable[Any]], estimate_usd: float) -> Any:
         """One logical call: attempts with backoff, moving off failed URLs. Every attempt is a request
-        the budget counts (reserved before it is sent); one that is not known to have failed stays
-        charged at its estimate, because the server may have done the work."""
+        the budget counts (reserved before it is sent, a call once it is over); one that is not known to
+        have failed stays charged at its estimate in USD, because the server may have done the work."""
         last: BaseException | None = None
         avoid, url = None, None
         for attempt in range(self.retry.max_attempts):
@@ -276,11 +319,8 @@ class RemoteBackend(Backend):
             except Exception as exc:  # noqa: BLE001 - classified just below
                 retryable = self.is_retryable(exc)
                 self.pool.release(url, failed=retryable)  # a 4xx says nothing about the URL's health
-                if self.budget is not None:
-                    if self.known_failed(exc):
-                        self.budget.release(estimate_usd)
-                    else:
-                        self.budget.settle(estimate_usd, None)
+                if self.budget is not None:  # a request was sent: it counts, and costs only if it may have
+                    self.budget.settle(estimate_usd, 0.0 if self.known_failed(exc) else None)
                 if not retryable:
                     raise BackendError(self._describe(exc, url)) from None  # no chain: SDK errors carry requests
                 last, avoid = exc, url if len(self.pool.urls) > 1 else None
@@ -293,8 +333,8 @@ class RemoteBackend(Backend):
         raise BackendError(f"gave up after {self.retry.max_attempts} attempts; last error: {self._describe(last, url)}")
 
     def _describe(self, exc: BaseException | None, url: str | None) -> str:
-        text = f"{self.spec} via {url}: {type(exc).__name__}: {exc}"
-        return redact(text, [read_api_key(self.env_key)])
+        text = f"{self.spec} via {public_url(url) if url and '://' in url else url}: {type(exc).__name__}: {exc}"
+        return redact(text, known_secrets())
 
     def _generate(self, requests: Sequence[ChatRequest], on_done: Callable[[int, Completion], None]) -> None:
         async def main() -> None:
@@ -306,7 +346,8 @@ class RemoteBackend(Backend):
                     completion = await self.call(
                         clients, lambda c: self.send_chat(c, request), self.estimate_usd(request)
                     )
-                on_done(i, completion)
+                # a server may echo our key (e.g. the Authorization header): never cache or write it
+                on_done(i, dataclasses.replace(completion, text=redact(completion.text, known_secrets())))
 
             try:
                 outcomes = await asyncio.gather(*(one(i, r) for i, r in enumerate(requests)), return_exceptions=True)

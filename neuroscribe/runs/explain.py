@@ -1,22 +1,29 @@
 """The explain run folder: written by `neuroscribe explain`, read by distill, eval and `score`.
 
   meta.json         the ExplainConfig, teacher and simulator specs, prompt version, store fingerprint,
-                    counts, `status` ("complete" | "partial") and `failed_features` {key: reason}
+                    counts, `status` ("complete" | "partial"), `failed_features` {key: reason} and
+                    `servers`: per run that worked on it, {role: HTTP base URLs} (see parts/config.json)
   candidates.jsonl  one `to_json(ScoredExplanation)` per line, store feature order then sample index;
                     written last: its presence means the run finished (completely or partially)
   usage.json        LLM calls, cache hits, tokens and cost per stage for this run
-  parts/config.json the fingerprint of the configuration the parts belong to
-  parts/rank{r}.jsonl  per-rank progress, one line per finished (or failed) feature; a rerun of the
-                    same configuration skips finished features and retries failed ones
+  parts/config.json the fingerprint of the configuration the parts belong to, and `servers`: the HTTP
+                    base URLs of every run that worked on these parts (a resumed run may mix servers)
+  parts/rank{r}.jsonl  per-rank progress, one line per finished (or failed) feature, each with a `stamp`
+                    (nanoseconds, increasing); a rerun of the same configuration skips finished features
+                    and retries failed ones. Across files and runs the latest stamp wins, so a success
+                    after an old failure (in another rank's file) counts. A line torn by a kill or a full
+                    disk is cut off before the next append, and skipped by readers (at the end only).
 
 Readers: `read_explain_run` (everything) and `read_parts` (resume). Writers: `PartsLog`, `write_run`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,46 +80,83 @@ def is_complete(folder: str | Path) -> bool:
 # ------------------------------------------------------------------------------ progress
 
 
-def start_parts(folder: Path, config_fingerprint: str, overwrite: bool) -> Path:
+def start_parts(folder: Path, config_fingerprint: str, overwrite: bool, servers: dict | None = None) -> Path:
     """The parts folder for this configuration: earlier parts of the same configuration are resumed,
-    parts of another one are refused (or, with `overwrite`, discarded)."""
+    parts of another one are refused (or, with `overwrite`, discarded). `servers` (role -> base URLs,
+    no credentials) is added to those of earlier runs on these parts."""
     parts = folder / PARTS
     stamp = parts / "config.json"
-    if parts.exists():
-        saved = read_json(stamp).get("fingerprint") if stamp.is_file() else None
-        if saved != config_fingerprint:
-            if not overwrite:
-                raise FileExistsError(
-                    f"{parts} holds progress of a different explain configuration (fingerprint {saved}, this run "
-                    f"{config_fingerprint}); pass --overwrite to discard it, or use another --out")
-            shutil.rmtree(parts)
+    saved = read_json(stamp) if stamp.is_file() else {}
+    if parts.exists() and saved.get("fingerprint") != config_fingerprint:
+        if not overwrite:
+            raise FileExistsError(
+                f"{parts} holds progress of a different explain configuration (fingerprint "
+                f"{saved.get('fingerprint')}, this run {config_fingerprint}); pass --overwrite to discard it, "
+                "or use another --out"
+            )
+        shutil.rmtree(parts)
+        saved = {}
+    history = saved.get("servers", [])
+    if servers and servers not in history:
+        history = [*history, servers]
     parts.mkdir(parents=True, exist_ok=True)
-    write_json(stamp, {"fingerprint": config_fingerprint})
+    write_json(stamp, {"fingerprint": config_fingerprint, "servers": history})
     return parts
 
 
+def parts_servers(folder: Path) -> list[dict]:
+    """The servers of every run that worked on these parts (see `start_parts`)."""
+    stamp = folder / PARTS / "config.json"
+    return read_json(stamp).get("servers", []) if stamp.is_file() else []
+
+
 def read_parts(folder: Path) -> tuple[dict[str, list[dict]], dict[str, str]]:
-    """(finished features -> candidate rows, failed features -> reason); a later line wins, so a
+    """(finished features -> candidate rows, failed features -> reason). The latest line wins, across
+    every rank's file (by its stamp; unstamped lines of older versions first, in file order), so a
     feature that failed and was retried counts as finished. A torn last line is ignored."""
+    lines = [
+        (row.get("stamp", 0), row)
+        for path in sorted((folder / PARTS).glob("rank*.jsonl"))
+        for _, row in read_jsonl(path, torn_tail_ok=True)
+    ]
     done: dict[str, list[dict]] = {}
     failed: dict[str, str] = {}
-    for path in sorted((folder / PARTS).glob("rank*.jsonl")):
-        for _, row in read_jsonl(path, torn_tail_ok=True):
-            key = row["feature"]
-            if row.get("error"):
-                done.pop(key, None)
-                failed[key] = row["error"]
-            else:
-                failed.pop(key, None)
-                done[key] = row["candidates"]
+    for _, row in sorted(lines, key=lambda line: line[0]):  # stable: file order among equal stamps
+        key = row["feature"]
+        if row.get("error"):
+            done.pop(key, None)
+            failed[key] = row["error"]
+        else:
+            failed.pop(key, None)
+            done[key] = row["candidates"]
     return done, failed
 
 
+def cut_torn_tail(path: Path) -> None:
+    """Drop an unfinished last line (no newline: a kill or a full disk mid-append), so the next append
+    starts a line of its own instead of gluing itself to the torn one."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        try:
+            os.truncate(path, data.rfind(b"\n") + 1)
+        except OSError as err:
+            raise disk_error(err, path) from None
+
+
 class PartsLog:
-    """Appends one line per feature to this rank's part file, flushed and fsynced before returning."""
+    """Appends one stamped line per feature to this rank's part file, fsynced before returning; a torn
+    tail left by an earlier run is cut first, and a failed append is undone."""
 
     def __init__(self, folder: Path, rank: int):
-        self.file = open(folder / PARTS / f"rank{rank}.jsonl", "a")
+        self.path = folder / PARTS / f"rank{rank}.jsonl"
+        cut_torn_tail(self.path)
+        try:  # unbuffered: nothing is left in a buffer to be flushed after a failed append
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise disk_error(err, self.path) from None
+        self._last = 0
 
     def finished(self, key: str, candidates: list[dict]) -> None:
         self._write({"feature": key, "candidates": candidates})
@@ -120,18 +164,27 @@ class PartsLog:
     def failed(self, key: str, reason: str) -> None:
         self._write({"feature": key, "error": reason, "candidates": []})
 
+    def _stamp(self) -> int:
+        # wall-clock nanoseconds order lines across ranks and runs; +1 keeps one file strictly increasing
+        self._last = max(time.time_ns(), self._last + 1)
+        return self._last
+
     def _write(self, row: dict) -> None:
+        data = (json.dumps({**row, "stamp": self._stamp()}) + "\n").encode()
+        size = os.fstat(self._fd).st_size
         try:
-            self.file.write(json.dumps(row) + "\n")
-            self.file.flush()
-            os.fsync(self.file.fileno())
+            while data:
+                data = data[os.write(self._fd, data) :]
+            os.fsync(self._fd)
         except OSError as err:
-            raise disk_error(err, Path(self.file.name)) from None
+            with contextlib.suppress(OSError):  # best effort: the next open cuts a torn line anyway
+                os.ftruncate(self._fd, size)
+            raise disk_error(err, self.path) from None
 
     def close(self) -> None:
-        self.file.close()
+        os.close(self._fd)
 
-    def __enter__(self) -> "PartsLog":
+    def __enter__(self) -> PartsLog:
         return self
 
     def __exit__(self, *exc) -> None:
