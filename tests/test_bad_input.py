@@ -52,6 +52,9 @@ SCORE = ("score", "--explanations", "x.jsonl", "--store", "no-such-store")
         (COLLECT + ("--shard-windows", "0"), "--shard-windows must be >= 1, got 0"),
         (COLLECT + ("--max-windows", "-1"), "--max-windows must be >= 0, got -1"),
         (EXPLAIN + ("--max-features", "-1"), "--max-features must be >= 0, got -1"),
+        (EXPLAIN + ("--retries", "-1"), "--retries must be >= 0, got -1"),
+        (EXPLAIN + ("--concurrency", "0"), "--concurrency must be >= 1, got 0"),
+        (SCORE + ("--retries", "-1"), "--retries must be >= 0, got -1"),
     ],
 )
 def test_an_option_out_of_range_is_one_line_naming_it_and_writes_nothing(args, says, tmp_path):
