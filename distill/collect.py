@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from neuroscribe import __version__
 from neuroscribe import dist as distributed
@@ -41,6 +40,7 @@ from neuroscribe.faults import COLLECT_SHARDS, kill_point
 from neuroscribe.features import ActivationReader, parse_feature_spec
 from neuroscribe.models import load_model
 from neuroscribe.options import to_dict
+from neuroscribe.progress import progress
 from neuroscribe.runs.files import OutputLock, disk_error, guard_output, refuse_existing
 from neuroscribe.runs.store import META, output_table, write_tables
 
@@ -270,7 +270,7 @@ def _mine(cfg, dist: distributed.Dist, tok, forward, miner: Miner, ckpt: Path, k
 
 def _mine_shards(cfg, dist: distributed.Dist, tok, forward, miner: Miner, ckpt: Path, key: str) -> int:
     done_now, n_windows = 0, 0
-    bar = tqdm(
+    bar = progress(
         total=cfg.max_windows, desc=f"collect[rank {dist.rank}]", unit="win", disable=not cfg.progress or dist.rank != 0
     )
     for shard_id, shard in _shards(_windows(cfg, tok), cfg.shard_windows):

@@ -20,8 +20,6 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from neuroscribe import dist as distributed
 from neuroscribe.backends import BackendError, BudgetExceeded, load_backend
 from neuroscribe.backends.base import ChatRequest, SamplingParams
@@ -29,6 +27,7 @@ from neuroscribe.cache import Cache
 from neuroscribe.configs import ExplainConfig
 from neuroscribe.faults import EXPLAIN_FEATURES, kill_point
 from neuroscribe.options import to_dict
+from neuroscribe.progress import progress
 from neuroscribe.prompts import PROMPT_VERSION, explainer_messages, parse_explanation
 from neuroscribe.protocols import protocol
 from neuroscribe.records import Explanation, ScoredExplanation, best_candidate, from_json, to_json
@@ -143,7 +142,7 @@ def _explain_features(
 ) -> None:
     """Explain and score `keys`, one line per feature in this rank's part file (finished or failed)."""
     params = SamplingParams(temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=cfg.seed)
-    bar = tqdm(total=len(keys), desc=f"explain[rank {rank}]", unit="feat", disable=not cfg.progress)
+    bar = progress(total=len(keys), desc=f"explain[rank {rank}]", unit="feat", disable=not cfg.progress)
     finished = 0
     with run_files.PartsLog(out, rank) as log:
         for chunk in _chunks(keys, cfg.batch_features):

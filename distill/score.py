@@ -11,12 +11,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from neuroscribe import dist as distributed
 from neuroscribe.cache import Cache
 from neuroscribe.configs import ScoreConfig
 from neuroscribe.options import to_dict
+from neuroscribe.progress import progress
 from neuroscribe.records import STATUSES, Explanation, ScoredExplanation, from_json, to_json
 from neuroscribe.runs import score as run_files
 from neuroscribe.runs.files import OutputLock, fingerprint, guard_output, read_jsonl, refuse_existing
@@ -111,7 +110,7 @@ def score(cfg: ScoreConfig) -> list[ScoredExplanation]:
                     )
                 ),
             }
-            for i, e in tqdm(
+            for i, e in progress(
                 dist.mine(list(enumerate(items))),
                 desc=f"score[rank {dist.rank}]",
                 unit="expl",
@@ -150,7 +149,7 @@ def score(cfg: ScoreConfig) -> list[ScoredExplanation]:
                 scorer = InterventionScorer(store, cfg.judge, cfg.steer, cfg.dtype)
                 found = [
                     scorer.score(store.get(e.feature), e.text)
-                    for e in tqdm(items, desc="intervention", unit="expl", disable=not cfg.progress)
+                    for e in progress(items, desc="intervention", unit="expl", disable=not cfg.progress)
                 ]
                 interventions = [
                     {"feature": e.feature, "explanation": e.text, **asdict(s)} for e, s in zip(items, found)
