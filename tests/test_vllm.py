@@ -34,8 +34,8 @@ TEXTS = (
     "Paris is the capital of France; Berlin is the capital of Germany.",
 )
 # Parity tolerance on the 0..9 scale. Both read the same ten digit ids in fp32, and the top-512 held
-# all ten at every slot (asserted), so what is left is numerics: other kernels, and prefix blocks
-# computed once in another batch (prefix cache). Measured max difference 1.6e-5.
+# all ten at every slot of these sentences (asserted; not so on every text, see simulators/vllm_engine.py),
+# so what is left is numerics: other kernels, batch shapes. Measured max difference 1.6e-5.
 PARITY_TOL = 1e-3
 
 

@@ -4,9 +4,11 @@ vllm is optional: importing this module never needs it; building a `VLLMBackend`
 
 - Generation: one `LLM.chat` call for the whole batch; each request carries its own seed
   (`seed + sample_index`) in its SamplingParams, so a sample never depends on its batch.
-- Prompt logprobs: every prompt of a batch in ONE `LLM.generate` call with `prompt_logprobs`; with
-  prefix caching on, the shared start of the simulator prompts (instructions + few-shot + explanation)
-  is computed once. vLLM's prompt logprobs describe each token at its own position, as ours do.
+- Prompt logprobs: every prompt of a batch in ONE `LLM.generate` call with `prompt_logprobs`. vLLM
+  never READS its prefix cache for such a request (SamplingParams.skip_reading_prefix_cache defaults
+  to True with prompt_logprobs: cached rows would have no logits), so each prompt is computed in full;
+  measured: prefix caching on vs off 1.07x (benchmarks/vllm_simulate.py). vLLM's prompt logprobs
+  describe each token at its own position, as ours do.
 - LoRA: `vllm:PATH` where PATH holds a PEFT adapter (`adapter_config.json`) starts the engine on the
   adapter's base model with LoRA enabled and sends every request with that adapter (a student's
   eval generation); an engine passed in is reused as it is. A LoRA-enabled engine takes prompt
@@ -56,8 +58,8 @@ class EngineOptions:
     tensor_parallel_size: int = 1
     """GPUs one model is split over (1 on CPU)."""
     enable_prefix_caching: bool = True
-    """Reuse the KV cache of a prompt start already computed: every simulator prompt shares its
-    instructions, few-shot examples and explanation."""
+    """Reuse the KV cache of a prompt start already computed (chat prompts sharing a system prompt,
+    best-of-k); requests with prompt logprobs bypass it (see the module doc)."""
     max_logprobs: int = 20
     """Largest top-k of prompt logprobs a request may ask for (vLLM caps it per engine)."""
     enable_lora: bool = False

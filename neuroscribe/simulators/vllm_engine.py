@@ -3,14 +3,17 @@
 The prompt is `prompts.simulator_prompt`, as for every prompted simulator. At each `unknown` slot
 the logprobs of the ten digit tokens (the same ids the hf simulator reads: `allatonce.digit_token_ids`)
 are taken from the engine's top-k prompt logprobs, renormalised, and their expected value is the
-prediction. Every prompt of every explanation goes to the engine in ONE call, and vLLM's prefix cache
-computes the instructions and few-shot examples (shared by all prompts) once.
+prediction. Every prompt of every explanation goes to the engine in ONE call. vLLM computes every
+prompt in full (prompt-logprob requests bypass its prefix cache), so on CPU this path is slower than
+the hf simulator, which runs each shared prefix once (benchmarks/vllm_simulate.py: 0.23x).
 
 Exact as long as all ten digits are in the top-k; a digit outside it counts as zero mass
 (`last_stats.n_missing_digits`), a slot with none is NaN. vLLM's CPU runner cannot score chosen ids
 (`prompt_logprob_token_ids` needs the V2 runner), so the top-k is large: prompted SmolLM2 ranks
-digits far down ("unknown" takes the mass); top-400 held all ten at every slot measured, top-200
-missed 11-18 of 380 and moved expected values by up to 1.0.
+digits far down ("unknown" takes the mass). Measured: on the test's sentences top-400 held all ten
+at every slot (max difference from hf 1.6e-5), top-200 missed 11-18 of 380; on 32-token corpus
+windows top-512 still missed 294 of 10240 (max difference 0.70). Exact read-outs need the V2 runner's
+`prompt_logprob_token_ids` (GPU) or one request per slot with `logprob_token_ids`.
 """
 
 from __future__ import annotations
