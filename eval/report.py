@@ -97,17 +97,17 @@ def answer(results: dict) -> str:
             f"{gain['wins']}/{gain['ties']}/{gain['losses']})"
             + (" — the primary comparison, declared before the eval ran." if primary == "distillation_gain" else ".")
         )
+    else:
+        lines.append(
+            "**Did the student get better?** No base model row was evaluated (`--base`), so the "
+            "distillation gain is not measured here."
+        )
     seeded = results.get("seeded", {}).get(sim, {}).get(primary)
     if seeded:
         d = seeded["difference"]
         lines.append(
             f"Over the student's {seeded['seeds']} training seeds, resampling seeds, units or rule families and "
             f"features (a hierarchical bootstrap), the primary comparison is {fmt_interval(d)} — {_verdict(d)}."
-        )
-    else:
-        lines.append(
-            "**Did the student get better?** No base model row was evaluated (`--base`), so the "
-            "distillation gain is not measured here."
         )
     for kind, part in results.get("by_kind", {}).get(sim, {}).items():
         g = part["comparisons"].get("distillation_gain")

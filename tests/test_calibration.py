@@ -179,3 +179,21 @@ def test_calibration_draws_near_misses_scores_paraphrases_and_gates_a_template_r
     assert gates["paraphrases"]["passed"] is False and gates["near_miss"]["passed"] is True
     assert gates["unseen_families"]["n"] == 3 * 2  # the "other" family's rules, two wrong each
     assert all(g["passed"] for g in content["gates"]), content["gates"]
+
+
+def test_the_answer_paragraph_says_the_gain_once_with_or_without_seeds():
+    """One 'Did the student get better?' sentence: the gain when a base row exists, else that it is not
+    measured — never both (a seeded interval is added, not swapped in)."""
+    planted = [_feature("planted", 0.5, 0.1 + 0.01 * i, 0.6) for i in range(6)]
+    results = {
+        "features": planted,
+        "provenance": {"simulators": [SIM]},
+        "comparisons": {SIM: comparisons(planted, EXPLAINERS, SIM, n_resamples=200)},
+        "by_kind": {},
+        "summary": {SIM: {}},
+    }
+    text = answer(results)
+    assert text.count("**Did the student get better?**") == 1 and "not measured here" not in text
+    results["comparisons"][SIM].pop("distillation_gain")
+    text = answer(results)
+    assert text.count("**Did the student get better?**") == 1 and "not measured here" in text
