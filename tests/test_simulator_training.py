@@ -205,13 +205,25 @@ def test_finetuned_spec_scores_held_out_features_through_score(run, scored, data
 
 
 def test_resume_and_stage_two_continue_the_run(run, tiny_llama, data_dir, tmp_path, capsys):
-    """Resume: a run stopped at step 2 (its checkpoint on disk) is relaunched with more steps and
-    continues from checkpoint-2. Stage 2: a trained simulator as the model keeps ids and adapter."""
+    """Resume: a run killed after checkpoint-2 (what a kill leaves: that checkpoint and the started
+    stamp, no later files) is relaunched with the same settings and continues from checkpoint-2; a
+    relaunch of the finished run with more steps is refused, never trained past its end. Stage 2: a
+    trained simulator as the model keeps ids and adapter."""
+    import shutil
+
+    from neuroscribe.runs.train import STARTED
+
     out = tmp_path / "resumed"
-    simulator.main(*parse_args("simulator", recipe_args(tiny_llama, data_dir, out, max_steps=2)))
+    args = recipe_args(tiny_llama, data_dir, out, max_steps=4, save_steps=2)
+    simulator.main(*parse_args("simulator", args))
+    for p in out.iterdir():  # back to the moment after checkpoint-2 was saved
+        if p.name not in ("checkpoint-2", STARTED):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
     capsys.readouterr()
-    simulator.main(*parse_args("simulator", recipe_args(tiny_llama, data_dir, out, max_steps=4)))
+    simulator.main(*parse_args("simulator", args))
     assert f"resuming from {out / 'checkpoint-2'}" in capsys.readouterr().out
+    with pytest.raises(FileExistsError, match="finished training run"):
+        simulator.main(*parse_args("simulator", recipe_args(tiny_llama, data_dir, out, max_steps=6, save_steps=2)))
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 4 and [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3, 4]
     stage1, info1 = run
