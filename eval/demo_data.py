@@ -102,8 +102,11 @@ def read_truth(out: Path) -> dict[str, dict]:
 
 def simulator_settings(cfg: DemoConfig, rules: list[PlantedRule]) -> dict:
     """Everything that changes the trained simulator: the key of its cache folder."""
+    from neuroscribe.simulators.finetuned_format import FORMAT_VERSION
+
     return {
         "model": cfg.model,
+        "format": FORMAT_VERSION,  # its label rule: a simulator of another format is never reused
         "rules": [(r.name, r.pattern, r.group, r.all_phrasings) for r in rules],
         "window": cfg.window,
         "windows": cfg.simulator_windows,
