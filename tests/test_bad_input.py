@@ -8,27 +8,15 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_failures import MINING, cli, one_error_line
+from test_failures import cli, one_error_line, small_store
 
 from neuroscribe.configs import CollectConfig, ExplainConfig, MiningConfig
-from neuroscribe.distill.collect import collect
 from neuroscribe.runs.store import ExemplarStore
 
 
 @pytest.fixture(scope="module")
 def store(tiny_llama, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bad") / "store"
-    return collect(
-        CollectConfig(
-            out=str(out),
-            model=str(tiny_llama),
-            features=("mlp:1:0-1",),
-            window=12,
-            max_windows=48,
-            mining=MINING,
-            progress=False,
-        )
-    )
+    return small_store(tiny_llama, tmp_path_factory.mktemp("bad") / "store")
 
 
 # --------------------------------------------------------------------------- options

@@ -49,20 +49,24 @@ def one_error_line(res: subprocess.CompletedProcess) -> str:
     return errors[0]
 
 
-@pytest.fixture(scope="module")
-def store(tiny_llama, tmp_path_factory):
-    out = tmp_path_factory.mktemp("fail") / "store"
+def small_store(model, out, features: str = "mlp:1:0-1"):
+    """The failure tests' store: a few neurons of the tiny Llama on 48 windows of 12 tokens."""
     return collect(
         CollectConfig(
             out=str(out),
-            model=str(tiny_llama),
-            features=("mlp:1:0-1",),
+            model=str(model),
+            features=(features,),
             window=12,
             max_windows=48,
             mining=MINING,
             progress=False,
         )
     )
+
+
+@pytest.fixture(scope="module")
+def store(tiny_llama, tmp_path_factory):
+    return small_store(tiny_llama, tmp_path_factory.mktemp("fail") / "store")
 
 
 def explain_cfg(tiny_llama, store, out, teacher=None, **kw) -> ExplainConfig:

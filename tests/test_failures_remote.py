@@ -24,16 +24,15 @@ from pathlib import Path
 
 import pytest
 from servers import Proxy, dead_url
+from test_failures import small_store
 
 from neuroscribe import dist as distributed
-from neuroscribe.configs import CallLimits, CollectConfig, ExplainConfig, MiningConfig, ScoreConfig
-from neuroscribe.distill.collect import collect
+from neuroscribe.configs import CallLimits, ExplainConfig, ScoreConfig
 from neuroscribe.distill.explain import explain
 from neuroscribe.distill.score import score
 from neuroscribe.runs.files import read_jsonl
 from neuroscribe.runs.store import ExemplarStore
 
-MINING = MiningConfig(top_k=6, pool=16, quantiles=3, per_quantile=1, random_k=3, hard_negatives=1)
 FAST = CallLimits(timeout=10, retries=1)
 SECRET = "sk-test-" + "Z9" * 16
 
@@ -141,18 +140,7 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def store(tiny_llama, tmp_path_factory):
-    out = tmp_path_factory.mktemp("remote") / "store"
-    return collect(
-        CollectConfig(
-            out=str(out),
-            model=str(tiny_llama),
-            features=("mlp:1:0-2",),
-            window=12,
-            max_windows=48,
-            mining=MINING,
-            progress=False,
-        )
-    )
+    return small_store(tiny_llama, tmp_path_factory.mktemp("remote") / "store", "mlp:1:0-2")
 
 
 def explain_cfg(tiny_llama, store, out, teacher, **kw) -> ExplainConfig:
