@@ -35,18 +35,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
+def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120.0, name: str = "llama.cpp") -> None:
+    """Until the OpenAI-compatible server at `url` answers /models; its log's tail in the error otherwise."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"llama.cpp server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            raise RuntimeError(f"{name} server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
             with urllib.request.urlopen(url + "/models", timeout=2) as r:
                 if r.status == 200:
                     return
         except OSError:
             time.sleep(0.2)
-    raise RuntimeError(f"llama.cpp server not ready after {timeout}s:\n{log.read_text()[-3000:]}")
+    raise RuntimeError(f"{name} server not ready after {timeout}s:\n{log.read_text()[-3000:]}")
 
 
 _RUNNING: dict[str, object] = {}  # one server per test process, however many modules ask for it
@@ -67,7 +68,7 @@ def start_llama_server(log_dir: Path) -> str:
     atexit.register(_stop, proc)  # also covers an interrupted session
     url = f"http://127.0.0.1:{port}/v1"
     try:
-        _wait_ready(url, proc, log)
+        wait_ready(url, proc, log)
     except BaseException:
         _stop(proc)
         raise

@@ -186,10 +186,8 @@ def vllm_server(tmp_path_factory, backend):
     """Base URL of a real `vllm serve` on 127.0.0.1 (its own engine process) serving the same folder."""
     import subprocess
     import sys
-    import time
-    import urllib.request
 
-    from servers import SERVER_MODEL, free_port
+    from servers import SERVER_MODEL, free_port, wait_ready
 
     from neuroscribe.backends.vllm_backend import _model_path
 
@@ -203,16 +201,7 @@ def vllm_server(tmp_path_factory, backend):
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"vllm serve did not come up (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url + "/models", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(1)
+        wait_ready(url, proc, log, timeout=600, name="vllm")
         yield url
     finally:
         proc.terminate()

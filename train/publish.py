@@ -72,7 +72,6 @@ def build_repo_folder(
     run, out = Path(run_dir), Path(out_dir)
     guard_output(out, {"run_dir": run, "recipe": recipe, "eval_results": eval_results})
     info = read_run_info(run)
-    refuse_nonempty(out, overwrite)
     is_adapter = (run / "adapter_config.json").exists()
     if merge and not is_adapter:
         raise ValueError(f"{run}: --merge applies to LoRA runs; this run holds full weights already")
