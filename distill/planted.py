@@ -244,6 +244,15 @@ def explanations_of(rules: Sequence[PlantedRule]) -> dict[str, str]:
     return {r.feature.key: r.explanation for r in rules}
 
 
+def _mismatched(rule: PlantedRule, rules: Sequence[PlantedRule], n: int, rng: random.Random) -> list[PlantedRule]:
+    """`n` other rules to label one of `rule`'s windows with: half (rounded up) of its own family where
+    there are any, the rest of any other rule."""
+    same = [r for r in rules if r is not rule and r.family == rule.family]
+    near = rng.sample(same, min(len(same), -(-n // 2)))
+    rest = [r for r in rules if r is not rule and r not in near]
+    return near + rng.sample(rest, min(n - len(near), len(rest)))
+
+
 def simulator_rows(
     tokenizer,
     rules: Sequence[PlantedRule],
@@ -258,9 +267,12 @@ def simulator_rows(
 ) -> list[dict]:
     """Training rows (`distill.simulator_data.feature_rows` layout) for a fine-tuned simulator: per rule,
     `per_rule` of its top windows and `n_random` random ones, each labelled under the rule itself (a
-    random true phrasing) and under `others` other rules (their phrasing and their own labels, mostly 0:
-    the mismatched rows that teach it to read the explanation rather than the text). `phrasings` says
-    which true phrasings a row may carry (default: the suite's, `all_phrasings`; e.g.
+    random true phrasing); each top window is also labelled under `others` other rules (their phrasing
+    and their own labels, mostly 0: the mismatched rows that teach it to read the explanation rather
+    than the text), half of them (rounded up) of the rule's own family where it has others — near
+    misses, same grammar and other content, the contrast gate (a) measures. A random window gets no
+    mismatched rows (it is mostly silent under any rule: they would add zeros, not contrast).
+    `phrasings` says which true phrasings a row may carry (default: the suite's, `all_phrasings`; e.g.
     `planted_paraphrases.paraphrases` to keep the teacher's template wording out of training)."""
     phrasings = phrasings or (lambda r: r.all_phrasings)
     from neuroscribe.simulators.finetuned_format import activation_classes
@@ -275,9 +287,9 @@ def simulator_rows(
             (w for w in windows if acts[w.window_id].max() > 0),
             key=lambda w: (-float(acts[w.window_id].sum()), w.window_id),
         )[:per_rule]
-        chosen = top + rng.sample(windows, min(n_random, len(windows)))
-        for w in chosen:
-            for labeller in [rule] + rng.sample([r for r in rules if r is not rule], min(others, len(rules) - 1)):
+        chosen = [(w, True) for w in top] + [(w, False) for w in rng.sample(windows, min(n_random, len(windows)))]
+        for w, is_top in chosen:
+            for labeller in [rule] + (_mismatched(rule, rules, others, rng) if is_top else []):
                 a = by_rule[labeller.name][w.window_id]
                 rows.append(
                     {

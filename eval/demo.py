@@ -121,6 +121,40 @@ def _train(entry: str, recipe: Path, flags: dict[str, object], log: Path, thread
     _run(cmd, log, threads)
 
 
+def train_simulator(cfg: DemoConfig, tok, rules: list, heldout: list[str], out: Path, threads: int) -> int:
+    """Train the demo's fine-tuned simulator on `rules` (its data under `out`/simulator-data, its log in
+    `out`/logs) into the user cache (`demo_data.simulator_cache`); `heldout` keys are refused as training
+    rows. Returns the optimizer steps it took."""
+    from neuroscribe.models import cache_dir
+
+    from . import demo_data
+
+    done, training = demo_data.simulator_cache(cache_dir(), cfg, rules)
+    data, n_rows = demo_data.simulator_data(tok, rules, heldout, cfg, out / "simulator-data")
+    steps = (
+        math.ceil(cfg.simulator_epochs * n_rows / cfg.simulator_batch) if cfg.simulator_epochs else cfg.simulator_steps
+    )
+    flags = {
+        "model_name_or_path": cfg.model,
+        "dataset_name": data,
+        "output_dir": training,
+        "max_steps": steps,
+        "learning_rate": cfg.simulator_lr,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 0.05,
+        "per_device_train_batch_size": cfg.simulator_batch,
+        "save_steps": 20,
+        "save_total_limit": 1,
+        "logging_steps": 5,
+        "seed": cfg.seed,
+        "lora_layers": cfg.simulator_lora_layers,
+    }
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    _train("simulator", recipes_dir() / "tiny/simulator.yaml", flags, out / "logs" / "simulator.log", threads)
+    demo_data.finish_simulator(training, done, demo_data.simulator_settings(cfg, rules))
+    return steps
+
+
 def _check_config(out: Path, cfg: DemoConfig) -> dict:
     """A run folder holds one configuration: the first run records it in demo.json before any stage, and
     a rerun with other settings is refused, never mixed in."""
@@ -147,12 +181,11 @@ PROOF = {
     "unseen_families": ("morphology", "shape"),
     "planted_explainer": 1000,
     "planted_heldout": 1000,
-    "planted_graded": True,
     "simulator_phrasings": "paraphrases",
     "simulator_others": 2,
-    "simulator_per_rule": 4,
+    "simulator_per_rule": 6,
     "simulator_random": 2,
-    "simulator_epochs": 1.0,
+    "simulator_epochs": 2.0,
     "calibration_wrong": 2,
     "student_seeds": 3,
     "format_control": True,
@@ -216,7 +249,7 @@ def run_demo(cfg: DemoConfig = DemoConfig(), only: str | None = None) -> Path:
     sft, cache_path, calibration = out / "sft", out / "cache.sqlite", out / "calibration.json"
     tok = load_tokenizer(cfg.model)
     parts = demo_data.planted_parts(cfg)
-    sim_done, sim_training = demo_data.simulator_cache(cache_dir(), cfg, parts["simulator"])
+    sim_done, _ = demo_data.simulator_cache(cache_dir(), cfg, parts["simulator"])
     finetuned, prompted = f"finetuned:{sim_done}", f"hf:{cfg.model}"
     heldout_list = out / demo_data.HELDOUT_LIST
     timer = StageTimer()
@@ -250,28 +283,8 @@ def run_demo(cfg: DemoConfig = DemoConfig(), only: str | None = None) -> Path:
     def do_simulator() -> str:
         if (sim_done / "simulator.json").exists():
             return f"reused {sim_done}"
-        data, n_rows = demo_data.simulator_data(
-            tok, parts["simulator"], read_heldout(heldout_list), cfg, out / "simulator-data"
-        )
-        steps = math.ceil(cfg.simulator_epochs * n_rows / cfg.simulator_batch) if cfg.simulator_epochs else None
-        flags = {
-            "model_name_or_path": cfg.model,
-            "dataset_name": data,
-            "output_dir": sim_training,
-            "max_steps": steps or cfg.simulator_steps,
-            "learning_rate": cfg.simulator_lr,
-            "lr_scheduler_type": "cosine",
-            "warmup_steps": 0.05,
-            "per_device_train_batch_size": cfg.simulator_batch,
-            "save_steps": 20,
-            "save_total_limit": 1,
-            "logging_steps": 5,
-            "seed": cfg.seed,
-            "lora_layers": cfg.simulator_lora_layers,
-        }
-        _train("simulator", recipes / "tiny/simulator.yaml", flags, logs / "simulator.log", threads)
-        demo_data.finish_simulator(sim_training, sim_done, demo_data.simulator_settings(cfg, parts["simulator"]))
-        return f"{len(parts['simulator'])} planted rules, {steps or cfg.simulator_steps} steps -> {sim_done}"
+        steps = train_simulator(cfg, tok, parts["simulator"], read_heldout(heldout_list), out, threads)
+        return f"{len(parts['simulator'])} planted rules, {steps} steps -> {sim_done}"
 
     def do_calibrate() -> str:
         from neuroscribe.distill.planted_paraphrases import paraphrases

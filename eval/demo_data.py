@@ -118,7 +118,8 @@ def simulator_settings(cfg: DemoConfig, rules: list[PlantedRule]) -> dict:
         "lora_layers": cfg.simulator_lora_layers,
         "seed": cfg.seed,
         # added later: in the key only when set, so the default configuration keeps its cached simulator
-        **({"others": cfg.simulator_others} if cfg.simulator_others else {}),
+        # mismatched rows on top windows only, half near misses (`planted.simulator_rows`, 2026-12-04)
+        **({"others": cfg.simulator_others, "mismatched": "top-near-2"} if cfg.simulator_others else {}),
         **({"phrasings": cfg.simulator_phrasings} if cfg.simulator_phrasings != "suite" else {}),
         **({"graded": True} if cfg.planted_graded else {}),
         **({"epochs": cfg.simulator_epochs} if cfg.simulator_epochs else {}),

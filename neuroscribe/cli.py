@@ -204,6 +204,13 @@ def _plan(cfg) -> None:
     _guard(plan_command, cfg, echo=typer.echo)
 
 
+def _plan_workload(cfg) -> None:
+    """GPU-hours of collect, explain, score and eval for every MLP neuron of a subject, on paper."""
+    from neuroscribe.train.workload import workload_command
+
+    _guard(workload_command, cfg, echo=typer.echo)
+
+
 def _publish(cfg) -> None:
     """Weights + tokenizer + model card (with the eval table) to a folder or the Hugging Face Hub."""
     from neuroscribe.train.publish import publish_command
@@ -240,6 +247,7 @@ def _register() -> None:
         PublishConfig,
         ScoreConfig,
         SimulatorDataConfig,
+        WorkloadConfig,
     )
 
     command(app, CollectConfig, _collect, name="collect")
@@ -248,6 +256,7 @@ def _register() -> None:
     command(distill_app, DistillConfig, _distill_build, name="build", rename={"max_pairs_per_feature": "max_pairs"})
     command(distill_app, SimulatorDataConfig, _simulator_data, name="simulator-data")
     command(app, PlanConfig, _plan, name="plan")
+    command(app, WorkloadConfig, _plan_workload, name="plan-workload")
     command(app, PublishConfig, _publish, name="publish", positional=("run_dir",))
     command(app, EvalConfig, _eval, name="eval", rename={"simulators": "simulator", "training_runs": "training_run"})
     command(app, DemoConfig, _demo, name="demo")

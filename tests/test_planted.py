@@ -134,7 +134,7 @@ def test_a_rules_feature_key_does_not_depend_on_the_suite():
 def test_simulator_rows_label_each_window_by_its_own_rule(tok):
     rules = [RULES["digits"], RULES["comma"], word_rule("object")]
     rows = simulator_rows(tok, rules, window=16, max_windows=600, per_rule=3, n_random=2, others=1, seed=0)
-    assert len(rows) == len(rules) * (3 + 2) * 2  # each window under its own rule and one other
+    assert len(rows) == len(rules) * (3 * 2 + 2)  # a top window under its own rule and one other; random: own
     by_key = {r.feature.key: r for r in rules}
     for row in rows:
         rule = by_key[row["feature"]]
@@ -143,8 +143,25 @@ def test_simulator_rows_label_each_window_by_its_own_rule(tok):
         if rule.name != "word:object":
             assert [a > 0 for a in row["activations"]] == [bool(re.search(chars, t)) for t in row["tokens"]]
         assert row["classes"] == [10 if a > 0 else 0 for a in row["activations"]]
-    own = rows[::2]
-    assert all(any(a > 0 for a in r["activations"]) for r in own[:3])  # a rule's top windows fire
+    own = rows[0:6:2]  # the first rule's three top windows, each followed by its mismatched row
+    assert all(any(a > 0 for a in r["activations"]) for r in own)  # a rule's top windows fire
+    assert all(r["feature"] != rules[0].feature.key for r in rows[1:6:2])  # ... the others' rows are other rules
+
+
+def test_mismatched_rows_are_half_near_misses_of_the_same_family(tok):
+    """Gate (a) asks a judge to tell a rule from another of its family: half the mismatched labels of a
+    top window come from the rule's own family (where it has others), the rest from any family."""
+    rules = [word_rule(w) for w in ("object", "value", "function", "list")] + [RULES["digits"], RULES["comma"]]
+    family = {r.feature.key: r.family for r in rules}
+    rows = simulator_rows(tok, rules, window=16, max_windows=600, per_rule=2, n_random=1, others=2, seed=0)
+    assert len(rows) == len(rules) * (2 * 3 + 1)
+    first = rows[:7]  # word:object: top window, its 2 mismatched rows, the next top window's 3, one random
+    assert first[0]["feature"] == rules[0].feature.key and first[3]["feature"] == rules[0].feature.key
+    for own in (0, 3):
+        mismatched = first[own + 1 : own + 3]
+        fams = [family[r["feature"]] for r in mismatched]
+        assert fams.count("word") >= 1 and all(r["feature"] != rules[0].feature.key for r in mismatched)
+        assert {r["window_id"] for r in mismatched} == {first[own]["window_id"]}  # the same window, relabelled
 
 
 def test_every_rule_has_paraphrases_outside_the_teacher_grammar():
@@ -186,7 +203,7 @@ def test_graded_rules_span_the_label_classes_and_training_can_avoid_template_wor
     rows = simulator_rows(
         tok, rules, window=16, max_windows=600, per_rule=3, n_random=2, others=2, seed=0, phrasings=paraphrases
     )
-    assert len(rows) == len(rules) * (3 + 2) * 3  # each window under its own rule and two mismatched ones
+    assert len(rows) == len(rules) * (3 * 3 + 2)  # a top window under its own rule and two mismatched ones
     classes = {c for r in rows for c in r["classes"]}
     assert len(classes - {0}) >= 3, classes
     for row in rows:

