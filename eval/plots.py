@@ -3,7 +3,7 @@
 - score_distributions.png: every explainer's per-feature headline scores (box + points), mean marked;
 - student_vs_base.png: one point per feature, the base model's (else the teacher's) score against the
   student's, with the y = x line;
-- score_by_layer.png: mean score per layer with its 95% bootstrap interval, one line per explainer;
+- score_by_group.png: mean score per layer of real units and per planted family, 95% bootstrap intervals;
 - training_loss.png: the training loss per step of every run the eval names (when there are any);
 - calibration.png: per planted rule, the true explanation's score beside every wrong one's (when the
   eval carries a calibration).
@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .results import values_of  # noqa: E402
+from .results import feature_groups, values_of  # noqa: E402
 
 COLORS = {
     "teacher": "#d95f02",
@@ -118,18 +118,19 @@ def student_vs_base(results: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
-def score_by_layer(results: dict, path: Path) -> Path:
+def score_by_group(results: dict, path: Path) -> Path:
+    """Mean score per layer of real units and per planted rule family (`results.group_of`)."""
     sim = _primary(results)
-    layers = sorted({f["layer"] for f in results["features"]})
-    fig, ax = plt.subplots(figsize=(8.5, 4.2))
+    groups = feature_groups(results["features"])
+    fig, ax = plt.subplots(figsize=(max(8.5, 0.9 * len(groups) + 3), 4.2))
     n = len(results["explainers"])
-    step = 0.02 * (layers[-1] - layers[0]) if len(layers) > 1 else 0.05  # side by side, not on top
+    step = 0.6 / max(n, 1)  # side by side, not on top
     for i, e in enumerate(results["explainers"]):
-        by_layer = results["summary"][sim][e["name"]]["by_layer"]
+        by_group = results["summary"][sim][e["name"]]["by_group"]
         pts = [
-            (layer + (i - (n - 1) / 2) * step, iv)
-            for layer in layers
-            if (iv := by_layer.get(str(layer))) and iv["estimate"] is not None
+            (x + (i - (n - 1) / 2) * step, iv)
+            for x, g in enumerate(groups)
+            if (iv := by_group.get(g)) and iv["estimate"] is not None
         ]
         if pts:
             ax.errorbar(
@@ -138,15 +139,16 @@ def score_by_layer(results: dict, path: Path) -> Path:
                 yerr=[[iv["estimate"] - iv["low"] for _, iv in pts], [iv["high"] - iv["estimate"] for _, iv in pts]],
                 marker="o",
                 capsize=3,
+                ls="none",
                 label=e["label"],
                 color=COLORS.get(e["name"]),
                 lw=1.2,
             )
-    ax.set_xticks(layers)
+    ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right", fontsize=8)
     ax.axhline(0, color="#bbbbbb", lw=0.8)
-    ax.set_xlabel("layer")
+    ax.set_xlabel("layer of real units, or planted rule family")
     ax.set_ylabel("mean score [95% CI]")
-    ax.set_title("Mean score by layer")
+    ax.set_title("Mean score by layer and planted family")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a point
     return _save(fig, path)
 
@@ -190,5 +192,5 @@ def write_plots(folder: Path, results: dict) -> dict[str, Path]:
     out["student_vs_base"] = student_vs_base(results, folder / "student_vs_base.png")
     if any(results.get("training", {}).values()):
         out["training_loss"] = training_loss(results, folder / "training_loss.png")
-    out["score_by_layer"] = score_by_layer(results, folder / "score_by_layer.png")
+    out["score_by_group"] = score_by_group(results, folder / "score_by_group.png")
     return out

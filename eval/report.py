@@ -18,7 +18,7 @@ from neuroscribe import markdown
 from neuroscribe.protocols import protocol
 from neuroscribe.runs.eval import BROWSER, REPORT, TABLE_JSON, TABLE_MD
 
-from .results import COMPARISONS, fmt, fmt_interval, model_card_rows
+from .results import COMPARISONS, feature_groups, fmt, fmt_interval, group_of, model_card_rows
 
 _cell = markdown.cell
 KIND_NAMES = {
@@ -268,17 +268,16 @@ def _calibration_table(results: dict) -> str | None:
     return markdown.table(rows) + f"\n\n{cal.get('note', '')}"
 
 
-def _layer_table(results: dict, sim: str) -> str:
-    layers = sorted({f["layer"] for f in results["features"]})
+def _group_table(results: dict, sim: str) -> str:
     s = results["summary"][sim]
     return markdown.table(
         [
             {
-                "layer": layer,
-                "features": sum(f["layer"] == layer for f in results["features"]),
-                **{e["label"]: fmt_interval(s[e["name"]]["by_layer"].get(str(layer))) for e in results["explainers"]},
+                "layer or planted family": g,
+                "features": sum(group_of(f) == g for f in results["features"]),
+                **{e["label"]: fmt_interval(s[e["name"]]["by_group"].get(g)) for e in results["explainers"]},
             }
-            for layer in layers
+            for g in feature_groups(results["features"])
         ]
     )
 
@@ -434,9 +433,9 @@ def report_markdown(results: dict, plots: dict[str, str], browser: str | None) -
     parts += [
         f"Intervals: 95% percentile bootstrap over features ({cfg['n_resamples']} resamples, seed {cfg['seed']}).",
         "",
-        f"## By layer (`{_primary(results)}`, mean [95% CI])",
+        f"## By layer and planted family (`{_primary(results)}`, mean [95% CI])",
         "",
-        _layer_table(results, _primary(results)),
+        _group_table(results, _primary(results)),
         "",
         "## Cost and latency per explanation",
         "",

@@ -19,7 +19,7 @@ results.json (schema 2; strict JSON: an undefined score, NaN in memory, is writt
   summary       {simulator: {explainer: {n, n_failed, failure_rate, n_unparsed, parse_failure_rate,
                 n_insufficient, mean, mean_failure_as_null, median (Intervals of the headline value),
                 vs_teacher {difference, wins, losses, ties, win_rate} or null,
-                by_layer {layer: Interval}, judges {name: Interval}}}}
+                by_group {group: Interval}, judges {name: Interval}}}}
   comparisons   {simulator: {name: {a, b, what, difference (Interval of a - b, paired by feature), wins,
                 losses, ties, win_rate}}} and `gap_closed` (Interval) where the rows exist
   seeded        {simulator: {name: {a [rows], b [rows], what, seeds, difference (Interval)}}}: with several
@@ -52,6 +52,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from neuroscribe import scorers
+from neuroscribe.distill.planted import FAMILIES
 from neuroscribe.records import Exemplar, FeatureExemplars, ScoredExplanation, to_json
 from neuroscribe.scorers import headline
 
@@ -234,7 +235,7 @@ def summarise(
     kw = dict(n_resamples=n_resamples, seed=seed)
     names = [e.name for e in explainers]
     reference = values_of(features, REFERENCE, simulator)
-    layers = sorted({f["layer"] for f in features})
+    groups = feature_groups(features)
     out = {}
     for ex in explainers:
         values = values_of(features, ex.name, simulator)
@@ -254,9 +255,8 @@ def summarise(
             "mean_failure_as_null": asdict(bootstrap_ci(failure_as_null(features, ex.name, simulator), "mean", **kw)),
             "median": asdict(bootstrap_ci(values, "median", **kw)),
             "vs_teacher": _pair(values, reference, **kw) if ex.name != REFERENCE and REFERENCE in names else None,
-            "by_layer": {
-                str(layer): asdict(bootstrap_ci([v for v, f in zip(values, features) if f["layer"] == layer], **kw))
-                for layer in layers
+            "by_group": {
+                g: asdict(bootstrap_ci([v for v, f in zip(values, features) if group_of(f) == g], **kw)) for g in groups
             },
             "judges": {
                 judge: asdict(bootstrap_ci(v, **kw)) for judge, v in _judge_values(features, ex.name, simulator).items()
@@ -318,6 +318,21 @@ def comparisons(
             ),
         }
     return out
+
+
+def group_of(feature: dict) -> str:
+    """A feature's row in the by-group table: its kind and layer, or a planted feature's rule family (the
+    layer index names it), so planted family 6 and MLP layer 6 never share a row."""
+    kind, layer = feature["kind"], feature["layer"]
+    if kind == "planted":
+        return f"planted: {FAMILIES[layer]}" if 0 < layer < len(FAMILIES) else f"planted L{layer}"
+    return f"{kind} L{layer}"
+
+
+def feature_groups(features: Sequence[dict]) -> list[str]:
+    """The groups present, real units first by layer, then planted families in the suite's order."""
+    order = sorted({(f["kind"] == "planted", f["kind"], f["layer"]) for f in features})
+    return list(dict.fromkeys(group_of({"kind": k, "layer": layer}) for _, k, layer in order))
 
 
 def cluster_of(feature: dict) -> str:

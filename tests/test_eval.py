@@ -218,7 +218,7 @@ def test_summary_statistics_use_the_headline_convention(evaluated, pipeline):
             if pairs:
                 assert vs["difference"]["estimate"] == pytest.approx(statistics.fmean(a - b for a, b in pairs))
     assert res["summary"][sim]["teacher"]["vs_teacher"] is None
-    assert set(res["summary"][sim]["teacher"]["by_layer"]) == {str(f["layer"]) for f in res["features"]}
+    assert set(res["summary"][sim]["teacher"]["by_group"]) == {f"{f['kind']} L{f['layer']}" for f in res["features"]}
     judged = [n for n in EXPLAINERS if any(f["results"][n]["explanation"]["ok"] for f in res["features"])]
     assert judged
     for name in judged:  # asked for, so computed wherever an explanation parsed
@@ -279,7 +279,7 @@ def test_outputs_are_strict_json_a_report_plots_and_the_model_card_table(evaluat
         "failed (rate)",
     ):
         assert needle in report, needle
-    for name in ("score_distributions", "student_vs_base", "score_by_layer", "training_loss"):
+    for name in ("score_distributions", "student_vs_base", "score_by_group", "training_loss"):
         image = imread(out / "plots" / f"{name}.png")
         assert image.shape[0] > 300 and image.shape[1] > 300 and image[..., :3].std() > 0.05, name
     md, js = eval_table(out / "eval_table.md"), eval_table(out / "eval_table.json")

@@ -144,3 +144,18 @@ def test_pooled_split_half_reliability_is_not_inflated_by_differences_between_ro
     rel = reliability(features, rows, "sim", n_resamples=200)
     assert abs(rel["pooled"]["estimate"]) < 0.4, rel["pooled"]
     assert all(abs(r["estimate"]) < 0.5 for r in rel["by_explainer"].values())
+
+
+def test_planted_families_and_real_layers_never_share_a_group():
+    """The by-group table: planted family 6 (morphology) and MLP layer 6 are two rows, real units first."""
+    from neuroscribe.eval.results import feature_groups, group_of
+
+    feats = [
+        {"kind": "planted", "layer": 6},
+        {"kind": "mlp", "layer": 6},
+        {"kind": "planted", "layer": 1},
+        {"kind": "mlp", "layer": 20},
+        {"kind": "planted", "layer": 99},
+    ]
+    assert [group_of(f) for f in feats] == ["planted: morphology", "mlp L6", "planted: word", "mlp L20", "planted L99"]
+    assert feature_groups(feats) == ["mlp L6", "mlp L20", "planted: word", "planted: morphology", "planted L99"]
