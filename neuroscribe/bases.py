@@ -125,25 +125,25 @@ def load_basis(path: str | Path) -> LinearBasis:
 
 def hook_point(model, layer: int, site: str) -> tuple[torch.nn.Module, str]:
     """(module, side) a basis at `site` of block `layer` reads."""
-    from neuroscribe.features import _down_proj, decoder_layers
+    from neuroscribe.features import decoder_layers, down_proj_module
     from neuroscribe.saes import HookSite, resolve_hook_module
 
     if site == DEFAULT_SITE:
-        return _down_proj(decoder_layers(model)[layer]), "pre"
+        return down_proj_module(decoder_layers(model)[layer]), "pre"
     return resolve_hook_module(model, HookSite(layer, site))
 
 
 def check_basis_spec(spec: BasisSpec, model, item: str) -> None:
     """Refuse, before anything is fitted or written, a layer the model lacks or more directions than the
     site has dimensions (hooking layer 99 of a 2-layer model would fail deep in the forward pass)."""
-    from neuroscribe.features import _width, decoder_layers
+    from neuroscribe.features import decoder_layers, mlp_width
 
     n_layers = len(decoder_layers(model))
     if spec.layer >= n_layers:
         raise BasisSpecError(
             f"features {item!r}: layer {spec.layer} does not exist (model has layers 0..{n_layers - 1})"
         )
-    d = _width(model, spec.layer) if spec.site == DEFAULT_SITE else getattr(model.config, "hidden_size", None)
+    d = mlp_width(model, spec.layer) if spec.site == DEFAULT_SITE else getattr(model.config, "hidden_size", None)
     if d is not None and spec.n > d:
         raise BasisSpecError(f"features {item!r}: {spec.n} directions asked for, the site has only {d} dimensions")
 

@@ -62,7 +62,7 @@ def _parse_ints(text: str, what: str) -> list[int]:
     return sorted(set(out))
 
 
-def _down_proj(block) -> torch.nn.Module:
+def down_proj_module(block) -> torch.nn.Module:
     mlp = getattr(block, "mlp", None) or getattr(block, "feed_forward", None)
     if mlp is None:
         raise FeatureSpecError(f"{type(block).__name__} has no `mlp` module")
@@ -92,7 +92,7 @@ def parse_feature_spec(spec: str | Sequence[str], model, polarity: str = "auto")
                     raise FeatureSpecError(
                         f"features {item!r}: layer {layer} does not exist (model has layers 0..{n_layers - 1})"
                     )
-                width = _width(model, layer)
+                width = mlp_width(model, layer)
                 idx = _parse_ints(idx_text, "indices") if idx_text else list(range(width))
                 if idx and idx[-1] >= width:
                     raise FeatureSpecError(
@@ -111,8 +111,8 @@ def parse_feature_spec(spec: str | Sequence[str], model, polarity: str = "auto")
     return groups
 
 
-def _width(model, layer: int) -> int:
-    proj = _down_proj(decoder_layers(model)[layer])
+def mlp_width(model, layer: int) -> int:
+    proj = down_proj_module(decoder_layers(model)[layer])
     return proj.in_features if hasattr(proj, "in_features") else proj.weight.shape[0]  # GPT-2 Conv1D: [in, out]
 
 
@@ -161,7 +161,7 @@ class ActivationReader:
         layers = decoder_layers(model)
         for gi, g in enumerate(self.groups):
             if g.kind == "mlp":
-                module, side = _down_proj(layers[g.layer]), "pre"
+                module, side = down_proj_module(layers[g.layer]), "pre"
             elif g.kind in BASIS_KINDS:
                 from neuroscribe.bases import hook_point, load_basis
 

@@ -36,10 +36,10 @@ from sklearn.metrics import roc_auc_score
 from neuroscribe.output_side import (
     NEUTRAL_PROMPTS,
     Writer,
-    _added,
-    _prompt_batch,
+    added_to_output,
     mean_logprob_change,
     mean_logprobs,
+    prompt_batch,
     steer_amount,
 )
 
@@ -128,9 +128,9 @@ def continuations(
             texts.append(tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
         return texts
 
-    ids, mask = _prompt_batch(tok, prompts, device)
+    ids, mask = prompt_batch(tok, prompts, device)
     base = generate()
-    with _added(writer, delta):
+    with added_to_output(writer, delta):
         steered = generate()
     change = mean_logprob_change(model, ids, mask, writer, delta, mean_logprobs(model, ids, mask))
     return Continuations(tuple(prompts), tuple(base), tuple(steered), change.cpu())

@@ -63,10 +63,10 @@ class Writer:
 def feature_writer(model, group) -> Writer:
     """The output directions of a `features.FeatureGroup` (module doc)."""
     from neuroscribe.bases import BASIS_KINDS, DEFAULT_SITE, hook_point, load_basis
-    from neuroscribe.features import _down_proj
+    from neuroscribe.features import down_proj_module
     from neuroscribe.saes import HookSite, load_sparse_encoder, resolve_hook_module
 
-    proj = _down_proj(decoder_layers(model)[group.layer])
+    proj = down_proj_module(decoder_layers(model)[group.layer])
     idx = list(group.indices)
     if group.kind == "mlp":
         module, side = proj, "pre"
@@ -107,7 +107,7 @@ def logit_lens(model, writer: Writer, k: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 @contextlib.contextmanager
-def _added(writer: Writer, delta: torch.Tensor):
+def added_to_output(writer: Writer, delta: torch.Tensor):
     """Add `delta` [d_site] at the writer's site, every position, while inside."""
     if writer.side == "pre":
 
@@ -131,7 +131,7 @@ def _added(writer: Writer, delta: torch.Tensor):
         handle.remove()
 
 
-def _prompt_batch(tok, prompts: Sequence[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+def prompt_batch(tok, prompts: Sequence[str], device) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids and mask: a causal model's logits at real positions ignore the padding after them."""
     rows = [tok(p, add_special_tokens=True)["input_ids"] for p in prompts]
     width = max(map(len, rows))
@@ -158,7 +158,7 @@ def mean_logprob_change(
     """[V] the token change of the module doc: mean log p with `delta` added at the writer's site minus
     without (`base`: the unsteered `mean_logprobs`, when already computed)."""
     base = mean_logprobs(model, ids, mask) if base is None else base
-    with _added(writer, delta):
+    with added_to_output(writer, delta):
         return mean_logprobs(model, ids, mask) - base
 
 
@@ -168,7 +168,7 @@ def token_change(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """([F, k] token ids whose log-probability rises most, [F, k] that fall most) when feature f is amplified
     by `amounts[f]` units (module doc: `mean_logprob_change`)."""
-    ids, mask = _prompt_batch(tok, prompts, next(model.parameters()).device)
+    ids, mask = prompt_batch(tok, prompts, next(model.parameters()).device)
     base = mean_logprobs(model, ids, mask)
     raised, lowered = [], []
     for f in range(writer.steer.shape[0]):

@@ -11,7 +11,7 @@ from test_collect import SMALL
 from neuroscribe.bases import BasisSpecError, fit_directions, load_basis, parse_basis_spec
 from neuroscribe.configs import CollectConfig
 from neuroscribe.distill.collect import collect
-from neuroscribe.features import _down_proj
+from neuroscribe.features import down_proj_module
 from neuroscribe.models import decoder_layers, load_model
 from neuroscribe.records import FeatureId
 from neuroscribe.runs.store import ExemplarStore
@@ -89,7 +89,7 @@ def test_collect_stores_each_direction_as_the_projection_of_the_hook_activation(
 
     def projection(token_ids) -> np.ndarray:
         seen = []
-        handle = _down_proj(decoder_layers(model)[0]).register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+        handle = down_proj_module(decoder_layers(model)[0]).register_forward_pre_hook(lambda m, a: seen.append(a[0]))
         with torch.no_grad():
             model(input_ids=torch.tensor([prefix + list(token_ids)]), use_cache=False)
         handle.remove()
@@ -126,7 +126,7 @@ def test_a_fitted_basis_writes_its_mixing_columns_and_reads_them_back_as_unit_ve
 
 def _hidden(model, ids) -> torch.Tensor:
     seen = []
-    handle = _down_proj(decoder_layers(model)[0]).register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    handle = down_proj_module(decoder_layers(model)[0]).register_forward_pre_hook(lambda m, a: seen.append(a[0]))
     with torch.no_grad():
         model(input_ids=ids, use_cache=False)
     handle.remove()

@@ -76,7 +76,7 @@ def read_slots(
     return predicted, errors, missing
 
 
-def _stats(sims: Sequence[SimulatedExemplar], errors: list[str], missing: int = 0) -> SimulationStats:
+def simulation_stats(sims: Sequence[SimulatedExemplar], errors: list[str], missing: int = 0) -> SimulationStats:
     failed = [sum(1 for v in s.predicted if math.isnan(v)) for s in sims]
     return SimulationStats(
         n_exemplars=len(sims),
@@ -112,7 +112,7 @@ class EchoLogprobSimulator(Simulator):
             sims.append(simulated(exemplar, predicted))
             errors += [f"window {exemplar.window_id}: {e}" for e in errs]
             missing += n_missing
-        self.last_stats = _stats(sims, errors, missing)
+        self.last_stats = simulation_stats(sims, errors, missing)
         return sims
 
 
@@ -178,5 +178,5 @@ class ParsedNumberSimulator(Simulator):
                 values = [NAN] * len(exemplar.tokens)
                 errors.append(f"window {exemplar.window_id}: {reason}")
             sims.append(simulated(exemplar, values))
-        self.last_stats = _stats(sims, errors)
+        self.last_stats = simulation_stats(sims, errors)
         return sims

@@ -22,7 +22,7 @@ from neuroscribe.prompts import simulator_prompt
 from neuroscribe.records import Exemplar, SimulatedExemplar
 from neuroscribe.simulators.allatonce import digit_token_ids
 from neuroscribe.simulators.base import Simulator, simulated
-from neuroscribe.simulators.http import NAN, SimulationStats, _stats, read_slot
+from neuroscribe.simulators.http import NAN, SimulationStats, read_slot, simulation_stats
 
 DEFAULT_TOP_K = 512
 
@@ -66,6 +66,6 @@ class VLLMSimulator(Simulator):
                     missing += n_missing
                 predicted.append(value)
             sims.append(simulated(exemplar, predicted))
-        self.last_stats = _stats(sims, errors, missing)
+        self.last_stats = simulation_stats(sims, errors, missing)
         n = len(exemplars)
         return [sims[i * n : (i + 1) * n] for i in range(len(explanations))]
