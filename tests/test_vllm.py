@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import logging
 import math
 import os
 
@@ -24,6 +25,9 @@ from neuroscribe.backends.vllm_backend import EngineOptions, VLLMBackend, engine
 from neuroscribe.records import Exemplar
 from neuroscribe.simulators.allatonce import LocalSimulator
 from neuroscribe.simulators.vllm_engine import DEFAULT_TOP_K, VLLMSimulator
+
+# vLLM's exit-time shutdown logs to streams pytest has closed: skip those writes, no traceback for each
+logging.raiseExceptions = False
 
 MODEL = "smollm2-135m-instruct"
 # float32 like the hf simulator it is compared with; 2048 tokens hold every prompt here; eager: no
