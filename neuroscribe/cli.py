@@ -120,12 +120,12 @@ def inspect(
 def _explain(cfg) -> None:
     """Best-of-k: a teacher explains each feature k times; every candidate is scored on held-out exemplars."""
     from neuroscribe.distill.explain import explain
+    from neuroscribe.runs.explain import read_meta, read_usage
 
     path = _guard(explain, cfg)
     if not _main_rank():
         return
-    meta = json.loads((path / "meta.json").read_text())
-    usage = json.loads((path / "usage.json").read_text())
+    meta, usage = read_meta(path), read_usage(path)
     typer.echo(
         f"wrote {path}/candidates.jsonl: {meta['n_candidates']} candidates for {meta['n_features']} "
         f"features, mean best score {meta['mean_best_score_in_sample']:.3f} (in-sample: on the "
@@ -151,10 +151,11 @@ def _explain(cfg) -> None:
 def _score(cfg) -> None:
     """Score any explanations on a store's held-out exemplars with a simulator."""
     from neuroscribe.distill.score import score
+    from neuroscribe.runs.score import read_summary
 
     scored = _guard(score, cfg)
     if _main_rank():
-        summary = json.loads((Path(cfg.out) / "summary.json").read_text())
+        summary = read_summary(cfg.out)
         typer.echo(
             f"wrote {cfg.out}/scored.jsonl: {len(scored)} explanations, mean score "
             f"{summary['mean_score']:.3f} ({summary['n_nan']} NaN)"

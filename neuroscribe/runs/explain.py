@@ -198,6 +198,11 @@ def write_run(folder: Path, rows: list[dict], meta: dict, usage: dict) -> None:
     write_text(folder / CANDIDATES, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def read_meta(folder: str | Path) -> dict:
+    """An explain run's meta.json (status, counts, failed features), unchecked: what the CLI prints."""
+    return read_json(Path(folder) / META, "expected the output folder of `neuroscribe explain`")
+
+
 def read_usage(folder: str | Path) -> dict:
     path = Path(folder) / USAGE
     return read_json(path) if path.is_file() else {}

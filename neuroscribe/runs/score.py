@@ -77,6 +77,10 @@ def write_run(folder: Path, scored: list[dict], summary: dict, interventions: li
     write_text(folder / SCORED, "".join(json.dumps(r) + "\n" for r in scored))
 
 
+def read_summary(folder: str | Path) -> dict:
+    return read_json(Path(folder) / SUMMARY, "expected the output folder of `neuroscribe score`")
+
+
 def read_interventions(folder: str | Path) -> list[dict]:
     return [row for _, row in read_jsonl(Path(folder) / INTERVENTIONS)]
 
