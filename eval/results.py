@@ -235,7 +235,7 @@ def summarise(
     kw = dict(n_resamples=n_resamples, seed=seed)
     names = [e.name for e in explainers]
     reference = values_of(features, REFERENCE, simulator)
-    groups = feature_groups(features)
+    groups, group = feature_groups(features), [group_of(f) for f in features]
     out = {}
     for ex in explainers:
         values = values_of(features, ex.name, simulator)
@@ -255,9 +255,7 @@ def summarise(
             "mean_failure_as_null": asdict(bootstrap_ci(failure_as_null(features, ex.name, simulator), "mean", **kw)),
             "median": asdict(bootstrap_ci(values, "median", **kw)),
             "vs_teacher": _pair(values, reference, **kw) if ex.name != REFERENCE and REFERENCE in names else None,
-            "by_group": {
-                g: asdict(bootstrap_ci([v for v, f in zip(values, features) if group_of(f) == g], **kw)) for g in groups
-            },
+            "by_group": {g: asdict(bootstrap_ci([v for v, h in zip(values, group) if h == g], **kw)) for g in groups},
             "judges": {
                 judge: asdict(bootstrap_ci(v, **kw)) for judge, v in _judge_values(features, ex.name, simulator).items()
             },
@@ -331,8 +329,8 @@ def group_of(feature: dict) -> str:
 
 def feature_groups(features: Sequence[dict]) -> list[str]:
     """The groups present, real units first by layer, then planted families in the suite's order."""
-    order = sorted({(f["kind"] == "planted", f["kind"], f["layer"]) for f in features})
-    return list(dict.fromkeys(group_of({"kind": k, "layer": layer}) for _, k, layer in order))
+    ordered = sorted(features, key=lambda f: (f["kind"] == "planted", f["kind"], f["layer"]))
+    return list(dict.fromkeys(map(group_of, ordered)))
 
 
 def cluster_of(feature: dict) -> str:

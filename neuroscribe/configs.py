@@ -491,12 +491,12 @@ class WorkloadConfig:
     """Model FLOP utilisation of reading (prefill)."""
     decode_tokens_per_s: float = 2500.0
     """Batched decode tokens/s per GPU for `model` (an assumption for an 8B model on an A100 under vLLM;
-    measure yours with benchmarks/vllm.py's generation row on the GPU)."""
+    measure yours with benchmarks/vllm_simulate.py's generation row on the GPU)."""
 
     def __post_init__(self) -> None:
-        for name in ("polarities", "corpus_tokens", "k", "sequences", "gpus", "eval_features", "context"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        at_least(
+            self, 1, "features", "polarities", "corpus_tokens", "k", "sequences", "gpus", "eval_features", "context"
+        )
         if not 0 < self.mfu <= 1 or self.peak_tflops <= 0 or self.decode_tokens_per_s <= 0:
             raise ValueError("plan-workload needs 0 < --mfu <= 1, --peak-tflops > 0 and --decode-tokens-per-s > 0")
 

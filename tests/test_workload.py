@@ -61,6 +61,8 @@ def test_llama_8b_plan_counts_every_mlp_neuron_and_prints_the_transluce_line():
 def test_bad_workload_values_are_one_clear_error():
     with pytest.raises(ValueError, match="--k must be >= 1"):
         WorkloadConfig(k=0)
+    with pytest.raises(ValueError, match="--features must be >= 1"):  # 0 would silently mean every neuron
+        WorkloadConfig(features=0)
     res = subprocess.run(
         [sys.executable, "-m", "neuroscribe.cli", "plan-workload", "--mfu", "2"], capture_output=True, text=True
     )

@@ -45,10 +45,19 @@ def prefill_flops_per_token(shape: ModelShape, context: int) -> float:
     return 2.0 * shape.total_params + 2.0 * shape.num_layers * shape.hidden_size * context
 
 
+def feature_count(shape: ModelShape, cfg: WorkloadConfig) -> int:
+    """`cfg.features`, else every MLP neuron x polarities."""
+    return cfg.features or shape.num_layers * shape.intermediate_size * cfg.polarities
+
+
+def read_flops_per_s(cfg: WorkloadConfig) -> float:
+    """FLOP/s one GPU spends reading: its peak x MFU."""
+    return cfg.peak_tflops * 1e12 * cfg.mfu
+
+
 def stage_costs(shape: ModelShape, cfg: WorkloadConfig) -> list[StageCost]:
     """The pure core: every stage's tokens and GPU-hours (module doc)."""
-    n = cfg.features or shape.num_layers * shape.intermediate_size * cfg.polarities
-    reads_per_s = cfg.peak_tflops * 1e12 * cfg.mfu
+    n, reads_per_s = feature_count(shape, cfg), read_flops_per_s(cfg)
 
     def cost(stage: str, reads: list[tuple[float, int]], decode: float) -> StageCost:
         """`reads`: (tokens, their context) pairs; `decode`: tokens generated."""
@@ -72,7 +81,7 @@ def stage_costs(shape: ModelShape, cfg: WorkloadConfig) -> list[StageCost]:
 
 
 def format_workload(shape: ModelShape, cfg: WorkloadConfig, costs: list[StageCost]) -> str:
-    n = cfg.features or shape.num_layers * shape.intermediate_size * cfg.polarities
+    n = feature_count(shape, cfg)
     lines = [
         f"workload: {n:,} features of {shape.name} ({shape.total_params / 1e9:.2f} B parameters), k = {cfg.k}, "
         f"on {cfg.gpus} GPU(s) at {cfg.peak_tflops:g} TFLOP/s x {100 * cfg.mfu:.0f}% MFU reading, "
@@ -85,7 +94,7 @@ def format_workload(shape: ModelShape, cfg: WorkloadConfig, costs: list[StageCos
             f"{c.gpu_hours / cfg.gpus:9.1f}"
         )
     total = sum(c.gpu_hours for c in costs)
-    per_token = prefill_flops_per_token(shape, cfg.context) / (cfg.peak_tflops * 1e12 * cfg.mfu)
+    per_token = prefill_flops_per_token(shape, cfg.context) / read_flops_per_s(cfg)
     transluce_tokens = TRANSLUCE_HOURS * 3600 * TRANSLUCE_GPUS / per_token
     lines += [
         f"{'total':36s} {'':14s} {'':14s} {total:11.1f} {total / cfg.gpus:9.1f}",
