@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from neuroscribe.configs import DemoConfig
-from neuroscribe.distill.planted_paraphrases import paraphrases
+from neuroscribe.distill.planted.paraphrases import paraphrases
 from neuroscribe.eval.calibration import calibrate
 from neuroscribe.eval.demo import proof_config, train_simulator
 from neuroscribe.eval.demo_data import live_planted, planted_parts, simulator_cache

@@ -5,7 +5,7 @@ Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/planted_simulator.py [--simul
      [--prompted-rules 4]
 
 The simulator is the one `neuroscribe demo` trains on the `simulator` part of the planted-rule suite
-(`distill.planted_rules`), reused from the user cache (run the demo first, or pass `--simulator`).
+(`distill.planted.suite`), reused from the user cache (run the demo first, or pass `--simulator`).
 Two held-out groups, each scored with `eval.calibration.calibrate` (every rule's test exemplars under
 its true explanation and under `--wrong` other rules' of the group, drawn with a seed; win rate = share of (rule, wrong)
 pairs the true one wins, rank 1 = rules where it beats every wrong one):
@@ -23,7 +23,7 @@ import os
 import time
 
 from neuroscribe.configs import DemoConfig
-from neuroscribe.distill.planted import PlantedRule
+from neuroscribe.distill.planted.features import PlantedRule
 from neuroscribe.eval.calibration import calibrate
 from neuroscribe.eval.demo_data import live_planted, planted_parts, simulator_cache
 from neuroscribe.models import DEFAULT_MODEL, cache_dir, load_tokenizer

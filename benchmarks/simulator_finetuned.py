@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from neuroscribe.distill.planted import RULES, planted_features
+from neuroscribe.distill.planted.features import RULES, planted_features
 from neuroscribe.models import DEFAULT_MODEL, load_model
 from neuroscribe.records import Explanation
 from neuroscribe.scorers import simulate_and_score

@@ -221,9 +221,9 @@ def run_demo(cfg: DemoConfig = DemoConfig(), only: str | None = None) -> Path:
     lane runs in its own process: `python -m neuroscribe.eval.demo OUT STAGE`)."""
     from neuroscribe.cache import Cache
     from neuroscribe.distill.collect import CollectConfig, collect
+    from neuroscribe.distill.collect.mining import MiningConfig
     from neuroscribe.distill.datasets import DistillConfig, build_datasets
     from neuroscribe.distill.explain import ExplainConfig, explain
-    from neuroscribe.distill.mining import MiningConfig
     from neuroscribe.models import cache_dir, load_tokenizer
     from neuroscribe.runs.datasets import read_heldout
     from neuroscribe.runs.store import ExemplarStore
@@ -287,7 +287,7 @@ def run_demo(cfg: DemoConfig = DemoConfig(), only: str | None = None) -> Path:
         return f"{len(parts['simulator'])} planted rules, {steps} steps -> {sim_done}"
 
     def do_calibrate() -> str:
-        from neuroscribe.distill.planted_paraphrases import paraphrases
+        from neuroscribe.distill.planted.paraphrases import paraphrases
         from neuroscribe.simulators import load_simulator
 
         from .calibration import calibrate, headline

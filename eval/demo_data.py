@@ -1,7 +1,7 @@
 """The demo's inputs: one store of real neurons and planted features, their held-out list and truths,
 and the fine-tuned simulator (trained once per configuration, then reused from the user cache).
 
-Planted rules come from `distill.planted_rules.split_suite`: the simulator trains on its `simulator`
+Planted rules come from `distill.planted.suite.split_suite`: the simulator trains on its `simulator`
 part; `explainer` rules join the explain run and the student's data; `heldout` rules are never
 trained on by anything: they calibrate the simulator and are the eval's known-answer features.
 """
@@ -15,9 +15,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from neuroscribe.configs import DemoConfig
-from neuroscribe.distill.planted import PlantedRule, planted_features, simulator_rows
-from neuroscribe.distill.planted_paraphrases import paraphrases
-from neuroscribe.distill.planted_rules import split_suite, suite
+from neuroscribe.distill.planted.features import PlantedRule, planted_features, simulator_rows
+from neuroscribe.distill.planted.paraphrases import paraphrases
+from neuroscribe.distill.planted.suite import split_suite, suite
 from neuroscribe.records import FeatureExemplars, FeatureId
 from neuroscribe.runs.files import fingerprint, write_json, write_text
 from neuroscribe.runs.store import ExemplarStore, write_store

@@ -52,7 +52,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from neuroscribe import scorers
-from neuroscribe.distill.planted import FAMILIES
+from neuroscribe.distill.planted.features import FAMILIES
 from neuroscribe.records import Exemplar, FeatureExemplars, ScoredExplanation, to_json
 from neuroscribe.scorers import headline
 

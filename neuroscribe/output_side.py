@@ -17,7 +17,7 @@ Descriptions built from the inputs that activate a feature miss what it does to 
   log-probability (equivalently its logit, up to the shared log-normaliser); a raw probability change
   would favour tokens that are already likely (0.50 -> 0.55 outranks 0.0001 -> 0.01). The `k` tokens
   that gain most, and the `k` that lose most.
-Token texts are the subject's own pieces (`distill.finalize.TokenText`, control tokens escaped).
+Token texts are the subject's own pieces (`distill.collect.finalize.TokenText`, control tokens escaped).
 """
 
 from __future__ import annotations

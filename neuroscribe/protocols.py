@@ -4,7 +4,7 @@ A protocol sets, per exemplar source, how many exemplars the explain split holds
 held-out split holds; which sources the explainer prompt shows; which sources a simulation score pools,
 and whether the top side and the random side are mixed 1:1 (`balanced`) or every scored token is pooled.
 `collect --protocol NAME` mines the totals (explain + held-out x (splits - 1)) and deals the splits in
-those proportions (`distill/splits.py`); a store records its protocol, every score records the one that
+those proportions (`distill/collect/splits.py`); a store records its protocol, every score records the one that
 produced its exemplars (`ScoredExplanation.sampling`).
 
 Presets (counts per feature; "held-out" is per held-out split, so twice that is mined with two of them):

@@ -14,7 +14,7 @@ import torch
 
 from neuroscribe.corpus import context_prefix, iter_documents, iter_windows
 from neuroscribe.distill.collect import CollectConfig, EmptyDatasetError, collect
-from neuroscribe.distill.mining import Miner, MiningConfig
+from neuroscribe.distill.collect.mining import Miner, MiningConfig
 from neuroscribe.features import ActivationReader, FeatureSpecError, parse_feature_spec
 from neuroscribe.models import load_model
 from neuroscribe.records import ACTIVE_FRACTION

@@ -17,7 +17,7 @@ from builders import build_sentencepiece_tokenizer
 
 from neuroscribe.configs import CollectConfig, MiningConfig
 from neuroscribe.distill.collect import collect
-from neuroscribe.distill.finalize import TokenText
+from neuroscribe.distill.collect.finalize import TokenText
 from neuroscribe.records import Exemplar, Explanation, FeatureExemplars, FeatureId, FeatureStats
 from neuroscribe.runs.store import ExemplarStore
 
@@ -203,8 +203,8 @@ def test_hard_negative_candidates_stay_bounded_as_the_corpus_grows(tiny_llama):
     """Hard negatives are found in the mining pass: their candidates are slots like any other, so a corpus
     ten times larger keeps the same state, and every kept one satisfies the rule against the final max."""
     from neuroscribe.corpus import iter_documents, iter_windows
-    from neuroscribe.distill.mining import HARD_CANDIDATES, Miner
-    from neuroscribe.distill.negatives import top_token_slots
+    from neuroscribe.distill.collect.mining import HARD_CANDIDATES, Miner
+    from neuroscribe.distill.collect.negatives import top_token_slots
     from neuroscribe.features import ActivationReader, parse_feature_spec
     from neuroscribe.models import load_model
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from neuroscribe.distill.collect import CollectConfig, collect
+from neuroscribe.distill.collect.mining import MiningConfig
 from neuroscribe.distill.explain import ExplainConfig, explain
-from neuroscribe.distill.mining import MiningConfig
 from neuroscribe.distill.score import ScoreConfig, score
 from neuroscribe.runs.store import ExemplarStore
 

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from neuroscribe.distill.planted import RULES, planted_features
+from neuroscribe.distill.planted.features import RULES, planted_features
 from neuroscribe.records import Exemplar
 from neuroscribe.runs.simulator import read_simulator_file, write_simulator_file
 from neuroscribe.simulators.finetuned import FinetunedSimulator

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from neuroscribe.distill.finalize import TokenText
+from neuroscribe.distill.collect.finalize import TokenText
 from neuroscribe.features import FeatureGroup
 from neuroscribe.interventions import (
     Continuations,

@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from neuroscribe.distill.finalize import TokenText
-from neuroscribe.distill.outputs import token_label
+from neuroscribe.distill.collect.finalize import TokenText
+from neuroscribe.distill.collect.outputs import token_label
 from neuroscribe.features import FeatureGroup
 from neuroscribe.models import load_model
 from neuroscribe.output_side import feature_writer, logit_lens, token_change

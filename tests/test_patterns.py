@@ -11,7 +11,7 @@ import pytest
 from neuroscribe.backends import ChatRequest, SamplingParams, load_backend
 from neuroscribe.backends.patterns import Run, active_runs, candidates
 from neuroscribe.cache import Cache
-from neuroscribe.distill.planted import RULES, PlantedRule, planted_features, word_rule
+from neuroscribe.distill.planted.features import RULES, PlantedRule, planted_features, word_rule
 from neuroscribe.prompts import explainer_messages, parse_explanation
 
 

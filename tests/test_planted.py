@@ -7,7 +7,7 @@ import re
 import pytest
 
 from neuroscribe.corpus import builtin_documents
-from neuroscribe.distill.planted import (
+from neuroscribe.distill.planted.features import (
     FAMILIES,
     KIND,
     RULES,
@@ -16,7 +16,7 @@ from neuroscribe.distill.planted import (
     simulator_rows,
     word_rule,
 )
-from neuroscribe.distill.planted_rules import PARTS, split_suite, suite
+from neuroscribe.distill.planted.suite import PARTS, split_suite, suite
 from neuroscribe.records import SPLITS
 
 
@@ -168,8 +168,8 @@ def test_every_rule_has_paraphrases_outside_the_teacher_grammar():
     """Gate (c) needs true phrasings the teacher never writes: every phrase the patterns teacher produces
     matches TEACHER_GRAMMAR, and no paraphrase of any suite rule does (nor repeats a suite phrasing)."""
     from neuroscribe.backends.patterns import Run, candidates
-    from neuroscribe.distill.planted_paraphrases import in_teacher_grammar, paraphrases
-    from neuroscribe.distill.planted_rules import suite
+    from neuroscribe.distill.planted.paraphrases import in_teacher_grammar, paraphrases
+    from neuroscribe.distill.planted.suite import suite
 
     run_sets = [
         [Run(" cat", "the ", " sat"), Run(" cat", "a ", " ran"), Run(" dog", "the ", " sat")],
@@ -195,8 +195,8 @@ def test_graded_rules_span_the_label_classes_and_training_can_avoid_template_wor
     (the same word always alike), and paraphrase-only rows never carry a phrasing of the teacher's grammar."""
     from dataclasses import replace
 
-    from neuroscribe.distill.planted import match_strength
-    from neuroscribe.distill.planted_paraphrases import in_teacher_grammar, paraphrases
+    from neuroscribe.distill.planted.features import match_strength
+    from neuroscribe.distill.planted.paraphrases import in_teacher_grammar, paraphrases
 
     by_name = {r.name: r for r in suite()}
     rules = [replace(by_name[n], graded=True) for n in ("shape:digits", "punct:,", "word:object")]

@@ -16,9 +16,9 @@ from neuroscribe import scoring
 from neuroscribe.configs import CollectConfig, MiningConfig
 from neuroscribe.corpus import context_prefix, neutral_context
 from neuroscribe.distill.collect import collect
-from neuroscribe.distill.intervals import FINE
-from neuroscribe.distill.mining import Miner
-from neuroscribe.distill.splits import assign_splits
+from neuroscribe.distill.collect.intervals import FINE
+from neuroscribe.distill.collect.mining import Miner
+from neuroscribe.distill.collect.splits import assign_splits
 from neuroscribe.features import ActivationReader, parse_feature_spec
 from neuroscribe.models import load_model
 from neuroscribe.prompts import MAX_DIGIT, display_tokens, explainer_messages
@@ -97,7 +97,7 @@ def test_interval_samples_do_not_depend_on_read_order_batches_or_ranks():
     assert _entries(one) == _entries(a) and len(_entries(one)) > 20
     # and each fine bin holds exactly the lowest-priority windows of that bin at the final scale
     peak = acts.amax(1)  # [N, F]
-    from neuroscribe.distill.mining import window_priorities
+    from neuroscribe.distill.collect.mining import window_priorities
 
     prio = window_priorities(0, list(range(N)), F)[0]  # [F, N] the interval stream
     bins = FINE * 4

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from test_datasets import candidate, rows_of, write_scored_dir
 
-from neuroscribe.distill.planted import RULES, planted_features
+from neuroscribe.distill.planted.features import RULES, planted_features
 from neuroscribe.distill.simulator_data import SimulatorDataConfig, build_simulator_data, simulator_data_command
 from neuroscribe.runs.simulator import read_simulator_file
 from neuroscribe.runs.train import RUN_INFO

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from neuroscribe.distill.splits import assign_splits
+from neuroscribe.distill.collect.splits import assign_splits
 
 
 def _feature(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:

@@ -1,6 +1,6 @@
 """Natural paraphrases of every planted rule, written outside the teacher's phrase grammar.
 
-The suite's phrasings (`planted_rules`) and the `patterns:v1` teacher share templates (`the word "X"`,
+The suite's phrasings (`suite`) and the `patterns:v1` teacher share templates (`the word "X"`,
 `the word right after "X"`, `words ending in "-X"`, the bracket sentences). A judge that learned those
 templates could reward wording over content. These paraphrases say the same thing another way — no
 quoted `"X"` after "the word", no `-X` affix notation, none of the teacher's sentences — so scoring a
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import re
 
-from .planted import PlantedRule
-from .planted_rules import MORPHOLOGY, PUNCTUATION, WORD_CLASSES
+from .features import PlantedRule
+from .suite import MORPHOLOGY, PUNCTUATION, WORD_CLASSES
 
 # the phrase forms the patterns:v1 teacher and the suite's phrasings use (a paraphrase matches none)
 TEACHER_GRAMMAR = (

@@ -325,11 +325,3 @@ def _meta(cfg: CollectConfig, tok, groups, prefix, n_windows: int, world: int, k
         "neuroscribe_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-
-
-if __name__ == "__main__":
-    import sys
-
-    from neuroscribe.cli import app
-
-    app(["collect", *sys.argv[1:]], prog_name="neuroscribe.distill.collect")

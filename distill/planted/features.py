@@ -194,7 +194,7 @@ def planted_features(
     windows: Sequence[PlantedWindow] | None = None,
 ) -> list[FeatureExemplars]:
     """One FeatureExemplars per rule (module doc): n_top top and n_random random windows per rule."""
-    from .splits import assign_splits
+    from neuroscribe.distill.collect.splits import assign_splits
 
     rules = list(RULES.values() if rules is None else rules)
     windows = list(windows) if windows is not None else list(corpus_windows(tokenizer, window, max_windows, dataset))
@@ -273,7 +273,7 @@ def simulator_rows(
     misses, same grammar and other content, the contrast gate (a) measures. A random window gets no
     mismatched rows (it is mostly silent under any rule: they would add zeros, not contrast).
     `phrasings` says which true phrasings a row may carry (default: the suite's, `all_phrasings`; e.g.
-    `planted_paraphrases.paraphrases` to keep the teacher's template wording out of training)."""
+    `paraphrases.paraphrases` to keep the teacher's template wording out of training)."""
     phrasings = phrasings or (lambda r: r.all_phrasings)
     from neuroscribe.simulators.finetuned_format import activation_classes
 

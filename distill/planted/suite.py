@@ -19,7 +19,7 @@ import hashlib
 import re
 from collections.abc import Iterable
 
-from .planted import PlantedRule
+from .features import PlantedRule
 
 WORD_CLASSES: dict[str, tuple[str, tuple[str, ...]]] = {
     "colours": (
