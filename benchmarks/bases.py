@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import tempfile
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from neuroscribe.configs import CollectConfig, ExplainConfig, MiningConfig
 from neuroscribe.distill.collect import collect
 from neuroscribe.distill.explain import explain
 from neuroscribe.eval.stats import bootstrap_ci, paired_difference
-from neuroscribe.models import DEFAULT_MODEL, cache_dir
+from neuroscribe.models import DEFAULT_MODEL, cache_dir, warn_unless_one_thread
 from neuroscribe.records import Explanation, FeatureId, best_candidate
 from neuroscribe.runs.explain import read_explain_run
 from neuroscribe.runs.store import ExemplarStore
@@ -69,8 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    if os.environ.get("OMP_NUM_THREADS") != "1":
-        print("warning: set OMP_NUM_THREADS=1 for comparable numbers")
+    warn_unless_one_thread()
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-bases-"))
     n, layer = args.n, args.layer
     spec = [f"mlp:{layer}:0-{n - 1}", f"random:{layer}:{n}", f"pca:{layer}:{n}", f"ica:{layer}:{n}"]

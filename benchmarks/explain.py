@@ -19,7 +19,6 @@ No cache is shared between the runs: each starts from an empty one.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from neuroscribe.cache import Cache
 from neuroscribe.configs import CollectConfig, ExplainConfig, MiningConfig
 from neuroscribe.distill.collect import collect
 from neuroscribe.distill.explain import explain
-from neuroscribe.models import DEFAULT_MODEL, load_shared
+from neuroscribe.models import DEFAULT_MODEL, load_shared, warn_unless_one_thread
 from neuroscribe.prompts import explainer_messages, parse_explanation, simulator_prompt
 from neuroscribe.records import Explanation
 from neuroscribe.runs.store import ExemplarStore
@@ -96,8 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=8)
     args = ap.parse_args(argv)
-    if os.environ.get("OMP_NUM_THREADS") != "1":
-        print("warning: set OMP_NUM_THREADS=1 for comparable numbers")
+    warn_unless_one_thread()
     torch.manual_seed(0)
     tmp = Path(tempfile.mkdtemp(prefix="bench-explain-"))
     collect(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from neuroscribe.distill.planted.paraphrases import paraphrases
 from neuroscribe.eval.calibration import calibrate
 from neuroscribe.eval.demo import proof_config, train_simulator
 from neuroscribe.eval.demo_data import live_planted, planted_parts, simulator_cache
-from neuroscribe.models import cache_dir, load_tokenizer
+from neuroscribe.models import cache_dir, load_tokenizer, warn_unless_one_thread
 from neuroscribe.simulators import load_simulator
 
 
@@ -47,8 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the simulator's training")
     ap.add_argument("--out", default="runs/judge", help="folder of the training data and logs")
     args = ap.parse_args(argv)
-    if os.environ.get("OMP_NUM_THREADS") != "1":
-        print("warning: set OMP_NUM_THREADS=1 for comparable numbers")
+    warn_unless_one_thread()
     changes = parse_set(args.set)
     cfg = dataclasses.replace(proof_config(DemoConfig()), **changes)
     parts, tok = planted_parts(cfg), load_tokenizer(cfg.model)

@@ -19,14 +19,13 @@ each group (it is ~5x slower).
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 from neuroscribe.configs import DemoConfig
 from neuroscribe.distill.planted.features import PlantedRule
 from neuroscribe.eval.calibration import calibrate
 from neuroscribe.eval.demo_data import live_planted, planted_parts, simulator_cache
-from neuroscribe.models import DEFAULT_MODEL, cache_dir, load_tokenizer
+from neuroscribe.models import DEFAULT_MODEL, cache_dir, load_tokenizer, warn_unless_one_thread
 from neuroscribe.simulators import load_simulator
 
 NOVEL = (
@@ -51,8 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prompted-rules", type=int, default=4)
     ap.add_argument("--wrong", type=int, default=4, help="wrong explanations per rule (the demo's count)")
     args = ap.parse_args(argv)
-    if os.environ.get("OMP_NUM_THREADS") != "1":
-        print("warning: set OMP_NUM_THREADS=1 for comparable numbers")
+    warn_unless_one_thread()
     cfg = DemoConfig()
     parts = planted_parts(cfg)
     done, _ = simulator_cache(cache_dir(), cfg, parts["simulator"])

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from neuroscribe.corpus import builtin_documents, iter_windows
-from neuroscribe.models import DEFAULT_MODEL, load_model
+from neuroscribe.models import DEFAULT_MODEL, load_model, warn_unless_one_thread
 from neuroscribe.prompts import simulator_prompt
 from neuroscribe.records import Exemplar
 from neuroscribe.simulators.allatonce import LocalSimulator
@@ -65,8 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=5, help="interleaved timed runs; the best of each is used")
     ap.add_argument("--server", action="store_true", help="also time the reference echo path on llama.cpp")
     args = ap.parse_args(argv)
-    if os.environ.get("OMP_NUM_THREADS") != "1":
-        print("warning: set OMP_NUM_THREADS=1 (2 threads is up to 10x slower on this machine)")
+    warn_unless_one_thread()
     torch.manual_seed(0)
 
     model, tok = load_model(args.model, dtype=args.dtype, device=args.device)

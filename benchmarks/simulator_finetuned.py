@@ -12,13 +12,12 @@ a merged LoRA has the base model's shape). Interleaved repeats, best of each.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import torch
 
 from neuroscribe.distill.planted.features import RULES, planted_features
-from neuroscribe.models import DEFAULT_MODEL, load_model
+from neuroscribe.models import DEFAULT_MODEL, load_model, warn_unless_one_thread
 from neuroscribe.records import Explanation
 from neuroscribe.scorers import simulate_and_score
 from neuroscribe.simulators import load_simulator
@@ -38,8 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
-    if os.environ.get("OMP_NUM_THREADS") != "1":
-        print("warning: set OMP_NUM_THREADS=1 (2 threads is up to 10x slower on this machine)")
+    warn_unless_one_thread()
     torch.manual_seed(0)
     model, tok = load_model(args.model, dtype=args.dtype)
     per_side = 3 * (args.exemplars // 2)  # the score split gets a third of each source

@@ -1,12 +1,14 @@
-"""Writing a distilled dataset folder as a Hub dataset repository: Parquet splits, card, push."""
+"""A distilled dataset folder as a Hub dataset repository: the splits' schemas, the card, push."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from datasets import Dataset, Features, List, Value
+from datasets import Features, List, Value
 from huggingface_hub import DatasetCard, DatasetCardData
+
+from neuroscribe.runs.datasets import DatasetBuild
 
 _MESSAGES = List({"role": Value("string"), "content": Value("string")})
 _COMMON = {"feature": Value("string")}
@@ -31,39 +33,13 @@ FEATURES = {
 }
 
 
-def write_parquet_splits(folder: Path, rows: dict[str, dict[str, list[dict]]]) -> dict[str, dict[str, str]]:
-    """Write `folder/<config>/<split>.parquet` for every non-empty split; returns config -> split -> path."""
-    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-
-    was_disabled = are_progress_bars_disabled()
-    disable_progress_bars()  # one bar per tiny file is noise
-    try:
-        return _write(folder, rows)
-    finally:
-        if not was_disabled:
-            enable_progress_bars()
-
-
-def _write(folder: Path, rows: dict[str, dict[str, list[dict]]]) -> dict[str, dict[str, str]]:
-    files: dict[str, dict[str, str]] = {}
-    for config, splits in rows.items():
-        for split, split_rows in splits.items():
-            if not split_rows:
-                continue  # load_dataset refuses a split with no rows
-            rel = f"{config}/{split}.parquet"
-            (folder / config).mkdir(parents=True, exist_ok=True)
-            Dataset.from_list(split_rows, features=FEATURES[config]).to_parquet(str(folder / rel))
-            files.setdefault(config, {})[split] = rel
-    return files
-
-
 def _num(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
-def dataset_card(info: dict, files: dict[str, dict[str, str]]) -> DatasetCard:
+def dataset_card(info: DatasetBuild, files: dict[str, dict[str, str]]) -> DatasetCard:
     """A card with the provenance a reader needs to trust (or distrust) the labels."""
-    meta, stats, cfg = info["meta"], info["stats"], info["config"]
+    meta, stats, cfg = info.meta, info.stats, info.config
     configs = [
         {"config_name": c, "data_files": [{"split": s, "path": p} for s, p in splits.items()]}
         for c, splits in files.items()
@@ -76,7 +52,7 @@ def dataset_card(info: dict, files: dict[str, dict[str, str]]) -> DatasetCard:
         tags=["interpretability", "neuron-explanations", "neuroscribe", "sft", "dpo"],
         task_categories=["text-generation"],
     )
-    rows = info["rows"]
+    rows = info.rows
     row_table = "\n".join(f"| {c} | {rows[c]['train']} | {rows[c]['validation']} |" for c in rows)
     score_rows = "\n".join(
         f"| {name} | {s['n']} | {_num(s['mean'])} | {_num(s['median'])} | {_num(s['min'])} | {_num(s['max'])} |"
@@ -89,17 +65,17 @@ def dataset_card(info: dict, files: dict[str, dict[str, str]]) -> DatasetCard:
     body = f"""
 # Explainer distillation data (neuroscribe)
 
-Explanations of features of **{info["source_model"]}**, written by a teacher model (best of
+Explanations of features of **{info.source_model}**, written by a teacher model (best of
 {meta["k"]} candidates per feature) and scored by a simulator on held-out exemplars
 (split `{meta["split"]}`). Built by `neuroscribe distill build`.
 
 | | |
 |---|---|
-| source (subject) model | `{info["source_model"]}` |
+| source (subject) model | `{info.source_model}` |
 | teacher | `{meta["teacher"]}` |
 | simulator | `{meta["simulator"]}` |
 | prompt | style `{meta["prompt_style"]}`, version `{meta["prompt_version"]}` |
-| features | {stats["features"]} scored; train {len(info["splits"]["train"])}, validation {len(info["splits"]["validation"])}, held out {len(info["splits"]["heldout"])} |
+| features | {stats["features"]} scored; train {len(info.splits["train"])}, validation {len(info.splits["validation"])}, held out {len(info.splits["heldout"])} |
 | SFT threshold | score >= {cfg["threshold"]} ({stats["features_with_winner"]} features have a winner) |
 | preference pairs | margin >= {cfg["min_margin"]}, at most {cfg["max_pairs_per_feature"]} per feature |
 | augmentation | {cfg["augment"]} extra prompt variants per training feature ({cfg["augment_sizes"][0]}-{cfg["augment_sizes"][1]} of the top {cfg["augment_pool"]} exemplars, shuffled) |

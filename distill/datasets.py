@@ -18,17 +18,19 @@ import hashlib
 import math
 import random
 import statistics
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from neuroscribe.configs import DistillConfig
+from neuroscribe.distill.cards import FEATURES, dataset_card, push_dataset
 from neuroscribe.options import to_dict
 from neuroscribe.prompts import PROMPT_VERSION, explainer_exemplars, explainer_messages
 from neuroscribe.records import Exemplar, FeatureExemplars, FeatureId, ScoredExplanation, best_candidate
-from neuroscribe.runs.datasets import read_heldout, write_dataset_folder
+from neuroscribe.runs.datasets import DatasetBuild, read_heldout, write_dataset_folder, write_parquet_splits
 from neuroscribe.runs.explain import ExplainRun, read_explain_run
 from neuroscribe.runs.files import RunFileError, guard_output
+from neuroscribe.runs.store import ExemplarStore
 
 ANSWER_PREFIX = "Explanation: "  # the answer format the explainer prompt asks for
 # sft_control: the format-control student's data, the sft rows with every feature's winner moved to another
@@ -76,17 +78,17 @@ def load_scored(scored_dir: str | Path) -> ExplainRun:
     match the prompts this neuroscribe rebuilds."""
     run = read_explain_run(scored_dir)
     meta_path = run.path / "meta.json"
-    if run.meta["prompt_version"] != PROMPT_VERSION:
+    if run.meta.prompt_version != PROMPT_VERSION:
         raise RunFileError(
-            f"{meta_path}: field prompt_version is {run.meta['prompt_version']!r} but neuroscribe.prompts is at "
+            f"{meta_path}: field prompt_version is {run.meta.prompt_version!r} but neuroscribe.prompts is at "
             f"{PROMPT_VERSION!r}; the rebuilt prompts would differ from what the teacher saw. Re-run explain."
         )
     for cand in run.candidates:
         version = cand.explanation.prompt_version
-        if version and version != run.meta["prompt_version"]:
+        if version and version != run.meta.prompt_version:
             raise RunFileError(
                 f"{run.path / 'candidates.jsonl'}: field explanation.prompt_version {version!r} != "
-                f"meta.json's {run.meta['prompt_version']!r} (feature {cand.explanation.feature})"
+                f"meta.json's {run.meta.prompt_version!r} (feature {cand.explanation.feature})"
             )
     if not run.by_feature:
         raise RunFileError(f"{run.path / 'candidates.jsonl'}: no candidates")
@@ -95,13 +97,12 @@ def load_scored(scored_dir: str | Path) -> ExplainRun:
 
 def store_lookup(scored: ExplainRun) -> Callable[[str], FeatureExemplars]:
     """The exemplar store named in meta.json (a relative path may be relative to the explain folder)."""
-    from neuroscribe.runs.store import ExemplarStore
 
     return ExemplarStore(store_path(scored)).get
 
 
 def store_path(scored: ExplainRun) -> Path:
-    store = Path(scored.meta["store"])
+    store = Path(scored.meta.store)
     if not store.is_absolute() and not store.exists() and (scored.path / store).exists():
         store = scored.path / store
     return store
@@ -203,21 +204,30 @@ def _assistant(text: str) -> list[dict]:
 # ------------------------------------------------------------------------------- building
 
 
-def build_rows(
-    scored: ExplainRun, lookup: Lookup, split: FeatureSplit, cfg: DistillConfig
-) -> dict[str, dict[str, list[dict]]]:
-    """config -> split -> rows. Held-out features never reach a row."""
+def training_records(
+    by_feature: Mapping[str, Sequence[ScoredExplanation]], lookup: Lookup, split: FeatureSplit
+) -> Iterator[tuple[str, FeatureExemplars, Sequence[ScoredExplanation]]]:
+    """(train | validation, exemplars, candidates) of every feature not held out, in `by_feature` order."""
     get = lookup.__getitem__ if isinstance(lookup, Mapping) else lookup
-    style = scored.meta["prompt_style"]
-    rng = random.Random(cfg.seed)
-    out: dict[str, dict[str, list[dict]]] = {c: {s: [] for s in SPLITS} for c in CONFIGS}
-    for key, candidates in scored.by_feature.items():
+    for key, candidates in by_feature.items():
         part = split.of(key)
         if part == "heldout":
             continue
         record = get(key)
         if record.feature.key != key:
             raise ValueError(f"exemplar lookup returned {record.feature.key} for feature {key}")
+        yield part, record, candidates
+
+
+def build_rows(
+    scored: ExplainRun, lookup: Lookup, split: FeatureSplit, cfg: DistillConfig
+) -> dict[str, dict[str, list[dict]]]:
+    """config -> split -> rows. Held-out features never reach a row."""
+    style = scored.meta.prompt_style
+    rng = random.Random(cfg.seed)
+    out: dict[str, dict[str, list[dict]]] = {c: {s: [] for s in SPLITS} for c in CONFIGS}
+    for part, record, candidates in training_records(scored.by_feature, lookup, split):
+        key = record.feature.key
         prompt = explainer_messages(record, style=style, max_exemplars=cfg.max_exemplars)
         winner = best_candidate(candidates, cfg.threshold)
         if winner is not None:
@@ -308,13 +318,12 @@ def build_datasets(config: DistillConfig, *, records: Lookup | None = None) -> D
     records: FeatureExemplars by key (a mapping or a callable); default: the store in meta.json.
     An existing non-empty output folder is never replaced unless `config.overwrite` is set.
     """
-    from neuroscribe.distill.cards import dataset_card, write_parquet_splits
 
     guard_output(config.out, {"--scored": config.scored, "--heldout-file": config.heldout_file})
     scored = load_scored(config.scored)
     guard_output(config.out, {"store": store_path(scored)})
     # the student must see exactly what the teacher saw: same exemplar count as the explain run
-    config = dataclasses.replace(config, max_exemplars=scored.meta.get("max_exemplars", config.max_exemplars))
+    config = dataclasses.replace(config, max_exemplars=scored.meta.max_exemplars or config.max_exemplars)
     heldout = read_heldout(config.heldout_file) if config.heldout_file else None
     lookup = records if records is not None else store_lookup(scored)
     split = split_features(
@@ -327,41 +336,35 @@ def build_datasets(config: DistillConfig, *, records: Lookup | None = None) -> D
             f"{scored.path}: no training rows: no feature reaches score >= {config.threshold} "
             f"(best {_fmt(stats['best_score']['max'])}) and no pair differs by >= {config.min_margin}"
         )
-    info = {
-        "scored_dir": str(scored.path),
-        "meta": scored.meta,
-        "config": to_dict(config),
-        "inputs": {
-            "explain_fingerprint": scored.meta.get("fingerprint"),
-            "store_fingerprint": scored.meta.get("store_fingerprint"),
-        },
-        "source_model": _source_model(scored),
-        "stats": stats,
-        "splits": {"train": list(split.train), "validation": list(split.validation), "heldout": list(split.heldout)},
-        "rows": {c: {s: len(rows[c][s]) for s in SPLITS} for c in CONFIGS},
-    }
+    info = DatasetBuild(
+        scored_dir=str(scored.path),
+        meta=asdict(scored.meta),
+        config=to_dict(config),
+        inputs={"explain_fingerprint": scored.meta.fingerprint, "store_fingerprint": scored.meta.store_fingerprint},
+        source_model=_source_model(scored),
+        stats=stats,
+        splits={"train": list(split.train), "validation": list(split.validation), "heldout": list(split.heldout)},
+        rows={c: {s: len(rows[c][s]) for s in SPLITS} for c in CONFIGS},
+    )
     files: dict = {}
     write_dataset_folder(
         config.out,
-        lambda tmp: files.update(write_parquet_splits(tmp, rows)),
+        lambda tmp: files.update(write_parquet_splits(tmp, rows, FEATURES.__getitem__)),
         list(split.heldout),
         info,
         lambda tmp: dataset_card(info, files).save(tmp / "README.md"),
         config.overwrite,
     )
     out = Path(config.out)
-    return DistillResult(out, info["rows"], {k: len(v) for k, v in info["splits"].items()}, stats)
+    return DistillResult(out, info.rows, {k: len(v) for k, v in info.splits.items()}, stats)
 
 
 def _source_model(scored: ExplainRun) -> str:
     """The subject model: meta.json's if the explain stage wrote one, else the store's."""
-    for key in ("subject_model", "model"):
-        if scored.meta.get(key):
-            return str(scored.meta[key])
+    if scored.meta.subject_model:
+        return scored.meta.subject_model
     try:
-        from neuroscribe.runs.store import ExemplarStore
-
-        return str(ExemplarStore(store_path(scored)).meta.get("model", "unknown"))
+        return ExemplarStore(store_path(scored)).subject_model or "unknown"
     except (OSError, ValueError):
         return "unknown"
 
@@ -371,8 +374,6 @@ def build_command(config: DistillConfig, echo: Callable[[str], None] = print) ->
     result = build_datasets(config)
     echo(result.summary())
     if config.push_to_hub:
-        from neuroscribe.distill.cards import push_dataset
-
         url = push_dataset(result.out_dir, config.push_to_hub, private=config.private)
         echo(f"pushed {result.out_dir} to {url}")
     return result

@@ -21,11 +21,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from neuroscribe import dist as distributed
-from neuroscribe.backends import BackendError, BudgetExceeded, load_backend
+from neuroscribe.backends import BackendError, BudgetExceeded, limit_budget, load_backend
 from neuroscribe.backends.base import ChatRequest, SamplingParams
 from neuroscribe.cache import Cache
 from neuroscribe.configs import ExplainConfig
 from neuroscribe.faults import EXPLAIN_FEATURES, kill_point
+from neuroscribe.models import load_shared
 from neuroscribe.options import to_dict
 from neuroscribe.progress import progress
 from neuroscribe.prompts import PROMPT_VERSION, explainer_messages, parse_explanation
@@ -34,8 +35,9 @@ from neuroscribe.records import Explanation, ScoredExplanation, best_candidate, 
 from neuroscribe.runs import explain as run_files
 from neuroscribe.runs.files import OutputLock, fingerprint, guard_output, refuse_existing
 from neuroscribe.runs.store import ExemplarStore
-from neuroscribe.scorers import PROTOCOL, cached_scores, in_sample_features, judge_scores
+from neuroscribe.scorers import SCORING_VERSION, cached_scores, in_sample_features, judge_scores
 from neuroscribe.simulators import load_simulator
+from neuroscribe.specs import Spec
 
 
 def _normalised(text: str) -> str:
@@ -81,7 +83,7 @@ def explain(cfg: ExplainConfig) -> Path:
     keys = feature_keys(store, cfg.features, cfg.max_features)
     # the cache is closed (and removed again if empty) on any exit
     with OutputLock(out, dist.rank), Cache(cfg.cache or out / "cache.sqlite") as cache:
-        budget = cfg.limits.budget()  # one budget for every HTTP call of the run
+        budget = limit_budget(cfg.limits)  # one budget for every HTTP call of the run
         teacher = _teacher(cfg, cache, budget)
         simulator = load_simulator(cfg.simulator, cache, dtype=cfg.dtype, limits=cfg.limits, budget=budget)
         in_sample = in_sample_features(simulator, keys, cfg.allow_in_sample, f"explain --simulator {cfg.simulator}")
@@ -92,7 +94,7 @@ def explain(cfg: ExplainConfig) -> Path:
                 "simulator": simulator.spec,
                 "teacher": teacher.spec,
                 "prompt_version": PROMPT_VERSION,
-                "protocol": PROTOCOL,
+                "protocol": SCORING_VERSION,
             }
         )
         if dist.is_main:
@@ -124,14 +126,13 @@ def _servers(teacher, simulator) -> dict[str, list[str]]:
 
 
 def _teacher(cfg: ExplainConfig, cache: Cache, budget):
-    if cfg.teacher.startswith("hf:"):
-        from neuroscribe.models import load_shared
-
+    teacher = Spec.parse(cfg.teacher)
+    if teacher.kind == "hf":
         return load_backend(
-            cfg.teacher,
+            teacher,
             cache,
             stage="explain",
-            loaded=load_shared(cfg.teacher[3:], cfg.dtype),
+            loaded=load_shared(teacher.model, cfg.dtype),
             batch_size=cfg.teacher_batch_size,
         )
     return load_backend(cfg.teacher, cache, cfg.limits, budget, stage="explain")
@@ -238,31 +239,35 @@ def _merge(
         if k in done:
             winner = best_candidate([from_json(ScoredExplanation, c) for c in done[k]])
             best.append(winner.score if winner else math.nan)
-    meta = {
-        **{k: v for k, v in to_dict(cfg).items() if k not in ("out", "progress", "cache", "overwrite")},
-        "config": to_dict(cfg),
-        "teacher": teacher,
-        "simulator": simulator,
-        "prompt_version": PROMPT_VERSION,
-        "store": cfg.store,
-        "store_fingerprint": store.fingerprint,
-        "subject_model": store.meta.get("model"),
-        "fingerprint": key,
-        "status": "partial" if failed else "complete",
-        "protocol": PROTOCOL,
-        "sampling": store.protocol,
-        "failed_features": failed,
-        "servers": run_files.parts_servers(out),
-        "n_features": len(keys),
-        "n_failed": len(failed),
-        "n_candidates": len(rows),
-        "n_unparsed": sum(not r["explanation"]["ok"] for r in rows),
-        "n_duplicates_dropped": (len(keys) - len(failed)) * cfg.k - len(rows),
-        "mean_best_score_in_sample": _mean(best),
-        "mean_score": _mean(scores),
-        "note": f"scores are on the `{cfg.split}` split that selects winners: mean_best_score_in_sample is "
+    meta = run_files.ExplainMeta(
+        store=cfg.store,
+        teacher=teacher,
+        simulator=simulator,
+        prompt_style=cfg.prompt_style,
+        prompt_version=PROMPT_VERSION,
+        k=cfg.k,
+        split=cfg.split,
+        max_exemplars=cfg.max_exemplars,
+        temperature=cfg.temperature,
+        status="partial" if failed else "complete",
+        store_fingerprint=store.fingerprint,
+        subject_model=store.subject_model,
+        fingerprint=key,
+        scoring_version=SCORING_VERSION,
+        sampling=store.protocol,
+        failed_features=failed,
+        servers=run_files.parts_servers(out),
+        n_features=len(keys),
+        n_failed=len(failed),
+        n_candidates=len(rows),
+        n_unparsed=sum(not r["explanation"]["ok"] for r in rows),
+        n_duplicates_dropped=(len(keys) - len(failed)) * cfg.k - len(rows),
+        mean_best_score_in_sample=_mean(best),
+        mean_score=_mean(scores),
+        note=f"scores are on the `{cfg.split}` split that selects winners: mean_best_score_in_sample is "
         "optimistic; report quality on a split no selection saw (eval uses `test`)",
-    }
+        config=to_dict(cfg),
+    )
     run_files.write_run(out, rows, meta, {s: u.__dict__ for s, u in cache.stages().items()})
 
 

@@ -14,13 +14,15 @@ from pathlib import Path
 from neuroscribe import dist as distributed
 from neuroscribe.cache import Cache
 from neuroscribe.configs import ScoreConfig
+from neuroscribe.interchange import import_explanations
+from neuroscribe.interventions import InterventionScorer, mean_of
 from neuroscribe.options import to_dict
 from neuroscribe.progress import progress
 from neuroscribe.records import STATUSES, Explanation, ScoredExplanation, from_json, to_json
 from neuroscribe.runs import score as run_files
 from neuroscribe.runs.files import OutputLock, fingerprint, guard_output, read_jsonl, refuse_existing
 from neuroscribe.runs.store import ExemplarStore
-from neuroscribe.scorers import FAILURE_SCORE, PROTOCOL, cached_score, headline, in_sample_features
+from neuroscribe.scorers import FAILURE_SCORE, SCORING_VERSION, cached_score, headline, in_sample_features
 from neuroscribe.simulators import load_simulator
 
 # An explanation is a phrase or a few sentences (explain caps them at --max-tokens); a longer "explanation"
@@ -44,8 +46,6 @@ def read_explanations(path: str | Path) -> list[Explanation]:
     if not path.exists():
         raise FileNotFoundError(f"explanations file {path} does not exist")
     if path.is_dir() or path.suffix == ".json":
-        from neuroscribe.interchange import import_explanations
-
         out = import_explanations(path)
         for e in out:
             _check_length(e.text, f"{path} (feature {e.feature})")
@@ -136,15 +136,13 @@ def score(cfg: ScoreConfig) -> list[ScoredExplanation]:
                 "simulator": sim.spec,
                 "split": cfg.split,
                 "target": cfg.target,
-                "protocol": PROTOCOL,
+                "protocol": SCORING_VERSION,
                 "sampling": store.protocol,
                 "usage": {k: v.__dict__ for k, v in db.stages().items()},
             }
             interventions = None
             if cfg.intervention:
                 from dataclasses import asdict
-
-                from neuroscribe.interventions import InterventionScorer, mean_of
 
                 scorer = InterventionScorer(store, cfg.judge, cfg.steer, cfg.dtype)
                 found = [

@@ -25,17 +25,17 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from neuroscribe.configs import SimulatorDataConfig
 from neuroscribe.options import to_dict
 from neuroscribe.records import Exemplar, FeatureExemplars, ScoredExplanation, best_candidate
-from neuroscribe.runs.datasets import read_heldout, write_dataset_folder
+from neuroscribe.runs.datasets import DatasetBuild, read_heldout, write_dataset_folder, write_parquet_splits
 from neuroscribe.runs.files import guard_output
 from neuroscribe.simulators.finetuned_format import activation_classes, feature_max
 
-from .datasets import FeatureSplit, load_scored, split_features, store_lookup, store_path
+from .datasets import FeatureSplit, load_scored, split_features, store_lookup, store_path, training_records
 
 STAGES = ("stage1", "stage2")
 SPLITS = ("train", "validation")
@@ -110,16 +110,9 @@ def build_rows(
     by_feature: Mapping[str, Sequence[ScoredExplanation]], lookup: Lookup, split: FeatureSplit, cfg: SimulatorDataConfig
 ) -> dict[str, dict[str, list[dict]]]:
     """stage -> split -> rows; held-out features never reach a row."""
-    get = lookup.__getitem__ if isinstance(lookup, Mapping) else lookup
     rng = random.Random(cfg.seed)
     out: dict[str, dict[str, list[dict]]] = {s: {p: [] for p in SPLITS} for s in STAGES}
-    for key, candidates in by_feature.items():
-        part = split.of(key)
-        if part == "heldout":
-            continue
-        record = get(key)
-        if record.feature.key != key:
-            raise ValueError(f"exemplar lookup returned {record.feature.key} for feature {key}")
+    for part, record, candidates in training_records(by_feature, lookup, split):
         for stage, rows in stage_rows(record, candidates, cfg, rng).items():
             out[stage][part] += rows
     return out
@@ -129,12 +122,11 @@ def write_simulator_dataset(
     folder: str | Path,
     rows: dict[str, dict[str, list[dict]]],
     heldout: Iterable[str],
-    info: dict,
+    info: DatasetBuild,
     overwrite: bool = False,
 ) -> Path:
     """Parquet per stage and split, heldout.txt, build.json and a card (`runs.datasets` layout)."""
-    from datasets import Dataset, Features, List, Value
-    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from datasets import Features, List, Value
     from huggingface_hub import DatasetCard, DatasetCardData
 
     schema = Features(
@@ -155,21 +147,11 @@ def write_simulator_dataset(
     configs: list[dict] = []
 
     def fill(tmp: Path) -> None:
-        quiet = are_progress_bars_disabled()
-        disable_progress_bars()
-        try:
-            for stage, splits in rows.items():
-                files = []
-                for part, part_rows in splits.items():
-                    if part_rows:  # load_dataset refuses an empty split
-                        (tmp / stage).mkdir(exist_ok=True)
-                        Dataset.from_list(part_rows, features=schema).to_parquet(str(tmp / stage / f"{part}.parquet"))
-                        files.append({"split": part, "path": f"{stage}/{part}.parquet"})
-                if files:
-                    configs.append({"config_name": stage, "data_files": files})
-        finally:
-            if not quiet:
-                enable_progress_bars()
+        files = write_parquet_splits(tmp, rows, lambda _: schema)
+        configs.extend(
+            {"config_name": stage, "data_files": [{"split": s, "path": p} for s, p in splits.items()]}
+            for stage, splits in files.items()
+        )
 
     def card(tmp: Path) -> None:
         data = DatasetCardData(
@@ -184,7 +166,7 @@ def write_simulator_dataset(
     return write_dataset_folder(folder, fill, list(heldout), info, card, overwrite)
 
 
-def _card_body(rows: dict[str, dict[str, list[dict]]], info: dict) -> str:
+def _card_body(rows: dict[str, dict[str, list[dict]]], info: DatasetBuild) -> str:
     counts = "\n".join(f"| {s} | {len(rows[s]['train'])} | {len(rows[s]['validation'])} |" for s in rows)
     return f"""
 # Simulator training data (neuroscribe)
@@ -193,7 +175,7 @@ Rows of (explanation, exemplar tokens, per-token activation class 0..10) for tra
 activation simulator (`neuroscribe train simulator`). Class = min(10, floor(10 * relu(a) /
 max_a)), max_a the feature's max activation. `stage1` pairs every exemplar with random candidate
 explanations of its feature, `stage2` with its best-scoring one. Built by
-`neuroscribe distill simulator-data` from `{info.get("scored_dir")}`.
+`neuroscribe distill simulator-data` from `{info.scored_dir}`.
 
 | stage | train rows | validation rows |
 |---|---|---|
@@ -219,16 +201,16 @@ def build_simulator_data(config: SimulatorDataConfig, *, records: Lookup | None 
     rows = build_rows(scored.by_feature, lookup, split, config)
     if not rows["stage1"]["train"]:
         raise ValueError(f"{scored.path}: no training rows (no training feature has a parseable candidate)")
-    info = {
-        "scored_dir": str(scored.path),
-        "meta": scored.meta,
-        "config": to_dict(config),
-        "source_model": scored.meta.get("subject_model") or scored.meta.get("model"),
-        "splits": {"train": list(split.train), "validation": list(split.validation), "heldout": list(split.heldout)},
-        "rows": {s: {p: len(rows[s][p]) for p in SPLITS} for s in STAGES},
-    }
+    info = DatasetBuild(
+        scored_dir=str(scored.path),
+        meta=asdict(scored.meta),
+        config=to_dict(config),
+        source_model=scored.meta.subject_model,
+        splits={"train": list(split.train), "validation": list(split.validation), "heldout": list(split.heldout)},
+        rows={s: {p: len(rows[s][p]) for p in SPLITS} for s in STAGES},
+    )
     out = write_simulator_dataset(config.out, rows, split.heldout, info, config.overwrite)
-    return SimulatorDataResult(out, info["rows"], {k: len(v) for k, v in info["splits"].items()})
+    return SimulatorDataResult(out, info.rows, {k: len(v) for k, v in info.splits.items()})
 
 
 def simulator_data_command(config: SimulatorDataConfig, echo: Callable[[str], None] = print) -> SimulatorDataResult:

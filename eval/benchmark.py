@@ -12,7 +12,6 @@ Everything goes through the sqlite cache, so a rerun generates and simulates not
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import random
 import time
@@ -23,24 +22,27 @@ from pathlib import Path
 from neuroscribe.backends import SamplingParams
 from neuroscribe.cache import Cache, cache_key
 from neuroscribe.configs import EvalConfig
+from neuroscribe.interventions import InterventionScore, InterventionScorer, mean_of
 from neuroscribe.options import to_dict
 from neuroscribe.progress import progress
 from neuroscribe.prompts import PROMPT_VERSION
-from neuroscribe.records import Explanation, FeatureExemplars, ScoredExplanation
+from neuroscribe.records import Explanation, FeatureExemplars, ScoredExplanation, SplitNames
 from neuroscribe.runs.datasets import heldout_file, read_build
-from neuroscribe.runs.eval import RESULTS, SCHEMA_VERSION
+from neuroscribe.runs.demo import read_calibration
+from neuroscribe.runs.eval import RESULTS, SCHEMA_VERSION, EvalResults, read_results, write_results
 from neuroscribe.runs.files import OutputLock, guard_output, refuse_existing, strict
 from neuroscribe.runs.store import ExemplarStore
-from neuroscribe.runs.train import trained_on
+from neuroscribe.runs.train import loss_curve, trained_on
 from neuroscribe.scorers import (
     FAILURE_SCORE,
-    PROTOCOL,
+    SCORING_VERSION,
     cached_scores,
     in_sample_features,
     judge_scores,
     split_gap,
 )
 from neuroscribe.simulators import load_simulator
+from neuroscribe.specs import Spec
 
 from .calibration import validity_gates
 from .explainers import (
@@ -58,27 +60,46 @@ from .explainers import (
     top_tokens_explanation,
 )
 from .heldout import dataset_folders, heldout_features
+from .report import write_report
 from .results import (
+    BASE_BEST_OF_1,
     COMPARISONS,
-    REPORT_SPLIT,
-    SELECTION_SPLIT,
+    CONTROL_BEST_OF_1,
+    NULL,
+    RANDOM_FEATURE,
+    REFERENCE_ROW,
+    STUDENT_BEST_OF_1,
+    STUDENT_BEST_OF_K,
+    TEACHER,
+    TEACHER_BEST_OF_1,
+    TOP_TOKENS,
     Cost,
     Explainer,
     Outcome,
     by_kind,
     comparisons,
     feature_entry,
+    fmt,
+    fmt_interval,
     reliability,
-    scored_exemplars,
+    seed_row,
     seeded_comparisons,
     summarise,
 )
+
+SEED_ROWS = {"student": STUDENT_BEST_OF_1, "control": CONTROL_BEST_OF_1}  # a further seed's side -> its row stem
+
+
+def _seed_side_row(side: str) -> str:
+    """The row of a further training seed's side (`student_s2` -> `student_best_of_1_s2`)."""
+    kind, _, i = side.partition("_s")
+    return seed_row(SEED_ROWS[kind], int(i))
 
 
 @dataclass(frozen=True)
 class EvalOutputs:
     out: Path
-    results: dict
+    results: EvalResults
     files: dict[str, Path]
 
 
@@ -106,12 +127,15 @@ def drawn(keys: list[str], n: int | None, seed: int, purpose: str) -> set[str] |
 class Scorer:
     """Every eval simulator over one cache; the first (primary) one also selects best-of-k winners."""
 
-    def __init__(self, simulators: list, cache: Cache, cfg: EvalConfig, in_sample: set[str], keys: list[str]):
+    def __init__(
+        self, simulators: list, cache: Cache, cfg: EvalConfig, in_sample: set[str], keys: list[str], splits: SplitNames
+    ):
         if cfg.detection and not hasattr(simulators[0], "yes_probabilities"):
             raise ValueError(
                 f"--detection needs a local simulator (hf:MODEL) first; {simulators[0].spec} cannot answer Yes/No"
             )
         self.simulators, self.cache, self.cfg, self.in_sample = simulators, cache, cfg, in_sample
+        self.splits = splits  # the store's: selection scores on `select`, every reported number on `report`
         self.judged_keys = drawn(keys, cfg.judged_features, cfg.seed, "judged")
         self.split_half_keys = drawn(keys, cfg.reliability_features, cfg.seed, "split-half")
         self.seconds: dict[str, float] = {}  # report-split scoring per simulator, and the split-half re-scoring
@@ -137,19 +161,19 @@ class Scorer:
             "judge",
             judge.spec,
             {
-                "protocol": PROTOCOL,
+                "protocol": SCORING_VERSION,
                 "target": self.cfg.target,
                 "seed": self.cfg.seed,
                 "explanation": explanation.text,
                 "feature": record.feature.key,
-                "split": REPORT_SPLIT,
-                "exemplars": [e.window_id for e in record.select(REPORT_SPLIT)],
+                "split": self.splits.report,
+                "exemplars": [e.window_id for e in record.select(self.splits.report)],
             },
         )
         hit = self.cache.get(key)
         if hit is not None:
             return {k: math.nan if v is None else v for k, v in hit.items()}
-        value = judge_scores(judge, explanation, record, REPORT_SPLIT, self.cfg.seed, self.cfg.target)
+        value = judge_scores(judge, explanation, record, self.splits.report, self.cfg.seed, self.cfg.target)
         self.cache.put(
             key,
             {k: None if math.isnan(v) else v for k, v in value.items()},
@@ -186,7 +210,7 @@ class Scorer:
         reported: dict[str, dict] = {r.name: {} for r in rows}
         for sim in self.simulators:
             mine = [r for r in rows if sim is self.primary or self.judged(r.name, key)]
-            for r, s in zip(mine, self._scores(sim, [r.chosen for r in mine], record, REPORT_SPLIT)):
+            for r, s in zip(mine, self._scores(sim, [r.chosen for r in mine], record, self.splits.report)):
                 if self.cfg.detection and sim is self.primary and r.chosen.ok:
                     s = dataclasses.replace(s, judges=self._judges(r.chosen, record))
                 reported[r.name][sim.spec] = s
@@ -196,7 +220,7 @@ class Scorer:
         other = dict(
             zip(
                 (r.name for r in unselected),
-                self._scores(self.primary, [r.chosen for r in unselected], record, SELECTION_SPLIT),
+                self._scores(self.primary, [r.chosen for r in unselected], record, self.splits.select),
             )
         )
         return {
@@ -213,6 +237,23 @@ class Scorer:
 # ------------------------------------------------------------------------------ inputs
 
 
+def _local_model(explainer: str) -> str | None:
+    """The local model an explainer spec runs (hf:PATH), whose training data the leak check reads."""
+    spec = Spec.parse(backend_spec(explainer))
+    return spec.model if spec.kind == "hf" else None
+
+
+def _report_splits(store: ExemplarStore) -> SplitNames:
+    """The store's split names; refused when selection and report would share a split."""
+    splits = store.split_names
+    if not splits.distinct:
+        raise ValueError(
+            f"{store.path / 'meta.json'}: field mining.splits is {list(store.mining.get('splits', ()))}; eval needs "
+            "three splits (explain, one that selects winners, one that reports), so no reported number was selected on"
+        )
+    return splits
+
+
 def _records(store: ExemplarStore, keys: list[str], features_file: Path) -> dict[str, FeatureExemplars]:
     unknown = [k for k in keys if k not in set(store.keys(include_dead=True))]
     if unknown:
@@ -220,16 +261,16 @@ def _records(store: ExemplarStore, keys: list[str], features_file: Path) -> dict
     return {k: store.get(k) for k in keys}
 
 
-def _insufficient(record: FeatureExemplars) -> str:
-    return split_gap(record, REPORT_SPLIT)
+def _insufficient(record: FeatureExemplars, splits: SplitNames) -> str:
+    return split_gap(record, splits.report)
 
 
 def _prompt_settings(cfg: EvalConfig, features_file: Path) -> tuple[str, int | None]:
     """(prompt style, exemplars per prompt): as given, else what the training datasets were built with,
     so the student is asked in the format it was trained on."""
-    info = read_build(cfg.datasets or features_file.parent) or {}
-    style = cfg.prompt_style or info.get("meta", {}).get("prompt_style", "plain")
-    return style, cfg.max_exemplars or info.get("config", {}).get("max_exemplars")
+    build = read_build(cfg.datasets or features_file.parent)
+    style = cfg.prompt_style or (build.explain_meta("prompt_style", "plain") if build else "plain")
+    return style, cfg.max_exemplars or (build.setting("max_exemplars") if build else None)
 
 
 def _check_teacher(pick: TeacherPick, store: ExemplarStore, primary: str) -> None:
@@ -270,7 +311,7 @@ def _best_of(samples: Samples, records, scorer: Scorer) -> dict:
     return {
         key: (best_or_first(scored), scored)
         for key, exps in samples.by_feature.items()
-        if (scored := tuple(scorer.score_many(exps, records[key], SELECTION_SPLIT)))
+        if (scored := tuple(scorer.score_many(exps, records[key], scorer.splits.select)))
     }
 
 
@@ -303,47 +344,39 @@ def _teacher_side(cfg: EvalConfig, pick: TeacherPick | None, keys, records, styl
     return _Side(picks, first, pick.cost, None, pick.provenance), pool
 
 
-def explainer_list(cfg: EvalConfig, teacher: _Side) -> list[Explainer]:
+def explainer_list(cfg: EvalConfig, teacher: _Side, splits: SplitNames) -> list[Explainer]:
     k_t = teacher.cost.samples_per_feature
     t_first = (
         f"sample 0 at temperature {teacher.provenance.get('teacher_temperature')}" if cfg.teacher_results else "greedy"
     )
     out = [
-        Explainer("teacher", f"teacher best-of-{k_t}", "teacher", k_t, f"best on {SELECTION_SPLIT}"),
-        Explainer("teacher_best_of_1", f"teacher best-of-1 ({t_first})", "teacher", 1, t_first),
+        Explainer(TEACHER, f"teacher best-of-{k_t}", "teacher", k_t, f"best on {splits.select}"),
+        Explainer(TEACHER_BEST_OF_1, f"teacher best-of-1 ({t_first})", "teacher", 1, t_first),
     ]
     if cfg.k > 1:
         out.append(
-            Explainer("student_best_of_k", f"student best-of-{cfg.k}", "student", cfg.k, f"best on {SELECTION_SPLIT}")
+            Explainer(STUDENT_BEST_OF_K, f"student best-of-{cfg.k}", "student", cfg.k, f"best on {splits.select}")
         )
-    out.append(Explainer("student_best_of_1", "student best-of-1 (greedy)", "student", 1, "greedy"))
+    out.append(Explainer(STUDENT_BEST_OF_1, "student best-of-1 (greedy)", "student", 1, "greedy"))
     if cfg.base:
-        out.append(Explainer("base_best_of_1", "base model best-of-1 (greedy, before training)", "base", 1, "greedy"))
+        out.append(Explainer(BASE_BEST_OF_1, "base model best-of-1 (greedy, before training)", "base", 1, "greedy"))
     for i, _ in enumerate(cfg.student_seeds, 1):
-        out.append(
-            Explainer(
-                f"student_best_of_1_s{i}", f"student best-of-1 (greedy), seed run {i + 1}", "student", 1, "greedy"
-            )
-        )
+        label = f"student best-of-1 (greedy), seed run {i + 1}"
+        out.append(Explainer(seed_row(STUDENT_BEST_OF_1, i), label, "student", 1, "greedy"))
     if cfg.control:
         label = "format-control student best-of-1 (greedy; winners shuffled across features)"
-        out.append(Explainer("control_best_of_1", label, "control", 1, "greedy"))
+        out.append(Explainer(CONTROL_BEST_OF_1, label, "control", 1, "greedy"))
     for i, _ in enumerate(cfg.control_seeds, 1):
-        out.append(
-            Explainer(f"control_best_of_1_s{i}", f"format-control best-of-1, seed run {i + 1}", "control", 1, "greedy")
-        )
+        label = f"format-control best-of-1, seed run {i + 1}"
+        out.append(Explainer(seed_row(CONTROL_BEST_OF_1, i), label, "control", 1, "greedy"))
     if cfg.reference:
-        out.append(Explainer("reference", f"reference: {cfg.reference_label}", "reference", 0, "given"))
+        out.append(Explainer(REFERENCE_ROW, f"reference: {cfg.reference_label}", "reference", 0, "given"))
     return out + [
-        Explainer("baseline_top_tokens", "baseline: top tokens", "baseline", 0, "explain-split peak tokens"),
+        Explainer(TOP_TOKENS, "baseline: top tokens", "baseline", 0, "explain-split peak tokens"),
         Explainer(
-            "baseline_random_feature",
-            "baseline: random other feature",
-            "baseline",
-            0,
-            "teacher's explanation of another feature",
+            RANDOM_FEATURE, "baseline: random other feature", "baseline", 0, "teacher's explanation of another feature"
         ),
-        Explainer("baseline_null", "baseline: null explanation", "baseline", 0, "the empty explanation"),
+        Explainer(NULL, "baseline: null explanation", "baseline", 0, "the empty explanation"),
     ]
 
 
@@ -358,27 +391,26 @@ def _outcomes(
         rows.append(Row(name, chosen, selected, winner.score if winner else math.nan, tuple(cands)))
 
     winner, cands = sides["teacher"].picks[key]
-    add("teacher", winner.explanation, True, winner, cands)
-    add("teacher_best_of_1", sides["teacher"].first[key])
+    add(TEACHER, winner.explanation, True, winner, cands)
+    add(TEACHER_BEST_OF_1, sides["teacher"].first[key])
     if cfg.k > 1:
         winner, cands = sides["student"].picks[key]
-        add("student_best_of_k", winner.explanation, True, winner, cands)
-    add("student_best_of_1", sides["student"].first[key])
+        add(STUDENT_BEST_OF_K, winner.explanation, True, winner, cands)
+    add(STUDENT_BEST_OF_1, sides["student"].first[key])
     if "base" in sides:
-        add("base_best_of_1", sides["base"].first[key])
+        add(BASE_BEST_OF_1, sides["base"].first[key])
     if "control" in sides:
-        add("control_best_of_1", sides["control"].first[key])
+        add(CONTROL_BEST_OF_1, sides["control"].first[key])
     for name, side in sides.items():  # further training seeds: greedy rows of their own
         if name.startswith(("student_s", "control_s")):
-            kind, _, i = name.partition("_s")
-            add(f"{kind}_best_of_1_s{i}", side.first[key])
+            add(_seed_side_row(name), side.first[key])
     if key in references:  # known-true explanations exist for planted features only
-        add("reference", references[key])
-    add("baseline_top_tokens", top_tokens_explanation(record))
+        add(REFERENCE_ROW, references[key])
+    add(TOP_TOKENS, top_tokens_explanation(record))
     other = random_other_explanation(key, pool, cfg.seed)
     if other is not None:  # a single-feature eval has no other feature to borrow from
-        add("baseline_random_feature", other)
-    add("baseline_null", null_explanation(key))
+        add(RANDOM_FEATURE, other)
+    add(NULL, null_explanation(key))
     return scorer.outcomes(record, rows)
 
 
@@ -389,10 +421,9 @@ def _loss_curves(cfg: EvalConfig) -> dict[str, list[list[float]]]:
         runs.append(cfg.student)
     curves = {}
     for run in runs:
-        state = Path(run) / "trainer_state.json"
-        if state.is_file():
-            log = json.loads(state.read_text()).get("log_history", [])
-            curves[str(run)] = [[e["step"], e["loss"]] for e in log if "loss" in e and "step" in e]
+        curve = loss_curve(run)
+        if curve is not None:  # None: the folder has no trainer_state.json
+            curves[str(run)] = curve
     return curves
 
 
@@ -418,21 +449,19 @@ def evaluate(cfg: EvalConfig, simulators: list | None = None) -> EvalOutputs:
         },
     )
     refuse_existing(cfg.out, RESULTS, cfg.overwrite, "an eval")
-    student_spec = backend_spec(cfg.student)
-    local_student = student_spec[3:] if student_spec.startswith("hf:") else None
-    keys = heldout_features(features_file, cfg.datasets, local_student)
+    keys = heldout_features(features_file, cfg.datasets, _local_model(cfg.student))
     for other in (cfg.control, *cfg.student_seeds, *cfg.control_seeds):  # trained on the same features: checked alike
         if other:
-            spec = backend_spec(other)
-            heldout_features(features_file, cfg.datasets, spec[3:] if spec.startswith("hf:") else None)
+            heldout_features(features_file, cfg.datasets, _local_model(other))
     if len(cfg.control_seeds) not in (0, len(cfg.student_seeds)):
         raise ValueError("--control-seeds pairs with --student-seeds in order: give as many, or none")
     if cfg.primary not in {name for name, *_ in COMPARISONS}:
         raise ValueError(f"--primary {cfg.primary!r}: choose one of {[name for name, *_ in COMPARISONS]}")
     store = ExemplarStore(cfg.store)
+    splits = _report_splits(store)
     records = _records(store, keys, features_file)
     # read before any model loads, so a bad folder fails fast
-    pick = teacher_from_results(cfg.teacher_results, keys) if cfg.teacher_results is not None else None
+    pick = teacher_from_results(cfg.teacher_results, keys, splits) if cfg.teacher_results is not None else None
     references = reference_explanations(cfg.reference, keys, cfg.reference_label) if cfg.reference else {}
     out = Path(cfg.out)
     with OutputLock(out):
@@ -446,7 +475,7 @@ def evaluate(cfg: EvalConfig, simulators: list | None = None) -> EvalOutputs:
                 in_sample |= in_sample_features(sim, keys, cfg.allow_in_sample, f"eval --simulator {sim.spec}")
             if pick is not None:
                 _check_teacher(pick, store, sims[0].spec)
-            scorer = Scorer(sims, cache, cfg, in_sample, keys)
+            scorer = Scorer(sims, cache, cfg, in_sample, keys, splits)
             timings = {"load": time.perf_counter() - t0}
             t = time.perf_counter()
             sides = {"student": _sampled_side(cfg.student, "eval-student", records, cfg, style, cache, scorer)}
@@ -468,9 +497,12 @@ def evaluate(cfg: EvalConfig, simulators: list | None = None) -> EvalOutputs:
             t = time.perf_counter()
             features = [
                 feature_entry(
-                    records[k], _outcomes(records[k], sides, pool, references, scorer, cfg), _insufficient(records[k])
+                    records[k],
+                    _outcomes(records[k], sides, pool, references, scorer, cfg),
+                    _insufficient(records[k], splits),
+                    splits.report,
                 )
-                for k in progress(keys, desc=f"eval: score on {REPORT_SPLIT}", unit="feat", disable=not cfg.progress)
+                for k in progress(keys, desc=f"eval: score on {splits.report}", unit="feat", disable=not cfg.progress)
             ]
             timings["score"] = time.perf_counter() - t
             timings["score_parts"] = scorer.seconds
@@ -478,13 +510,14 @@ def evaluate(cfg: EvalConfig, simulators: list | None = None) -> EvalOutputs:
                 t = time.perf_counter()
                 _score_by_intervention(cfg, store, records, features)
                 timings["intervention"] = time.perf_counter() - t
-            explainers = explainer_list(cfg, sides["teacher"])
-            results = strict(
+            explainers = explainer_list(cfg, sides["teacher"], splits)
+            data = strict(
                 _results(cfg, store, features_file, keys, sides, sims, features, explainers, cache, in_sample)
             )  # in memory as on disk: an undefined value is None
             if cfg.intervention:
-                results["intervention"] = strict(_intervention_summary(features, explainers))
-            results["timings"] = {**timings, "total": time.perf_counter() - t0}
+                data["intervention"] = strict(_intervention_summary(features, explainers))
+            data["timings"] = {**timings, "total": time.perf_counter() - t0}
+            results = EvalResults.from_dict(data, out / RESULTS)
         finally:
             cache.close()
         return EvalOutputs(out, results, write_outputs(out, results, report=cfg.report))
@@ -493,7 +526,6 @@ def evaluate(cfg: EvalConfig, simulators: list | None = None) -> EvalOutputs:
 def _score_by_intervention(cfg: EvalConfig, store, records: dict, features: list[dict]) -> None:
     """Each row's reported explanation of each subject feature, scored by intervention (into the feature
     entries: `results[row]["intervention"]`)."""
-    from neuroscribe.interventions import InterventionScorer
 
     scorer = InterventionScorer(store, "subject", cfg.steer, cfg.dtype)
     for entry in progress(features, desc="eval: intervention", unit="feat", disable=not cfg.progress):
@@ -506,7 +538,6 @@ def _score_by_intervention(cfg: EvalConfig, store, records: dict, features: list
 
 def _intervention_summary(features: list[dict], explainers) -> dict:
     """Per row, the mean intervention scores over the features that have them (chance 0.5 for each)."""
-    from neuroscribe.interventions import InterventionScore, mean_of
 
     out = {}
     for e in explainers:
@@ -521,37 +552,36 @@ def _intervention_summary(features: list[dict], explainers) -> dict:
 def _results(cfg, store, features_file, keys, sides, sims, features, explainers, cache, in_sample) -> dict:
     no_llm = Cost(0, len(keys), source="no LLM call").per_explanation()
     cost = {
-        "teacher": sides["teacher"].cost.per_explanation(),
-        "teacher_best_of_1": (
+        TEACHER: sides["teacher"].cost.per_explanation(),
+        TEACHER_BEST_OF_1: (
             sides["teacher"].first_cost or Cost(1, len(keys), source="the explain run's sample 0")
         ).per_explanation(),
-        "student_best_of_k": sides["student"].cost.per_explanation(),
-        "student_best_of_1": sides["student"].first_cost.per_explanation(),
+        STUDENT_BEST_OF_K: sides["student"].cost.per_explanation(),
+        STUDENT_BEST_OF_1: sides["student"].first_cost.per_explanation(),
     }
     if "base" in sides:
-        cost["base_best_of_1"] = sides["base"].first_cost.per_explanation()
+        cost[BASE_BEST_OF_1] = sides["base"].first_cost.per_explanation()
     if "control" in sides:
-        cost["control_best_of_1"] = sides["control"].first_cost.per_explanation()
+        cost[CONTROL_BEST_OF_1] = sides["control"].first_cost.per_explanation()
     for name, side in sides.items():
         if name.startswith(("student_s", "control_s")):
-            kind, _, i = name.partition("_s")
-            cost[f"{kind}_best_of_1_s{i}"] = side.first_cost.per_explanation()
+            cost[_seed_side_row(name)] = side.first_cost.per_explanation()
     specs = [s.spec for s in sims]
     kw = dict(n_resamples=cfg.n_resamples, seed=cfg.seed)
     results = {
         "schema_version": SCHEMA_VERSION,
         "config": {
             **to_dict(cfg),
-            "selection_split": SELECTION_SPLIT,
-            "report_split": REPORT_SPLIT,
-            "protocol": PROTOCOL,
+            "selection_split": store.split_names.select,
+            "report_split": store.split_names.report,
+            "protocol": SCORING_VERSION,
             "sampling": store.protocol,
             "failure_score": FAILURE_SCORE,
         },
         "provenance": {
             "store": str(store.path),
             "store_fingerprint": store.fingerprint,
-            "subject_model": store.meta.get("model"),
+            "subject_model": store.subject_model,
             "features_file": str(features_file),
             "datasets": [str(d) for d in dataset_folders(features_file, cfg.datasets, cfg.student)],
             "student": backend_spec(cfg.student),
@@ -577,17 +607,14 @@ def _results(cfg, store, features_file, keys, sides, sims, features, explainers,
         "training": _loss_curves(cfg),
     }
     if cfg.calibration:
-        results["calibration"] = json.loads(Path(cfg.calibration).read_text())
-    results["gates"] = validity_gates(results)
+        results["calibration"] = read_calibration(cfg.calibration)
+    results["gates"] = validity_gates(EvalResults(results))  # a view of the record so far
     return results
 
 
-def write_outputs(out: Path, results: dict, report: bool = True) -> dict[str, Path]:
+def write_outputs(out: Path, results: EvalResults, report: bool = True) -> dict[str, Path]:
     """results.json, eval_table.md / eval_table.json (the model card's table), and with `report`:
     report.md, plots/*.png and browser.html."""
-    from neuroscribe.runs.eval import write_results
-
-    from .report import write_report
 
     out.mkdir(parents=True, exist_ok=True)
     files = {"results": write_results(out, results)}
@@ -597,16 +624,17 @@ def write_outputs(out: Path, results: dict, report: bool = True) -> dict[str, Pa
 
 def eval_command(cfg: EvalConfig, echo: Callable[[str], None] = print) -> EvalOutputs:
     """`neuroscribe eval`: run, then print the primary simulator's table and where the report is."""
-    from .results import fmt, fmt_interval
 
     result = evaluate(cfg)
-    primary = result.results["provenance"]["simulators"][0]
-    s = result.results["summary"][primary]
-    echo(f"scored by {primary} on the held-out `{REPORT_SPLIT}` split (failures count {FAILURE_SCORE}):")
-    for ex in result.results["explainers"]:
-        row, vs = s[ex["name"]], s[ex["name"]]["vs_teacher"]
+    primary = result.results.primary_simulator
+    summary = result.results.summary(primary)
+    split = result.results.config["report_split"]
+    echo(f"scored by {primary} on the held-out `{split}` split (failures count {FAILURE_SCORE}):")
+    for ex in result.results.explainers:
+        row = summary[ex.name]
+        vs = row.vs_teacher
         echo(
-            f"  {ex['label']:48s} mean {fmt_interval(row['mean'])}  failed {fmt(row['failure_rate'], 2)}"
+            f"  {ex.label:48s} mean {fmt_interval(row.mean)}  failed {fmt(row.failure_rate, 2)}"
             + (f"  minus teacher {fmt_interval(vs['difference'])}" if vs else "")
         )
     echo(f"wrote {', '.join(str(p) for p in result.files.values())}")
@@ -615,7 +643,6 @@ def eval_command(cfg: EvalConfig, echo: Callable[[str], None] = print) -> EvalOu
 
 def rebuild_report(results: str | Path) -> dict[str, Path]:
     """Rewrite report.md, the eval table, plots and browser from a results.json (no model runs)."""
-    from neuroscribe.runs.eval import read_results
 
     path = Path(results)
     folder = path if path.is_dir() else path.parent
@@ -632,5 +659,4 @@ __all__ = [
     "write_outputs",
     "best_or_first",
     "top_tokens_explanation",
-    "scored_exemplars",
 ]

@@ -17,8 +17,9 @@ import math
 from pathlib import Path
 
 from neuroscribe.prompts import MAX_DIGIT, normalise
+from neuroscribe.runs.eval import EvalResults, FeatureRow, RowResult, write_browser_html
 
-from .results import fmt
+from .results import REFERENCE_ROW, STUDENT_BEST_OF_1, STUDENT_BEST_OF_K, TEACHER, fmt
 
 SEARCHED_KINDS = ("teacher", "student")  # baselines' text would match unrelated features
 STYLE = """
@@ -99,85 +100,78 @@ def _sim_levels(predicted: list[float | None] | None, n: int) -> tuple[list[int 
     return levels, list(predicted)
 
 
-def _card(css: str, label: str, r: dict | None, sim: str) -> str:
+def _card(css: str, label: str, r: RowResult | None, sim: str) -> str:
     if r is None:
         return f'<div class="card {css}"><div class="who">{html.escape(label)}</div><div class="text">—</div></div>'
-    e = r["explanation"]
-    text = html.escape(e["text"]) if e["ok"] else f"<i>unparseable: {html.escape(e['error'])}</i>"
-    sel = f" · selection {fmt(r['selection_score'])}" if r.get("selection_score") is not None else ""
+    text = html.escape(r.text) if r.ok else f"<i>unparseable: {html.escape(r.error)}</i>"
+    sel = f" · selection {fmt(r.selection_score)}" if r.selection_score is not None else ""
     return (
         f'<div class="card {css}"><div class="who">{html.escape(label)}</div><div class="text">{text}</div>'
-        f'<div class="who">test score <span class="score">{fmt(r["scores"][sim]["score"])}</span>{sel}</div></div>'
+        f'<div class="who">test score <span class="score">{fmt(r.score(sim))}</span>{sel}</div></div>'
     )
 
 
-def _student_name(results: dict) -> str:
-    names = [e["name"] for e in results["explainers"]]
-    return "student_best_of_k" if "student_best_of_k" in names else "student_best_of_1"
+def _student_name(results: EvalResults) -> str:
+    return STUDENT_BEST_OF_K if STUDENT_BEST_OF_K in results.names else STUDENT_BEST_OF_1
 
 
-def feature_section(results: dict, f: dict) -> str:
-    sim = results["provenance"]["simulators"][0]
-    labels = {e["name"]: e["label"] for e in results["explainers"]}
-    kinds = {e["name"]: e["kind"] for e in results["explainers"]}
+def feature_section(results: EvalResults, f: FeatureRow) -> str:
+    sim = results.primary_simulator
+    labels = results.labels
+    kinds = {e.name: e.kind for e in results.explainers}
     student = _student_name(results)
-    res = f["results"]
-    texts = [r["explanation"]["text"] for n, r in res.items() if kinds.get(n) in SEARCHED_KINDS]
-    searchable = " ".join([f["feature"], *texts])
+    res = f.rows()
+    texts = [r.text for n, r in res.items() if kinds.get(n) in SEARCHED_KINDS]
+    searchable = " ".join([f.key, *texts])
     others = "".join(
-        f"<tr><td>{html.escape(labels[n])}</td><td>{html.escape(r['explanation']['text']) or '—'}</td>"
-        f"<td>{fmt(r['scores'][sim]['score'])}</td></tr>"
+        f"<tr><td>{html.escape(labels[n])}</td><td>{html.escape(r.text) or '—'}</td><td>{fmt(r.score(sim))}</td></tr>"
         for n, r in res.items()
-        if n not in ("teacher", student)
+        if n not in (TEACHER, student)
     )
     rows = []
-    max_value = max((a for ex in f["exemplars"] for a in ex["activations"]), default=0.0)
-    sims = [("teacher", "sim · teacher"), (student, "sim · student"), ("reference", "sim · reference")]
-    for i, ex in enumerate(f["exemplars"]):
-        toks = ex["tokens"]
+    max_value = max((a for ex in f.exemplars for a in ex.activations), default=0.0)
+    sims = [(TEACHER, "sim · teacher"), (student, "sim · student"), (REFERENCE_ROW, "sim · reference")]
+    for i, ex in enumerate(f.exemplars):
+        toks = ex.tokens
         lines = [
             f'<div class="row"><span class="lab">true</span><span class="toks">'
-            f"{_tokens(toks, normalise(ex['activations'], max_value), 't', ex['activations'])}</span></div>"
+            f"{_tokens(toks, normalise(ex.activations, max_value), 't', ex.activations)}</span></div>"
         ]
         for name, lab in sims:
             if name in res:
-                levels, values = _sim_levels(res[name]["scores"][sim]["predicted"][i], len(toks))
+                levels, values = _sim_levels(res[name].predicted(sim)[i], len(toks))
                 lines.append(
                     f'<div class="row"><span class="lab">{lab}</span><span class="toks">'
                     f"{_tokens(toks, levels, 's', values)}</span></div>"
                 )
         rows.append(
-            f'<div class="ex"><div class="meta">{html.escape(ex["source"])} · window {ex["window_id"]} · '
-            f"max {max(ex['activations'], default=0):.3g}</div>{''.join(lines)}</div>"
+            f'<div class="ex"><div class="meta">{html.escape(ex.source)} · window {ex.window_id} · '
+            f"max {max(ex.activations, default=0):.3g}</div>{''.join(lines)}</div>"
         )
-    note = f'<p class="who">{html.escape(f["insufficient"])}</p>' if f.get("insufficient") else ""
-    reference = res.get("reference")
-    truth = (
-        f'<p class="truth">true explanation: <b>{html.escape(reference["explanation"]["text"])}</b></p>'
-        if reference
-        else ""
-    )
+    note = f'<p class="who">{html.escape(f.insufficient)}</p>' if f.insufficient else ""
+    reference = res.get(REFERENCE_ROW)
+    truth = f'<p class="truth">true explanation: <b>{html.escape(reference.text)}</b></p>' if reference else ""
     return (
-        f'<section class="feature" id="{html.escape(f["feature"])}" data-search="{html.escape(searchable.lower())}">'
-        f"<h2>{html.escape(f['feature'])} <small>layer {f['layer']}</small></h2>{truth}{note}"
-        f'<div class="pair">{_card("teacher", labels["teacher"], res.get("teacher"), sim)}'
+        f'<section class="feature" id="{html.escape(f.key)}" data-search="{html.escape(searchable.lower())}">'
+        f"<h2>{html.escape(f.key)} <small>layer {f.layer}</small></h2>{truth}{note}"
+        f'<div class="pair">{_card("teacher", labels[TEACHER], res.get(TEACHER), sim)}'
         f"{_card('student', labels.get(student, 'student'), res.get(student), sim)}</div>"
         f'<table class="others">{others}</table>{"".join(rows)}</section>'
     )
 
 
-def browser_html(results: dict) -> str:
-    prov = results["provenance"]
+def browser_html(results: EvalResults) -> str:
+    prov = results.provenance
     facts = (
         f"subject {prov.get('subject_model')} · student {prov['student']} · teacher {prov.get('teacher')} · "
-        f"simulator {prov['simulators'][0]} · scores on the held-out '{results['config']['report_split']}' split"
+        f"simulator {results.primary_simulator} · scores on the held-out '{results.config['report_split']}' split"
     )
-    body = "".join(feature_section(results, f) for f in results["features"])
+    body = "".join(feature_section(results, f) for f in results.features)
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         f"<title>neuroscribe feature browser</title><style>{STYLE}{_SHADES}</style></head><body>"
-        f"<header><h1>neuroscribe feature browser · {len(results['features'])} held-out features</h1>"
+        f"<header><h1>neuroscribe feature browser · {len(results.features)} held-out features</h1>"
         f"<p>{html.escape(facts)}</p>"
         '<input id="search" type="search" placeholder="Search explanations…" autocomplete="off" aria-label="search">'
         '<span id="count"></span>'
@@ -188,6 +182,6 @@ def browser_html(results: dict) -> str:
     )
 
 
-def write_browser(path: Path, results: dict) -> Path:
-    path.write_text(browser_html(results), encoding="utf-8")
-    return path
+def write_browser(folder: Path, results: EvalResults) -> Path:
+    """browser.html in the eval folder."""
+    return write_browser_html(folder, browser_html(results))

@@ -25,10 +25,11 @@ import statistics
 from collections.abc import Sequence
 
 from neuroscribe.records import Explanation, FeatureExemplars
+from neuroscribe.runs.eval import EvalResults
 from neuroscribe.scorers import cached_scores
 
 from .gates import RuleScores, ceiling, near_miss, paraphrases, to_dicts, unseen_families
-from .results import fmt, values_of
+from .results import REFERENCE_ROW, TEACHER, TOP_TOKENS, fmt
 
 NOTE = (
     "True-vs-wrong: each held-out planted feature's test exemplars scored under its rule's true explanation "
@@ -155,29 +156,28 @@ def gate_rules(rows: Sequence[dict], trained_families: Sequence[str] = ()) -> li
     ]
 
 
-def validity_gates(results: dict) -> dict[str, list[dict]]:
+def validity_gates(results: EvalResults) -> dict[str, list[dict]]:
     """Per simulator, the gates of `eval/gates.py`: (a)-(c) from the eval's calibration (when that
     simulator was calibrated), (d) from the eval's own rows on every feature with a known-true
     (reference) explanation: true rule vs teacher best-of-k vs top tokens, headline values (a failure
     counts 0)."""
-    known = [f for f in results["features"] if "reference" in f["results"] and not f.get("insufficient")]
-    calibrated = (results.get("calibration") or {}).get("simulators", {})
+    known = [f for f in results.features if f.has(REFERENCE_ROW) and not f.insufficient]
+    calibrated = results.calibration.simulators if results.calibration else {}
     out = {}
-    for sim in results["provenance"]["simulators"]:
-        value = lambda f, name, sim=sim: values_of([f], name, sim)[0]  # noqa: E731
+    for sim in results.simulators:
         rows = [
             RuleScores(
-                f["feature"],
+                f.key,
                 "",
                 True,
-                value(f, "reference"),
-                teacher=value(f, "teacher"),
-                top_tokens=value(f, "baseline_top_tokens"),
+                f.value(REFERENCE_ROW, sim),
+                teacher=f.value(TEACHER, sim),
+                top_tokens=f.value(TOP_TOKENS, sim),
             )
             for f in known
-            if value(f, "reference") is not None
+            if f.value(REFERENCE_ROW, sim) is not None
         ]
-        gates = list(calibrated.get(sim, {}).get("gates", []))
+        gates = list(calibrated[sim].gates) if sim in calibrated else []
         if rows:
             gates += to_dicts([ceiling(rows)])
         if gates:

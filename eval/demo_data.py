@@ -8,7 +8,6 @@ trained on by anything: they calibrate the simulator and are the eval's known-an
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 from dataclasses import replace
@@ -18,11 +17,14 @@ from neuroscribe.configs import DemoConfig
 from neuroscribe.distill.planted.features import PlantedRule, planted_features, simulator_rows
 from neuroscribe.distill.planted.paraphrases import paraphrases
 from neuroscribe.distill.planted.suite import split_suite, suite
+from neuroscribe.distill.simulator_data import write_simulator_dataset
 from neuroscribe.records import FeatureExemplars, FeatureId
-from neuroscribe.runs.files import fingerprint, write_json, write_text
+from neuroscribe.runs import demo as demo_files
+from neuroscribe.runs.datasets import DatasetBuild
+from neuroscribe.runs.files import fingerprint
 from neuroscribe.runs.store import ExemplarStore, write_store
+from neuroscribe.simulators.finetuned_format import FORMAT_VERSION
 
-TRUTH, HELDOUT_LIST = "truth.jsonl", "heldout.txt"
 PLANTED_TOP, PLANTED_RANDOM = 12, 9  # per planted feature: 4 top + 3 random exemplars per split
 
 
@@ -73,18 +75,17 @@ def build_store(real: Path, out: Path, tokenizer, parts: dict[str, list[PlantedR
     meta.pop("fingerprint", None)
     held_real = heldout_real_units(real_store, cfg.heldout_real, cfg.seed)
     write_store(out / "store", records, meta, overwrite=True)
-    write_text(
-        out / TRUTH,
-        "".join(
-            json.dumps({"feature": f.feature.key, "explanation": r.explanation, "rule": r.name, "family": r.family})
-            + "\n"
+    demo_files.write_truth(
+        out,
+        (
+            {"feature": f.feature.key, "explanation": r.explanation, "rule": r.name, "family": r.family}
             for r, f in explainer + heldout
         ),
     )
     live_real = set(real_store.keys())
     held = [f.feature.key for _, f in heldout] + [k for k in held_real if k in live_real]
     random.Random(cfg.seed).shuffle(held)
-    write_text(out / HELDOUT_LIST, "".join(f"{k}\n" for k in held))
+    demo_files.write_heldout(out, held)
     return {
         "real": len(real_store),
         "planted_explainer": len(explainer),
@@ -93,16 +94,8 @@ def build_store(real: Path, out: Path, tokenizer, parts: dict[str, list[PlantedR
     }
 
 
-def read_truth(out: Path) -> dict[str, dict]:
-    """Feature key -> its truth.jsonl row (explanation, rule, family)."""
-    from neuroscribe.runs.files import read_jsonl
-
-    return {row["feature"]: row for _, row in read_jsonl(out / TRUTH)}
-
-
 def simulator_settings(cfg: DemoConfig, rules: list[PlantedRule]) -> dict:
     """Everything that changes the trained simulator: the key of its cache folder."""
-    from neuroscribe.simulators.finetuned_format import FORMAT_VERSION
 
     return {
         "model": cfg.model,
@@ -131,7 +124,6 @@ def simulator_data(
 ) -> tuple[Path, int]:
     """The planted-rule training rows as a `distill simulator-data` folder, and how many rows it holds;
     `heldout` keys are listed in its heldout.txt, so training refuses any row of theirs."""
-    from neuroscribe.distill.simulator_data import write_simulator_dataset
 
     rows = simulator_rows(
         tokenizer,
@@ -148,7 +140,11 @@ def simulator_data(
         out,
         {"stage1": {"train": rows, "validation": []}},
         heldout,
-        {"scored_dir": f"planted rules ({len(rules)})"},
+        DatasetBuild(
+            scored_dir=f"planted rules ({len(rules)})",
+            splits={"train": sorted({r["feature"] for r in rows}), "validation": [], "heldout": list(heldout)},
+            rows={"stage1": {"train": len(rows), "validation": 0}},
+        ),
         overwrite=True,
     )
     return folder, len(rows)
@@ -162,7 +158,7 @@ def simulator_cache(cache_root: Path, cfg: DemoConfig, rules: list[PlantedRule])
 
 
 def finish_simulator(training: Path, done: Path, settings: dict) -> Path:
-    write_json(training / "demo-settings.json", settings)
+    demo_files.write_simulator_settings(training, settings)
     for ckpt in training.glob("checkpoint-*"):
         shutil.rmtree(ckpt)
     training.replace(done)

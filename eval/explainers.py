@@ -22,30 +22,31 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from neuroscribe.backends import KINDS, ChatRequest, SamplingParams, load_backend
+from neuroscribe.backends import ChatRequest, SamplingParams, load_backend
 from neuroscribe.cache import Cache
+from neuroscribe.distill.score import read_explanations
+from neuroscribe.models import load_shared
 from neuroscribe.prompts import PROMPT_VERSION, explainer_exemplars, explainer_messages, parse_explanation
-from neuroscribe.records import Explanation, FeatureExemplars, ScoredExplanation, best_candidate
+from neuroscribe.records import Explanation, FeatureExemplars, ScoredExplanation, SplitNames, best_candidate
 from neuroscribe.runs.explain import read_explain_run, read_usage
+from neuroscribe.specs import BACKEND_KINDS, Spec, split_spec
 
-from .results import REPORT_SPLIT, SELECTION_SPLIT, Cost
+from .results import Cost
 
 NULL_EXPLANATION = ""  # says nothing: what the simulator predicts from its prior alone
 
 
 def backend_spec(spec: str) -> str:
     """A bare model id, folder or adapter folder means the local transformers backend."""
-    return spec if spec.partition(":")[0].strip().lower() in KINDS else f"hf:{spec}"
+    return spec if split_spec(spec)[0] in BACKEND_KINDS.names else f"hf:{spec}"
 
 
 def explainer_backend(spec: str, cache: Cache, stage: str, dtype: str = "float32", limits=None):
     """The backend a spec names; a local model is loaded once per process (shared with the simulator)."""
-    spec = backend_spec(spec)
-    if spec.startswith("hf:"):
-        from neuroscribe.models import load_shared
-
-        return load_backend(spec, cache, stage=stage, loaded=load_shared(spec[3:], dtype))
-    return load_backend(spec, cache, limits, stage=stage)
+    parsed = Spec.parse(backend_spec(spec), BACKEND_KINDS)
+    if parsed.kind == "hf":
+        return load_backend(parsed, cache, stage=stage, loaded=load_shared(parsed.model, dtype))
+    return load_backend(parsed, cache, limits, stage=stage)
 
 
 # ------------------------------------------------------------------------------ sampling
@@ -141,14 +142,14 @@ class TeacherPick:
     provenance: dict
 
 
-def teacher_from_results(folder: str | Path, keys: list[str]) -> TeacherPick:
+def teacher_from_results(folder: str | Path, keys: list[str], splits: SplitNames = SplitNames()) -> TeacherPick:
     """The explain run's candidates for `keys`; refuses a run that selected on the report split."""
     run = read_explain_run(folder)
     meta = run.meta
-    if meta.get("split") != SELECTION_SPLIT:
+    if meta.split != splits.select:
         raise ValueError(
-            f"{run.path / 'meta.json'}: field split is {meta.get('split')!r}; teacher candidates must be "
-            f"scored on {SELECTION_SPLIT!r} so the winner can be reported on {REPORT_SPLIT!r}"
+            f"{run.path / 'meta.json'}: field split is {meta.split!r}; teacher candidates must be "
+            f"scored on {splits.select!r} so the winner can be reported on {splits.report!r}"
         )
     missing = [k for k in keys if k not in run.by_feature]
     if missing:
@@ -157,8 +158,8 @@ def teacher_from_results(folder: str | Path, keys: list[str]) -> TeacherPick:
             f"{missing[:5]}; explain those features first"
         )
     usage = read_usage(folder).get("explain", {})
-    n = max(int(meta.get("n_features") or len(run.by_feature)), 1)
-    k = int(meta.get("k", 1))
+    n = max(meta.n_features or len(run.by_feature), 1)
+    k = meta.k
     usd = usage.get("usd", 0.0) if not usage.get("unpriced_calls") else None
     cost = Cost(
         k,
@@ -172,12 +173,12 @@ def teacher_from_results(folder: str | Path, keys: list[str]) -> TeacherPick:
         source=f"{run.path}/usage.json (the explain run)",
     )
     provenance = {
-        "teacher": meta.get("teacher"),
+        "teacher": meta.teacher,
         "teacher_results": str(run.path),
-        "teacher_selection_simulator": meta.get("simulator"),
-        "teacher_store": meta.get("store"),
-        "teacher_store_fingerprint": meta.get("store_fingerprint"),
-        "teacher_temperature": meta.get("temperature"),
+        "teacher_selection_simulator": meta.simulator,
+        "teacher_store": meta.store,
+        "teacher_store_fingerprint": meta.store_fingerprint,
+        "teacher_temperature": meta.temperature,
         "teacher_k": k,
     }
     return TeacherPick(dict(run.by_feature), cost, provenance)
@@ -194,7 +195,6 @@ def first_sample(candidates: tuple[ScoredExplanation, ...]) -> ScoredExplanation
 def reference_explanations(path: str | Path, keys: list[str], label: str) -> dict[str, Explanation]:
     """Known-true explanations (e.g. planted rules) from a JSONL {feature, explanation} file, for the eval
     features it names (a real unit has none); a file naming none of them is an error."""
-    from neuroscribe.distill.score import read_explanations
 
     by_key = {e.feature: e for e in read_explanations(path)}
     found = {

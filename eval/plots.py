@@ -1,4 +1,4 @@
-"""PNG plots of an eval (matplotlib, Agg backend: no display needed), all read from the results dict.
+"""PNG plots of an eval (matplotlib, Agg backend: no display needed), all read from the `EvalResults`.
 
 - score_distributions.png: every explainer's per-feature headline scores (box + points), mean marked;
 - student_vs_base.png: one point per feature, the base model's (else the teacher's) score against the
@@ -19,18 +19,31 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .results import feature_groups, values_of  # noqa: E402
+from neuroscribe.runs.eval import EvalResults  # noqa: E402
+
+from .results import (  # noqa: E402
+    BASE_BEST_OF_1,
+    NULL,
+    RANDOM_FEATURE,
+    REFERENCE_ROW,
+    STUDENT_BEST_OF_1,
+    STUDENT_BEST_OF_K,
+    TEACHER,
+    TEACHER_BEST_OF_1,
+    TOP_TOKENS,
+    feature_groups,
+)
 
 COLORS = {
-    "teacher": "#d95f02",
-    "teacher_best_of_1": "#fc8d62",
-    "student_best_of_k": "#1b9e77",
-    "student_best_of_1": "#66c2a5",
-    "base_best_of_1": "#8da0cb",
-    "reference": "#e7298a",
-    "baseline_top_tokens": "#7570b3",
-    "baseline_random_feature": "#999999",
-    "baseline_null": "#444444",
+    TEACHER: "#d95f02",
+    TEACHER_BEST_OF_1: "#fc8d62",
+    STUDENT_BEST_OF_K: "#1b9e77",
+    STUDENT_BEST_OF_1: "#66c2a5",
+    BASE_BEST_OF_1: "#8da0cb",
+    REFERENCE_ROW: "#e7298a",
+    TOP_TOKENS: "#7570b3",
+    RANDOM_FEATURE: "#999999",
+    NULL: "#444444",
 }
 SCORE_LABEL = "score (Pearson r, held-out test exemplars)"
 
@@ -46,14 +59,11 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _primary(results: dict) -> str:
-    return results["provenance"]["simulators"][0]
-
-
-def score_distributions(results: dict, path: Path) -> Path:
-    explainers, sim = results["explainers"], _primary(results)
+def score_distributions(results: EvalResults, path: Path) -> Path:
+    explainers, sim = results.explainers, results.primary_simulator
+    summary = results.summary(sim)
     fig, ax = plt.subplots(figsize=(1.5 * len(explainers) + 2.5, 4.8))
-    data = [_array(values_of(results["features"], e["name"], sim)) for e in explainers]
+    data = [_array(results.values(e.name, sim)) for e in explainers]
     data = [d[~np.isnan(d)] for d in data]
     positions = np.arange(1, len(explainers) + 1)
     shown = [(p, d) for p, d in zip(positions, data) if len(d)]
@@ -67,30 +77,26 @@ def score_distributions(results: dict, path: Path) -> Path:
         )
     rng = np.random.default_rng(0)  # jitter only; fixed so reruns draw the same picture
     for p, d, e in zip(positions, data, explainers):
-        ax.scatter(
-            p + rng.uniform(-0.15, 0.15, len(d)), d, s=16, color=COLORS.get(e["name"], "#333"), alpha=0.8, zorder=3
-        )
-        mean = results["summary"][sim][e["name"]]["mean"]["estimate"]
+        ax.scatter(p + rng.uniform(-0.15, 0.15, len(d)), d, s=16, color=COLORS.get(e.name, "#333"), alpha=0.8, zorder=3)
+        mean = summary[e.name].mean["estimate"]
         if mean is not None:
             ax.scatter([p], [mean], marker="D", s=50, color="white", edgecolor="black", zorder=4)
-    ax.set_xticks(positions, [e["label"].replace(" (", "\n(").replace(": ", ":\n") for e in explainers], fontsize=7)
+    ax.set_xticks(positions, [e.label.replace(" (", "\n(").replace(": ", ":\n") for e in explainers], fontsize=7)
     ax.axhline(0, color="#bbbbbb", lw=0.8)
     ax.set_ylabel(SCORE_LABEL)
-    ax.set_title(
-        f"Score per explainer ({len(results['features'])} held-out features; diamond = mean)\n{sim}", fontsize=10
-    )
+    ax.set_title(f"Score per explainer ({len(results.features)} held-out features; diamond = mean)\n{sim}", fontsize=10)
     return _save(fig, path)
 
 
-def student_vs_base(results: dict, path: Path) -> Path:
-    sim, names = _primary(results), {e["name"]: e for e in results["explainers"]}
-    ref = "base_best_of_1" if "base_best_of_1" in names else "teacher"
+def student_vs_base(results: EvalResults, path: Path) -> Path:
+    sim, labels = results.primary_simulator, results.labels
+    ref = BASE_BEST_OF_1 if BASE_BEST_OF_1 in labels else TEACHER
     fig, ax = plt.subplots(figsize=(5.6, 5.3))
-    x = _array(values_of(results["features"], ref, sim))
+    x = _array(results.values(ref, sim))
     everything = [x]
-    for name in ("student_best_of_1", "student_best_of_k"):
-        if name in names:
-            y = _array(values_of(results["features"], name, sim))
+    for name in (STUDENT_BEST_OF_1, STUDENT_BEST_OF_K):
+        if name in labels:
+            y = _array(results.values(name, sim))
             keep = ~(np.isnan(x) | np.isnan(y))
             ax.scatter(
                 x[keep],
@@ -99,7 +105,7 @@ def student_vs_base(results: dict, path: Path) -> Path:
                 alpha=0.8,
                 color=COLORS[name],
                 marker="o" if name.endswith("_1") else "^",
-                label=f"{names[name]['label']} ({int(keep.sum())} features)",
+                label=f"{labels[name]} ({int(keep.sum())} features)",
             )
             everything.append(y)
     finite = np.concatenate([v[~np.isnan(v)] for v in everything])
@@ -108,25 +114,25 @@ def student_vs_base(results: dict, path: Path) -> Path:
     ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="#888888", lw=1, ls="--", label="no change")
     ax.set_xlim(lo - pad, hi + pad)
     ax.set_ylim(lo - pad, hi + pad)
-    ax.set_xlabel(f"{names[ref]['label']} score")
+    ax.set_xlabel(f"{labels[ref]} score")
     ax.set_ylabel("student score")
     ax.set_title(
-        f"Student vs {names[ref]['label']}, one point per feature\n(above the line: the student does better)",
+        f"Student vs {labels[ref]}, one point per feature\n(above the line: the student does better)",
         fontsize=9,
     )
     ax.legend(fontsize=7, loc="upper left")
     return _save(fig, path)
 
 
-def score_by_group(results: dict, path: Path) -> Path:
+def score_by_group(results: EvalResults, path: Path) -> Path:
     """Mean score per layer of real units and per planted rule family (`results.group_of`)."""
-    sim = _primary(results)
-    groups = feature_groups(results["features"])
+    sim = results.primary_simulator
+    groups = feature_groups(results.features)
     fig, ax = plt.subplots(figsize=(max(8.5, 0.9 * len(groups) + 3), 4.2))
-    n = len(results["explainers"])
+    n = len(results.explainers)
     step = 0.6 / max(n, 1)  # side by side, not on top
-    for i, e in enumerate(results["explainers"]):
-        by_group = results["summary"][sim][e["name"]]["by_group"]
+    for i, e in enumerate(results.explainers):
+        by_group = results.by_group(sim, e.name)
         pts = [
             (x + (i - (n - 1) / 2) * step, iv)
             for x, g in enumerate(groups)
@@ -140,8 +146,8 @@ def score_by_group(results: dict, path: Path) -> Path:
                 marker="o",
                 capsize=3,
                 ls="none",
-                label=e["label"],
-                color=COLORS.get(e["name"]),
+                label=e.label,
+                color=COLORS.get(e.name),
                 lw=1.2,
             )
     ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right", fontsize=8)
@@ -153,9 +159,9 @@ def score_by_group(results: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
-def training_loss(results: dict, path: Path) -> Path:
+def training_loss(results: EvalResults, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 4.0))
-    for run, curve in results["training"].items():
+    for run, curve in results.training.items():
         if curve:
             steps, losses = zip(*curve)
             ax.plot(steps, losses, marker=".", lw=1.2, label=Path(run).name)
@@ -166,11 +172,11 @@ def training_loss(results: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
-def calibration(results: dict, path: Path) -> Path:
-    sims = results["calibration"]["simulators"]
+def calibration(results: EvalResults, path: Path) -> Path:
+    sims = results.calibration.simulators
     fig, axes = plt.subplots(1, len(sims), figsize=(5.5 * len(sims), 4.4), squeeze=False)
     for ax, (sim, c) in zip(axes[0], sims.items()):
-        rules = c["rules"]
+        rules = c.rules
         for i, r in enumerate(rules):
             wrong = [w for w in r["wrong_scores"] if w is not None]
             ax.scatter([i] * len(wrong), wrong, s=10, color="#999999", alpha=0.6, zorder=2)
@@ -179,18 +185,18 @@ def calibration(results: dict, path: Path) -> Path:
         ax.set_xticks(range(len(rules)), [r["rule"] for r in rules], rotation=60, ha="right", fontsize=7)
         ax.axhline(0, color="#bbbbbb", lw=0.8)
         ax.set_ylabel("score on the rule's test split")
-        ax.set_title(f"{sim}\ntrue (pink) vs wrong (grey): true wins {c['win_rate']:.2f}", fontsize=9)
+        ax.set_title(f"{sim}\ntrue (pink) vs wrong (grey): true wins {c.win_rate:.2f}", fontsize=9)
     return _save(fig, path)
 
 
-def write_plots(folder: Path, results: dict) -> dict[str, Path]:
+def write_plots(folder: Path, results: EvalResults) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
-    if results.get("calibration"):
+    if results.calibration:
         out["calibration"] = calibration(results, folder / "calibration.png")
     out["score_distributions"] = score_distributions(results, folder / "score_distributions.png")
     out["student_vs_base"] = student_vs_base(results, folder / "student_vs_base.png")
-    if any(results.get("training", {}).values()):
+    if any(results.training.values()):
         out["training_loss"] = training_loss(results, folder / "training_loss.png")
     out["score_by_group"] = score_by_group(results, folder / "score_by_group.png")
     return out

@@ -54,28 +54,31 @@ from typing import Any
 from neuroscribe import scorers
 from neuroscribe.distill.planted.features import FAMILIES
 from neuroscribe.records import Exemplar, FeatureExemplars, ScoredExplanation, to_json
+from neuroscribe.runs.eval import EvalResults, Explainer, FeatureRow, value_of
 from neuroscribe.scorers import headline
 
 from .stats import bootstrap_ci, clustered_difference, correlation, gap_closed, paired_difference, win_rate
 
-SELECTION_SPLIT = "score"
-REPORT_SPLIT = "test"
-REFERENCE = "teacher"
 UNSELECTED_KINDS = ("base", "control", "reference", "baseline")  # kinds whose explanation no score selected
 
+# The explainer rows' names (results.json `explainers`, `features[].results`, `summary`, `cost`): here only.
+TEACHER = "teacher"  # the teacher's best-of-k
+TEACHER_BEST_OF_1 = "teacher_best_of_1"
+STUDENT_BEST_OF_K = "student_best_of_k"
+STUDENT_BEST_OF_1 = "student_best_of_1"
+BASE_BEST_OF_1 = "base_best_of_1"
+CONTROL_BEST_OF_1 = "control_best_of_1"
+REFERENCE_ROW = "reference"  # known-true explanations (planted rules)
+TOP_TOKENS = "baseline_top_tokens"
+RANDOM_FEATURE = "baseline_random_feature"
+NULL = "baseline_null"
+REFERENCE = TEACHER  # what `vs_teacher` compares every row with
+DISTILLATION_GAIN = "distillation_gain"  # the default primary comparison (`EvalConfig.primary`)
 
-@dataclass(frozen=True)
-class Explainer:
-    name: str
-    label: str
-    kind: str  # teacher | student | base | reference | baseline
-    samples_per_feature: int
-    selection: str  # how the reported explanation was chosen, in words
 
-    @property
-    def selected(self) -> bool:
-        """Whether a selection-split score chose this explainer's explanation (best-of-k)."""
-        return self.selection.startswith("best on")
+def seed_row(stem: str, i: int) -> str:
+    """A further training seed's greedy row: `student_best_of_1_s1`, `control_best_of_1_s2`, ..."""
+    return f"{stem}_s{i}"
 
 
 @dataclass(frozen=True)
@@ -115,10 +118,6 @@ class Cost:
         }
 
 
-def scored_exemplars(record: FeatureExemplars, split: str = REPORT_SPLIT) -> list[Exemplar]:
-    return scorers.scored_exemplars(record, split)
-
-
 def _predicted(scored: ScoredExplanation, exemplars: Sequence[Exemplar]) -> list[list[float] | None]:
     by_window = {(s.window_id, s.source): list(s.predicted) for s in scored.simulations}
     return [by_window.get((e.window_id, e.source)) for e in exemplars]
@@ -142,8 +141,9 @@ def _score_entry(r: ScoredExplanation, selection: ScoredExplanation | None, exem
     }
 
 
-def feature_entry(record: FeatureExemplars, outcomes: dict[str, Outcome], insufficient: str) -> dict:
-    exemplars = scored_exemplars(record)
+def feature_entry(record: FeatureExemplars, outcomes: dict[str, Outcome], insufficient: str, split: str) -> dict:
+    """One feature of results.json; its shown exemplars are those `split` (the report split) scores."""
+    exemplars = scorers.scored_exemplars(record, split)
     f = record.feature
     results = {}
     for name, o in outcomes.items():
@@ -181,15 +181,8 @@ def feature_entry(record: FeatureExemplars, outcomes: dict[str, Outcome], insuff
 
 
 def values_of(features: Sequence[dict], name: str, simulator: str, key: str = "headline") -> list[float | None]:
-    """One value per feature (None where the explainer or the value is missing)."""
-    out = []
-    for f in features:
-        r = f["results"].get(name)
-        out.append(None if r is None or simulator not in r["scores"] else r["scores"][simulator].get(key))
-    return out
-
-
-NULL = "baseline_null"
+    """One value per feature entry (None where the explainer or the value is missing)."""
+    return [value_of(f, name, simulator, key) for f in features]
 
 
 def failure_as_null(features: Sequence[dict], name: str, simulator: str) -> list[float | None]:
@@ -266,24 +259,19 @@ def summarise(
 
 # What the headline comparisons mean: (name, a, b, in words)
 COMPARISONS = (
-    ("distillation_gain", "student_best_of_1", "base_best_of_1", "student best-of-1 minus its base model's best-of-1"),
+    (DISTILLATION_GAIN, STUDENT_BEST_OF_1, BASE_BEST_OF_1, "student best-of-1 minus its base model's best-of-1"),
     (
         "student_vs_format_control",
-        "student_best_of_1",
-        "control_best_of_1",
+        STUDENT_BEST_OF_1,
+        CONTROL_BEST_OF_1,
         "student best-of-1 minus the format-control student's (the same winners shuffled across features)",
     ),
-    ("student_vs_top_tokens", "student_best_of_1", "baseline_top_tokens", "student best-of-1 minus the top tokens"),
-    (
-        "student_vs_teacher_best_of_1",
-        "student_best_of_1",
-        "teacher_best_of_1",
-        "student best-of-1 minus teacher best-of-1",
-    ),
-    ("student_vs_teacher_best_of_k", "student_best_of_1", "teacher", "student best-of-1 minus teacher best-of-k"),
-    ("student_k_vs_teacher_k", "student_best_of_k", "teacher", "student best-of-k minus teacher best-of-k"),
-    ("teacher_vs_null", "teacher", "baseline_null", "teacher best-of-k minus the null explanation"),
-    ("oracle_vs_null", "reference", "baseline_null", "reference (true) explanation minus the null explanation"),
+    ("student_vs_top_tokens", STUDENT_BEST_OF_1, TOP_TOKENS, "student best-of-1 minus the top tokens"),
+    ("student_vs_teacher_best_of_1", STUDENT_BEST_OF_1, TEACHER_BEST_OF_1, "student best-of-1 minus teacher best-of-1"),
+    ("student_vs_teacher_best_of_k", STUDENT_BEST_OF_1, TEACHER, "student best-of-1 minus teacher best-of-k"),
+    ("student_k_vs_teacher_k", STUDENT_BEST_OF_K, TEACHER, "student best-of-k minus teacher best-of-k"),
+    ("teacher_vs_null", TEACHER, NULL, "teacher best-of-k minus the null explanation"),
+    ("oracle_vs_null", REFERENCE_ROW, NULL, "reference (true) explanation minus the null explanation"),
 )
 
 
@@ -303,14 +291,14 @@ def comparisons(
                 "what": what,
                 **_pair(values_of(features, a, simulator), values_of(features, b, simulator), **kw),
             }
-    if {"student_best_of_1", "base_best_of_1", "teacher"} <= names:
+    if {STUDENT_BEST_OF_1, BASE_BEST_OF_1, TEACHER} <= names:
         out["gap_closed"] = {
             "what": "(student best-of-1 - base best-of-1) / (teacher best-of-k - base best-of-1)",
             "interval": asdict(
                 gap_closed(
-                    values_of(features, "student_best_of_1", simulator),
-                    values_of(features, "base_best_of_1", simulator),
-                    values_of(features, "teacher", simulator),
+                    values_of(features, STUDENT_BEST_OF_1, simulator),
+                    values_of(features, BASE_BEST_OF_1, simulator),
+                    values_of(features, TEACHER, simulator),
                     **kw,
                 )
             ),
@@ -318,18 +306,22 @@ def comparisons(
     return out
 
 
-def group_of(feature: dict) -> str:
+def _kind_layer(feature: dict | FeatureRow) -> tuple[str, int]:
+    return (feature.kind, feature.layer) if isinstance(feature, FeatureRow) else (feature["kind"], feature["layer"])
+
+
+def group_of(feature: dict | FeatureRow) -> str:
     """A feature's row in the by-group table: its kind and layer, or a planted feature's rule family (the
     layer index names it), so planted family 6 and MLP layer 6 never share a row."""
-    kind, layer = feature["kind"], feature["layer"]
+    kind, layer = _kind_layer(feature)
     if kind == "planted":
         return f"planted: {FAMILIES[layer]}" if 0 < layer < len(FAMILIES) else f"planted L{layer}"
     return f"{kind} L{layer}"
 
 
-def feature_groups(features: Sequence[dict]) -> list[str]:
+def feature_groups(features: Sequence[dict] | Sequence[FeatureRow]) -> list[str]:
     """The groups present, real units first by layer, then planted families in the suite's order."""
-    ordered = sorted(features, key=lambda f: (f["kind"] == "planted", f["kind"], f["layer"]))
+    ordered = sorted(features, key=lambda f: (_kind_layer(f)[0] == "planted", *_kind_layer(f)))
     return list(dict.fromkeys(map(group_of, ordered)))
 
 
@@ -353,13 +345,13 @@ def seeded_comparisons(
     every comparison of `student best-of-1` with a hierarchical interval (`stats.clustered_difference`:
     seeds, then clusters, then features). A control with as many seeds pairs seed by seed; a single
     other side (base, teacher, one control) is the same for every seed. {} with one seed."""
-    students = _seed_rows(explainers, "student_best_of_1")
+    students = _seed_rows(explainers, STUDENT_BEST_OF_1)
     if len(students) < 2:
         return {}
     clusters = [cluster_of(f) for f in features]
     out = {}
     for name, a, b, what in COMPARISONS:
-        if a != "student_best_of_1":
+        if a != STUDENT_BEST_OF_1:
             continue
         others = _seed_rows(explainers, b)
         if not others:
@@ -436,18 +428,18 @@ def fmt_interval(i: dict | None, digits: int = 3) -> str:
     return f"{fmt(i['estimate'], digits)} [{fmt(i['low'], digits)}, {fmt(i['high'], digits)}]"
 
 
-def model_card_rows(results: dict, simulator: str | None = None) -> dict[str, dict[str, Any]]:
+def model_card_rows(results: EvalResults, simulator: str | None = None) -> dict[str, dict[str, Any]]:
     """The eval table in the `{row: {metric: value}}` form `neuroscribe publish --eval-results` reads
     (primary simulator unless another is named)."""
-    simulator = simulator or results["provenance"]["simulators"][0]
+    summary = results.summary(simulator or results.primary_simulator)
     rows: dict[str, dict[str, Any]] = {}
-    for ex in results["explainers"]:
-        s = results["summary"][simulator][ex["name"]]
-        vs = s["vs_teacher"]
-        rows[ex["label"]] = {
-            "features": s["n"],
-            "mean score [95% CI]": fmt_interval(s["mean"]),
-            "failed": f"{s['n_failed']} ({fmt(s['failure_rate'], 2)})",
+    for ex in results.explainers:
+        s = summary[ex.name]
+        vs = s.vs_teacher
+        rows[ex.label] = {
+            "features": s.n,
+            "mean score [95% CI]": fmt_interval(s.mean),
+            "failed": f"{s.n_failed} ({fmt(s.failure_rate, 2)})",
             "minus teacher [95% CI]": fmt_interval(vs["difference"]) if vs else "-",
             "win rate vs teacher": fmt(vs["win_rate"]["estimate"], 2) if vs else "-",
         }

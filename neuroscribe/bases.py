@@ -41,6 +41,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from neuroscribe.models import decoder_layers, down_proj_module, mlp_width
+from neuroscribe.saes import SITES, HookSite, hooked_tensor, resolve_hook_module
+
 BASIS_KINDS: tuple[str, ...] = ("random", "pca", "ica")
 DEFAULT_SITE = "mlp_hidden"
 
@@ -64,7 +67,6 @@ class BasisSpec:
 
 def parse_basis_spec(item: str) -> BasisSpec:
     """`pca:6:32` / `ica:6.resid_post:16` -> BasisSpec; errors name the item."""
-    from neuroscribe.saes import SITES
 
     m = re.fullmatch(r"(random|pca|ica):(\d+)(?:\.(\w+))?:(\d+)(:uncentred)?", item.strip())
     if not m:
@@ -125,9 +127,6 @@ def load_basis(path: str | Path) -> LinearBasis:
 
 def hook_point(model, layer: int, site: str) -> tuple[torch.nn.Module, str]:
     """(module, side) a basis at `site` of block `layer` reads."""
-    from neuroscribe.features import decoder_layers, down_proj_module
-    from neuroscribe.saes import HookSite, resolve_hook_module
-
     if site == DEFAULT_SITE:
         return down_proj_module(decoder_layers(model)[layer]), "pre"
     return resolve_hook_module(model, HookSite(layer, site))
@@ -136,8 +135,6 @@ def hook_point(model, layer: int, site: str) -> tuple[torch.nn.Module, str]:
 def check_basis_spec(spec: BasisSpec, model, item: str) -> None:
     """Refuse, before anything is fitted or written, a layer the model lacks or more directions than the
     site has dimensions (hooking layer 99 of a 2-layer model would fail deep in the forward pass)."""
-    from neuroscribe.features import decoder_layers, mlp_width
-
     n_layers = len(decoder_layers(model))
     if spec.layer >= n_layers:
         raise BasisSpecError(
@@ -177,7 +174,6 @@ def fit_basis(spec: BasisSpec, model, batches, seed: int = 0, skip: int = 0) -> 
     position from `skip` on pooled (the first `skip` are the tokenizer's prefix and the windows' context,
     read for their effect on later positions but never fitted on: module doc)."""
     module, side = hook_point(model, spec.layer, spec.site)
-    from neuroscribe.saes import hooked_tensor
 
     seen: list[torch.Tensor] = []
 

@@ -127,23 +127,23 @@ def _explain(cfg) -> None:
         return
     meta, usage = read_meta(path), read_usage(path)
     typer.echo(
-        f"wrote {path}/candidates.jsonl: {meta['n_candidates']} candidates for {meta['n_features']} "
-        f"features, mean best score {meta['mean_best_score_in_sample']:.3f} (in-sample: on the "
-        f"`{meta['split']}` split that selected them)"
+        f"wrote {path}/candidates.jsonl: {meta.n_candidates} candidates for {meta.n_features} "
+        f"features, mean best score {meta.mean_best_score_in_sample:.3f} (in-sample: on the "
+        f"`{meta.split}` split that selected them)"
     )
     for stage, u in usage.items():
         typer.echo(
             f"  {stage}: {u['calls']} calls, {u['cached_hits']} cached, {u['tokens_in']} tokens in, "
             f"{u['tokens_out']} out, ${u['usd']:.4f}"
         )
-    if meta["status"] == "partial":
+    if meta.status == "partial":
         typer.secho(
-            f"partial: {meta['n_failed']} of {meta['n_features']} features failed; rerun the same command "
+            f"partial: {meta.n_failed} of {meta.n_features} features failed; rerun the same command "
             "to retry only those:",
             fg=typer.colors.YELLOW,
             err=True,
         )
-        for key, reason in list(meta["failed_features"].items())[:10]:
+        for key, reason in list((meta.failed_features or {}).items())[:10]:
             typer.echo(f"  {key}: {reason[:200]}", err=True)
         raise typer.Exit(PARTIAL)
 

@@ -4,21 +4,45 @@ The command line is generated from these (`neuroscribe.options`), so each defaul
 exists once; every stage is callable from Python with its config object (`collect(CollectConfig(...))`)
 and saves `to_dict(config)` into its run folder. This module imports nothing heavy, so `neuroscribe
 --help` stays fast.
+
+A field with a fixed set of values is typed `Literal[...]` (the aliases below): the command line offers
+exactly those choices, and `one_of` refuses any other value from a Python caller; the value itself stays
+a plain string, so saved JSON, fingerprints and cache keys do not change.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from neuroscribe.options import to_dict
+from neuroscribe.options import choice_fields, to_dict
+from neuroscribe.protocols import protocol
 from neuroscribe.records import ACTIVE_FRACTION
-from neuroscribe.runs.files import fingerprint
+from neuroscribe.specs import split_spec
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 HF_DEFAULT = f"hf:{DEFAULT_MODEL}"
 BUILTIN_CORPUS = "builtin:python-docs"
 TRAIN_KINDS = ("sft", "dpo", "simulator")
+
+# The fixed choices of config fields, each written once (tests/test_options.py checks that they match
+# what the code reading them accepts: models.DTYPES, prompts.STYLES, scorers.TARGETS, eval COMPARISONS).
+Dtype = Literal["float32", "bfloat16", "float16", "fp32", "bf16", "fp16"]
+PromptStyle = Literal["plain", "highlighted", "contrastive", "output", "input+output", "graded"]
+Target = Literal["relu", "raw"]
+Polarity = Literal["auto", "both", "positive"]
+Comparison = Literal[
+    "distillation_gain",
+    "student_vs_format_control",
+    "student_vs_top_tokens",
+    "student_vs_teacher_best_of_1",
+    "student_vs_teacher_best_of_k",
+    "student_k_vs_teacher_k",
+    "teacher_vs_null",
+    "oracle_vs_null",
+]
+Phrasings = Literal["suite", "paraphrases"]
 
 
 def at_least(config, minimum: int, *names: str) -> None:
@@ -30,6 +54,16 @@ def at_least(config, minimum: int, *names: str) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
 
 
+def one_of(config) -> None:
+    """Refuse a field typed `Literal[...]` whose value is none of its choices (None passes where the type
+    allows it), so a Python caller meets the same choices as the command line."""
+    for name, (choices, optional) in choice_fields(type(config)).items():
+        value = getattr(config, name)
+        for v in value if isinstance(value, tuple) else (value,):
+            if v not in choices and not (v is None and optional):
+                raise ValueError(f"--{name.replace('_', '-')} {v!r}: choose one of {list(choices)}")
+
+
 def cache_apart(cache: str | None, inputs: dict[str, str | tuple[str, ...] | None]) -> None:
     """The sqlite cache is written, so it is never an input nor inside one (`--cache STORE/x.sqlite` would
     write into the store). A backend spec (hf:PATH, finetuned:PATH) counts by its local path."""
@@ -38,7 +72,7 @@ def cache_apart(cache: str | None, inputs: dict[str, str | tuple[str, ...] | Non
     c = Path(cache).expanduser().resolve()
     for name, value in inputs.items():
         for v in [value] if isinstance(value, str) else value or ():
-            local = v if Path(v).exists() else v.partition(":")[2]
+            local = v if Path(v).exists() else split_spec(v)[1]
             if not local or not Path(local).exists():
                 continue
             i = Path(local).expanduser().resolve()
@@ -78,23 +112,6 @@ class CallLimits:
         bad = next((name for name, ok in checks.items() if not ok), None)
         if bad:
             raise ValueError(f"--{bad.replace('_', '-')} must be {wants[bad]}, got {getattr(self, bad)}")
-
-    def options(self, budget=None) -> dict:
-        """Constructor options of a remote backend; give one `budget` to share it between backends."""
-        from neuroscribe.backends.remote import RetryPolicy
-
-        return {
-            "retry": RetryPolicy(max_attempts=self.retries + 1, timeout=self.timeout),
-            "budget": budget or self.budget(),
-            "max_concurrency": self.concurrency,
-            "allow_plain_http": self.allow_plain_http,
-        }
-
-    def budget(self):
-        """A fresh backends.Budget of these limits (None: unlimited)."""
-        from neuroscribe.backends.remote import Budget
-
-        return Budget(self.max_usd, self.max_calls) if self.max_usd is not None or self.max_calls is not None else None
 
 
 # ------------------------------------------------------------------------------ collect
@@ -142,8 +159,6 @@ class MiningConfig:
     """Seed of every sampling decision (a pure function of seed, window and feature)."""
 
     def __post_init__(self) -> None:
-        from neuroscribe.protocols import protocol
-
         if len(self.splits) < 2 or len(set(self.splits)) != len(self.splits):
             raise ValueError(
                 f"--splits needs at least two distinct names (explain and a held-out one), got "
@@ -179,7 +194,6 @@ class MiningConfig:
     @property
     def preset(self):
         """The sampling protocol (`neuroscribe.protocols.Protocol`) this mining follows."""
-        from neuroscribe.protocols import protocol
 
         return protocol(self.protocol)
 
@@ -209,11 +223,11 @@ class CollectConfig:
     """Windows per forward pass."""
     shard_windows: int = 256
     """Windows per checkpointed shard: the resume granularity."""
-    dtype: str = "float32"
+    dtype: Dtype = "float32"
     """Subject dtype: float32, bfloat16 or float16 (activations are stored as float32)."""
     device: str = "cpu"
     """Device of the subject model."""
-    polarity: str = "auto"
+    polarity: Polarity = "auto"
     """auto (MLP neurons: both signs; SAE latents: positive), both, or positive."""
     output_side: bool = False
     """Also record what each feature does to the output (logit lens and token change; outputs.parquet),
@@ -232,18 +246,11 @@ class CollectConfig:
     """Show progress bars."""
 
     def __post_init__(self) -> None:
+        one_of(self)
         at_least(self, 1, "window", "batch_size", "shard_windows", "output_tokens", "basis_fit_windows")
         at_least(self, 0, "context", "max_windows")
         if self.max_windows == 0:
             object.__setattr__(self, "max_windows", None)
-
-    def fingerprint(self, dataset_content: str | None = None) -> str:
-        """What a checkpoint must match to be resumed: the config (not out/overwrite/progress) and the
-        dataset's CONTENT, so a changed file under the same path is never resumed into."""
-        keep = {k: v for k, v in to_dict(self).items() if k not in ("out", "overwrite", "progress")}
-        from neuroscribe.corpus import dataset_fingerprint
-
-        return fingerprint({**keep, "dataset_content": dataset_content or dataset_fingerprint(self.dataset)})
 
 
 # ------------------------------------------------------------------------------ explain, score
@@ -263,7 +270,7 @@ class ExplainConfig:
     """hf:MODEL, finetuned:PATH, openai:MODEL@URL or parsed:openai:MODEL@URL."""
     k: int = 4
     """Candidates per feature (best-of-k)."""
-    prompt_style: str | None = None
+    prompt_style: PromptStyle | None = None
     """Prompt style: plain, graded, highlighted, contrastive, output or input+output; default: the store's
     sampling protocol's (`Protocol.prompt_style`: plain, graded for anthropic)."""
     max_exemplars: int | None = None
@@ -277,7 +284,7 @@ class ExplainConfig:
     """Base seed; sample i of a prompt is drawn with seed + i."""
     split: str = "score"
     """Held-out split the candidates are scored on (score or test, never explain)."""
-    target: str = "relu"
+    target: Target = "relu"
     """What a simulation is correlated with: relu (the polarity-applied activation above 0) or raw."""
     allow_in_sample: bool = False
     """Let a fine-tuned simulator score features it was trained on (every such score is marked in-sample)."""
@@ -289,7 +296,7 @@ class ExplainConfig:
     """Features whose k requests go to the teacher together."""
     cache: str | None = None
     """sqlite cache of LLM calls and simulations (default OUT/cache.sqlite)."""
-    dtype: str = "float32"
+    dtype: Dtype = "float32"
     """dtype of local (hf:) teacher and simulator weights; bfloat16 is 3-4x faster on AMX CPUs and GPUs."""
     teacher_batch_size: int = 16
     """Sequences per generate() batch of a local teacher."""
@@ -303,6 +310,7 @@ class ExplainConfig:
     """Show progress bars."""
 
     def __post_init__(self) -> None:
+        one_of(self)
         at_least(self, 1, "k", "max_tokens", "max_exemplars", "batch_features", "teacher_batch_size")
         at_least(self, 0, "max_features")
         if self.split == "explain":
@@ -331,13 +339,13 @@ class ScoreConfig:
     """hf:MODEL, finetuned:PATH, openai:MODEL@URL or parsed:openai:MODEL@URL."""
     split: str = "score"
     """Held-out split to score on (score or test)."""
-    target: str = "relu"
+    target: Target = "relu"
     """What a simulation is correlated with: relu (the polarity-applied activation above 0) or raw."""
     allow_in_sample: bool = False
     """Let a fine-tuned simulator score features it was trained on (every such score is marked in-sample)."""
     cache: str | None = None
     """sqlite cache of simulations (default OUT/cache.sqlite)."""
-    dtype: str = "float32"
+    dtype: Dtype = "float32"
     """dtype of a local simulator's weights."""
     limits: CallLimits = field(default_factory=CallLimits)
     """Timeouts, retries and budget of an HTTP simulator."""
@@ -354,6 +362,7 @@ class ScoreConfig:
     """Show progress bars."""
 
     def __post_init__(self) -> None:
+        one_of(self)
         if self.split == "explain":
             raise ValueError("--split must be a held-out split (score or test), never explain")
         inputs = {"--explanations": self.explanations, "--store": self.store, "--simulator": self.simulator}
@@ -569,7 +578,7 @@ class EvalConfig:
     resamples seeds, then units or rule families, then features."""
     control_seeds: tuple[str, ...] = ()
     """More training seeds of the format-control student, paired with student_seeds in order."""
-    primary: str = "distillation_gain"
+    primary: Comparison = "distillation_gain"
     """The one primary comparison, declared before the eval runs (e.g. student_vs_format_control); the
     report states it first, every other comparison is secondary."""
     reference: str | None = None
@@ -581,7 +590,7 @@ class EvalConfig:
     """Training run folders whose loss curves the report plots (the student's own is added if local)."""
     calibration: str | None = None
     """A calibration.json (planted-rule fidelity of the simulators) to open the report with."""
-    target: str = "relu"
+    target: Target = "relu"
     """What a simulation is correlated with: relu (the polarity-applied activation above 0) or raw."""
     allow_in_sample: bool = False
     """Let a fine-tuned simulator score features it was trained on (every such score is marked in-sample)."""
@@ -589,7 +598,7 @@ class EvalConfig:
     """Another dataset folder to check for leaked features (the features file's own folder is always checked)."""
     k: int = 4
     """Student samples for best-of-k (selected on `score`, reported on `test`)."""
-    prompt_style: str | None = None
+    prompt_style: PromptStyle | None = None
     """Prompt style; default: the one the student was trained on (build.json), else plain."""
     max_exemplars: int | None = None
     """Exemplars per prompt; default: as in training (build.json), else all the store's protocol shows."""
@@ -606,7 +615,7 @@ class EvalConfig:
     """Seed of sampling, baselines and bootstrap."""
     detection: bool = False
     """Also detection and fuzzing (needs a local simulator to answer Yes/No)."""
-    dtype: str = "float32"
+    dtype: Dtype = "float32"
     """dtype of local student, teacher and simulator; bfloat16 is ~2x faster on AMX CPUs."""
     cache: str | None = None
     """sqlite cache (default OUT/cache.sqlite)."""
@@ -622,6 +631,7 @@ class EvalConfig:
     """Show progress bars."""
 
     def __post_init__(self) -> None:
+        one_of(self)
         if (self.teacher is None) == (self.teacher_results is None):
             raise ValueError("give exactly one of --teacher SPEC (explain afresh) or --teacher-results DIR")
         at_least(self, 1, "k", "max_tokens", "max_exemplars", "n_resamples")
@@ -666,7 +676,7 @@ class DemoConfig:
     simulator_others: int = 0
     """Mismatched rows per window: the window labelled under this many other rules (their phrasing, their
     labels), which teaches the simulator to read the explanation rather than the text."""
-    simulator_phrasings: str = "suite"
+    simulator_phrasings: Phrasings = "suite"
     """Which true phrasings label its training rows: suite (the rules' own phrasings, which share the
     teacher's template grammar) or paraphrases (natural paraphrases only, no template wording)."""
     planted_graded: bool = False
@@ -688,7 +698,7 @@ class DemoConfig:
     a hierarchical interval over seeds."""
     format_control: bool = False
     """Also train a format-control student on the same winners shuffled across features (sft_control)."""
-    primary: str = "distillation_gain"
+    primary: Comparison = "distillation_gain"
     """The eval's primary comparison, declared here before it runs."""
     proof: bool = False
     """The proof configuration (`eval.demo.PROOF`: 137 held-out planted rules of 7 families, two of them
@@ -707,12 +717,12 @@ class DemoConfig:
     model cannot explain (its best-of-4 scores like the null explanation); hf:, openai:, anthropic: work."""
     k: int = 3
     """Teacher candidates per feature (best-of-k)."""
-    dtype: str = "auto"
+    dtype: Literal["auto", Dtype] = "auto"
     """dtype of every local model; auto measures which is faster here (bf16 needs AMX to win)."""
     threads: int = 0
     """torch threads (0: measured with the dtype; on the README's 2-core machine 2, which trains the
     simulator 1.7x faster than 1)."""
-    prompt_style: str = "highlighted"
+    prompt_style: PromptStyle = "highlighted"
     """The shortest prompt: it bounds explain, training and eval time."""
     max_exemplars: int = 5
     """Exemplars per explainer prompt."""
@@ -738,8 +748,7 @@ class DemoConfig:
     """Seed of every draw."""
 
     def __post_init__(self) -> None:
-        if self.simulator_phrasings not in ("suite", "paraphrases"):
-            raise ValueError(f"--simulator-phrasings must be suite or paraphrases, got {self.simulator_phrasings!r}")
+        one_of(self)
         if self.simulator_others < 0:
             raise ValueError(f"--simulator-others must be >= 0, got {self.simulator_others}")
         if self.student_seeds < 1:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neuroscribe.configs import BUILTIN_CORPUS as BUILTIN  # noqa: E402
+from neuroscribe.runs.files import file_digest, fingerprint, read_text
 
 _FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -76,8 +77,6 @@ def iter_documents(dataset: str = BUILTIN, text_field: str = "text", split: str 
     try:
         yield from _texts(stream, dataset, text_field)
     except UnicodeDecodeError:  # datasets names no file: find the one that is not UTF-8 (file and line)
-        from neuroscribe.runs.files import read_text
-
         for p in files:
             if p.suffix != ".parquet":
                 read_text(p)
@@ -96,7 +95,6 @@ def _texts(stream, dataset: str, text_field: str) -> Iterator[str]:
 def dataset_fingerprint(dataset: str = BUILTIN) -> str:
     """A hash of what the dataset spec holds NOW: the bytes of local files, the builtin corpus's text,
     or (for a hub id, which cannot be read offline) the id itself."""
-    from neuroscribe.runs.files import file_digest, fingerprint
 
     if dataset == BUILTIN:
         import pydoc_data.topics as topics

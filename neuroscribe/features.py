@@ -24,11 +24,10 @@ from dataclasses import dataclass
 
 import torch
 
-from neuroscribe.bases import BASIS_KINDS
-from neuroscribe.models import decoder_layers
+from neuroscribe.bases import BASIS_KINDS, hook_point, load_basis
+from neuroscribe.models import decoder_layers, down_proj_module, mlp_width
 from neuroscribe.records import FeatureId
-
-_DOWN_PROJ_NAMES = ("down_proj", "c_proj", "fc2", "dense_4h_to_h", "w2")
+from neuroscribe.saes import check_compatible, hooked_tensor, load_sparse_encoder, resolve_hook_module
 
 
 class FeatureSpecError(ValueError):
@@ -60,17 +59,6 @@ def _parse_ints(text: str, what: str) -> list[int]:
             raise FeatureSpecError(f"features: empty range {part!r} in {what}")
         out.extend(range(lo, hi + 1))
     return sorted(set(out))
-
-
-def down_proj_module(block) -> torch.nn.Module:
-    mlp = getattr(block, "mlp", None) or getattr(block, "feed_forward", None)
-    if mlp is None:
-        raise FeatureSpecError(f"{type(block).__name__} has no `mlp` module")
-    for name in _DOWN_PROJ_NAMES:
-        mod = getattr(mlp, name, None)
-        if mod is not None:
-            return mod
-    raise FeatureSpecError(f"cannot find the output projection of {type(mlp).__name__} (looked for {_DOWN_PROJ_NAMES})")
 
 
 def parse_feature_spec(spec: str | Sequence[str], model, polarity: str = "auto") -> list[FeatureGroup]:
@@ -111,14 +99,7 @@ def parse_feature_spec(spec: str | Sequence[str], model, polarity: str = "auto")
     return groups
 
 
-def mlp_width(model, layer: int) -> int:
-    proj = down_proj_module(decoder_layers(model)[layer])
-    return proj.in_features if hasattr(proj, "in_features") else proj.weight.shape[0]  # GPT-2 Conv1D: [in, out]
-
-
 def _encoder_group(kind: str, rest: str, model, polarity: str, item: str) -> FeatureGroup:
-    from neuroscribe.saes import check_compatible, load_sparse_encoder
-
     path, idx_text = rest, ""
     m = re.fullmatch(r"(.*):([\d,\-\s]+)", rest)
     if m:
@@ -134,7 +115,6 @@ def _encoder_group(kind: str, rest: str, model, polarity: str, item: str) -> Fea
 
 def _basis_group(path: str, polarity: str, item: str) -> FeatureGroup:
     """A fitted control basis (`neuroscribe.bases`): every direction, both signs unless positive only."""
-    from neuroscribe.bases import load_basis
 
     basis = load_basis(path)
     pols = (1,) if polarity == "positive" else (1, -1)
@@ -163,14 +143,10 @@ class ActivationReader:
             if g.kind == "mlp":
                 module, side = down_proj_module(layers[g.layer]), "pre"
             elif g.kind in BASIS_KINDS:
-                from neuroscribe.bases import hook_point, load_basis
-
                 basis = load_basis(g.encoder_path).to(next(model.parameters()).device)
                 self._encoders[gi] = basis
                 module, side = hook_point(model, basis.spec.layer, basis.spec.site)
             else:
-                from neuroscribe.saes import load_sparse_encoder, resolve_hook_module
-
                 enc = load_sparse_encoder(g.encoder_path).to(next(model.parameters()).device)
                 self._encoders[gi] = enc
                 module, side = resolve_hook_module(model, enc.site)
@@ -185,8 +161,6 @@ class ActivationReader:
             self._captured[gi] = torch.cat([cols * p for p in g.polarities], dim=-1)
             if self.stop_early and len(self._captured) == len(self.groups):
                 raise _StopForward
-
-        from neuroscribe.saes import hooked_tensor
 
         if side == "pre":
             return module.register_forward_pre_hook(

@@ -211,15 +211,6 @@ def import_neuron_records(
     ]
 
 
-def _simulation_results(path: str | Path) -> Iterator[tuple[str, tuple[int, int], list]]:
-    for where, obj in _documents(Path(path).expanduser()):
-        res = _obj(obj, "NeuronSimulationResults", where)
-        scored = _field(res, "scored_explanations", where)
-        if not isinstance(scored, list):
-            raise InterchangeError(f"{where}.scored_explanations: expected a list")
-        yield where, _neuron_id(res, where), scored
-
-
 def _explanation_text(value: Any, where: str) -> str:
     se = _obj(value, "ScoredExplanation", where)
     text = _field(se, "explanation", where)
@@ -228,17 +219,26 @@ def _explanation_text(value: Any, where: str) -> str:
     return text
 
 
+def _explanations(path: str | Path, kind: str, polarity: int, explainer: str) -> Iterator[tuple[str, Any, Explanation]]:
+    """(where, ScoredExplanation object, Explanation) for every explanation in NeuronSimulationResults files."""
+    for where, obj in _documents(Path(path).expanduser()):
+        res = _obj(obj, "NeuronSimulationResults", where)
+        scored = _field(res, "scored_explanations", where)
+        if not isinstance(scored, list):
+            raise InterchangeError(f"{where}.scored_explanations: expected a list")
+        layer, index = _neuron_id(res, where)
+        key = FeatureId(kind, layer, index, polarity).key
+        for i, se in enumerate(scored):
+            w = f"{where}.scored_explanations[{i}]"
+            text = _explanation_text(se, w)
+            yield w, se, Explanation(key, text.strip(), explainer, prompt_style="openai", sample_index=i, raw=text)
+
+
 def import_explanations(
     path: str | Path, kind: str = "mlp", polarity: int = 1, explainer: str = OPENAI_EXPLAINER
 ) -> list[Explanation]:
     """OpenAI's released explanations (NeuronSimulationResults files) as Explanation records to re-score."""
-    out = []
-    for where, (layer, index), scored in _simulation_results(path):
-        key = FeatureId(kind, layer, index, polarity).key
-        for i, se in enumerate(scored):
-            text = _explanation_text(se, f"{where}.scored_explanations[{i}]")
-            out.append(Explanation(key, text.strip(), explainer, prompt_style="openai", sample_index=i, raw=text))
-    return out
+    return [explanation for _, _, explanation in _explanations(path, kind, polarity, explainer)]
 
 
 def import_scored_explanations(
@@ -246,37 +246,31 @@ def import_scored_explanations(
 ) -> list[ScoredExplanation]:
     """The same explanations with OpenAI's own score (`ev_correlation_score`; null -> NaN) and simulations."""
     out = []
-    for where, (layer, index), scored in _simulation_results(path):
-        key = FeatureId(kind, layer, index, polarity).key
-        for i, se in enumerate(scored):
-            w = f"{where}.scored_explanations[{i}]"
-            text = _explanation_text(se, w)
-            sim = _obj(_field(se, "scored_simulation", w), "ScoredSimulation", f"{w}.scored_simulation")
-            sims = []
-            for j, sss in enumerate(sim.get("scored_sequence_simulations") or []):
-                ws = f"{w}.scored_simulation.scored_sequence_simulations[{j}]"
-                sss = _obj(sss, "ScoredSequenceSimulation", ws)
-                seq = _obj(_field(sss, "simulation", ws), "SequenceSimulation", f"{ws}.simulation")
-                tokens = tuple(_field(seq, "tokens", f"{ws}.simulation"))
-                true = tuple(_float_or_nan(a, f"{ws}.true_activations") for a in _field(sss, "true_activations", ws))
-                pred = tuple(
-                    _float_or_nan(a, f"{ws}.expected_activations") for a in _field(seq, "expected_activations", ws)
-                )
-                if not len(tokens) == len(true) == len(pred):
-                    raise InterchangeError(
-                        f"{ws}: {len(tokens)} tokens, {len(true)} true and {len(pred)} predicted values"
-                    )
-                sims.append(SimulatedExemplar(synthetic_window_id(tokens, true), "openai", true, pred))
-            out.append(
-                ScoredExplanation(
-                    Explanation(key, text.strip(), explainer, prompt_style="openai", sample_index=i, raw=text),
-                    score=_float_or_nan(sim.get("ev_correlation_score"), f"{w}.scored_simulation.ev_correlation_score"),
-                    simulator=explainer,
-                    split="openai",
-                    n_exemplars=len(sims),
-                    simulations=tuple(sims),
-                )
+    for w, se, explanation in _explanations(path, kind, polarity, explainer):
+        sim = _obj(_field(se, "scored_simulation", w), "ScoredSimulation", f"{w}.scored_simulation")
+        sims = []
+        for j, sss in enumerate(sim.get("scored_sequence_simulations") or []):
+            ws = f"{w}.scored_simulation.scored_sequence_simulations[{j}]"
+            sss = _obj(sss, "ScoredSequenceSimulation", ws)
+            seq = _obj(_field(sss, "simulation", ws), "SequenceSimulation", f"{ws}.simulation")
+            tokens = tuple(_field(seq, "tokens", f"{ws}.simulation"))
+            true = tuple(_float_or_nan(a, f"{ws}.true_activations") for a in _field(sss, "true_activations", ws))
+            pred = tuple(
+                _float_or_nan(a, f"{ws}.expected_activations") for a in _field(seq, "expected_activations", ws)
             )
+            if not len(tokens) == len(true) == len(pred):
+                raise InterchangeError(f"{ws}: {len(tokens)} tokens, {len(true)} true and {len(pred)} predicted values")
+            sims.append(SimulatedExemplar(synthetic_window_id(tokens, true), "openai", true, pred))
+        out.append(
+            ScoredExplanation(
+                explanation,
+                score=_float_or_nan(sim.get("ev_correlation_score"), f"{w}.scored_simulation.ev_correlation_score"),
+                simulator=explainer,
+                split="openai",
+                n_exemplars=len(sims),
+                simulations=tuple(sims),
+            )
+        )
     return out
 
 

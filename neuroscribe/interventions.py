@@ -33,10 +33,13 @@ from dataclasses import dataclass, replace
 import torch
 from sklearn.metrics import roc_auc_score
 
+from neuroscribe.features import FeatureGroup
+from neuroscribe.models import load_shared
 from neuroscribe.output_side import (
     NEUTRAL_PROMPTS,
     Writer,
     added_to_output,
+    feature_writer,
     mean_logprob_change,
     mean_logprobs,
     prompt_batch,
@@ -268,7 +271,6 @@ def mean_of(scores: Sequence[InterventionScore]) -> dict[str, float]:
 
 def feature_group(store_meta: dict, feature):
     """The one-feature `FeatureGroup` of a stored feature (encoder / basis file from the store's meta)."""
-    from neuroscribe.features import FeatureGroup
 
     path = next(
         (
@@ -291,10 +293,10 @@ class InterventionScorer:
     def __init__(
         self, store, judge: str = "subject", steer: float = 4.0, dtype: str = "float32", distractors: int = DISTRACTORS
     ):
-        from neuroscribe.models import load_shared
-
         self.store, self.steer, self.distractors = store, steer, distractors
-        subject = store.meta["model"]
+        subject = store.subject_model
+        if subject is None:
+            raise ValueError(f"{store.path / 'meta.json'}: field model is missing; steering needs the subject model")
         self.model, self.tok = load_shared(subject, dtype)
         self.judge, self.judge_tok = (
             (self.model, self.tok) if judge in ("subject", subject) else load_shared(judge, dtype)
@@ -304,8 +306,6 @@ class InterventionScorer:
         self._nulls: dict[str, InterventionScore] = {}
 
     def continuations_of(self, record) -> Continuations:
-        from neuroscribe.output_side import feature_writer
-
         key = record.feature.key
         if key not in self._continuations:
             writer = feature_writer(self.model, feature_group(self.store.meta, record.feature))

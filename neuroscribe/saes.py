@@ -32,7 +32,6 @@ Hook sites (`HookSite.site`), as HF modules of Llama/Qwen2/Gemma2/GPT-2 decoder 
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ import torch
 from torch import Tensor
 
 from neuroscribe.models import decoder_layers
+from neuroscribe.runs.files import RunFileError, read_json
 
 SITES: tuple[str, ...] = ("resid_pre", "resid_mid", "resid_post", "mlp_in", "mlp_out")
 ACTIVATIONS: tuple[str, ...] = ("relu", "jumprelu", "topk", "groupmax")
@@ -183,15 +183,12 @@ def load_sparse_encoder(path: str | Path, layer: int | None = None, site: str | 
 
 def _read_cfg(folder: Path) -> dict[str, Any]:
     cfg_path = folder / "cfg.json"
-    if not cfg_path.exists():
-        raise SparseEncoderError(f"sparse encoder: {cfg_path} is missing")
     try:
-        cfg = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SparseEncoderError(f"{cfg_path}: not valid JSON ({e})") from None
-    if not isinstance(cfg, dict):
-        raise SparseEncoderError(f"{cfg_path}: expected a JSON object")
-    return cfg
+        return read_json(cfg_path)
+    except FileNotFoundError:
+        raise SparseEncoderError(f"sparse encoder: {cfg_path} is missing") from None
+    except RunFileError as e:  # garbled, or not an object: the message names the file
+        raise SparseEncoderError(str(e)) from None
 
 
 def _int_field(cfg: dict, name: str, cfg_path: Path, default: int | None = None) -> int:

@@ -37,8 +37,10 @@ The conventions behind every score (the README's scoring section says the same):
   exemplar (each window once), whether the unit fires on it; fuzzing whether the marked tokens are the
   ones it fires on, the decoys carrying a real activating exemplar's marks (its run structure). Both
   report balanced accuracy at P(yes) >= 0.5 and AUROC of P(yes).
-- Protocol. `PROTOCOL` names this set of conventions; it is part of every score's cache key, so a
-  changed target, balance or label rule never reuses an old score.
+- Version. `SCORING_VERSION` names this set of conventions (not the sampling protocol of
+  `neuroscribe.protocols`); it is part of every score's cache key, so a changed target, balance or label
+  rule never reuses an old score. Records and cache keys keep the field name `protocol` for it, so
+  stored scores stay readable.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ from neuroscribe.records import (
 )
 from neuroscribe.simulators.base import Simulator, YesNoJudge
 
-PROTOCOL = "sim-v3"  # bump whenever a convention of the module doc changes (v3: out-of-context scored apart)
+SCORING_VERSION = "sim-v3"  # bump whenever a convention of the module doc changes (v3: out-of-context scored apart)
 TARGETS = ("relu", "raw")
 FAILURE_SCORE = 0.0  # what an unparsed explanation or a constant simulation counts as in a headline mean
 FUZZING_VARIANTS = ("default", "active", "scattered")
@@ -133,7 +135,7 @@ def simulate_and_score(
     simulator: Simulator,
     explanation: Explanation,
     record: FeatureExemplars,
-    split: str = "score",
+    split: str,  # the store's held-out split to score on (`records.SplitNames`)
     target: str = "relu",
     in_sample: bool = False,
 ) -> ScoredExplanation:
@@ -145,7 +147,7 @@ def simulate_and_score_many(
     simulator: Simulator,
     explanations: Sequence[Explanation],
     record: FeatureExemplars,
-    split: str = "score",
+    split: str,  # the store's held-out split to score on (`records.SplitNames`)
     target: str = "relu",
     in_sample: bool = False,
 ) -> list[ScoredExplanation]:
@@ -160,7 +162,7 @@ def simulate_and_score_many(
         simulator=simulator.spec,
         split=split,
         target=target,
-        protocol=PROTOCOL,
+        protocol=SCORING_VERSION,
         sampling=record.protocol,
         in_sample=in_sample,
         n_top_held=len(top),
@@ -270,7 +272,7 @@ def cached_scores(
             "simulate",
             simulator.spec,
             {
-                "protocol": PROTOCOL,
+                "protocol": SCORING_VERSION,
                 **({} if sampling == DEFAULT_PROTOCOL else {"sampling": sampling}),
                 "target": target,
                 "explanation": e.text,
@@ -354,7 +356,7 @@ def detection_score(
     judge: YesNoJudge,
     explanation: Explanation,
     record: FeatureExemplars,
-    split: str = "score",
+    split: str,  # the store's held-out split to score on (`records.SplitNames`)
     target: str = "relu",
     active_fraction: float = JUDGE_ACTIVE_FRACTION,
 ) -> dict[str, float]:
@@ -419,7 +421,7 @@ def _copied_marks(real: Sequence[bool], n_tokens: int, rng: random.Random) -> tu
 
 def fuzzing_items(
     record: FeatureExemplars,
-    split: str = "score",
+    split: str,  # the store's held-out split to score on (`records.SplitNames`)
     seed: int = 0,
     variant: str = "default",
     target: str = "relu",
@@ -467,7 +469,7 @@ def fuzzing_score(
     judge: YesNoJudge,
     explanation: Explanation,
     record: FeatureExemplars,
-    split: str = "score",
+    split: str,  # the store's held-out split to score on (`records.SplitNames`)
     seed: int = 0,
     variant: str = "default",
     target: str = "relu",
@@ -490,7 +492,7 @@ def judge_scores(
     judge: YesNoJudge,
     explanation: Explanation,
     record: FeatureExemplars,
-    split: str = "score",
+    split: str,  # the store's held-out split to score on (`records.SplitNames`)
     seed: int = 0,
     target: str = "relu",
     active_fraction: float = JUDGE_ACTIVE_FRACTION,
@@ -526,7 +528,7 @@ __all__ = [
     "ACTIVE_FRACTION",
     "FAILURE_SCORE",
     "JUDGE_ACTIVE_FRACTION",
-    "PROTOCOL",
+    "SCORING_VERSION",
     "TARGETS",
     "cached_score",
     "detection_score",

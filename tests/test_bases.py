@@ -11,8 +11,7 @@ from test_collect import SMALL
 from neuroscribe.bases import BasisSpecError, fit_directions, load_basis, parse_basis_spec
 from neuroscribe.configs import CollectConfig
 from neuroscribe.distill.collect import collect
-from neuroscribe.features import down_proj_module
-from neuroscribe.models import decoder_layers, load_model
+from neuroscribe.models import decoder_layers, down_proj_module, load_model
 from neuroscribe.records import FeatureId
 from neuroscribe.runs.store import ExemplarStore
 

@@ -52,7 +52,7 @@ def run_chromium(tmp_path, *args: str) -> str:
 def browser(tiny_llama, tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
     result = planted_eval(root, tiny_llama)
-    return result.files["browser"], result.results
+    return result.files["browser"], result.results.data
 
 
 def dump_dom(tmp_path, page, query: str | None = None) -> str:

@@ -13,6 +13,7 @@ from test_eval import PLANTED, QuotedWordSimulator, planted_records
 from neuroscribe.eval.calibration import calibrate, fidelity, headline
 from neuroscribe.eval.report import answer
 from neuroscribe.eval.results import Explainer, by_kind, comparisons
+from neuroscribe.runs.eval import EvalResults
 
 NAN = float("nan")
 
@@ -117,7 +118,7 @@ def test_the_answer_paragraph_states_the_gain_its_verdict_and_each_kind():
         "by_kind": {SIM: by_kind(feats, EXPLAINERS, SIM, n_resamples=500)},
         "summary": {SIM: summary},
     }
-    text = answer(results)
+    text = answer(EvalResults(results))
     gain = results["comparisons"][SIM]["distillation_gain"]["difference"]
     assert text.startswith("**Did the student get better?**")
     assert f"{gain['estimate']:.3f}" in text and "the 95% interval lies above zero" in text
@@ -138,7 +139,7 @@ def test_the_answer_paragraph_states_the_gain_its_verdict_and_each_kind():
         trained_families=["word"],
     )
     results["gates"] = {SIM: cal["simulators"][SIM]["gates"]}
-    first = answer(results).split("\n")[0]
+    first = answer(EvalResults(results)).split("\n")[0]
     assert first.startswith("**The judge FAILED 1 of 3 validity gates**") and "(c) do paraphrases" in first
 
 
@@ -192,8 +193,8 @@ def test_the_answer_paragraph_says_the_gain_once_with_or_without_seeds():
         "by_kind": {},
         "summary": {SIM: {}},
     }
-    text = answer(results)
+    text = answer(EvalResults(results))
     assert text.count("**Did the student get better?**") == 1 and "not measured here" not in text
     results["comparisons"][SIM].pop("distillation_gain")
-    text = answer(results)
+    text = answer(EvalResults(results))
     assert text.count("**Did the student get better?**") == 1 and "not measured here" in text

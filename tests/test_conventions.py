@@ -302,7 +302,7 @@ def test_a_changed_protocol_or_target_never_reuses_a_cached_score(tiny_llama, tm
         assert cache.usage().calls == 1 and cache.usage().cached_hits == 1
         raw = scorers.cached_score(sim, e, record, "score", cache, target="raw")
         assert cache.usage().calls == 2 and raw.target == "raw"
-        monkeypatch.setattr(scorers, "PROTOCOL", "sim-test-next")
+        monkeypatch.setattr(scorers, "SCORING_VERSION", "sim-test-next")
         again = scorers.cached_score(sim, e, record, "score", cache)
         assert cache.usage().calls == 3 and again.protocol == "sim-test-next"
         assert math.isclose(

@@ -89,7 +89,7 @@ def write_scored_dir(path, cands: dict[str, list[ScoredExplanation]], **meta) ->
         "prompt_version": PROMPT_VERSION,
         "k": 4,
         "split": "score",
-        "model": "tiny-subject",
+        "subject_model": "tiny-subject",
     }
     (path / "meta.json").write_text(json.dumps({**base, **meta}))
     lines = [json.dumps(to_json(c)) for group in cands.values() for c in group]

@@ -143,7 +143,7 @@ def _scores(f: dict, name: str, sim: str) -> dict:
 
 
 def test_eval_covers_exactly_the_held_out_features_on_the_test_split(evaluated, pipeline):
-    res, sim = evaluated.results, pipeline["spec"]
+    res, sim = evaluated.results.data, pipeline["spec"]
     assert [f["feature"] for f in res["features"]] == read_heldout(pipeline["root"] / "data") == pipeline["heldout"]
     assert [e["name"] for e in res["explainers"]] == EXPLAINERS
     store = ExemplarStore(pipeline["store"])
@@ -162,7 +162,7 @@ def test_eval_covers_exactly_the_held_out_features_on_the_test_split(evaluated, 
 
 
 def test_best_of_k_selects_on_score_and_best_of_1_is_greedy(evaluated):
-    for f in evaluated.results["features"]:
+    for f in evaluated.results.data["features"]:
         best, first = f["results"]["student_best_of_k"], f["results"]["student_best_of_1"]
         cands = best["candidates"]
         assert [c["sample_index"] for c in cands] == [0, 1, 2]
@@ -179,8 +179,10 @@ def test_best_of_k_selects_on_score_and_best_of_1_is_greedy(evaluated):
 
 def test_baselines_come_from_the_explain_split_another_feature_and_nothing(evaluated, pipeline):
     store = ExemplarStore(pipeline["store"])
-    teacher_text = {f["feature"]: f["results"]["teacher"]["explanation"]["text"] for f in evaluated.results["features"]}
-    for f in evaluated.results["features"]:
+    teacher_text = {
+        f["feature"]: f["results"]["teacher"]["explanation"]["text"] for f in evaluated.results.data["features"]
+    }
+    for f in evaluated.results.data["features"]:
         record = store.get(f["feature"])
         top = f["results"]["baseline_top_tokens"]["explanation"]
         peaks = {e.tokens[int(np.argmax(e.activations))] for e in record.select("explain", ["top", "quantile"])}
@@ -196,7 +198,7 @@ def test_baselines_come_from_the_explain_split_another_feature_and_nothing(evalu
 
 
 def test_summary_statistics_use_the_headline_convention(evaluated, pipeline):
-    res, sim = evaluated.results, pipeline["spec"]
+    res, sim = evaluated.results.data, pipeline["spec"]
     for name in EXPLAINERS:
         rows = [_scores(f, name, sim) for f in res["features"]]
         values = [r["headline"] for r in rows if r["status"] != "insufficient"]
@@ -226,7 +228,7 @@ def test_summary_statistics_use_the_headline_convention(evaluated, pipeline):
 
 
 def test_comparisons_reliability_and_the_answer_paragraph(evaluated, pipeline):
-    res, sim = evaluated.results, pipeline["spec"]
+    res, sim = evaluated.results.data, pipeline["spec"]
     comp = res["comparisons"][sim]
     gain = comp["distillation_gain"]
     pairs = [
@@ -265,7 +267,7 @@ def test_outputs_are_strict_json_a_report_plots_and_the_model_card_table(evaluat
     out = evaluated.out
     text = (out / "results.json").read_text()
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
-    assert read_results(out)["features"] == json.loads(text)["features"]
+    assert read_results(out).data["features"] == json.loads(text)["features"]
     report = (out / "report.md").read_text()
     for needle in (
         "student best-of-3",
@@ -285,20 +287,20 @@ def test_outputs_are_strict_json_a_report_plots_and_the_model_card_table(evaluat
     md, js = eval_table(out / "eval_table.md"), eval_table(out / "eval_table.json")
     for table in (md, js):
         assert "student best-of-3" in table and "mean score [95% CI]" in table and table.startswith("|")
-    cost = evaluated.results["cost"]
-    n = len(evaluated.results["features"])  # k = 3 samples per feature plus one greedy, one call each
+    cost = evaluated.results.data["cost"]
+    n = len(evaluated.results.data["features"])  # k = 3 samples per feature plus one greedy, one call each
     assert cost["student_best_of_k"]["fresh_calls"] == 3 * n and cost["student_best_of_1"]["fresh_calls"] == n
     assert cost["student_best_of_1"]["latency_s_per_explanation"] > 0
     assert cost["student_best_of_k"]["usd_per_explanation"] == 0.0  # a local model
-    assert evaluated.results["training"][str(evaluated.results["config"]["student"])][0] == [1, 2.0]
+    assert evaluated.results.data["training"][str(evaluated.results.data["config"]["student"])][0] == [1, 2.0]
 
 
 def test_rerun_generates_and_simulates_nothing(evaluated, pipeline, tmp_path):
     again = evaluate(_cfg(pipeline, tmp_path / "again", cache=str(evaluated.out / "cache.sqlite")))
-    usage = again.results["usage"]
+    usage = again.results.data["usage"]
     assert usage and all(u["calls"] == 0 for u in usage.values()), usage
-    assert again.results["cost"]["student_best_of_k"]["latency_s_per_explanation"] is None
-    for a, b in zip(again.results["features"], evaluated.results["features"]):
+    assert again.results.data["cost"]["student_best_of_k"]["latency_s_per_explanation"] is None
+    for a, b in zip(again.results.data["features"], evaluated.results.data["features"]):
         for name in EXPLAINERS:
             assert a["results"][name]["explanation"] == b["results"][name]["explanation"]
             assert a["results"][name]["scores"] == b["results"][name]["scores"]
@@ -322,7 +324,7 @@ def test_a_fresh_teacher_spec_explains_best_of_k_itself_even_for_one_feature(pip
         detection=False,
         base=None,
     )
-    res = eval_command(cfg, echo=lines.append).results
+    res = eval_command(cfg, echo=lines.append).results.data
     assert res["provenance"]["teacher"] == pipeline["spec"]
     assert res["cost"]["teacher"]["fresh_calls"] == 2 and res["cost"]["teacher"]["latency_s_per_explanation"] > 0
     assert [e["name"] for e in res["explainers"]][:3] == ["teacher", "teacher_best_of_1", "student_best_of_k"]
@@ -344,6 +346,39 @@ def test_report_only_rebuild_from_results_json(evaluated, tmp_path):
     files = rebuild_report(tmp_path / "results.json")
     assert (tmp_path / "report.md").read_text() == (evaluated.out / "report.md").read_text()
     assert files["browser"].read_text() == (evaluated.out / "browser.html").read_text()
+
+
+def test_results_json_round_trips_byte_for_byte_through_eval_results(evaluated, tmp_path):
+    from neuroscribe.runs.eval import EvalResults, write_results
+
+    read = read_results(evaluated.out)
+    assert isinstance(read, EvalResults) and isinstance(evaluated.results, EvalResults)
+    write_results(tmp_path, read)
+    assert (tmp_path / "results.json").read_bytes() == (evaluated.out / "results.json").read_bytes()
+    # the typed view agrees with the file: rows, the primary comparison (defined once), per-feature values
+    sim = read.primary_simulator
+    assert [e.name for e in read.explainers] == EXPLAINERS and read.primary == "distillation_gain"
+    assert read.primary_comparison() == read.comparisons(sim)["distillation_gain"]
+    assert read.primary_comparison().difference == read.data["comparisons"][sim]["distillation_gain"]["difference"]
+    assert read.values("teacher", sim) == [_scores(f, "teacher", sim)["headline"] for f in read.data["features"]]
+    assert read.summary(sim)["teacher"].n == read.data["summary"][sim]["teacher"]["n"]
+
+
+def test_a_results_json_missing_a_field_names_the_file_and_the_field(evaluated, tmp_path):
+    from neuroscribe.runs.files import RunFileError
+
+    data = json.loads((evaluated.out / "results.json").read_text())
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({k: v for k, v in data.items() if k != "summary"}))
+    with pytest.raises(RunFileError, match=re.escape(f"{path}: field 'summary' is missing")):
+        read_results(tmp_path)
+    del data["explainers"][1]["label"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(RunFileError, match=re.escape(f"{path}: explainers[1]: field 'label' is missing")):
+        read_results(path)
+    path.write_text(json.dumps({**data, "schema_version": 1}))
+    with pytest.raises(RunFileError, match=re.escape(f"{path}: field schema_version is 1, expected 2")):
+        read_results(path)
 
 
 # --------------------------------------------------------------------------- refusals
@@ -516,7 +551,7 @@ def planted_eval(root, tiny_llama, simulators=None, **kw):
 
 
 def test_planted_features_order_the_rows_as_the_truth_says(tiny_llama, tmp_path):
-    res = planted_eval(tmp_path, tiny_llama, report=False).results
+    res = planted_eval(tmp_path, tiny_llama, report=False).results.data
     sim = "test:quoted-word"
     for f, word in zip(res["features"], PLANTED):
         r = f["results"]
@@ -543,7 +578,7 @@ def test_planted_features_order_the_rows_as_the_truth_says(tiny_llama, tmp_path)
 
 
 def test_a_failed_explanation_counts_zero_and_an_insufficient_feature_is_left_out_for_everyone(tiny_llama, tmp_path):
-    res = planted_eval(tmp_path, tiny_llama, report=False, unparsed=1, no_random_in_test=2).results
+    res = planted_eval(tmp_path, tiny_llama, report=False, unparsed=1, no_random_in_test=2).results.data
     sim = "test:quoted-word"
     s = res["summary"][sim]
     teacher = [f["results"]["teacher"]["scores"][sim] for f in res["features"]]
@@ -562,7 +597,7 @@ def test_a_failed_explanation_counts_zero_and_an_insufficient_feature_is_left_ou
 
 def test_every_simulator_gets_a_table_and_the_first_selects(tiny_llama, tmp_path):
     judge = QuotedWordSimulator("test:half-weight", weight=4.5)
-    res = planted_eval(tmp_path, tiny_llama, simulators=[QuotedWordSimulator(), judge]).results
+    res = planted_eval(tmp_path, tiny_llama, simulators=[QuotedWordSimulator(), judge]).results.data
     assert res["provenance"]["simulators"] == ["test:quoted-word", "test:half-weight"]
     assert res["provenance"]["selection_simulator"] == "test:quoted-word"
     assert (
@@ -624,7 +659,7 @@ def test_smollm2_student_and_simulator_end_to_end(tmp_path):
         n_resamples=200,
         progress=False,
     )
-    res = evaluate(cfg).results
+    res = evaluate(cfg).results.data
     assert res["provenance"]["student"] == sim
     oks = [
         f["results"][n]
@@ -649,9 +684,9 @@ def test_intervention_scores_every_row_of_the_subjects_features_and_the_report_s
     again = evaluate(
         _cfg(pipeline, tmp_path / "iv", cache=str(evaluated.out / "cache.sqlite"), intervention=True, steer=8.0)
     )
-    rows = again.results["intervention"]
-    assert set(rows) == {e["name"] for e in again.results["explainers"]}
-    scored = [f for f in again.results["features"] if not f["insufficient"]]
+    rows = again.results.data["intervention"]
+    assert set(rows) == {e["name"] for e in again.results.data["explainers"]}
+    scored = [f for f in again.results.data["features"] if not f["insufficient"]]
     for f in scored:
         for r in f["results"].values():
             iv = r["intervention"]
@@ -668,7 +703,7 @@ def test_a_format_control_row_and_a_declared_primary_comparison(tiny_llama, tmp_
     """The control student is evaluated like the student (greedy best-of-1), compared with it, and a
     primary comparison named before the eval opens the report's answer; an unknown one is refused."""
     evaluated = planted_eval(tmp_path, tiny_llama, control=str(tiny_llama), primary="student_vs_format_control")
-    res, sim = evaluated.results, "test:quoted-word"
+    res, sim = evaluated.results.data, "test:quoted-word"
     assert "control_best_of_1" in {e["name"] for e in res["explainers"]}
     comp = res["comparisons"][sim]["student_vs_format_control"]
     assert comp["b"] == "control_best_of_1" and comp["difference"]["n"] == len(PLANTED)
@@ -695,7 +730,7 @@ def test_several_student_seeds_get_a_hierarchical_interval_on_the_primary_compar
         control_seeds=(str(tiny_llama), str(tiny_llama)),
         primary="student_vs_format_control",
     )
-    res, sim = evaluated.results, "test:quoted-word"
+    res, sim = evaluated.results.data, "test:quoted-word"
     names = {e["name"] for e in res["explainers"]}
     assert {"student_best_of_1_s1", "student_best_of_1_s2", "control_best_of_1_s1", "control_best_of_1_s2"} <= names
     seeded = res["seeded"][sim]["student_vs_format_control"]

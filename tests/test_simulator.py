@@ -156,11 +156,11 @@ def test_simulate_and_score_guards(tiny):
     with pytest.raises(ValueError, match="held-out split"):
         simulate_and_score(sim, explanation(), record, split="explain")
     with pytest.raises(ValueError, match="exemplars are for"):
-        simulate_and_score(sim, Explanation("mlp/L0/1+", "x", "test"), record)
-    failed = simulate_and_score(sim, explanation(ok=False), record)
+        simulate_and_score(sim, Explanation("mlp/L0/1+", "x", "test"), record, "score")
+    failed = simulate_and_score(sim, explanation(ok=False), record, "score")
     assert math.isnan(failed.score) and failed.simulations == () and failed.status == "unparsed"
     no_random = FeatureExemplars(record.feature, tuple(e for e in record.exemplars if e.source != "random"))
-    lacking = simulate_and_score(sim, explanation(), no_random)
+    lacking = simulate_and_score(sim, explanation(), no_random, "score")
     assert lacking.status == "insufficient" and "no random exemplar" in lacking.reason and math.isnan(lacking.score)
     assert lacking.simulations == (), "an insufficient split is never simulated, let alone scored one-sided"
 
@@ -215,9 +215,9 @@ def _run_record(n: int = 40) -> FeatureExemplars:
 
 def test_a_judge_that_reads_only_the_mark_structure_scores_chance_on_default_fuzzing():
     record = _run_record()
-    fooled = fuzzing_score(_RunCounter(), explanation(), record, variant="scattered")
+    fooled = fuzzing_score(_RunCounter(), explanation(), record, "score", variant="scattered")
     assert fooled["fuzzing_scattered"] > 0.85  # scattered decoys give themselves away
-    fair = fuzzing_score(_RunCounter(), explanation(), record)
+    fair = fuzzing_score(_RunCounter(), explanation(), record, "score")
     assert fair["fuzzing"] == pytest.approx(0.5) and fair["fuzzing_auroc"] == pytest.approx(0.5)
 
 
@@ -258,9 +258,9 @@ def test_detection_and_fuzzing_return_balanced_accuracies(tiny):
     probs = sim.yes_probabilities([[{"role": "user", "content": "Is this a test?"}]] * 2)
     assert len(probs) == 2 and all(0.0 < p < 1.0 for p in probs) and probs[0] == pytest.approx(probs[1])
     scores = {
-        **detection_score(sim, explanation(), record),
-        **fuzzing_score(sim, explanation(), record),
-        **fuzzing_score(sim, explanation(), record, variant="active"),
+        **detection_score(sim, explanation(), record, "score"),
+        **fuzzing_score(sim, explanation(), record, "score"),
+        **fuzzing_score(sim, explanation(), record, "score", variant="active"),
     }
     assert set(scores) == {
         "detection",
@@ -290,7 +290,7 @@ class LossySimulator(LocalSimulator):
 
 def test_unreadable_predictions_are_dropped_and_counted_not_zeroed(tiny):
     record = make_record()
-    scored = simulate_and_score(LossySimulator(*tiny), explanation(), record)
+    scored = simulate_and_score(LossySimulator(*tiny), explanation(), record, "score")
     n_nan = sum(math.isnan(v) for s in scored.simulations for v in s.predicted)
     assert n_nan > 0 and scored.n_parse_failures == n_nan
     keep = [

@@ -13,41 +13,28 @@ from __future__ import annotations
 
 import sys
 
+from neuroscribe.train.args import parse_args
+from neuroscribe.train.pipeline import train_explainer
+
 
 def main(script_args, training_args, model_args, source=None, callbacks=None) -> dict:
     """Train, save and write the run card; returns the run info (empty on non-main ranks)."""
+    from trl import DPOTrainer
+
+    adjust = _ignore_bias_buffers if script_args.ignore_bias_buffers else None
+    return train_explainer("dpo", DPOTrainer, script_args, training_args, model_args, source, callbacks, adjust)
+
+
+def _ignore_bias_buffers(trainer) -> None:
+    """DDP cannot broadcast boolean buffers: leave them out of its sync."""
     import torch
-    from trl import DPOTrainer, get_quantization_config
 
-    from neuroscribe.train import pipeline
-    from neuroscribe.train.args import peft_config
-
-    # seed -> logging -> data -> tokenizer
-    run = pipeline.prepare(script_args, training_args, model_args)
-    # model: TRL instantiates it from model_init_kwargs, after DeepSpeed ZeRO-3 is set up
-    training_args.model_init_kwargs = pipeline.model_init_kwargs(model_args, training_args)
-    # trainer
-    trainer = DPOTrainer(
-        model=run.model_dir,
-        args=training_args,
-        train_dataset=run.train,
-        eval_dataset=run.eval,
-        processing_class=run.tokenizer,
-        peft_config=peft_config(model_args, script_args, run.model_dir),
-        quantization_config=get_quantization_config(model_args),
-        callbacks=callbacks,
-    )
-    if script_args.ignore_bias_buffers:  # DDP cannot broadcast boolean buffers
-        trainer.model._ddp_params_and_buffers_to_ignore = [
-            name for name, buf in trainer.model.named_buffers() if buf.dtype == torch.bool
-        ]
-    # train (resuming from the last complete checkpoint) -> save -> card
-    return pipeline.train_and_save("dpo", trainer, run, script_args, training_args, model_args, source)
+    trainer.model._ddp_params_and_buffers_to_ignore = [
+        name for name, buf in trainer.model.named_buffers() if buf.dtype == torch.bool
+    ]
 
 
 def cli(argv=None) -> None:
-    from neuroscribe.train.args import parse_args
-
     script_args, training_args, model_args, source = parse_args("dpo", argv)
     main(script_args, training_args, model_args, source)
 

@@ -1,6 +1,7 @@
 """The steps every training entry point runs, so `sft.py`, `dpo.py` and `simulator.py` stay short and
 linear: `prepare` (seed -> logging -> output folder -> data -> tokenizer) and `train_and_save`
-(train, resuming from the last complete checkpoint -> save -> run info -> card). The run folder's
+(train, resuming from the last complete checkpoint -> save -> run info -> card); `train_explainer` is
+both around one TRL trainer, the whole of `sft.py` and `dpo.py`. The run folder's
 files are owned by `neuroscribe.runs.train`."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from neuroscribe.models import load_model, resolve
 from neuroscribe.runs import datasets as dataset_files
 from neuroscribe.runs.files import file_digest, fingerprint, guard_output
 from neuroscribe.runs.train import (
@@ -21,10 +23,12 @@ from neuroscribe.runs.train import (
     is_finished,
     last_complete_checkpoint,
     read_started,
+    write_recipe,
     write_run_info,
     write_started,
 )
-from neuroscribe.train.args import RecipeSource, redacted_recipe_text
+from neuroscribe.train.args import RecipeSource, peft_config, redacted_recipe_text
+from neuroscribe.train.cards import model_card
 
 logger = logging.getLogger("neuroscribe.train")
 LLAMA3_PAD = "<|finetune_right_pad_id|>"  # Llama-3.1 reserves this; padding with eos works too
@@ -63,6 +67,33 @@ def prepare(script_args, training_args, model_args, require_chat_template: bool 
         dataset[script_args.dataset_train_split],
         eval_split(script_args, training_args, dataset),
     )
+
+
+def train_explainer(
+    kind: str, trainer_class, script_args, training_args, model_args, source=None, callbacks=None, adjust=None
+) -> dict:
+    """The whole of an explainer entry point (`sft.py`, `dpo.py`) around its TRL trainer class; returns the
+    run info (empty on non-main ranks). `adjust(trainer)` runs once the trainer is built, before training."""
+    from trl import get_quantization_config
+
+    # seed -> logging -> data -> tokenizer
+    run = prepare(script_args, training_args, model_args)
+    # model: TRL instantiates it from model_init_kwargs, after DeepSpeed ZeRO-3 is set up
+    training_args.model_init_kwargs = model_init_kwargs(model_args, training_args)
+    trainer = trainer_class(
+        model=run.model_dir,
+        args=training_args,
+        train_dataset=run.train,
+        eval_dataset=run.eval,
+        processing_class=run.tokenizer,
+        peft_config=peft_config(model_args, script_args, run.model_dir),
+        quantization_config=get_quantization_config(model_args),
+        callbacks=callbacks,
+    )
+    if adjust is not None:
+        adjust(trainer)
+    # train (resuming from the last complete checkpoint) -> save -> card
+    return train_and_save(kind, trainer, run, script_args, training_args, model_args, source)
 
 
 def model_init_kwargs(model_args, training_args) -> dict:
@@ -235,7 +266,6 @@ def resolve_model_dir(spec: str, training_args) -> str:
     A bundled GGUF is de-quantised once into the neuroscribe cache (main process first, so ranks
     don't race), then every rank loads that folder.
     """
-    from neuroscribe.models import load_model, resolve
 
     src = resolve(spec)
     if src.gguf_file is None:
@@ -339,14 +369,10 @@ def dataset_provenance(name: str) -> dict:
     build = dataset_files.read_build(name) if Path(name).is_dir() else None
     if build is None:
         return {}
-    meta = build.get("meta", {})
     return {
-        "source_model": build.get("source_model"),
-        "teacher": meta.get("teacher"),
-        "simulator": meta.get("simulator"),
-        "prompt_style": meta.get("prompt_style"),
-        "prompt_version": meta.get("prompt_version"),
-        "heldout_features": len(build.get("splits", {}).get("heldout", [])),
+        "source_model": build.source_model,
+        **{name: build.explain_meta(name) for name in ("teacher", "simulator", "prompt_style", "prompt_version")},
+        "heldout_features": len(build.splits["heldout"]),
     }
 
 
@@ -364,7 +390,6 @@ def run_card(
     """Save recipe copy, run facts and a model card into output_dir (main process only).
 
     card: info -> ModelCard (default: the explainer card); extra: more run facts for the info."""
-    from neuroscribe.train.cards import model_card
 
     out = Path(trainer.args.output_dir)
     source = source or RecipeSource(None, ())
@@ -385,7 +410,7 @@ def run_card(
         **(extra or {}),
     }
     if source.path:
-        (out / "recipe.yaml").write_text(redacted_recipe_text(source.path))
+        write_recipe(out, redacted_recipe_text(source.path))
     (card or model_card)(info).save(out / "README.md")
     write_run_info(out, info)  # last: its presence marks a finished run
     return info

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from neuroscribe.configs import PlanConfig
+from neuroscribe.train.args import parse_recipe, recipe_kind
 
 SHIPPED_CONFIGS = {
     "meta-llama/Llama-3.1-8B-Instruct": "llama-3.1-8b-config.json",
@@ -294,7 +295,6 @@ def strategy_from_accelerate(path: str | Path) -> Strategy:
 
 def plan_from_files(cfg: PlanConfig) -> Plan:
     """Read a training recipe and an accelerate config, then `plan`."""
-    from neuroscribe.train.args import parse_recipe, recipe_kind
 
     config, accelerate_config, model_config = cfg.config, cfg.accelerate_config, cfg.model_config
 

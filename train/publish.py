@@ -14,7 +14,6 @@ replaces its contents.
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import re
 import shutil
@@ -22,11 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neuroscribe.configs import PublishConfig
+from neuroscribe.models import DTYPES, load_model
 from neuroscribe.runs.files import building_folder, guard_output, refuse_nonempty, replace_folder, sibling_lock
 from neuroscribe.runs.simulator import SIMULATOR_FILE
-from neuroscribe.runs.train import read_run_info, write_run_info
+from neuroscribe.runs.train import read_run_info, set_adapter_base, write_recipe, write_run_info
 from neuroscribe.train.args import redacted_recipe_text
 from neuroscribe.train.cards import eval_table, model_card
+from neuroscribe.train.simulator import simulator_card
 
 PUBLISHED = (
     "config.json",
@@ -79,9 +80,7 @@ def build_repo_folder(
         refuse_nonempty(out, overwrite)
         with building_folder(out) as tmp:
             _fill_repo_folder(run, tmp, info, merge=merge, is_adapter=is_adapter, recipe=recipe)
-            card = model_card
-            if info.get("kind") == "simulator":
-                from neuroscribe.train.simulator import simulator_card as card
+            card = simulator_card if info.get("kind") == "simulator" else model_card
             card({**info, "merged": merge}, eval_table(eval_results), repo_id).save(tmp / "README.md")
             check_no_secrets(tmp)
         return replace_folder(tmp, out, overwrite)
@@ -98,20 +97,16 @@ def _fill_repo_folder(run: Path, tmp: Path, info: dict, *, merge: bool, is_adapt
             if f.is_file() and any(fnmatch.fnmatch(f.name, pat) for pat in PUBLISHED):
                 shutil.copy2(f, tmp / f.name)
         if is_adapter:  # the adapter names its base as trained: a cache path for bundled models
-            cfg = json.loads((tmp / "adapter_config.json").read_text())
-            cfg["base_model_name_or_path"] = info["base_model"]
-            (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
+            set_adapter_base(tmp, info["base_model"])
     recipe_path = Path(recipe) if recipe else run / "recipe.yaml"
     if recipe_path.exists():
-        (tmp / "recipe.yaml").write_text(redacted_recipe_text(recipe_path))
+        write_recipe(tmp, redacted_recipe_text(recipe_path))
     write_run_info(tmp, {**info, "merged": merge})
 
 
 def _write_merged(run: Path, info: dict, folder: Path) -> None:
     from peft import PeftModel
     from transformers import AutoTokenizer
-
-    from neuroscribe.models import DTYPES, load_model
 
     dtype = info.get("dtype") if info.get("dtype") in DTYPES else "float32"  # "auto"/None: load as fp32
     base, _ = load_model(info.get("base_model_dir") or info["base_model"], dtype=dtype)

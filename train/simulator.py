@@ -17,13 +17,18 @@ ModelConfig; the SFT-only options this Trainer would silently ignore are refused
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import uuid
 from pathlib import Path
 
 from neuroscribe.runs.simulator import is_simulator, read_simulator_file, write_simulator_file
+from neuroscribe.runs.train import adapter_base
 from neuroscribe.simulators.finetuned_format import SimulatorFormat
+from neuroscribe.train import pipeline
+from neuroscribe.train.args import parse_args, peft_config
+from neuroscribe.train.cards import hub_id
+from neuroscribe.train.pipeline import resolve_model_dir
+from neuroscribe.train.simulator_loss import ClassCrossEntropy, SimulatorCollator
 
 # SFTConfig fields with no meaning here; setting one is an error rather than a silent no-op.
 SFT_ONLY = (
@@ -69,9 +74,6 @@ def load_model(model_dir: str, model_args, training_args, script_args):
     from peft import PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from neuroscribe.train.args import peft_config
-    from neuroscribe.train.pipeline import resolve_model_dir
-
     kwargs = {
         "dtype": model_args.dtype,
         "attn_implementation": model_args.attn_implementation,
@@ -81,7 +83,7 @@ def load_model(model_dir: str, model_args, training_args, script_args):
     adapter = Path(model_dir) / "adapter_config.json"
     base_dir = model_dir
     if adapter.exists():
-        base_dir = resolve_model_dir(json.loads(adapter.read_text())["base_model_name_or_path"], training_args)
+        base_dir = resolve_model_dir(adapter_base(model_dir), training_args)
     model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
     trains_adapter = adapter.exists() or model_args.use_peft
     if trains_adapter and training_args.activation_checkpointing:
@@ -126,9 +128,6 @@ def main(script_args, training_args, model_args, source=None, callbacks=None) ->
     """Train, save (weights + tokenizer + simulator.json) and write the run card; returns the run info."""
     from transformers import Trainer
 
-    from neuroscribe.train import pipeline
-    from neuroscribe.train.simulator_loss import ClassCrossEntropy, SimulatorCollator
-
     # seed -> logging -> data -> tokenizer
     check_training_args(training_args, model_args)
     run = pipeline.prepare(script_args, training_args, model_args, require_chat_template=False)
@@ -171,8 +170,6 @@ def main(script_args, training_args, model_args, source=None, callbacks=None) ->
 def simulator_card(info: dict, eval_markdown: str | None = None, repo_id: str | None = None):
     """Card for a simulator run folder (built from run facts only, never from secrets)."""
     from huggingface_hub import ModelCard, ModelCardData
-
-    from neuroscribe.train.cards import hub_id
 
     base = hub_id(info.get("simulator_base_model") or info.get("base_model"))
     peft = bool(info.get("peft")) and not info.get("merged")
@@ -224,8 +221,6 @@ reads it*, not that the explanation is complete.
 
 
 def cli(argv=None) -> None:
-    from neuroscribe.train.args import parse_args
-
     script_args, training_args, model_args, source = parse_args("simulator", argv)
     main(script_args, training_args, model_args, source)
 

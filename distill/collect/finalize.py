@@ -33,8 +33,9 @@ import torch
 from neuroscribe.records import ACTIVE_FRACTION, OUT_OF_CONTEXT, SOURCES, FeatureStats
 from neuroscribe.runs.store import FEATURE_SCHEMA, exemplar_table, feature_row, list_column
 
-from .mining import Miner, Slots, moment_stats, top_tokens
+from .mining import Miner, moment_stats, top_tokens
 from .negatives import top_token_slots
+from .slots import Slots
 from .splits import assign_splits
 
 _LOOKALIKE = str.maketrans("<>[]", "‹›⟦⟧")

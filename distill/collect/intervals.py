@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from .mining import Slots
+from .slots import Slots
 
 FINE = 4  # fine bins per interval
 

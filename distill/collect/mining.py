@@ -13,8 +13,8 @@ Per feature the miner keeps, as fixed-size tensors:
 The samples are bottom-k by a priority that depends only on (seed, window id, feature), so they do
 not depend on batch size, shard order or the number of ranks: merging two miners' states gives
 exactly the state one miner would reach over the union of their windows (the interval sample too,
-see intervals.py). Hard-negative and other-context candidates are the exception: which windows
-qualify depends on the top tokens known when the window is read.
+see intervals.py; each sample is a `slots.Slots`). Hard-negative and other-context candidates are
+the exception: which windows qualify depends on the top tokens known when the window is read.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ import torch
 
 from neuroscribe.configs import MiningConfig
 from neuroscribe.records import FeatureId
+
+from .intervals import IntervalSlots
+from .slots import Slots
 
 STATE_VERSION = 3  # of a checkpointed miner state; an older one is refused, not misread
 HARD_WATCH = 6  # top tokens so far a hard-negative candidate may hold (the store's rule then keeps 3)
@@ -44,85 +47,6 @@ def window_priorities(seed: int, window_ids: list[int], n_features: int, streams
         g = torch.Generator().manual_seed(_mix64(_mix64(seed) ^ w))
         out[:, :, b] = torch.rand(streams, n_features, dtype=torch.float64, generator=g)
     return out
-
-
-def _select(keys: torch.Tensor, ids: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
-    """Indices of the k best keys per row, ties broken by lower id; rows are independent."""
-    by_id = torch.argsort(ids, dim=1, stable=True)
-    order = torch.argsort(keys.gather(1, by_id), dim=1, descending=largest, stable=True)
-    return by_id.gather(1, order)[:, :k]
-
-
-class Slots:
-    """k best (key, window id, token activations) per feature; `largest` picks the ordering.
-
-    Slots are kept unordered: a batch only writes the slots it evicts, so the cost of an update
-    is proportional to how many candidates get in, not to the size of the state.
-    """
-
-    def __init__(self, n_features: int, k: int, window: int, largest: bool, extra: bool = False, peaks: bool = False):
-        self.fill = float("-inf") if largest else float("inf")
-        self.largest, self.k = largest, k
-        self.keys = torch.full((n_features, k), self.fill, dtype=torch.float64)
-        self.ids = torch.full((n_features, k), -1, dtype=torch.int64)
-        self.acts = torch.zeros(n_features, k, window, dtype=torch.float32)
-        self.maxes = torch.zeros(n_features, k, dtype=torch.float32) if extra else None
-        self.peaks = torch.full((n_features, k), -1, dtype=torch.int64) if peaks else None  # token id at the peak
-
-    def offer(
-        self,
-        keys: torch.Tensor,
-        ids: torch.Tensor,
-        acts_of,
-        maxes: torch.Tensor | None = None,
-        peaks: torch.Tensor | None = None,
-        rows: torch.Tensor | None = None,
-    ) -> None:
-        """Offer B candidates per feature: keys/ids (and maxes, peak token ids) [F, B]; acts_of(rows, cols)
-        -> [n, T] for candidate (key row, candidate column) pairs. `rows`, when given, names the slot row
-        each key row offers to (distinct rows; default: key row i offers to slot row i)."""
-        if self.k == 0:
-            return
-        mine = self.keys if rows is None else self.keys[rows]
-        worst = mine.min(1, keepdim=True).values if self.largest else mine.max(1, keepdim=True).values
-        better = (keys >= worst) if self.largest else (keys <= worst)
-        sel = better.any(dim=1).nonzero().flatten()
-        if sel.numel() == 0:
-            return
-        dest = sel if rows is None else rows[sel]
-        all_keys = torch.cat([self.keys[dest], keys[sel].to(torch.float64)], dim=1)
-        all_ids = torch.cat([self.ids[dest], ids[sel]], dim=1)
-        pick = _select(all_keys, all_ids, self.k, self.largest)
-        chosen = torch.zeros_like(all_keys, dtype=torch.bool).scatter_(1, pick, True)
-        # pair the j-th evicted old slot of a row with the j-th entering candidate of that row
-        r_out, slot = (~chosen[:, : self.k]).nonzero(as_tuple=True)
-        r_in, cand = chosen[:, self.k :].nonzero(as_tuple=True)
-        if r_in.numel() == 0:
-            return
-        feat, at = sel[r_in], dest[r_in]
-        self.keys[at, slot] = keys[feat, cand].to(torch.float64)
-        self.ids[at, slot] = ids[feat, cand]
-        self.acts[at, slot] = acts_of(feat, cand)
-        if self.maxes is not None:
-            self.maxes[at, slot] = maxes[feat, cand]
-        if self.peaks is not None:
-            self.peaks[at, slot] = peaks[feat, cand]
-
-    def absorb(self, other: Slots) -> None:
-        """Merge another miner's slots (same features) into these."""
-        self.offer(other.keys, other.ids, lambda f, c: other.acts[f, c], other.maxes, other.peaks)
-
-    def ordered(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(slot order best first [F, k], keys in that order), ties by lower window id."""
-        order = _select(self.keys, self.ids, self.k, self.largest)
-        return order, self.keys.gather(1, order)
-
-    def state(self) -> dict:
-        return {"keys": self.keys, "ids": self.ids, "acts": self.acts, "maxes": self.maxes, "peaks": self.peaks}
-
-    def load(self, state: dict) -> None:
-        self.keys, self.ids, self.acts, self.maxes = state["keys"], state["ids"], state["acts"], state["maxes"]
-        self.peaks = state["peaks"]
 
 
 def top_tokens(top: Slots, n: int) -> torch.Tensor:
@@ -152,8 +76,6 @@ class Miner:
         self.random = Slots(F, config.random_k + config.inactive_pool, window, largest=False, extra=True)
         self.hard = Slots(F, HARD_CANDIDATES * config.hard_negatives, window, largest=False, extra=True)
         self.context = Slots(F, HARD_CANDIDATES * config.other_context, window, largest=False, extra=True)
-        from .intervals import IntervalSlots
-
         self.interval = IntervalSlots(F, config.intervals, config.per_interval, window)
         self.moments = torch.zeros(F, 5, dtype=torch.float64)  # n, sum a, a^2, a^3, a^4
         self.n_active = torch.zeros(F, dtype=torch.int64)

@@ -27,6 +27,7 @@ import torch
 
 from neuroscribe import __version__
 from neuroscribe import dist as distributed
+from neuroscribe.bases import BASIS_KINDS, check_basis_spec, fit_basis, parse_basis_spec
 from neuroscribe.configs import CollectConfig
 from neuroscribe.corpus import (
     Window,
@@ -41,14 +42,22 @@ from neuroscribe.features import ActivationReader, parse_feature_spec
 from neuroscribe.models import load_model
 from neuroscribe.options import to_dict
 from neuroscribe.progress import progress
-from neuroscribe.runs.files import OutputLock, disk_error, guard_output, refuse_existing
+from neuroscribe.runs.files import OutputLock, disk_error, fingerprint, guard_output, refuse_existing
 from neuroscribe.runs.store import META, output_table, write_tables
 
 from .finalize import finalize
 from .mining import STATE_VERSION, Miner
 from .negatives import out_of_context_tokens
+from .outputs import describe_outputs
 
 STATE_DIR = ".collect"
+
+
+def collect_fingerprint(cfg: CollectConfig, dataset_content: str) -> str:
+    """What a checkpoint must match to be resumed: the config (not out/overwrite/progress) and the
+    dataset's CONTENT, so a changed file under the same path is never resumed into."""
+    keep = {k: v for k, v in to_dict(cfg).items() if k not in ("out", "overwrite", "progress")}
+    return fingerprint({**keep, "dataset_content": dataset_content})
 
 
 class EmptyDatasetError(ValueError):
@@ -96,7 +105,7 @@ def collect(cfg: CollectConfig) -> Path:
     model, tok = load_model(cfg.model, cfg.dtype, cfg.device)
     groups = parse_feature_spec(_fitted_bases(cfg, model, tok, out, dist), model, cfg.polarity)
     content = dataset_fingerprint(cfg.dataset)
-    key = cfg.fingerprint(content)
+    key = collect_fingerprint(cfg, content)
     with OutputLock(out, dist.rank), ActivationReader(model, groups) as reader:
         prefix = context_prefix(tok)  # the tokenizer's own (Llama's BOS); each window adds its preceding tokens
 
@@ -136,8 +145,6 @@ def collect(cfg: CollectConfig) -> Path:
             timings["finalize_s"] = time.perf_counter() - t0
             outputs = None
             if cfg.output_side:
-                from .outputs import describe_outputs
-
                 reader.close()  # its hooks would cut the steered forward passes short
                 t0 = time.perf_counter()
                 fmax = dict(
@@ -173,7 +180,6 @@ def read_alone(reader: ActivationReader, prefix: list[int], miner: Miner, cfg: C
 def _fitted_bases(cfg: CollectConfig, model, tok, out: Path, dist) -> list[str]:
     """The feature spec with each control-basis item (`neuroscribe.bases`) replaced by `basis:FILE`, the
     basis fitted on the first `basis_fit_windows` corpus windows (rank 0) and saved in `OUT/bases/`."""
-    from neuroscribe.bases import BASIS_KINDS, check_basis_spec, fit_basis, parse_basis_spec
 
     items = [s.strip() for part in cfg.features for s in part.split(";") if s.strip()]
     specs = {item: parse_basis_spec(item) for item in items if item.partition(":")[0] in BASIS_KINDS}

@@ -27,7 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from neuroscribe.corpus import BUILTIN, iter_documents
+from neuroscribe.distill.collect.splits import assign_splits
 from neuroscribe.records import SPLITS, Exemplar, FeatureExemplars, FeatureId, FeatureStats
+from neuroscribe.simulators.finetuned_format import activation_classes, contiguous_spans
 
 KIND = "planted"
 FAMILIES = ("", "word", "class", "punctuation", "span", "position", "morphology", "shape")  # index = layer
@@ -133,7 +135,6 @@ def corpus_windows(
     tokenizer, window: int = 32, max_windows: int | None = None, dataset: str = BUILTIN
 ) -> Iterator[PlantedWindow]:
     """Windows of `window` tokens, each inside one document, numbered in stream order."""
-    from neuroscribe.simulators.finetuned_format import contiguous_spans
 
     n = 0
     for d, doc in enumerate(iter_documents(dataset)):
@@ -194,7 +195,6 @@ def planted_features(
     windows: Sequence[PlantedWindow] | None = None,
 ) -> list[FeatureExemplars]:
     """One FeatureExemplars per rule (module doc): n_top top and n_random random windows per rule."""
-    from neuroscribe.distill.collect.splits import assign_splits
 
     rules = list(RULES.values() if rules is None else rules)
     windows = list(windows) if windows is not None else list(corpus_windows(tokenizer, window, max_windows, dataset))
@@ -275,7 +275,6 @@ def simulator_rows(
     `phrasings` says which true phrasings a row may carry (default: the suite's, `all_phrasings`; e.g.
     `paraphrases.paraphrases` to keep the teacher's template wording out of training)."""
     phrasings = phrasings or (lambda r: r.all_phrasings)
-    from neuroscribe.simulators.finetuned_format import activation_classes
 
     rng = random.Random(seed)
     windows = list(corpus_windows(tokenizer, window, max_windows, dataset))

@@ -7,11 +7,10 @@ Specs:
   anthropic:MODEL                        Anthropic Messages API (ANTHROPIC_API_KEY)
   vllm:MODEL                             vLLM offline engine (optional, GPU)
   patterns:v1                            no LLM: template phrases over the prompt's marked tokens
+A spec string is parsed once into a `neuroscribe.specs.Spec` (`BACKEND_KINDS`); `load_backend` takes either.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from neuroscribe.backends.base import (
     Backend,
@@ -25,8 +24,11 @@ from neuroscribe.backends.base import (
 from neuroscribe.backends.remote import Budget, BudgetExceeded, RetryPolicy
 from neuroscribe.cache import Cache
 from neuroscribe.configs import CallLimits
+from neuroscribe.specs import BACKEND_KINDS, Spec
 
 __all__ = [
+    "limit_budget",
+    "limit_options",
     "Backend",
     "BackendError",
     "Budget",
@@ -41,76 +43,84 @@ __all__ = [
     "load_backend",
     "parse_spec",
     "sample_seed",
+    "Spec",
 ]
 
-KINDS = ("hf", "openai", "anthropic", "vllm", "patterns")
+KINDS = BACKEND_KINDS.names
 _REMOTE_OPTS = {"base_urls", "max_concurrency", "retry", "budget", "allow_plain_http"}
 
-
-@dataclass(frozen=True)
-class BackendSpec:
-    kind: str
-    model: str
-    base_urls: tuple[str, ...] = ()
+BackendSpec = Spec  # the names tests and callers know
 
 
-def parse_spec(spec: str) -> BackendSpec:
-    """'kind:model[@url,url]' -> BackendSpec, with one error that says what a spec looks like."""
-    kind, sep, rest = spec.partition(":")
-    kind = kind.strip().lower()
-    example = (
-        "e.g. hf:smollm2-135m-instruct, openai:gpt-4o-mini, openai:MODEL@http://127.0.0.1:8000/v1, "
-        "anthropic:MODEL, vllm:MODEL, patterns:v1"
+def parse_spec(spec: str) -> Spec:
+    """'kind:model[@url,url]' -> Spec, with one error that says what a backend spec looks like."""
+    return Spec.parse(spec, BACKEND_KINDS)
+
+
+def limit_budget(limits: CallLimits) -> Budget | None:
+    """A fresh Budget of `limits` (None: unlimited); give one to several backends to share it."""
+    return (
+        Budget(limits.max_usd, limits.max_calls) if limits.max_usd is not None or limits.max_calls is not None else None
     )
-    if not sep or kind not in KINDS or not rest.strip():
-        raise ValueError(f"backend spec {spec!r}: expected KIND:MODEL with KIND one of {', '.join(KINDS)} ({example})")
-    model, urls = rest.strip(), ()
-    if "@" in model and kind == "openai":
-        model, _, url_text = model.rpartition("@")
-        urls = tuple(u.strip() for u in url_text.split(",") if u.strip())
-        bad = [u for u in urls if not u.startswith(("http://", "https://"))]
-        if not model or not urls or bad:
-            raise ValueError(
-                f"backend spec {spec!r}: after '@' give base URLs like http://127.0.0.1:8000/v1 ({example})"
-            )
-    return BackendSpec(kind, model, urls)
+
+
+def limit_options(limits: CallLimits, budget: Budget | None = None) -> dict:
+    """Constructor options of a remote backend under `limits` (`budget`: a shared one, else a fresh one)."""
+    return {
+        "retry": RetryPolicy(max_attempts=limits.retries + 1, timeout=limits.timeout),
+        "budget": budget or limit_budget(limits),
+        "max_concurrency": limits.concurrency,
+        "allow_plain_http": limits.allow_plain_http,
+    }
 
 
 def load_backend(
-    spec: str, cache: Cache | None = None, limits: CallLimits | None = None, budget: Budget | None = None, **opts
+    spec: str | Spec,
+    cache: Cache | None = None,
+    limits: CallLimits | None = None,
+    budget: Budget | None = None,
+    **opts,
 ) -> Backend:
-    """Build the backend a spec names. `opts` go to its constructor (stage, prices, ...); `limits` (and a
-    shared `budget`) apply to HTTP backends only and are ignored by local ones."""
-    parsed = parse_spec(spec)
+    """Build the backend a spec names (a string, or a Spec parsed already). `opts` go to its constructor
+    (stage, prices, ...); `limits` (and a shared `budget`) apply to HTTP backends only and are ignored by
+    local ones."""
+    parsed = spec if isinstance(spec, Spec) else parse_spec(spec)
+    if parsed.kind not in KINDS:
+        raise BACKEND_KINDS.error(str(spec))
     if parsed.kind in ("openai", "anthropic"):
         if limits is not None:
-            opts = {**limits.options(budget), **opts}
+            opts = {**limit_options(limits, budget), **opts}
         elif budget is not None:
             opts = {"budget": budget, **opts}
-    if parsed.kind == "patterns":
-        from neuroscribe.backends.patterns import PatternBackend
-
-        return PatternBackend(parsed.model, cache, **opts)
     if parsed.kind in ("hf", "vllm"):
         stray = _REMOTE_OPTS & set(opts)
         if stray:
-            raise ValueError(f"backend spec {spec!r}: {sorted(stray)} only apply to HTTP backends")
-    if parsed.kind == "hf":
+            raise ValueError(f"backend spec {str(spec)!r}: {sorted(stray)} only apply to HTTP backends")
+    if parsed.base_urls:
+        if opts.get("base_urls"):
+            raise ValueError(f"backend spec {str(spec)!r}: give base URLs in the spec or as base_urls=, not both")
+        opts["base_urls"] = list(parsed.base_urls)
+    return _backend_class(parsed.kind)(parsed.model, cache, **opts)
+
+
+def _backend_class(kind: str) -> type[Backend]:
+    """The class behind a kind, imported only when asked for (torch, the SDKs and vLLM load slowly)."""
+    if kind == "patterns":
+        from neuroscribe.backends.patterns import PatternBackend
+
+        return PatternBackend
+    if kind == "hf":
         from neuroscribe.backends.local import TransformersBackend
 
-        return TransformersBackend(parsed.model, cache, **opts)
-    if parsed.kind == "openai":
+        return TransformersBackend
+    if kind == "openai":
         from neuroscribe.backends.openai_backend import OpenAIBackend
 
-        if parsed.base_urls:
-            if opts.get("base_urls"):
-                raise ValueError(f"backend spec {spec!r}: give base URLs in the spec or as base_urls=, not both")
-            opts["base_urls"] = list(parsed.base_urls)
-        return OpenAIBackend(parsed.model, cache, **opts)
-    if parsed.kind == "anthropic":
+        return OpenAIBackend
+    if kind == "anthropic":
         from neuroscribe.backends.anthropic_backend import AnthropicBackend
 
-        return AnthropicBackend(parsed.model, cache, **opts)
+        return AnthropicBackend
     from neuroscribe.backends.vllm_backend import VLLMBackend
 
-    return VLLMBackend(parsed.model, cache, **opts)
+    return VLLMBackend

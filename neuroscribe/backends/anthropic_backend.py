@@ -20,18 +20,8 @@ class AnthropicBackend(RemoteBackend):
     env_base_url = "ANTHROPIC_BASE_URL"
     default_concurrency = 4
 
-    def __init__(
-        self,
-        model: str,
-        cache=None,
-        stage: str = "default",
-        prices=None,
-        *,
-        send_sampling: bool = True,
-        http_client: Any = None,
-        **remote_opts,
-    ):
-        super().__init__(model, cache, stage, prices, **remote_opts)
+    def configure(self, *, send_sampling: bool = True, http_client: Any = None, **remote_opts) -> None:
+        super().configure(**remote_opts)
         self.send_sampling = send_sampling
         self._http_client = http_client  # an httpx2.AsyncClient (proxies, or a recorded-response transport)
 

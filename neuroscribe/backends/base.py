@@ -117,11 +117,17 @@ class Backend(ABC):
     kind: ClassVar[str] = ""
     supports_logprobs: ClassVar[bool] = False
 
-    def __init__(self, model: str, cache: Cache | None = None, stage: str = "default", prices=None):
+    def __init__(self, model: str, cache: Cache | None = None, stage: str = "default", prices=None, **options):
+        """The fields every backend has; the options of one kind (dtype, base_urls, ...) go to `configure`."""
         self.model = model
         self.cache = cache
         self.stage = stage
         self.prices: PriceTable = resolve_prices(prices)
+        self.configure(**options)
+
+    def configure(self) -> None:  # noqa: B027 - a no-op default: kinds without options keep it
+        """Set up what one kind needs beyond the shared fields; subclasses take their options here, keyword-only
+        (the default has none, so an unknown option fails)."""
 
     @property
     def spec(self) -> str:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from neuroscribe.backends.base import Backend, ChatRequest, Completion, PositionLogprobs, sample_seed
-from neuroscribe.models import cache_kwarg
+from neuroscribe.models import cache_kwarg, load_model
 
 
 class _PerRowSampler:
@@ -53,28 +53,14 @@ class TransformersBackend(Backend):
     kind = "hf"
     supports_logprobs = True
 
-    def __init__(
-        self,
-        model: str,
-        cache=None,
-        stage: str = "default",
-        prices=None,
-        *,
-        dtype: str = "float32",
-        device: str = "cpu",
-        batch_size: int = 8,
-        loaded=None,
-    ):
+    def configure(self, *, dtype: str = "float32", device: str = "cpu", batch_size: int = 8, loaded=None) -> None:
         """`loaded=(model, tokenizer)` reuses an already loaded pair instead of loading `model`."""
-        super().__init__(model, cache, stage, prices)
         if loaded is None:
-            from neuroscribe.models import load_model
-
-            loaded = load_model(model, dtype=dtype, device=device)
+            loaded = load_model(self.model, dtype=dtype, device=device)
         self.lm, self.tokenizer = loaded
         weights = next(self.lm.parameters()).dtype
         if weights != torch.float32:  # results depend on precision: keep dtypes apart in the cache
-            self.model = f"{model}@{str(weights).removeprefix('torch.')}"
+            self.model = f"{self.model}@{str(weights).removeprefix('torch.')}"
         self.batch_size = batch_size
         self.device = next(self.lm.parameters()).device
         if self.tokenizer.pad_token_id is None:

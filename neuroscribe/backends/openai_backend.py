@@ -28,17 +28,8 @@ class OpenAIBackend(RemoteBackend):
     env_key = "OPENAI_API_KEY"
     env_base_url = "OPENAI_BASE_URL"
 
-    def __init__(
-        self,
-        model: str,
-        cache=None,
-        stage: str = "default",
-        prices=None,
-        *,
-        echo_alignment: Alignment = "auto",
-        **remote_opts,
-    ):
-        super().__init__(model, cache, stage, prices, **remote_opts)
+    def configure(self, *, echo_alignment: Alignment = "auto", **remote_opts) -> None:
+        super().configure(**remote_opts)
         if echo_alignment not in ("auto", "same", "next"):
             raise ValueError(f"echo_alignment must be auto, same or next, got {echo_alignment!r}")
         self.echo_alignment = echo_alignment

@@ -185,10 +185,9 @@ class PatternBackend(Backend):
 
     kind = "patterns"
 
-    def __init__(self, model: str = VERSION, cache=None, stage: str = "default", prices=None, **_ignored):
-        if model != VERSION:
-            raise ValueError(f"patterns:{model}: this neuroscribe has the template set patterns:{VERSION}")
-        super().__init__(model, cache, stage, prices)
+    def configure(self, **_ignored) -> None:
+        if self.model != VERSION:
+            raise ValueError(f"patterns:{self.model}: this neuroscribe has the template set patterns:{VERSION}")
 
     def _generate(self, requests: Sequence[ChatRequest], on_done: Callable[[int, Completion], None]) -> None:
         for i, request in enumerate(requests):

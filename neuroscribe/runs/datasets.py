@@ -6,8 +6,9 @@
                             split train | validation; every row has a `feature` column
   heldout.txt               features reserved for evaluation, one key per line (`#` comments allowed);
                             no split of the folder contains them
-  build.json                the build's config, inputs (with their fingerprints), feature splits
-                            {train, validation, heldout}, row counts, score statistics
+  build.json                `DatasetBuild`: the explain run it came from (its meta), the build's config,
+                            inputs (with their fingerprints), feature splits {train, validation, heldout},
+                            row counts per config and split, score statistics
   README.md                 the dataset card (its `configs` make `load_dataset(FOLDER, config)` work)
 
 The folder is built in a fresh sibling `.NAME.XXXX.building` folder and moved into place, so it is never
@@ -17,7 +18,9 @@ lock beside it (`.NAME.neuroscribe.lock`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
+from dataclasses import field as dataclass_field
 from pathlib import Path
 
 from neuroscribe.records import FeatureId
@@ -26,6 +29,7 @@ from neuroscribe.runs.files import (
     building_folder,
     field,
     read_json,
+    read_text,
     refuse_nonempty,
     replace_folder,
     sibling_lock,
@@ -36,6 +40,38 @@ from neuroscribe.runs.files import (
 BUILD, HELDOUT = "build.json", "heldout.txt"
 TRAINING_SPLITS = ("train", "validation")  # validation steers training, so it is no held-out evidence
 CONFIGS = ("sft", "chat", "preference", "sft_control", "stage1", "stage2")
+
+
+@dataclass(frozen=True)
+class DatasetBuild:
+    """build.json of a dataset folder."""
+
+    splits: dict[str, list[str]]  # train / validation / heldout feature keys: the one required field
+    scored_dir: str = ""  # the explain run the rows come from (or what stood in for it)
+    rows: dict[str, dict[str, int]] = dataclass_field(default_factory=dict)  # config -> split -> row count
+    meta: dict | None = None  # the explain run's meta.json (`runs.explain.ExplainMeta`)
+    config: dict | None = None  # the build's DistillConfig / SimulatorDataConfig
+    inputs: dict | None = None  # fingerprints of the explain run and the store
+    source_model: str | None = None  # the subject model
+    stats: dict | None = None  # score statistics of the candidates
+
+    def explain_meta(self, name: str, default=None):
+        """A field of the explain run's meta (the teacher, prompt style, ...), as the build recorded it."""
+        return (self.meta or {}).get(name, default)
+
+    def setting(self, name: str, default=None):
+        """A field of the build's own config (max_exemplars, threshold, ...)."""
+        return (self.config or {}).get(name, default)
+
+    @classmethod
+    def from_json(cls, data: Mapping, where: Path) -> DatasetBuild:
+        field(data, "splits", where, dict)
+        for name, kind in (("scored_dir", str), ("rows", dict)):
+            if name in data:
+                field(data, name, where, kind)
+        names = {f.name for f in fields(cls)}
+        splits = {k: list(data["splits"].get(k, [])) for k in ("train", *TRAINING_SPLITS[1:], "heldout")}
+        return cls(**{**{k: v for k, v in data.items() if k in names}, "splits": splits})
 
 
 def heldout_file(path: str | Path) -> Path:
@@ -49,12 +85,15 @@ def heldout_file(path: str | Path) -> Path:
     return file
 
 
+def write_heldout(file: str | Path, keys: Iterable[str]) -> Path:
+    """A held-out list: one feature key per line."""
+    return write_text(Path(file), "".join(f"{k}\n" for k in keys))
+
+
 def read_heldout(path: str | Path, allow_empty: bool = False) -> list[str]:
     """Feature keys of a held-out list (file or dataset folder), in order, duplicates dropped."""
     file = heldout_file(path)
     keys: list[str] = []
-    from neuroscribe.runs.files import read_text
-
     for n, line in enumerate(read_text(file).splitlines(), 1):
         text = line.split("#", 1)[0].strip()
         if not text:
@@ -70,17 +109,22 @@ def read_heldout(path: str | Path, allow_empty: bool = False) -> list[str]:
     return keys
 
 
-def read_build(folder: str | Path) -> dict | None:
+def read_build(folder: str | Path) -> DatasetBuild | None:
     """build.json of a dataset folder, or None when the folder has none (a Hub dataset, say)."""
     path = Path(folder) / BUILD
-    return read_json(path) if path.is_file() else None
+    return DatasetBuild.from_json(read_json(path, "a dataset folder's build record"), path) if path.is_file() else None
+
+
+def is_built(folder: str | Path) -> bool:
+    return (Path(folder) / BUILD).is_file()
 
 
 def feature_splits(folder: str | Path) -> dict[str, list[str]]:
     """build.json's {train, validation, heldout} feature lists."""
-    path = Path(folder) / BUILD
-    splits = field(read_json(path, "a dataset folder's build record"), "splits", path, dict)
-    return {k: list(splits.get(k, [])) for k in ("train", *TRAINING_SPLITS[1:], "heldout")}
+    build = read_build(folder)
+    if build is None:
+        raise FileNotFoundError(f"{Path(folder) / BUILD}: missing (a dataset folder's build record)")
+    return build.splits
 
 
 def training_features(folder: str | Path) -> dict[str, str]:
@@ -108,11 +152,36 @@ def training_features(folder: str | Path) -> dict[str, str]:
     return seen
 
 
+def write_parquet_splits(
+    folder: Path, rows: Mapping[str, Mapping[str, list[dict]]], features
+) -> dict[str, dict[str, str]]:
+    """`folder/<config>/<split>.parquet` for every non-empty split (load_dataset refuses an empty one),
+    typed by `features(config)` (a `datasets.Features`); returns config -> split -> relative path."""
+    from datasets import Dataset
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_disabled = are_progress_bars_disabled()
+    disable_progress_bars()  # one bar per tiny file is noise
+    files: dict[str, dict[str, str]] = {}
+    try:
+        for config, splits in rows.items():
+            for split, split_rows in splits.items():
+                if split_rows:
+                    rel = f"{config}/{split}.parquet"
+                    (folder / config).mkdir(parents=True, exist_ok=True)
+                    Dataset.from_list(split_rows, features=features(config)).to_parquet(str(folder / rel))
+                    files.setdefault(config, {})[split] = rel
+    finally:
+        if not was_disabled:
+            enable_progress_bars()
+    return files
+
+
 def write_dataset_folder(
     out: str | Path,
     fill: Callable[[Path], None],
     heldout: list[str],
-    build: dict,
+    build: DatasetBuild | None,
     card: Callable[[Path], None],
     overwrite: bool = False,
 ) -> Path:
@@ -123,7 +192,7 @@ def write_dataset_folder(
         refuse_nonempty(out, overwrite)
         with building_folder(out) as tmp:
             fill(tmp)
-            write_text(tmp / HELDOUT, "".join(f"{k}\n" for k in heldout))
-            write_json(tmp / BUILD, build)
+            write_heldout(tmp / HELDOUT, heldout)
+            write_json(tmp / BUILD, {} if build is None else {k: v for k, v in asdict(build).items() if v is not None})
             card(tmp)
         return replace_folder(tmp, out, overwrite)

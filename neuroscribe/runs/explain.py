@@ -1,8 +1,10 @@
 """The explain run folder: written by `neuroscribe explain`, read by distill, eval and `score`.
 
-  meta.json         the ExplainConfig, teacher and simulator specs, prompt version, store fingerprint,
-                    counts, `status` ("complete" | "partial"), `failed_features` {key: reason} and
-                    `servers`: per run that worked on it, {role: HTTP base URLs} (see parts/config.json)
+  meta.json         `ExplainMeta`: teacher and simulator specs, what selection read (k, split, prompt
+                    style, exemplar count, temperature), the prompt and scoring versions, store
+                    fingerprint, counts, `status` ("complete" | "partial"), `failed_features` {key: reason},
+                    `servers` (per run that worked on it, {role: HTTP base URLs}; see parts/config.json)
+                    and `config`, the ExplainConfig as run
   candidates.jsonl  one `to_json(ScoredExplanation)` per line, store feature order then sample index;
                     written last: its presence means the run finished (completely or partially)
   usage.json        LLM calls, cache hits, tokens and cost per stage for this run
@@ -24,13 +26,62 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Literal
 
 from neuroscribe.records import ScoredExplanation, from_json
 from neuroscribe.runs.files import RunFileError, disk_error, field, read_json, read_jsonl, write_json, write_text
 
 META, CANDIDATES, USAGE, PARTS = "meta.json", "candidates.jsonl", "usage.json", "parts"
+Status = Literal["complete", "partial"]
+
+
+@dataclass(frozen=True)
+class ExplainMeta:
+    """meta.json of an explain run. The first seven fields are required (what distill and eval rebuild
+    prompts and check splits from); the rest a finished run always writes."""
+
+    store: str
+    teacher: str
+    simulator: str
+    prompt_style: str
+    prompt_version: str
+    k: int
+    split: str  # the split candidates were scored on: the one selection touched
+    max_exemplars: int | None = None
+    temperature: float | None = None
+    status: Status = "complete"
+    store_fingerprint: str | None = None
+    subject_model: str | None = None
+    fingerprint: str | None = None  # of the configuration (resume key)
+    scoring_version: str | None = None  # scorers.SCORING_VERSION of the scores
+    sampling: str | None = None  # the store's sampling protocol
+    failed_features: dict[str, str] | None = None
+    servers: list[dict] | None = None
+    n_features: int = 0
+    n_failed: int = 0
+    n_candidates: int = 0
+    n_unparsed: int = 0
+    n_duplicates_dropped: int = 0
+    mean_best_score_in_sample: float = float("nan")
+    mean_score: float = float("nan")
+    note: str = ""
+    config: dict | None = None
+
+    @classmethod
+    def from_json(cls, data: dict, where: Path) -> ExplainMeta:
+        names = {f.name for f in fields(cls)}
+        missing = [f.name for f in fields(cls) if f.name in REQUIRED_META and f.name not in data]
+        if missing:
+            raise RunFileError(f"{where}: missing field(s) {missing}")
+        if data.get("status", "complete") not in ("complete", "partial"):
+            raise RunFileError(f"{where}: field status is {data['status']!r}, expected complete or partial")
+        for name, kind in (("k", int), ("split", str), ("prompt_style", str), ("prompt_version", str)):
+            field(data, name, where, kind)
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
 REQUIRED_META = ("store", "teacher", "simulator", "prompt_style", "prompt_version", "k", "split")
 
 
@@ -39,7 +90,7 @@ class ExplainRun:
     """An explain run as read back: its meta and every candidate, grouped by feature key (store order)."""
 
     path: Path
-    meta: dict
+    meta: ExplainMeta
     by_feature: dict[str, tuple[ScoredExplanation, ...]]
 
     @property
@@ -50,10 +101,7 @@ class ExplainRun:
 def read_explain_run(folder: str | Path) -> ExplainRun:
     """Read and check an explain run; every problem names its file (and line, and field)."""
     path = Path(folder)
-    meta = read_json(path / META, "expected the output folder of `neuroscribe explain`")
-    missing = [k for k in REQUIRED_META if k not in meta]
-    if missing:
-        raise RunFileError(f"{path / META}: missing field(s) {missing}")
+    meta = read_meta(path)
     cand_path = path / CANDIDATES
     if not cand_path.is_file():
         raise FileNotFoundError(f"{cand_path}: missing (the explain run in {path} did not finish; rerun it)")
@@ -74,7 +122,7 @@ def is_complete(folder: str | Path) -> bool:
     path = Path(folder)
     if not (path / CANDIDATES).is_file() or not (path / META).is_file():
         return False
-    return read_json(path / META).get("status", "complete") == "complete"
+    return read_meta(path).status == "complete"
 
 
 # ------------------------------------------------------------------------------ progress
@@ -191,22 +239,19 @@ class PartsLog:
         self.close()
 
 
-def write_run(folder: Path, rows: list[dict], meta: dict, usage: dict) -> None:
+def write_run(folder: Path, rows: list[dict], meta: ExplainMeta, usage: dict) -> None:
     """meta.json, usage.json, then candidates.jsonl (the marker) — each atomically."""
-    write_json(folder / META, meta, allow_nan=True)
+    write_json(folder / META, asdict(meta), allow_nan=True)
     write_json(folder / USAGE, usage)
     write_text(folder / CANDIDATES, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def read_meta(folder: str | Path) -> dict:
-    """An explain run's meta.json (status, counts, failed features), unchecked: what the CLI prints."""
-    return read_json(Path(folder) / META, "expected the output folder of `neuroscribe explain`")
+def read_meta(folder: str | Path) -> ExplainMeta:
+    """An explain run's meta.json, checked: its required fields and status."""
+    path = Path(folder) / META
+    return ExplainMeta.from_json(read_json(path, "expected the output folder of `neuroscribe explain`"), path)
 
 
 def read_usage(folder: str | Path) -> dict:
     path = Path(folder) / USAGE
     return read_json(path) if path.is_file() else {}
-
-
-def meta_field(run: ExplainRun, name: str, kind=None):
-    return field(run.meta, name, run.path / META, kind)

@@ -40,6 +40,7 @@ from neuroscribe.records import (
     FeatureId,
     FeatureStats,
     OutputSide,
+    SplitNames,
     insufficiency,
 )
 from neuroscribe.runs.files import disk_error, file_digest, read_json, write_json
@@ -86,6 +87,11 @@ EXEMPLAR_SCHEMA = pa.schema(
 OUTPUT_FIELDS = ("promoted", "suppressed", "raised", "lowered")
 OUTPUT_SCHEMA = pa.schema([("feature", pa.string())] + [(n, pa.list_(pa.string())) for n in OUTPUT_FIELDS])
 SCALARS = ("feature", "layer", "kind", "split", "source", "rank", "quantile", "window_id", "doc_first", "doc_last")
+
+
+def is_store(folder: str | Path) -> bool:
+    """A finished store: collect writes meta.json last."""
+    return (Path(folder) / META).is_file()
 
 
 class StoreError(ValueError):
@@ -250,6 +256,8 @@ class ExemplarStore:
             )
         self.mining = _mining(self.meta, meta_path)
         self.protocol = self.mining.get("protocol", DEFAULT_PROTOCOL)
+        self.split_names = SplitNames.of(self.mining.get("splits", SPLITS))
+        self.subject_model: str | None = self.meta.get("model")  # None: a store written by hand without one
         self._features = {r["feature"]: r for r in _read_table(self.path / FEATURES, FEATURE_SCHEMA).to_pylist()}
         self._table: pa.Table | None = None
         self._rows_of: dict[str, np.ndarray] = {}
@@ -328,7 +336,7 @@ class ExemplarStore:
             layers[r["layer"]] = layers.get(r["layer"], 0) + 1
         return {
             "path": str(self.path),
-            "model": self.meta.get("model"),
+            "model": self.subject_model,
             "protocol": self.protocol,
             "features": len(self._features),
             "dead": len(dead),

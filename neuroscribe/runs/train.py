@@ -19,11 +19,13 @@ import json
 import re
 from pathlib import Path
 
-from neuroscribe.runs.files import RunFileError, read_json, write_json
+from neuroscribe.runs.files import RunFileError, field, read_json, write_json, write_text
 
 RUN_INFO = "neuroscribe_run.json"
 STARTED = "neuroscribe_started.json"
 TRAINER_STATE = "trainer_state.json"
+RECIPE = "recipe.yaml"
+ADAPTER_CONFIG = "adapter_config.json"  # PEFT's, in a LoRA run and its checkpoints
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -111,6 +113,43 @@ def is_complete_checkpoint(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return True
+
+
+def loss_curve(folder: str | Path) -> list[list[float]] | None:
+    """[step, loss] of every logged training step in a run's trainer_state.json (None: no state file)."""
+    path = Path(folder) / TRAINER_STATE
+    if not path.is_file():
+        return None
+    log = read_json(path, "a Trainer state").get("log_history", [])
+    if not isinstance(log, list):
+        raise RunFileError(f"{path}: field log_history must be a list, got {type(log).__name__}")
+    return [[e["step"], e["loss"]] for e in log if isinstance(e, dict) and "loss" in e and "step" in e]
+
+
+def adapter_base(folder: str | Path) -> str:
+    """The base model a PEFT adapter folder names (its adapter_config.json's base_model_name_or_path)."""
+    path = Path(folder) / ADAPTER_CONFIG
+    return field(read_json(path, "a PEFT adapter's config"), "base_model_name_or_path", path, str)
+
+
+def set_adapter_base(folder: str | Path, base: str) -> Path:
+    """Point a copied adapter at `base` (publish: the name the Hub knows, not a local cache path)."""
+    path = Path(folder) / ADAPTER_CONFIG
+    return write_json(path, {**read_json(path, "a PEFT adapter's config"), "base_model_name_or_path": base})
+
+
+def write_recipe(folder: str | Path, text: str) -> Path:
+    """recipe.yaml of a run (or of the repo folder publish uploads): the recipe as parsed, secrets redacted."""
+    return write_text(Path(folder) / RECIPE, text)
+
+
+def has_adapter(folder: str | Path) -> bool:
+    return (Path(folder) / ADAPTER_CONFIG).is_file()
+
+
+def has_model(folder: str | Path) -> bool:
+    """A full transformers model folder (`publish --merge` output): its config.json is there."""
+    return (Path(folder) / "config.json").is_file()
 
 
 def last_complete_checkpoint(output_dir: str | Path) -> Path | None:

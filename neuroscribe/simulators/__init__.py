@@ -14,47 +14,47 @@ from collections.abc import Callable
 
 from neuroscribe.cache import Cache
 from neuroscribe.simulators.base import Simulator, YesNoJudge, refuse_explain_split, simulated
+from neuroscribe.specs import SIMULATOR_KINDS, Spec
 
 __all__ = ["Simulator", "YesNoJudge", "load_simulator", "refuse_explain_split", "simulated", "SPECS"]
 
 
-def _hf(rest: str, cache: Cache | None, dtype: str, batch_size: int, **remote) -> Simulator:
+def _hf(spec: Spec, cache: Cache | None, dtype: str, batch_size: int, **remote) -> Simulator:
     from neuroscribe.models import dtype_name, load_shared
     from neuroscribe.simulators.allatonce import LocalSimulator
 
-    model, tok = load_shared(rest, dtype)
+    model, tok = load_shared(spec.model, dtype)
     weights = dtype_name(dtype)  # results depend on precision, and the spec keys the score cache
-    return LocalSimulator(
-        model, tok, batch_size=batch_size, spec=f"hf:{rest}" if weights == "float32" else f"hf:{rest}@{weights}"
-    )
+    keyed = str(spec) if weights == "float32" else f"{spec}@{weights}"
+    return LocalSimulator(model, tok, batch_size=batch_size, spec=keyed)
 
 
-def _finetuned(rest: str, cache: Cache | None, dtype: str, batch_size: int, **remote) -> Simulator:
+def _finetuned(spec: Spec, cache: Cache | None, dtype: str, batch_size: int, **remote) -> Simulator:
     from neuroscribe.simulators.finetuned import load_finetuned_simulator
 
-    return load_finetuned_simulator(rest, dtype=dtype, batch_size=batch_size)
+    return load_finetuned_simulator(spec.model, dtype=dtype, batch_size=batch_size)
 
 
-def _echo(rest: str, cache: Cache | None, dtype: str, batch_size: int, **remote) -> Simulator:
+def _echo(spec: Spec, cache: Cache | None, dtype: str, batch_size: int, **remote) -> Simulator:
     from neuroscribe.backends import load_backend
     from neuroscribe.simulators.http import EchoLogprobSimulator
 
-    return EchoLogprobSimulator(load_backend(f"openai:{rest}", cache, stage="simulate", **remote))
+    return EchoLogprobSimulator(load_backend(spec, cache, stage="simulate", **remote))
 
 
-def _parsed(rest: str, cache: Cache | None, dtype: str, batch_size: int, **remote) -> Simulator:
+def _parsed(spec: Spec, cache: Cache | None, dtype: str, batch_size: int, **remote) -> Simulator:
     from neuroscribe.backends import load_backend
     from neuroscribe.simulators.http import ParsedNumberSimulator
 
-    return ParsedNumberSimulator(load_backend(rest, cache, stage="simulate", **remote))
+    return ParsedNumberSimulator(load_backend(spec.wrapped(), cache, stage="simulate", **remote))
 
 
-def _vllm(rest: str, cache: Cache | None, dtype: str, batch_size: int, **remote) -> Simulator:
+def _vllm(spec: Spec, cache: Cache | None, dtype: str, batch_size: int, **remote) -> Simulator:
     from neuroscribe.backends import load_backend
     from neuroscribe.models import dtype_name
     from neuroscribe.simulators.vllm_engine import DEFAULT_TOP_K, VLLMSimulator
 
-    backend = load_backend(f"vllm:{rest}", cache, stage="simulate", dtype=dtype_name(dtype), max_logprobs=DEFAULT_TOP_K)
+    backend = load_backend(spec, cache, stage="simulate", dtype=dtype_name(dtype), max_logprobs=DEFAULT_TOP_K)
     return VLLMSimulator(backend)
 
 
@@ -68,13 +68,16 @@ SPECS: dict[str, Callable[..., Simulator]] = {
 
 
 def load_simulator(
-    spec: str, cache: Cache | None = None, dtype: str = "float32", batch_size: int = 8, limits=None, budget=None
+    spec: str | Spec,
+    cache: Cache | None = None,
+    dtype: str = "float32",
+    batch_size: int = 8,
+    limits=None,
+    budget=None,
 ) -> Simulator:
-    """The simulator a spec names. `limits` / `budget` (backends.CallLimits / Budget) bound HTTP simulators."""
-    kind, _, rest = spec.partition(":")
-    if kind not in SPECS or not rest:
-        raise ValueError(
-            f"simulator spec {spec!r}: expected hf:MODEL, vllm:MODEL, finetuned:PATH, openai:MODEL@URL "
-            "or parsed:openai:MODEL@URL"
-        )
-    return SPECS[kind](rest, cache, dtype, batch_size, limits=limits, budget=budget)
+    """The simulator a spec names (a string, or a Spec parsed already with SIMULATOR_KINDS).
+    `limits` / `budget` (backends.CallLimits / Budget) bound HTTP simulators."""
+    parsed = spec if isinstance(spec, Spec) else Spec.parse(spec, SIMULATOR_KINDS)
+    if parsed.kind not in SPECS:
+        raise SIMULATOR_KINDS.error(str(spec))
+    return SPECS[parsed.kind](parsed, cache, dtype, batch_size, limits=limits, budget=budget)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
+from neuroscribe.models import dtype_name, load_model
 from neuroscribe.records import Exemplar, SimulatedExemplar
 from neuroscribe.runs.simulator import SIMULATOR_FILE, read_simulator_file
 from neuroscribe.simulators.allatonce import LocalSimulator
@@ -91,7 +92,6 @@ def load_finetuned_simulator(
     The spec is `finetuned:PATH#RUN_ID` (+ `@DTYPE` unless float32, as for `hf:` specs), so cached
     scores are keyed by the trained weights' run and the precision; a spec loads back as a path.
     """
-    from neuroscribe.models import dtype_name, load_model
 
     folder, _, pinned = str(path).partition("#")
     pinned = pinned.partition("@")[0]

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from neuroscribe.corpus import context_prefix
 from neuroscribe.prompts import activation_levels, clean_explanation_text, escape_control_text
 from neuroscribe.records import FeatureExemplars
 
@@ -213,8 +214,6 @@ def subject_predictions(encoded: EncodedText, predicted: Sequence[float]) -> tup
 
 
 def prefix_ids(tokenizer, explanation: str) -> list[int]:
-    from neuroscribe.corpus import context_prefix
-
     return context_prefix(tokenizer) + tokenizer(header(explanation), add_special_tokens=False)["input_ids"]
 
 
