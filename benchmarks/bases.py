@@ -29,8 +29,8 @@ from neuroscribe.distill.explain import explain
 from neuroscribe.eval.stats import bootstrap_ci, paired_difference
 from neuroscribe.models import DEFAULT_MODEL, cache_dir, warn_unless_one_thread
 from neuroscribe.records import Explanation, FeatureId, best_candidate
-from neuroscribe.runs.explain import read_explain_run
-from neuroscribe.runs.store import ExemplarStore
+from neuroscribe.runs.explain import is_complete, read_explain_run
+from neuroscribe.runs.store import ExemplarStore, is_store
 from neuroscribe.scorers import cached_scores
 from neuroscribe.simulators import load_simulator
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = [f"mlp:{layer}:0-{n - 1}", f"random:{layer}:{n}", f"pca:{layer}:{n}", f"ica:{layer}:{n}"]
     if args.sae:
         spec.append(f"sae:{args.sae}:0-{n - 1}")
-    if not (out / "store" / "meta.json").exists():
+    if not is_store(out / "store"):
         collect(
             CollectConfig(
                 out=str(out / "store"),
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     simulator = args.simulator or default_simulator()
     cache_path = out / "cache.sqlite"
-    if not (out / "scored" / "meta.json").exists():
+    if not is_complete(out / "scored"):
         explain(
             ExplainConfig(
                 store=str(out / "store"),

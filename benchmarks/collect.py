@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -31,6 +30,7 @@ import torch
 from neuroscribe.corpus import context_prefix, iter_documents, iter_windows
 from neuroscribe.distill.collect import CollectConfig, collect
 from neuroscribe.models import load_model
+from neuroscribe.runs.store import ExemplarStore
 
 
 def plain_forward_seconds(model, tok, windows: int, window: int, batch: int, context: int) -> float:
@@ -66,7 +66,7 @@ def run_collect(args, windows: int, out: str, dtype: str, features: str) -> dict
     start = time.perf_counter()
     collect(cfg)
     total = time.perf_counter() - start
-    meta = json.loads(Path(out, "meta.json").read_text())
+    meta = ExemplarStore(out).meta
     t = meta["timings"]
     n = sum(g["n_units"] * len(g["polarities"]) for g in meta["groups"])
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -25,6 +25,7 @@ from neuroscribe.eval.calibration import calibrate
 from neuroscribe.eval.demo import proof_config, train_simulator
 from neuroscribe.eval.demo_data import live_planted, planted_parts, simulator_cache
 from neuroscribe.models import cache_dir, load_tokenizer, warn_unless_one_thread
+from neuroscribe.runs.simulator import is_simulator
 from neuroscribe.simulators import load_simulator
 
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     done, _ = simulator_cache(cache_dir(), cfg, parts["simulator"])
     start = time.perf_counter()
     steps = None
-    if not (done / "simulator.json").exists():
+    if not is_simulator(done):
         guard = [r.feature.key for part in ("explainer", "heldout") for r in parts[part]]
         steps = train_simulator(cfg, tok, parts["simulator"], guard, Path(args.out), args.threads)
     trained = time.perf_counter() - start

@@ -26,6 +26,7 @@ from neuroscribe.distill.planted.features import PlantedRule
 from neuroscribe.eval.calibration import calibrate
 from neuroscribe.eval.demo_data import live_planted, planted_parts, simulator_cache
 from neuroscribe.models import DEFAULT_MODEL, cache_dir, load_tokenizer, warn_unless_one_thread
+from neuroscribe.runs.simulator import is_simulator
 from neuroscribe.simulators import load_simulator
 
 NOVEL = (
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     parts = planted_parts(cfg)
     done, _ = simulator_cache(cache_dir(), cfg, parts["simulator"])
     spec = args.simulator or f"finetuned:{done}"
-    if args.simulator is None and not (done / "simulator.json").exists():
+    if args.simulator is None and not is_simulator(done):
         raise SystemExit(f"no trained demo simulator at {done}: run `neuroscribe demo` first, or pass --simulator")
     tok = load_tokenizer(cfg.model)
     sims = [load_simulator(spec), load_simulator(f"hf:{DEFAULT_MODEL}")]

@@ -19,7 +19,7 @@ import math
 import random
 import statistics
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from neuroscribe.configs import DistillConfig
@@ -323,7 +323,8 @@ def build_datasets(config: DistillConfig, *, records: Lookup | None = None) -> D
     scored = load_scored(config.scored)
     guard_output(config.out, {"store": store_path(scored)})
     # the student must see exactly what the teacher saw: same exemplar count as the explain run
-    config = dataclasses.replace(config, max_exemplars=scored.meta.max_exemplars or config.max_exemplars)
+    if scored.meta.recorded("max_exemplars"):
+        config = dataclasses.replace(config, max_exemplars=scored.meta.max_exemplars)
     heldout = read_heldout(config.heldout_file) if config.heldout_file else None
     lookup = records if records is not None else store_lookup(scored)
     split = split_features(
@@ -338,7 +339,7 @@ def build_datasets(config: DistillConfig, *, records: Lookup | None = None) -> D
         )
     info = DatasetBuild(
         scored_dir=str(scored.path),
-        meta=asdict(scored.meta),
+        meta=scored.meta.to_json(),
         config=to_dict(config),
         inputs={"explain_fingerprint": scored.meta.fingerprint, "store_fingerprint": scored.meta.store_fingerprint},
         source_model=_source_model(scored),

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from neuroscribe.configs import SimulatorDataConfig
@@ -203,7 +203,7 @@ def build_simulator_data(config: SimulatorDataConfig, *, records: Lookup | None 
         raise ValueError(f"{scored.path}: no training rows (no training feature has a parseable candidate)")
     info = DatasetBuild(
         scored_dir=str(scored.path),
-        meta=asdict(scored.meta),
+        meta=scored.meta.to_json(),
         config=to_dict(config),
         source_model=scored.meta.subject_model,
         splits={"train": list(split.train), "validation": list(split.validation), "heldout": list(split.heldout)},

@@ -4,9 +4,10 @@ Rows (`explainers`): the teacher (best-of-k from its explain run, or explained a
 the student's best-of-k and greedy best-of-1; the student's base model before training (greedy
 best-of-1) when `base` is given; reference explanations (planted truths) when given; and the
 baselines (peak tokens, another feature's explanation, the null explanation). Best-of-k winners are
-picked on the `score` split by the first simulator and every row is reported on `test`, which no
-selection saw, by every simulator (one table each). Conventions: `eval.results` and `neuroscribe.scorers`.
-Everything goes through the sqlite cache, so a rerun generates and simulates nothing twice.
+picked on the store's selection split (`score` by default) by the first simulator and every row is
+reported on its report split (`test`), which no selection saw, by every simulator (one table each).
+Conventions: `eval.results` and `neuroscribe.scorers`. Everything goes through the sqlite cache, so a
+rerun generates and simulates nothing twice.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ from neuroscribe.models import cache_dir, fastest_cpu_setup, load_tokenizer
 from neuroscribe.options import to_dict
 from neuroscribe.runs import demo as demo_files
 from neuroscribe.runs import eval as eval_files
-from neuroscribe.runs.datasets import is_built, read_build, read_heldout
+from neuroscribe.runs.datasets import heldout_file, is_built, read_build, read_heldout
 from neuroscribe.runs.explain import is_complete, read_meta
 from neuroscribe.runs.simulator import is_simulator
 from neuroscribe.runs.store import ExemplarStore, is_store
@@ -232,6 +232,7 @@ class DemoRun:
         self.parts = demo_data.planted_parts(self.cfg)
         self.sim_done, _ = demo_data.simulator_cache(cache_dir(), self.cfg, self.parts["simulator"])
         self.finetuned, self.prompted = f"finetuned:{self.sim_done}", f"hf:{self.cfg.model}"
+        self.simulator_steps: int | None = None  # set when this run trains the simulator (not reused)
 
     # ---------------------------------------------------------------------------- stages
 
@@ -296,7 +297,7 @@ class DemoRun:
         demo_files.write_plant(self.out, demo_data.build_store(self.real, self.out, self.tok, self.parts, self.cfg))
 
     def plant_result(self) -> str:
-        c = demo_files.read_plant(self.out) or {}
+        c = demo_files.read_plant(self.out)
         return (
             f"{c['planted_explainer']} planted training + {c['planted_heldout']} held-out planted features; "
             f"{c['heldout_real']} real features held out"
@@ -309,10 +310,9 @@ class DemoRun:
         )
 
     def simulator_result(self) -> str:
-        steps = getattr(self, "simulator_steps", None)
-        if steps is None:
+        if self.simulator_steps is None:
             return f"reused {self.sim_done}"
-        return f"{len(self.parts['simulator'])} planted rules, {steps} steps -> {self.sim_done}"
+        return f"{len(self.parts['simulator'])} planted rules, {self.simulator_steps} steps -> {self.sim_done}"
 
     def calibrated(self) -> bool:
         return (self.out / demo_files.CALIBRATION).is_file()
@@ -446,7 +446,7 @@ class DemoRun:
         cfg = self.cfg
         return EvalConfig(
             store=str(self.store),
-            features=str(self.distill / "heldout.txt"),
+            features=str(heldout_file(self.distill)),
             student=str(student),
             out=str(folder),
             teacher_results=str(self.scored),
@@ -575,7 +575,7 @@ def run_demo(cfg: DemoConfig = DemoConfig(), only: str | None = None) -> Path:
     if only:
         stages = {s.name: s for step in plan for s in (step.stages if isinstance(step, Lanes) else (step,))}
         stage = stages[only]
-        if not stage.done():
+        if not stage.skip() and not stage.done():
             stage.run()
         return run.out
     timer = StageTimer()
@@ -606,4 +606,7 @@ def run_demo(cfg: DemoConfig = DemoConfig(), only: str | None = None) -> Path:
 
 if __name__ == "__main__":  # one stage in its own process (a lane, module doc): python -m ... OUT STAGE
     folder, stage = sys.argv[1], sys.argv[2]
-    run_demo(DemoConfig(out=folder, **demo_files.read_demo(folder)["config"]), only=stage)
+    record = demo_files.read_demo(folder)
+    if record is None:
+        raise SystemExit(f"{Path(folder) / demo_files.DEMO}: missing; run `neuroscribe demo --out {folder}` first")
+    run_demo(DemoConfig(out=folder, **record["config"]), only=stage)

@@ -394,7 +394,8 @@ def report_markdown(results: EvalResults, plots: dict[str, str], browser: str | 
     if cal:
         parts += ["Planted rules the simulators never saw (true explanation vs every other rule's):", "", cal, ""]
     parts += [
-        "Split-half reliability (the same explanations scored on the `score` and the `test` split):",
+        f"Split-half reliability (the same explanations scored on the `{results.config['selection_split']}` "
+        f"and the `{results.config['report_split']}` split):",
         "",
         _reliability_table(results),
         "",

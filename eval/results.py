@@ -1,8 +1,9 @@
 """The eval's records and the content of `results.json` (`runs.eval` reads and writes the file).
 
 results.json (schema 2; strict JSON: an undefined score, NaN in memory, is written as null)
-  config        the EvalConfig fields, plus selection_split ("score"), report_split ("test"), the scoring
-                protocol and the failure score
+  config        the EvalConfig fields, plus selection_split and report_split (the store's second and
+                third split: "score" and "test" by default, `records.SplitNames`), the scoring
+                version (key `protocol`) and the failure score
   provenance    store (+ fingerprint), subject model, held-out file, dataset folders checked, student,
                 base, teacher and the simulator that selected its candidates, the eval simulators (the
                 first one selects the student's best-of-k and must be the teacher's), prompt version

@@ -26,7 +26,7 @@ SPLITS: tuple[str, ...] = ("explain", "score", "test")
 @dataclass(frozen=True)
 class SplitNames:
     """What each split of a store is for, by the store's own names (`mining.splits`: the first is shown
-    to explainers, the second scores candidates for selection, the last reports what no selection saw)."""
+    to explainers, the second scores candidates for selection, the third reports what no selection saw)."""
 
     explain: str = SPLITS[0]
     select: str = SPLITS[1]
@@ -34,9 +34,10 @@ class SplitNames:
 
     @classmethod
     def of(cls, names: Sequence[str]) -> SplitNames:
+        """First, second and third split (a two-split store selects and reports on one: not `distinct`)."""
         if len(names) < 2:
             raise ValueError(f"a store needs at least two splits (explain and a held-out one), got {list(names)}")
-        return cls(names[0], names[1], names[-1])
+        return cls(names[0], names[1], names[2] if len(names) > 2 else names[1])
 
     @property
     def distinct(self) -> bool:

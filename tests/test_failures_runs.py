@@ -23,12 +23,14 @@ from neuroscribe.distill.datasets import build_datasets
 from neuroscribe.distill.explain import explain
 from neuroscribe.eval.heldout import LeakageError, heldout_features
 from neuroscribe.runs import explain as explain_files
-from neuroscribe.runs.datasets import write_dataset_folder
+from neuroscribe.runs.datasets import DatasetBuild, write_dataset_folder
 from neuroscribe.runs.files import RunFileError
 
 STARTED = "neuroscribe_started.json"  # the training run's fingerprint stamp (runs/train.py)
 
 ROOT = Path(__file__).resolve().parents[1]
+
+EMPTY_BUILD = DatasetBuild(splits={"train": [], "validation": [], "heldout": []})
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -59,7 +61,7 @@ def test_a_store_beside_the_output_survives_a_failed_build(tmp_path):
         raise ValueError("a bad row")
 
     with pytest.raises(ValueError, match="a bad row"):
-        write_dataset_folder(tmp_path / "st", fill, [], None, lambda tmp: None)
+        write_dataset_folder(tmp_path / "st", fill, [], EMPTY_BUILD, lambda tmp: None)
     assert (store_dir / "meta.json").read_text() == '{"kept": true}'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["st.building"]
 
@@ -85,7 +87,7 @@ def test_a_full_disk_in_distill_build_is_one_line_and_leaves_nothing(tmp_path):
         raise OSError(28, "No space left on device")
 
     with pytest.raises(OSError, match=r"out: cannot write \(no space left on the device\)"):
-        write_dataset_folder(tmp_path / "out", fill, [], None, lambda tmp: None)
+        write_dataset_folder(tmp_path / "out", fill, [], EMPTY_BUILD, lambda tmp: None)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -101,7 +103,7 @@ def test_two_builds_into_one_folder_one_waits_its_turn_or_is_refused(tmp_path):
         started.set()
         release.wait(30)
 
-    worker = threading.Thread(target=write_dataset_folder, args=(out, slow_fill, [], None, lambda tmp: None))
+    worker = threading.Thread(target=write_dataset_folder, args=(out, slow_fill, [], EMPTY_BUILD, lambda tmp: None))
     worker.start()
     assert started.wait(30)
     probe = subprocess.run(
@@ -118,7 +120,7 @@ def test_two_builds_into_one_folder_one_waits_its_turn_or_is_refused(tmp_path):
     worker.join(30)
     assert (out / "sft" / "train.parquet").read_bytes() == b"rows"
     with pytest.raises(FileExistsError, match="--overwrite"):
-        write_dataset_folder(out, slow_fill, [], None, lambda tmp: None)
+        write_dataset_folder(out, slow_fill, [], EMPTY_BUILD, lambda tmp: None)
     from neuroscribe.runs.files import sibling_lock
 
     with sibling_lock(out):  # released again

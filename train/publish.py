@@ -22,6 +22,7 @@ from pathlib import Path
 
 from neuroscribe.configs import PublishConfig
 from neuroscribe.models import DTYPES, load_model
+from neuroscribe.options import to_dict
 from neuroscribe.runs.files import building_folder, guard_output, refuse_nonempty, replace_folder, sibling_lock
 from neuroscribe.runs.simulator import SIMULATOR_FILE
 from neuroscribe.runs.train import read_run_info, set_adapter_base, write_recipe, write_run_info
@@ -199,17 +200,8 @@ def _files(folder: Path) -> tuple[str, ...]:
 
 def publish_command(cfg: PublishConfig, echo=print) -> PublishResult:
     """`neuroscribe publish`: prints what was written or uploaded (never the token, read from HF_TOKEN)."""
-    result = publish(
-        cfg.run_dir,
-        cfg.repo,
-        dry_run=cfg.dry_run,
-        merge=cfg.merge,
-        branch=cfg.branch,
-        overwrite=cfg.overwrite,
-        eval_results=cfg.eval_results,
-        recipe=cfg.recipe,
-        private=cfg.private,
-    )
+    options = {k: v for k, v in to_dict(cfg).items() if k not in ("run_dir", "repo")}  # the rest: publish's keywords
+    result = publish(cfg.run_dir, cfg.repo, **options)
     where = f"{result.folder}" if cfg.dry_run is not None else f"{result.repo_id}@{result.branch} ({result.url})"
     echo(f"published {len(result.files)} files to {where}: {', '.join(result.files)}")
     return result

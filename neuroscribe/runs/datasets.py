@@ -181,7 +181,7 @@ def write_dataset_folder(
     out: str | Path,
     fill: Callable[[Path], None],
     heldout: list[str],
-    build: DatasetBuild | None,
+    build: DatasetBuild,
     card: Callable[[Path], None],
     overwrite: bool = False,
 ) -> Path:
@@ -193,6 +193,6 @@ def write_dataset_folder(
         with building_folder(out) as tmp:
             fill(tmp)
             write_heldout(tmp / HELDOUT, heldout)
-            write_json(tmp / BUILD, {} if build is None else {k: v for k, v in asdict(build).items() if v is not None})
+            write_json(tmp / BUILD, {k: v for k, v in asdict(build).items() if v is not None})
             card(tmp)
         return replace_folder(tmp, out, overwrite)

@@ -1,7 +1,8 @@
 """The demo folder (`neuroscribe demo`): the demo's own files, beside the stage folders it holds
 (store/, scored/, sft/, ... each owned by its runs/ module).
 
-  demo.json         {config: the DemoConfig as run, status: running | complete, stage_seconds, ...}
+  demo.json         {config: the DemoConfig as run, status: running | complete, and once complete
+                    compute {dtype, threads}, stages [{stage, seconds, result}], total_seconds}
   plant.json        the planted store's build record (`eval.demo_data.build_store`)
   truth.jsonl       one {feature, explanation, rule, family} per planted feature: the true rule,
                     eval's `--reference` explainer
@@ -34,9 +35,8 @@ def write_demo(folder: str | Path, record: dict) -> Path:
     return write_json(Path(folder) / DEMO, record)
 
 
-def read_plant(folder: str | Path) -> dict | None:
-    path = Path(folder) / PLANT
-    return read_json(path, "the planted store's record") if path.is_file() else None
+def read_plant(folder: str | Path) -> dict:
+    return read_json(Path(folder) / PLANT, "the planted store's record: remove heldout.txt and rerun the demo")
 
 
 def write_plant(folder: str | Path, record: dict) -> Path:

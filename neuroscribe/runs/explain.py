@@ -68,6 +68,14 @@ class ExplainMeta:
     mean_score: float = float("nan")
     note: str = ""
     config: dict | None = None
+    unrecorded: frozenset[str] = frozenset()  # optional fields the file lacks (a hand-written meta); not written
+
+    def recorded(self, name: str) -> bool:
+        """Whether the file states `name` (a None it states is a value: max_exemplars None means all)."""
+        return name not in self.unrecorded
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "unrecorded"}
 
     @classmethod
     def from_json(cls, data: dict, where: Path) -> ExplainMeta:
@@ -79,7 +87,8 @@ class ExplainMeta:
             raise RunFileError(f"{where}: field status is {data['status']!r}, expected complete or partial")
         for name, kind in (("k", int), ("split", str), ("prompt_style", str), ("prompt_version", str)):
             field(data, name, where, kind)
-        return cls(**{k: v for k, v in data.items() if k in names})
+        names.discard("unrecorded")
+        return cls(**{k: v for k, v in data.items() if k in names}, unrecorded=frozenset(names - set(data)))
 
 
 REQUIRED_META = ("store", "teacher", "simulator", "prompt_style", "prompt_version", "k", "split")
@@ -241,7 +250,7 @@ class PartsLog:
 
 def write_run(folder: Path, rows: list[dict], meta: ExplainMeta, usage: dict) -> None:
     """meta.json, usage.json, then candidates.jsonl (the marker) — each atomically."""
-    write_json(folder / META, asdict(meta), allow_nan=True)
+    write_json(folder / META, meta.to_json(), allow_nan=True)
     write_json(folder / USAGE, usage)
     write_text(folder / CANDIDATES, "".join(json.dumps(r) + "\n" for r in rows))
 
