@@ -80,6 +80,8 @@ def explain(cfg: ExplainConfig) -> Path:
     store = ExemplarStore(cfg.store)
     if cfg.prompt_style is None:  # the store's protocol chooses (a graded style)
         cfg = replace(cfg, prompt_style=protocol(store.protocol).prompt_style)
+    if cfg.split is None:  # the store names its splits: candidates are scored on the one that selects
+        cfg = replace(cfg, split=store.split_names.select)
     keys = feature_keys(store, cfg.features, cfg.max_features)
     # the cache is closed (and removed again if empty) on any exit
     with OutputLock(out, dist.rank), Cache(cfg.cache or out / "cache.sqlite") as cache:

@@ -8,6 +8,7 @@ Accepted explanation files:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -87,6 +88,8 @@ def score(cfg: ScoreConfig) -> list[ScoredExplanation]:
     refuse_existing(out, run_files.SCORED, cfg.overwrite, "scored explanations")
     dist = distributed.current()
     store = ExemplarStore(cfg.store)
+    if cfg.split is None:  # the store names its splits
+        cfg = dataclasses.replace(cfg, split=store.split_names.select)
     items = read_explanations(cfg.explanations)
     unknown = sorted({e.feature for e in items} - set(store.keys(include_dead=True)))
     if unknown:

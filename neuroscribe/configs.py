@@ -159,10 +159,10 @@ class MiningConfig:
     """Seed of every sampling decision (a pure function of seed, window and feature)."""
 
     def __post_init__(self) -> None:
-        if len(self.splits) < 2 or len(set(self.splits)) != len(self.splits):
+        if len(self.splits) < 2 or len(set(self.splits)) != len(self.splits) or self.splits[0] != "explain":
             raise ValueError(
-                f"--splits needs at least two distinct names (explain and a held-out one), got "
-                f"{','.join(self.splits)!r}"
+                f"--splits needs at least two distinct names, the first `explain` (the one split prompts show and "
+                f"simulators refuse, by that name), got {','.join(self.splits)!r}"
             )
         at_least(self, 0, "pool", "inactive_pool")
         preset, n = protocol(self.protocol), len(self.splits)
@@ -282,8 +282,9 @@ class ExplainConfig:
     """Longest explanation, in tokens."""
     seed: int = 0
     """Base seed; sample i of a prompt is drawn with seed + i."""
-    split: str = "score"
-    """Held-out split the candidates are scored on (score or test, never explain)."""
+    split: str | None = None
+    """Held-out split the candidates are scored on, never explain (default: the store's selection split, its
+    second: score unless collect --splits named it otherwise)."""
     target: Target = "relu"
     """What a simulation is correlated with: relu (the polarity-applied activation above 0) or raw."""
     allow_in_sample: bool = False
@@ -337,8 +338,8 @@ class ScoreConfig:
     """Output folder: scored.jsonl, summary.json."""
     simulator: str = HF_DEFAULT
     """hf:MODEL, finetuned:PATH, openai:MODEL@URL or parsed:openai:MODEL@URL."""
-    split: str = "score"
-    """Held-out split to score on (score or test)."""
+    split: str | None = None
+    """Held-out split to score on (default: the store's selection split, its second: score)."""
     target: Target = "relu"
     """What a simulation is correlated with: relu (the polarity-applied activation above 0) or raw."""
     allow_in_sample: bool = False

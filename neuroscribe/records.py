@@ -25,8 +25,9 @@ SPLITS: tuple[str, ...] = ("explain", "score", "test")
 
 @dataclass(frozen=True)
 class SplitNames:
-    """What each split of a store is for, by the store's own names (`mining.splits`: the first is shown
-    to explainers, the second scores candidates for selection, the third reports what no selection saw)."""
+    """What each split of a store is for, by the store's own names (`mining.splits`: the first, always
+    `explain`, is shown to explainers, the second scores candidates for selection, the third reports what
+    no selection saw)."""
 
     explain: str = SPLITS[0]
     select: str = SPLITS[1]

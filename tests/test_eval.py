@@ -6,6 +6,7 @@ test-double simulator (see QuotedWordSimulator for why)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -575,6 +576,57 @@ def test_planted_features_order_the_rows_as_the_truth_says(tiny_llama, tmp_path)
     # gate (d): the true rule ties the teacher and the top tokens here, so it is a valid ceiling
     (gate,) = res["gates"][sim]
     assert gate["name"] == "ceiling" and gate["passed"] is True and gate["n"] == len(PLANTED)
+
+
+def test_eval_selects_and_reports_on_the_splits_the_store_names(tiny_llama, tmp_path):
+    """A store collected with `--splits explain,pick,final`: selection reads `pick`, every number `final`;
+    a teacher run scored on any other split is refused, and so is a store of two splits (selection and
+    report would be one split)."""
+    names = {"explain": "explain", "score": "pick", "test": "final"}
+    planted_setup(tmp_path)  # the teacher run, truths and dataset folder of the planted words
+    records = [
+        FeatureExemplars(r.feature, tuple(dataclasses.replace(e, split=names[e.split]) for e in r.exemplars), r.stats)
+        for r in planted_records()
+    ]
+    meta = {"model": "planted-words", "mining": {"splits": list(names.values())}}
+    store = write_store(tmp_path / "renamed", records, meta)
+    keys = [r.feature.key for r in records]
+    cands = {
+        k: [candidate(k, f'the word "{w}"', 0.9, 0), candidate(k, "the weather", 0.1, 1)] for k, w in zip(keys, PLANTED)
+    }
+    cfg = dict(
+        store=str(store),
+        features=str(tmp_path / "data" / "heldout.txt"),
+        student=str(tiny_llama),
+        simulators=("unused",),
+        k=2,
+        max_tokens=8,
+        n_resamples=200,
+        report=False,
+        progress=False,
+    )
+    with pytest.raises(ValueError, match="field split is 'score'.*'pick'"):  # scored on the default name
+        evaluate(
+            EvalConfig(**cfg, out=str(tmp_path / "e0"), teacher_results=str(tmp_path / "teacher")),
+            simulators=[QuotedWordSimulator()],
+        )
+    write_scored_dir(tmp_path / "teacher-pick", cands, store=str(store), simulator="test:quoted-word", split="pick")
+    res = evaluate(
+        EvalConfig(**cfg, out=str(tmp_path / "e1"), teacher_results=str(tmp_path / "teacher-pick")),
+        simulators=[QuotedWordSimulator()],
+    ).results
+    assert res.config["selection_split"] == "pick" and res.config["report_split"] == "final"
+    sim = "test:quoted-word"
+    teacher = [f["results"]["teacher"]["scores"][sim] for f in res.data["features"]]
+    assert all(s["score"] == pytest.approx(1.0) for s in teacher)
+    assert all(row["selection_split_score"] is None for row in teacher)  # the teacher row was selected on `pick`
+    two = write_store(tmp_path / "two", planted_records(), {"model": "m", "mining": {"splits": ["explain", "test"]}})
+    with pytest.raises(ValueError, match="mining.splits.*three splits"):
+        evaluate(
+            EvalConfig(
+                **{**cfg, "store": str(two)}, out=str(tmp_path / "e2"), teacher_results=str(tmp_path / "teacher")
+            )
+        )
 
 
 def test_a_failed_explanation_counts_zero_and_an_insufficient_feature_is_left_out_for_everyone(tiny_llama, tmp_path):
