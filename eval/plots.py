@@ -21,29 +21,18 @@ import numpy as np  # noqa: E402
 
 from neuroscribe.runs.eval import EvalResults  # noqa: E402
 
-from .results import (  # noqa: E402
-    BASE_BEST_OF_1,
-    NULL,
-    RANDOM_FEATURE,
-    REFERENCE_ROW,
-    STUDENT_BEST_OF_1,
-    STUDENT_BEST_OF_K,
-    TEACHER,
-    TEACHER_BEST_OF_1,
-    TOP_TOKENS,
-    feature_groups,
-)
+from . import results as rows  # noqa: E402  (the explainer row names)
 
 COLORS = {
-    TEACHER: "#d95f02",
-    TEACHER_BEST_OF_1: "#fc8d62",
-    STUDENT_BEST_OF_K: "#1b9e77",
-    STUDENT_BEST_OF_1: "#66c2a5",
-    BASE_BEST_OF_1: "#8da0cb",
-    REFERENCE_ROW: "#e7298a",
-    TOP_TOKENS: "#7570b3",
-    RANDOM_FEATURE: "#999999",
-    NULL: "#444444",
+    rows.TEACHER: "#d95f02",
+    rows.TEACHER_BEST_OF_1: "#fc8d62",
+    rows.STUDENT_BEST_OF_K: "#1b9e77",
+    rows.STUDENT_BEST_OF_1: "#66c2a5",
+    rows.BASE_BEST_OF_1: "#8da0cb",
+    rows.REFERENCE_ROW: "#e7298a",
+    rows.TOP_TOKENS: "#7570b3",
+    rows.RANDOM_FEATURE: "#999999",
+    rows.NULL: "#444444",
 }
 SCORE_LABEL = "score (Pearson r, held-out test exemplars)"
 
@@ -90,11 +79,11 @@ def score_distributions(results: EvalResults, path: Path) -> Path:
 
 def student_vs_base(results: EvalResults, path: Path) -> Path:
     sim, labels = results.primary_simulator, results.labels
-    ref = BASE_BEST_OF_1 if BASE_BEST_OF_1 in labels else TEACHER
+    ref = rows.BASE_BEST_OF_1 if rows.BASE_BEST_OF_1 in labels else rows.TEACHER
     fig, ax = plt.subplots(figsize=(5.6, 5.3))
     x = _array(results.values(ref, sim))
     everything = [x]
-    for name in (STUDENT_BEST_OF_1, STUDENT_BEST_OF_K):
+    for name in (rows.STUDENT_BEST_OF_1, rows.STUDENT_BEST_OF_K):
         if name in labels:
             y = _array(results.values(name, sim))
             keep = ~(np.isnan(x) | np.isnan(y))
@@ -127,7 +116,7 @@ def student_vs_base(results: EvalResults, path: Path) -> Path:
 def score_by_group(results: EvalResults, path: Path) -> Path:
     """Mean score per layer of real units and per planted rule family (`results.group_of`)."""
     sim = results.primary_simulator
-    groups = feature_groups(results.features)
+    groups = rows.feature_groups(results.features)
     fig, ax = plt.subplots(figsize=(max(8.5, 0.9 * len(groups) + 3), 4.2))
     n = len(results.explainers)
     step = 0.6 / max(n, 1)  # side by side, not on top
