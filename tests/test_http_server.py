@@ -83,8 +83,8 @@ def test_client_errors_are_not_retried(llama_server):
 
 
 def test_requests_spread_over_urls_and_avoid_a_dead_one(llama_server, tmp_path):
-    dead = dead_url()
     with Proxy(llama_server, delay=0.2) as a, Proxy(llama_server, delay=0.2) as b:
+        dead = dead_url()  # drawn while both proxies hold their ports: a free port drawn before could become theirs
         backend = _backend(a.url, dead, b.url, max_concurrency=4)
         out = backend.generate(_chat(8, max_tokens=2))
     assert len(out) == 8 and all(c.text for c in out)
