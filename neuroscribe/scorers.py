@@ -2,7 +2,8 @@
 
 Apart from both the simulators (which only predict) and `neuroscribe.scoring` (pure metrics over
 numbers), as OpenAI's neuron-explainer keeps `scoring.py` apart from `simulator.py`. A scorer only
-ever reads held-out splits.
+ever reads held-out splits, and every scorer takes the split by the store's own name (no default:
+`records.SplitNames` says which split selects and which reports).
 
 The conventions behind every score (the README's scoring section says the same):
 - Target. The truth a simulation is correlated with is relu(activation) by default (`target="relu"`):
@@ -135,7 +136,7 @@ def simulate_and_score(
     simulator: Simulator,
     explanation: Explanation,
     record: FeatureExemplars,
-    split: str,  # the store's held-out split to score on (`records.SplitNames`)
+    split: str,
     target: str = "relu",
     in_sample: bool = False,
 ) -> ScoredExplanation:
@@ -147,7 +148,7 @@ def simulate_and_score_many(
     simulator: Simulator,
     explanations: Sequence[Explanation],
     record: FeatureExemplars,
-    split: str,  # the store's held-out split to score on (`records.SplitNames`)
+    split: str,
     target: str = "relu",
     in_sample: bool = False,
 ) -> list[ScoredExplanation]:
@@ -356,7 +357,7 @@ def detection_score(
     judge: YesNoJudge,
     explanation: Explanation,
     record: FeatureExemplars,
-    split: str,  # the store's held-out split to score on (`records.SplitNames`)
+    split: str,
     target: str = "relu",
     active_fraction: float = JUDGE_ACTIVE_FRACTION,
 ) -> dict[str, float]:
@@ -421,7 +422,7 @@ def _copied_marks(real: Sequence[bool], n_tokens: int, rng: random.Random) -> tu
 
 def fuzzing_items(
     record: FeatureExemplars,
-    split: str,  # the store's held-out split to score on (`records.SplitNames`)
+    split: str,
     seed: int = 0,
     variant: str = "default",
     target: str = "relu",
@@ -469,7 +470,7 @@ def fuzzing_score(
     judge: YesNoJudge,
     explanation: Explanation,
     record: FeatureExemplars,
-    split: str,  # the store's held-out split to score on (`records.SplitNames`)
+    split: str,
     seed: int = 0,
     variant: str = "default",
     target: str = "relu",
@@ -492,7 +493,7 @@ def judge_scores(
     judge: YesNoJudge,
     explanation: Explanation,
     record: FeatureExemplars,
-    split: str,  # the store's held-out split to score on (`records.SplitNames`)
+    split: str,
     seed: int = 0,
     target: str = "relu",
     active_fraction: float = JUDGE_ACTIVE_FRACTION,
