@@ -28,7 +28,7 @@ from neuroscribe.options import to_dict
 from neuroscribe.prompts import PROMPT_VERSION, explainer_exemplars, explainer_messages
 from neuroscribe.records import Exemplar, FeatureExemplars, FeatureId, ScoredExplanation, best_candidate
 from neuroscribe.runs.datasets import DatasetBuild, read_heldout, write_dataset_folder, write_parquet_splits
-from neuroscribe.runs.explain import ExplainRun, read_explain_run
+from neuroscribe.runs.explain import CANDIDATES, META, ExplainRun, read_explain_run
 from neuroscribe.runs.files import RunFileError, guard_output
 from neuroscribe.runs.store import ExemplarStore
 
@@ -77,7 +77,7 @@ def load_scored(scored_dir: str | Path) -> ExplainRun:
     """An explain run checked for distillation: candidates sorted by feature key, prompt versions that
     match the prompts this neuroscribe rebuilds."""
     run = read_explain_run(scored_dir)
-    meta_path = run.path / "meta.json"
+    meta_path = run.path / META
     if run.meta.prompt_version != PROMPT_VERSION:
         raise RunFileError(
             f"{meta_path}: field prompt_version is {run.meta.prompt_version!r} but neuroscribe.prompts is at "
@@ -87,11 +87,11 @@ def load_scored(scored_dir: str | Path) -> ExplainRun:
         version = cand.explanation.prompt_version
         if version and version != run.meta.prompt_version:
             raise RunFileError(
-                f"{run.path / 'candidates.jsonl'}: field explanation.prompt_version {version!r} != "
+                f"{run.path / CANDIDATES}: field explanation.prompt_version {version!r} != "
                 f"meta.json's {run.meta.prompt_version!r} (feature {cand.explanation.feature})"
             )
     if not run.by_feature:
-        raise RunFileError(f"{run.path / 'candidates.jsonl'}: no candidates")
+        raise RunFileError(f"{run.path / CANDIDATES}: no candidates")
     return dataclasses.replace(run, by_feature=dict(sorted(run.by_feature.items())))
 
 

@@ -32,6 +32,7 @@ from neuroscribe.runs.datasets import heldout_file, read_build
 from neuroscribe.runs.demo import read_calibration
 from neuroscribe.runs.eval import RESULTS, SCHEMA_VERSION, EvalResults, read_results, write_results
 from neuroscribe.runs.files import OutputLock, guard_output, refuse_existing, strict
+from neuroscribe.runs.store import META as STORE_META
 from neuroscribe.runs.store import ExemplarStore
 from neuroscribe.runs.train import loss_curve, trained_on
 from neuroscribe.scorers import (
@@ -64,7 +65,6 @@ from .heldout import dataset_folders, heldout_features
 from .report import write_report
 from .results import (
     BASE_BEST_OF_1,
-    COMPARISONS,
     CONTROL_BEST_OF_1,
     NULL,
     RANDOM_FEATURE,
@@ -249,7 +249,7 @@ def _report_splits(store: ExemplarStore) -> SplitNames:
     splits = store.split_names
     if not splits.distinct:
         raise ValueError(
-            f"{store.path / 'meta.json'}: field mining.splits is {list(store.mining.get('splits', ()))}; eval needs "
+            f"{store.path / STORE_META}: field mining.splits is {list(store.mining.get('splits', ()))}; eval needs "
             "three splits (explain, one that selects winners, one that reports), so no reported number was selected on"
         )
     return splits
@@ -456,8 +456,6 @@ def evaluate(cfg: EvalConfig, simulators: list | None = None) -> EvalOutputs:
             heldout_features(features_file, cfg.datasets, _local_model(other))
     if len(cfg.control_seeds) not in (0, len(cfg.student_seeds)):
         raise ValueError("--control-seeds pairs with --student-seeds in order: give as many, or none")
-    if cfg.primary not in {name for name, *_ in COMPARISONS}:
-        raise ValueError(f"--primary {cfg.primary!r}: choose one of {[name for name, *_ in COMPARISONS]}")
     store = ExemplarStore(cfg.store)
     splits = _report_splits(store)
     records = _records(store, keys, features_file)

@@ -28,7 +28,7 @@ from neuroscribe.distill.score import read_explanations
 from neuroscribe.models import load_shared
 from neuroscribe.prompts import PROMPT_VERSION, explainer_exemplars, explainer_messages, parse_explanation
 from neuroscribe.records import Explanation, FeatureExemplars, ScoredExplanation, SplitNames, best_candidate
-from neuroscribe.runs.explain import read_explain_run, read_usage
+from neuroscribe.runs.explain import CANDIDATES, META, read_explain_run, read_usage
 from neuroscribe.specs import BACKEND_KINDS, Spec, split_spec
 
 from .results import Cost
@@ -148,13 +148,13 @@ def teacher_from_results(folder: str | Path, keys: list[str], splits: SplitNames
     meta = run.meta
     if meta.split != splits.select:
         raise ValueError(
-            f"{run.path / 'meta.json'}: field split is {meta.split!r}; teacher candidates must be "
+            f"{run.path / META}: field split is {meta.split!r}; teacher candidates must be "
             f"scored on {splits.select!r} so the winner can be reported on {splits.report!r}"
         )
     missing = [k for k in keys if k not in run.by_feature]
     if missing:
         raise KeyError(
-            f"{run.path / 'candidates.jsonl'}: no teacher candidates for {len(missing)} eval feature(s) "
+            f"{run.path / CANDIDATES}: no teacher candidates for {len(missing)} eval feature(s) "
             f"{missing[:5]}; explain those features first"
         )
     usage = read_usage(folder).get("explain", {})

@@ -194,7 +194,6 @@ class MiningConfig:
     @property
     def preset(self):
         """The sampling protocol (`neuroscribe.protocols.Protocol`) this mining follows."""
-
         return protocol(self.protocol)
 
 

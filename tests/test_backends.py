@@ -13,36 +13,35 @@ import torch
 
 from neuroscribe.backends import (
     BackendError,
-    BackendSpec,
     Budget,
     BudgetExceeded,
     ChatRequest,
     RetryPolicy,
     SamplingParams,
     load_backend,
-    parse_spec,
 )
 from neuroscribe.backends.openai_backend import align_echo_logprobs
 from neuroscribe.backends.remote import EndpointPool
 from neuroscribe.cache import Cache
+from neuroscribe.specs import Spec
 
 # ------------------------------------------------------------------------------------- specs
 
 
 def test_parse_spec_reads_every_kind():
-    assert parse_spec("hf:smollm2-135m-instruct") == BackendSpec("hf", "smollm2-135m-instruct", ())
-    assert parse_spec("openai:gpt-4o-mini").model == "gpt-4o-mini"
-    spec = parse_spec("openai:smollm2@http://127.0.0.1:8000/v1, http://127.0.0.1:8001/v1")
+    assert Spec.parse("hf:smollm2-135m-instruct") == Spec("hf", "smollm2-135m-instruct", ())
+    assert Spec.parse("openai:gpt-4o-mini").model == "gpt-4o-mini"
+    spec = Spec.parse("openai:smollm2@http://127.0.0.1:8000/v1, http://127.0.0.1:8001/v1")
     assert spec.base_urls == ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8001/v1")
-    assert parse_spec("openai:ft:gpt-4o-mini:org::abc").model == "ft:gpt-4o-mini:org::abc"  # colons in names
-    assert parse_spec("anthropic:claude-3-5-haiku-latest").kind == "anthropic"
-    assert parse_spec("vllm:/models/llama").model == "/models/llama"
+    assert Spec.parse("openai:ft:gpt-4o-mini:org::abc").model == "ft:gpt-4o-mini:org::abc"  # colons in names
+    assert Spec.parse("anthropic:claude-3-5-haiku-latest").kind == "anthropic"
+    assert Spec.parse("vllm:/models/llama").model == "/models/llama"
 
 
 @pytest.mark.parametrize("bad", ["", "smollm2", "gpt:x", "hf:", "openai:m@", "openai:m@ftp://host"])
 def test_bad_spec_gives_one_clear_error(bad):
     with pytest.raises(ValueError, match="backend spec"):
-        parse_spec(bad)
+        Spec.parse(bad)
 
 
 def test_load_backend_rejects_http_options_for_local_models(tiny_llama):

@@ -25,7 +25,7 @@ from neuroscribe.models import DTYPES, load_model
 from neuroscribe.options import to_dict
 from neuroscribe.runs.files import building_folder, guard_output, refuse_nonempty, replace_folder, sibling_lock
 from neuroscribe.runs.simulator import SIMULATOR_FILE
-from neuroscribe.runs.train import read_run_info, set_adapter_base, write_recipe, write_run_info
+from neuroscribe.runs.train import has_adapter, read_run_info, set_adapter_base, write_recipe, write_run_info
 from neuroscribe.train.args import redacted_recipe_text
 from neuroscribe.train.cards import eval_table, model_card
 from neuroscribe.train.simulator import simulator_card
@@ -74,7 +74,7 @@ def build_repo_folder(
     run, out = Path(run_dir), Path(out_dir)
     guard_output(out, {"run_dir": run, "recipe": recipe, "eval_results": eval_results})
     info = read_run_info(run)
-    is_adapter = (run / "adapter_config.json").exists()
+    is_adapter = has_adapter(run)
     if merge and not is_adapter:
         raise ValueError(f"{run}: --merge applies to LoRA runs; this run holds full weights already")
     with sibling_lock(out):

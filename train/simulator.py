@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 
 from neuroscribe.runs.simulator import is_simulator, read_simulator_file, write_simulator_file
-from neuroscribe.runs.train import adapter_base
+from neuroscribe.runs.train import adapter_base, has_adapter
 from neuroscribe.simulators.finetuned_format import SimulatorFormat
 from neuroscribe.train import pipeline
 from neuroscribe.train.args import parse_args, peft_config
@@ -80,15 +80,15 @@ def load_model(model_dir: str, model_args, training_args, script_args):
         "revision": model_args.model_revision,
         **(training_args.model_init_kwargs or {}),
     }
-    adapter = Path(model_dir) / "adapter_config.json"
+    adapter = has_adapter(model_dir)  # continue a trained simulator: its LoRA on its base
     base_dir = model_dir
-    if adapter.exists():
+    if adapter:
         base_dir = resolve_model_dir(adapter_base(model_dir), training_args)
     model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
-    trains_adapter = adapter.exists() or model_args.use_peft
+    trains_adapter = adapter or model_args.use_peft
     if trains_adapter and training_args.activation_checkpointing:
         model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need grads
-    if adapter.exists():
+    if adapter:
         return PeftModel.from_pretrained(model, model_dir, is_trainable=True)
     return get_peft_model(model, peft_config(model_args, script_args, base_dir)) if model_args.use_peft else model
 

@@ -38,23 +38,14 @@ __all__ = [
     "PositionLogprobs",
     "RetryPolicy",
     "SamplingParams",
-    "BackendSpec",
     "CallLimits",
     "load_backend",
-    "parse_spec",
     "sample_seed",
     "Spec",
 ]
 
 KINDS = BACKEND_KINDS.names
 _REMOTE_OPTS = {"base_urls", "max_concurrency", "retry", "budget", "allow_plain_http"}
-
-BackendSpec = Spec  # the names tests and callers know
-
-
-def parse_spec(spec: str) -> Spec:
-    """'kind:model[@url,url]' -> Spec, with one error that says what a backend spec looks like."""
-    return Spec.parse(spec, BACKEND_KINDS)
 
 
 def limit_budget(limits: CallLimits) -> Budget | None:
@@ -84,7 +75,7 @@ def load_backend(
     """Build the backend a spec names (a string, or a Spec parsed already). `opts` go to its constructor
     (stage, prices, ...); `limits` (and a shared `budget`) apply to HTTP backends only and are ignored by
     local ones."""
-    parsed = spec if isinstance(spec, Spec) else parse_spec(spec)
+    parsed = spec if isinstance(spec, Spec) else Spec.parse(spec, BACKEND_KINDS)
     if parsed.kind not in KINDS:
         raise BACKEND_KINDS.error(str(spec))
     if parsed.kind in ("openai", "anthropic"):
